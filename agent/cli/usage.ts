@@ -1,0 +1,34 @@
+import { OPTIONS } from '../config.ts'
+
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message)
+    this.name = 'UsageError'
+  }
+}
+
+const startFlags = OPTIONS.map((o) => `  --${o.flag.padEnd(14)} ${o.doc}${o.default !== undefined ? ` (default ${typeof o.default === 'function' ? 'host name' : o.default})` : ''}`).join('\n')
+
+export const USAGE = `edgewarden: the site gateway agent for device trust, quarantine and offboarding
+
+Usage:
+  edgewarden start [options]             run the agent (site MQTT broker, store, admin socket)
+  edgewarden identity [--data-dir D] [--key F] [--json]
+                                         print the gateway id and public key
+  edgewarden keygen --out FILE           write a new Ed25519 key (PKCS#8 PEM, 0600); print its public key
+  edgewarden device add ID --public-key KEY [--criticality low|medium|high|safety] [--owner O]
+                        [--modbus HOST:PORT/UNIT] [--opcua URL] [--ip ADDR] [--mac MAC]
+  edgewarden device ls [--json]          list devices
+  edgewarden device show ID [--json]     one device in full
+  edgewarden device quarantine|release|revoke|retire|wipe|reenroll|renew ID [--reason TEXT]
+  edgewarden audit verify [--data-dir D] [--trust-key KEY]...
+                                         check the audit chain; exit 1 naming the first bad entry
+  edgewarden audit export [--data-dir D] print the audit log as JSON lines
+
+Device and audit verbs talk to the running agent through <data-dir>/admin.sock
+(audit verbs open the store directly when the agent is not running).
+Every verb takes --data-dir (default ./edgewarden-data) and --help.
+
+Options of start (each also a config-file key and an EDGEWARDEN_* variable; flags win):
+${startFlags}
+`

@@ -1,0 +1,173 @@
+// Every option is declared once, below: its flag, environment variable,
+// config-file key, type, default and meaning. The CLI parser, the env
+// reader, the validator and docs/configuration.md all come from this table.
+// Precedence: defaults < config file < EDGEWARDEN_* environment < flags.
+import { readFileSync } from 'node:fs'
+import { hostname } from 'node:os'
+import { isAbsolute, join, resolve } from 'node:path'
+import { parse as parseYaml } from 'yaml'
+import { ID_PATTERN } from '../firmware-hooks/wire/ids.ts'
+import { ConfigError } from './errors.ts'
+import { rawPublicKey } from './keys.ts'
+
+type OptionType = 'string' | 'int' | 'port' | 'enum' | 'list' | 'id'
+
+export interface OptionSpec {
+  key: string
+  flag: string
+  type: OptionType
+  values?: readonly string[]
+  default?: string | number | (() => string)
+  doc: string
+  /** never printed in full (passwords) */
+  secret?: boolean
+}
+
+const defaultGateway = (): string => {
+  const h = hostname().replace(/[^A-Za-z0-9._:-]/g, '-').replace(/^[^A-Za-z0-9]+/, '').slice(0, 64)
+  return ID_PATTERN.test(h) ? h : 'gateway'
+}
+
+export const OPTIONS: readonly OptionSpec[] = [
+  { key: 'config', flag: 'config', type: 'string', doc: 'YAML or JSON file holding any of these options (by their config-file key)' },
+  { key: 'dataDir', flag: 'data-dir', type: 'string', default: './edgewarden-data', doc: 'where the store, the gateway key and the admin socket live' },
+  { key: 'site', flag: 'site', type: 'id', default: 'default', doc: 'site id (PROTOCOL §1 identifier)' },
+  { key: 'gateway', flag: 'gateway', type: 'id', default: defaultGateway, doc: "gateway id; defaults to the host name" },
+  { key: 'key', flag: 'key', type: 'string', doc: 'gateway private key (PKCS#8 PEM, mode 0600); default <data-dir>/gateway.key, created on first start' },
+  { key: 'mqttHost', flag: 'mqtt-host', type: 'string', default: '0.0.0.0', doc: 'address the site MQTT broker listens on' },
+  { key: 'mqttPort', flag: 'mqtt-port', type: 'port', default: 1883, doc: 'plain MQTT port of the site broker (0: pick a free port)' },
+  { key: 'mqttsPort', flag: 'mqtts-port', type: 'port', doc: 'MQTT over TLS port of the site broker; needs tlsCert and tlsKey' },
+  { key: 'tlsCert', flag: 'tls-cert', type: 'string', doc: 'PEM certificate (chain) for the TLS listener' },
+  { key: 'tlsKey', flag: 'tls-key', type: 'string', doc: 'PEM private key for the TLS listener' },
+  { key: 'clockSkewS', flag: 'clock-skew', type: 'int', default: 300, doc: 'clock skew tolerated on iat/exp, seconds (PROTOCOL §1)' },
+  { key: 'logLevel', flag: 'log-level', type: 'enum', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info', doc: 'log level' },
+]
+
+export interface AgentConfig {
+  dataDir: string
+  site: string
+  gateway: string
+  keyFile: string
+  mqtt: { host: string; port: number; tls: { port: number; certFile: string; keyFile: string } | null }
+  clockSkewS: number
+  logLevel: string
+}
+
+const byKey = new Map(OPTIONS.map((o) => [o.key, o]))
+const envName = (o: OptionSpec): string => `EDGEWARDEN_${o.flag.toUpperCase().replace(/-/g, '_')}`
+
+type Raw = Record<string, { value: unknown; from: string }>
+
+/** Read the config file named by --config / EDGEWARDEN_CONFIG; problems are collected, not thrown. */
+function readConfigFile(path: string, problems: string[]): Raw {
+  let text: string
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch (err) {
+    problems.push(`config file ${path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'not found' : (err as Error).message}`)
+    return {}
+  }
+  let doc: unknown
+  try {
+    doc = /\.json$/i.test(path) ? JSON.parse(text) : parseYaml(text)
+  } catch (err) {
+    problems.push(`config file ${path}: not valid ${/\.json$/i.test(path) ? 'JSON' : 'YAML'}: ${(err as Error).message.split('\n')[0]}`)
+    return {}
+  }
+  if (doc === null || doc === undefined) return {}
+  if (typeof doc !== 'object' || Array.isArray(doc)) {
+    problems.push(`config file ${path}: must be a mapping of option names to values`)
+    return {}
+  }
+  const raw: Raw = {}
+  for (const [k, v] of Object.entries(doc as Record<string, unknown>)) {
+    if (!byKey.has(k) || k === 'config') {
+      problems.push(`config file ${path}: unknown option "${k}"`)
+      continue
+    }
+    raw[k] = { value: v, from: `${path}: ${k}` }
+  }
+  return raw
+}
+
+function coerce(o: OptionSpec, value: unknown, from: string, problems: string[]): unknown {
+  const bad = (what: string): undefined => {
+    problems.push(`${o.key} (from ${from}): ${JSON.stringify(value)} ${what}`)
+    return undefined
+  }
+  switch (o.type) {
+    case 'int':
+    case 'port': {
+      const n = typeof value === 'string' && /^\d+$/.test(value.trim()) ? Number(value) : value
+      if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) return bad('is not a whole number')
+      if (o.type === 'port' && n > 65535) return bad('is not a port (0-65535)')
+      return n
+    }
+    case 'enum':
+      if (typeof value !== 'string' || !o.values!.includes(value)) return bad(`is not one of ${o.values!.join(', ')}`)
+      return value
+    case 'id':
+      if (typeof value !== 'string' || !ID_PATTERN.test(value)) return bad('is not an identifier (letters, digits, . _ : -; at most 64)')
+      return value
+    case 'list': {
+      const list = typeof value === 'string' ? value.split(',').map((s) => s.trim()).filter(Boolean) : value
+      if (!Array.isArray(list) || !list.every((s) => typeof s === 'string')) return bad('is not a list of strings')
+      return list
+    }
+    case 'string':
+      if (typeof value !== 'string' || value.length === 0) return bad('is not a non-empty string')
+      return value
+  }
+}
+
+export interface ConfigSources {
+  flags: Record<string, unknown>
+  env: Record<string, string | undefined>
+  cwd?: string
+}
+
+/**
+ * Merge the sources, validate everything, and either return one typed
+ * AgentConfig or throw a ConfigError listing every problem found.
+ */
+export function loadConfig({ flags, env, cwd = process.cwd() }: ConfigSources): AgentConfig {
+  const problems: string[] = []
+  const merged: Raw = {}
+  const configPath = (flags.config as string | undefined) ?? env.EDGEWARDEN_CONFIG
+  if (configPath) Object.assign(merged, readConfigFile(resolve(cwd, configPath), problems))
+  for (const o of OPTIONS) {
+    const e = env[envName(o)]
+    if (e !== undefined && e !== '' && o.key !== 'config') merged[o.key] = { value: e, from: envName(o) }
+  }
+  for (const o of OPTIONS) {
+    const f = flags[o.key]
+    if (f !== undefined && o.key !== 'config') merged[o.key] = { value: f, from: `--${o.flag}` }
+  }
+  const v: Record<string, unknown> = {}
+  for (const o of OPTIONS) {
+    const m = merged[o.key]
+    if (m) v[o.key] = coerce(o, m.value, m.from, problems)
+    else if (o.default !== undefined) v[o.key] = typeof o.default === 'function' ? o.default() : o.default
+  }
+  const dataDir = resolve(cwd, String(v.dataDir ?? '.'))
+  const tlsParts = [v.mqttsPort, v.tlsCert, v.tlsKey].filter((x) => x !== undefined).length
+  if (tlsParts > 0 && tlsParts < 3) problems.push('mqttsPort, tlsCert and tlsKey go together: give all three or none')
+  if (v.mqttsPort !== undefined && v.mqttsPort !== 0 && v.mqttsPort === v.mqttPort) problems.push('mqttsPort must differ from mqttPort')
+  if (problems.length) throw new ConfigError(problems)
+  const abs = (p: string): string => (isAbsolute(p) ? p : resolve(cwd, p))
+  return {
+    dataDir,
+    site: v.site as string,
+    gateway: v.gateway as string,
+    keyFile: v.key ? abs(v.key as string) : join(dataDir, 'gateway.key'),
+    mqtt: {
+      host: v.mqttHost as string,
+      port: v.mqttPort as number,
+      tls: tlsParts === 3 ? { port: v.mqttsPort as number, certFile: abs(v.tlsCert as string), keyFile: abs(v.tlsKey as string) } : null,
+    },
+    clockSkewS: v.clockSkewS as number,
+    logLevel: v.logLevel as string,
+  }
+}
+
+export { envName }

@@ -1,0 +1,280 @@
+// The gateway core: devices, states, actions, audit and events. It knows no
+// wire protocol; protocol adapters subscribe to device changes and ask it
+// questions. Every change goes through #commit: registry record, audit entry
+// and events are written in one atomic batch, in the order changes were made.
+import { existsSync } from 'node:fs'
+import { ActionQueue, type Act, type QueuedAction } from './action-queue.ts'
+import { AuditChain, type AuditInput } from './audit.ts'
+import { nowSeconds, systemClock, type Clock } from './clock.ts'
+import type { AgentConfig } from './config.ts'
+import { parseDeviceSpec, type DeviceRecord, type DeviceSpec, type DeviceState } from './device.ts'
+import { EdgewardenError, IllegalTransitionError } from './errors.ts'
+import { generateKeyPair, readKeyFile, writeKeyFile, type KeyPair } from './keys.ts'
+import type { Logger } from './logger.ts'
+import { Outbox, type EventInput, type StoredEvent } from './outbox.ts'
+import { Registry } from './registry.ts'
+import { applyTransition, type FromState, type Transition } from './state-machine.ts'
+import { Store, type WriteOp } from './store.ts'
+
+export const VERSION = '0.1.0'
+const IDENTITY_KEY = 'meta!identity'
+const DEFAULT_ACTION_DEADLINE_S = 30 * 24 * 3600
+
+/** Who asked for a change: `local:<user>` for the admin CLI, `cp:<iss>` for commands. */
+export interface Actor {
+  actor: string
+  reason?: string
+  /** the command's jti, where a command caused it */
+  jti?: string
+}
+
+export interface DeviceChange {
+  record: DeviceRecord
+  from: FromState
+  to: DeviceState
+  cause: Transition
+}
+
+export interface Change {
+  ops?: WriteOp[]
+  audit?: AuditInput[]
+  events?: EventInput[]
+}
+
+export type DeviceListener = (change: DeviceChange) => void
+
+/** Load the gateway key, creating it on first start where it is the default path. */
+export function loadGatewayKey(config: Pick<AgentConfig, 'keyFile' | 'dataDir'>, create: boolean): KeyPair {
+  if (!existsSync(config.keyFile)) {
+    if (!create) throw new EdgewardenError('KEY_FILE', `no gateway key at ${config.keyFile}`)
+    const pair = generateKeyPair()
+    writeKeyFile(config.keyFile, pair)
+    return pair
+  }
+  return readKeyFile(config.keyFile)
+}
+
+export class Gateway {
+  readonly config: AgentConfig
+  readonly id: string
+  readonly site: string
+  readonly key: KeyPair
+  readonly clock: Clock
+  readonly store: Store
+  readonly registry: Registry
+  readonly actions: ActionQueue
+  readonly outbox: Outbox
+  readonly #audit: AuditChain
+  readonly #log: Logger
+  readonly #deviceListeners = new Set<DeviceListener>()
+  readonly #eventListeners = new Set<(events: StoredEvent[]) => void>()
+
+  private constructor(init: {
+    config: AgentConfig
+    key: KeyPair
+    clock: Clock
+    store: Store
+    registry: Registry
+    actions: ActionQueue
+    outbox: Outbox
+    audit: AuditChain
+    log: Logger
+  }) {
+    this.config = init.config
+    this.id = init.config.gateway
+    this.site = init.config.site
+    this.key = init.key
+    this.clock = init.clock
+    this.store = init.store
+    this.registry = init.registry
+    this.actions = init.actions
+    this.outbox = init.outbox
+    this.#audit = init.audit
+    this.#log = init.log
+  }
+
+  static async open(config: AgentConfig, opts: { log: Logger; clock?: Clock }): Promise<Gateway> {
+    const store = await Store.open(config.dataDir)
+    try {
+      const defaultKey = config.keyFile === `${config.dataDir}/gateway.key`
+      const key = loadGatewayKey(config, defaultKey)
+      const clock = opts.clock ?? systemClock
+      const [registry, actions, outbox, audit] = await Promise.all([
+        Registry.load(store),
+        ActionQueue.load(store, config.gateway, key.privateKey),
+        Outbox.load(store, config.gateway, key.privateKey),
+        AuditChain.load(store, key),
+      ])
+      const gw = new Gateway({ config, key, clock, store, registry, actions, outbox, audit, log: opts.log })
+      await gw.#recordIdentity()
+      return gw
+    } catch (err) {
+      await store.close().catch(() => {})
+      throw err
+    }
+  }
+
+  /** The first start records who this gateway is; a later start under another identity is audited. */
+  async #recordIdentity(): Promise<void> {
+    const identity = { site: this.site, gateway: this.id, publicKey: this.key.publicKeyB64 }
+    const stored = await this.store.getJson<typeof identity>(IDENTITY_KEY)
+    if (stored && stored.site === identity.site && stored.gateway === identity.gateway && stored.publicKey === identity.publicKey) return
+    if (stored) this.#log.warn({ before: stored, now: identity }, 'gateway identity differs from the one this data dir was created with')
+    await this.#commit({
+      ops: [{ type: 'put', key: IDENTITY_KEY, value: JSON.stringify(identity) }],
+      audit: [{ actor: 'gateway', action: stored ? 'gateway.identity-changed' : 'gateway.created', data: { before: stored ?? null, now: identity } }],
+    })
+  }
+
+  nowS(): number {
+    return nowSeconds(this.clock)
+  }
+
+  onDeviceChange(listener: DeviceListener): () => void {
+    this.#deviceListeners.add(listener)
+    return () => this.#deviceListeners.delete(listener)
+  }
+
+  /** Called with the events of each commit, once they are on disk. */
+  onEventsStored(listener: (events: StoredEvent[]) => void): () => void {
+    this.#eventListeners.add(listener)
+    return () => this.#eventListeners.delete(listener)
+  }
+
+  /**
+   * Build one atomic batch from a change: its own ops, then an audit entry
+   * and signed event for each item. Sequence numbers are taken now, so the
+   * order of commit() calls is the order on disk. Resolves once durable.
+   */
+  async #commit(change: Change, opts: { sync: boolean } = { sync: true }): Promise<StoredEvent[]> {
+    const nowMs = this.clock.now()
+    const ops: WriteOp[] = [...(change.ops ?? [])]
+    for (const a of change.audit ?? []) ops.push(...this.#audit.append(a, nowMs).ops)
+    const events: StoredEvent[] = []
+    for (const e of change.events ?? []) {
+      const r = this.outbox.append(e, Math.floor(nowMs / 1000))
+      events.push(r.event)
+      ops.push(...r.ops)
+    }
+    await this.store.write(ops, opts)
+    if (events.length) for (const l of this.#eventListeners) l(events)
+    return events
+  }
+
+  /** Commit a change built by a collaborator (command processor, protocol adapters via the core). */
+  commit(change: Change, opts?: { sync: boolean }): Promise<StoredEvent[]> {
+    return this.#commit(change, opts)
+  }
+
+  #emit(change: DeviceChange): void {
+    for (const l of this.#deviceListeners) {
+      try {
+        l(change)
+      } catch (err) {
+        this.#log.error({ err, deviceId: change.record.spec.id }, 'device change listener failed')
+      }
+    }
+  }
+
+  getDevice(id: string): DeviceRecord | undefined {
+    return this.registry.get(id)
+  }
+
+  requireDevice(id: string): DeviceRecord {
+    const d = this.registry.get(id)
+    if (!d) throw new EdgewardenError('UNKNOWN_DEVICE', `no device ${id} is enrolled`)
+    return d
+  }
+
+  /** Add or update a device (PROTOCOL §3 device.enroll). */
+  async enroll(input: DeviceSpec | unknown, who: Actor, extra: Change = {}): Promise<DeviceRecord> {
+    const parsed = parseDeviceSpec(input)
+    if (!parsed.ok) throw new EdgewardenError('INVALID_DEVICE', `invalid device: ${parsed.problems.join('; ')}`)
+    const spec = parsed.spec
+    const now = this.nowS()
+    const before = this.registry.get(spec.id)
+    const from: FromState = before?.state ?? 'none'
+    const to = applyTransition(spec.id, from, 'enroll')
+    // A new key, or re-admission after revocation, replaces every older key.
+    const keepKeys = before && before.state !== 'revoked' && before.spec.publicKey === spec.publicKey
+    const record: DeviceRecord = {
+      spec,
+      state: to,
+      keys: keepKeys ? before.keys : [{ publicKey: spec.publicKey, notBefore: now, notAfter: null }],
+      createdAt: before?.createdAt ?? now,
+      updatedAt: now,
+      stateChangedAt: from === to ? (before?.stateChangedAt ?? now) : now,
+    }
+    if (who.reason !== undefined) record.stateReason = who.reason
+    if (before?.lastSeenAt !== undefined) record.lastSeenAt = before.lastSeenAt
+    const ops = [this.registry.set(record), ...(extra.ops ?? [])]
+    const cause: Transition = 'enroll'
+    await this.#commit({
+      ops,
+      audit: [{ actor: who.actor, action: 'device.enroll', subject: spec.id, data: { from, to, publicKey: spec.publicKey, jti: who.jti } }, ...(extra.audit ?? [])],
+      events: [...(from !== to ? [{ type: 'device.state', data: { deviceId: spec.id, from, to, cause } }] : []), ...(extra.events ?? [])],
+    })
+    this.#emit({ record, from, to, cause })
+    return record
+  }
+
+  /**
+   * Move a device through a transition of §4. A repeat of the state it is in
+   * (quarantining a quarantined device) changes nothing and returns changed:
+   * false. The in-memory state changes before the write completes, so every
+   * admission decision from this moment on sees it; listeners (protocol
+   * adapters closing sessions) run before the fsync too.
+   */
+  async transition(
+    id: string,
+    t: Transition,
+    who: Actor,
+    extra: Change = {},
+  ): Promise<{ record: DeviceRecord; from: DeviceState; changed: boolean }> {
+    const before = this.requireDevice(id)
+    const to = applyTransition(id, before.state, t)
+    if (to === before.state && t !== 'retire') {
+      if (extra.ops?.length || extra.audit?.length || extra.events?.length) await this.#commit(extra)
+      return { record: before, from: before.state, changed: false }
+    }
+    const now = this.nowS()
+    const record: DeviceRecord = { ...before, state: to, updatedAt: now, stateChangedAt: to === before.state ? before.stateChangedAt : now }
+    if (who.reason !== undefined) record.stateReason = who.reason
+    else delete record.stateReason
+    const op = this.registry.set(record)
+    const change = { record, from: before.state as FromState, to, cause: t }
+    if (to !== before.state) this.#emit(change)
+    await this.#commit({
+      ops: [op, ...(extra.ops ?? [])],
+      audit: [{ actor: who.actor, action: `device.${t}`, subject: id, data: { from: before.state, to, reason: who.reason, jti: who.jti } }, ...(extra.audit ?? [])],
+      events: [...(to !== before.state ? [{ type: 'device.state', data: { deviceId: id, from: before.state, to, cause: t } }] : []), ...(extra.events ?? [])],
+    })
+    return { record, from: before.state, changed: to !== before.state }
+  }
+
+  /** Queue an action for a device (PROTOCOL §5): stored, signed and audited before anything sends it. */
+  async queueAction(id: string, act: Act, who: Actor, opts: { args?: Record<string, unknown>; deadlineS?: number } = {}): Promise<QueuedAction> {
+    const d = this.requireDevice(id)
+    const allowed: Record<Act, readonly DeviceState[]> = {
+      wipe: ['active', 'quarantined', 'revoked', 'retiring'],
+      reenroll: ['active'],
+      renew: ['active'],
+      'revoke-notice': ['revoked', 'quarantined', 'retiring'],
+    }
+    if (!allowed[act].includes(d.state)) throw new IllegalTransitionError(id, d.state, `${act} queued`, `queueing ${act}`)
+    const now = this.nowS()
+    const { action, superseded, ops } = this.actions.enqueue(id, act, opts.args ?? {}, now, now + (opts.deadlineS ?? DEFAULT_ACTION_DEADLINE_S))
+    await this.#commit({
+      ops,
+      audit: [
+        { actor: who.actor, action: 'action.queued', subject: id, data: { actionId: action.id, act, seq: action.seq, reason: who.reason, jti: who.jti, superseded: superseded.map((a) => a.id) } },
+      ],
+      events: [{ type: 'action.queued', data: { deviceId: id, actionId: action.id, act } }],
+    })
+    return action
+  }
+
+  async close(): Promise<void> {
+    await this.store.close()
+  }
+}

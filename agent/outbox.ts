@@ -1,0 +1,90 @@
+// Durable event outbox (PROTOCOL §3 events). Each event gets the next seq and
+// is signed when the change it reports is committed, in the same batch, so
+// seq has no gaps and an event exists exactly when its change does. The
+// uplink publishes from here in seq order and deletes only after PUBACK.
+import type { KeyObject } from 'node:crypto'
+import { newJti } from '../firmware-hooks/wire/ids.ts'
+import { signJws } from './jws.ts'
+import { seqKey, type Store, type WriteOp } from './store.ts'
+
+export const EVENT_PREFIX = 'evt!'
+const EVENT_SEQ_KEY = 'meta!evt-seq'
+
+export interface EventInput {
+  type: string
+  data: Record<string, unknown>
+}
+
+export interface StoredEvent {
+  seq: number
+  type: string
+  jws: string
+}
+
+export class Outbox {
+  readonly #gateway: string
+  readonly #key: KeyObject
+  #seq: number
+  /** events stored but not yet acknowledged by the central broker */
+  #depth: number
+
+  private constructor(gateway: string, key: KeyObject, seq: number, depth: number) {
+    this.#gateway = gateway
+    this.#key = key
+    this.#seq = seq
+    this.#depth = depth
+  }
+
+  static async load(store: Store, gateway: string, key: KeyObject): Promise<Outbox> {
+    const seq = Number((await store.get(EVENT_SEQ_KEY)) ?? '0')
+    let depth = 0
+    for await (const _ of store.db.keys({ gte: EVENT_PREFIX, lt: `${EVENT_PREFIX}\xff` })) depth++
+    return new Outbox(gateway, key, seq, depth)
+  }
+
+  get lastSeq(): number {
+    return this.#seq
+  }
+
+  get depth(): number {
+    return this.#depth
+  }
+
+  /** Sign the next event; returns the ops that store it. The seq advances now. */
+  append(input: EventInput, nowS: number): { event: StoredEvent; ops: WriteOp[] } {
+    const seq = ++this.#seq
+    const jws = signJws(this.#key, this.#gateway, {
+      iss: this.#gateway,
+      aud: 'cp',
+      iat: nowS,
+      jti: `${this.#gateway}.${seq}.${newJti()}`.slice(0, 64),
+      seq,
+      type: input.type,
+      data: input.data,
+    })
+    this.#depth++
+    const event = { seq, type: input.type, jws }
+    return {
+      event,
+      ops: [
+        { type: 'put', key: seqKey(EVENT_PREFIX, seq), value: JSON.stringify(event) },
+        { type: 'put', key: EVENT_SEQ_KEY, value: String(seq) },
+      ],
+    }
+  }
+
+  /** Stored events from `afterSeq` on, in seq order. */
+  async pending(store: Store, afterSeq: number, limit: number): Promise<StoredEvent[]> {
+    const out: StoredEvent[] = []
+    for await (const [, v] of store.db.iterator({ gt: seqKey(EVENT_PREFIX, afterSeq), lt: `${EVENT_PREFIX}\xff`, limit })) {
+      out.push(JSON.parse(v) as StoredEvent)
+    }
+    return out
+  }
+
+  /** The op that removes an event once the broker acknowledged it. */
+  acknowledged(seq: number): WriteOp {
+    this.#depth = Math.max(0, this.#depth - 1)
+    return { type: 'del', key: seqKey(EVENT_PREFIX, seq) }
+  }
+}

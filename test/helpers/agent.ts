@@ -1,0 +1,129 @@
+// Test harness: temporary data dirs, the agent in-process or as a real
+// child process (bin/edgewarden.js), ports chosen free at run time.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { createServer, type AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
+import type { Clock } from '../../agent/clock.ts'
+import { loadConfig, type AgentConfig } from '../../agent/config.ts'
+import { createLogger } from '../../agent/logger.ts'
+import { startAgent, type RunningAgent } from '../../agent/cli/start.ts'
+
+export const ROOT = fileURLToPath(new URL('../..', import.meta.url))
+export const BIN = join(ROOT, 'bin', 'edgewarden.js')
+
+export function tempDir(t?: { after(fn: () => void): void }): string {
+  const dir = mkdtempSync(join(tmpdir(), 'edgewarden-test-'))
+  t?.after(() => rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer()
+    s.once('error', reject)
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as AddressInfo
+      s.close(() => resolve(port))
+    })
+  })
+}
+
+export function testConfig(dataDir: string, flags: Record<string, unknown> = {}): AgentConfig {
+  return loadConfig({
+    flags: { dataDir, mqttHost: '127.0.0.1', mqttPort: '0', site: 'site1', gateway: 'gw1', logLevel: 'silent', ...flags },
+    env: {},
+  })
+}
+
+/** The agent in this process: fast, and the clock can be injected. */
+export async function startTestAgent(
+  t: { after(fn: () => Promise<void> | void): void },
+  opts: { dataDir?: string; flags?: Record<string, unknown>; clock?: Clock; logLevel?: string } = {},
+): Promise<RunningAgent & { config: AgentConfig; mqttPort: number }> {
+  const dataDir = opts.dataDir ?? tempDir(t)
+  const config = testConfig(dataDir, opts.flags)
+  const agent = await startAgent(config, { log: createLogger(opts.logLevel ?? 'silent'), ...(opts.clock ? { clock: opts.clock } : {}) })
+  let stopped = false
+  const stop = async (): Promise<void> => {
+    if (stopped) return
+    stopped = true
+    await agent.stop()
+  }
+  t.after(stop)
+  return { ...agent, stop, config, mqttPort: agent.broker.describe().mqtt as number }
+}
+
+export interface SpawnedAgent {
+  proc: ChildProcess
+  ready: Record<string, unknown>
+  lines: Record<string, unknown>[]
+  stderr: () => string
+  /** SIGTERM and wait for exit; resolves to the exit code */
+  stop(signal?: NodeJS.Signals): Promise<number | null>
+  exited: Promise<number | null>
+}
+
+/** The real command as a child process; resolves once it logs `ready`. */
+export async function spawnAgent(args: string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number } = {}): Promise<SpawnedAgent> {
+  const proc = spawn(process.execPath, [BIN, 'start', ...args], {
+    cwd: opts.cwd ?? ROOT,
+    env: { ...process.env, ...opts.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  const lines: Record<string, unknown>[] = []
+  let err = ''
+  proc.stderr!.on('data', (c: Buffer) => (err += c.toString()))
+  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)))
+  const ready = await new Promise<Record<string, unknown>>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL')
+      reject(new Error(`agent did not log ready within ${opts.timeoutMs ?? 20000} ms; stderr: ${err}`))
+    }, opts.timeoutMs ?? 20000)
+    createInterface({ input: proc.stdout! }).on('line', (line) => {
+      let obj: Record<string, unknown>
+      try {
+        obj = JSON.parse(line) as Record<string, unknown>
+      } catch {
+        return
+      }
+      lines.push(obj)
+      if (obj.event === 'ready') {
+        clearTimeout(timer)
+        resolve(obj)
+      }
+    })
+    void exited.then((code) => {
+      clearTimeout(timer)
+      reject(new Error(`agent exited (${code}) before ready; stderr: ${err}`))
+    })
+  })
+  return {
+    proc,
+    ready,
+    lines,
+    stderr: () => err,
+    exited,
+    async stop(signal = 'SIGTERM') {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal)
+      return exited
+    },
+  }
+}
+
+/** Run the CLI to completion: exit code, stdout, stderr. */
+export function runCli(args: string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string; input?: string } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const proc = spawn(process.execPath, [BIN, ...args], { cwd: opts.cwd ?? ROOT, env: { ...process.env, ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'] })
+    let stdout = ''
+    let stderr = ''
+    proc.stdout.on('data', (c: Buffer) => (stdout += c.toString()))
+    proc.stderr.on('data', (c: Buffer) => (stderr += c.toString()))
+    proc.on('error', reject)
+    proc.on('exit', (code) => resolve({ code, stdout, stderr }))
+    proc.stdin.end(opts.input ?? '')
+  })
+}
