@@ -39,6 +39,15 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'mqttsPort', flag: 'mqtts-port', type: 'port', doc: 'MQTT over TLS port of the site broker; needs tlsCert and tlsKey' },
   { key: 'tlsCert', flag: 'tls-cert', type: 'string', doc: 'PEM certificate (chain) for the TLS listener' },
   { key: 'tlsKey', flag: 'tls-key', type: 'string', doc: 'PEM private key for the TLS listener' },
+  { key: 'uplink', flag: 'uplink', type: 'string', doc: 'central broker URL (mqtt:// or mqtts://); without it the agent runs standalone' },
+  { key: 'uplinkUsername', flag: 'uplink-username', type: 'string', doc: 'user name on the central broker' },
+  { key: 'uplinkPassword', flag: 'uplink-password', type: 'string', secret: true, doc: 'password on the central broker (prefer the config file or EDGEWARDEN_UPLINK_PASSWORD)' },
+  { key: 'uplinkCa', flag: 'uplink-ca', type: 'string', doc: 'PEM CA bundle that signs the central broker certificate (mqtts)' },
+  { key: 'uplinkCert', flag: 'uplink-cert', type: 'string', doc: 'PEM client certificate for the central broker (mqtts)' },
+  { key: 'uplinkKey', flag: 'uplink-key', type: 'string', doc: 'PEM private key of the client certificate (mqtts)' },
+  { key: 'cpKey', flag: 'cp-key', type: 'list', doc: 'pinned control-plane key KID=PUBKEY; repeat (or comma-separate) to pin several for rotation' },
+  { key: 'outboxMax', flag: 'outbox-max', type: 'int', default: 100000, doc: 'events kept for the control plane while the uplink is down; see docs/configuration.md for what happens at the bound' },
+  { key: 'residualAlertIntervalS', flag: 'residual-alert-interval', type: 'int', default: 60, doc: 'at most one alert.residual-use event per device per this many seconds; the rest are counted into the next one' },
   { key: 'clockSkewS', flag: 'clock-skew', type: 'int', default: 300, doc: 'clock skew tolerated on iat/exp, seconds (PROTOCOL §1)' },
   { key: 'logLevel', flag: 'log-level', type: 'enum', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info', doc: 'log level' },
 ]
@@ -49,6 +58,18 @@ export interface AgentConfig {
   gateway: string
   keyFile: string
   mqtt: { host: string; port: number; tls: { port: number; certFile: string; keyFile: string } | null }
+  uplink: {
+    url: string
+    username?: string
+    password?: string
+    caFile?: string
+    certFile?: string
+    keyFile?: string
+  } | null
+  /** pinned control-plane keys: kid -> base64url public key */
+  cpKeys: Record<string, string>
+  outboxMax: number
+  residualAlertIntervalS: number
   clockSkewS: number
   logLevel: string
 }
@@ -153,6 +174,23 @@ export function loadConfig({ flags, env, cwd = process.cwd() }: ConfigSources): 
   const tlsParts = [v.mqttsPort, v.tlsCert, v.tlsKey].filter((x) => x !== undefined).length
   if (tlsParts > 0 && tlsParts < 3) problems.push('mqttsPort, tlsCert and tlsKey go together: give all three or none')
   if (v.mqttsPort !== undefined && v.mqttsPort !== 0 && v.mqttsPort === v.mqttPort) problems.push('mqttsPort must differ from mqttPort')
+  const cpKeys: Record<string, string> = {}
+  for (const entry of (v.cpKey as string[] | undefined) ?? []) {
+    const m = /^([^=]+)=(.+)$/.exec(entry)
+    if (!m || !ID_PATTERN.test(m[1]!)) problems.push(`cpKey: "${entry}" is not KID=PUBKEY with KID an identifier`)
+    else if (!rawPublicKey(m[2]!)) problems.push(`cpKey ${m[1]}: the public key is not base64url of 32 bytes`)
+    else if (cpKeys[m[1]!] !== undefined && cpKeys[m[1]!] !== m[2]) problems.push(`cpKey ${m[1]}: pinned twice with different keys`)
+    else cpKeys[m[1]!] = m[2]!
+  }
+  if (v.uplink !== undefined) {
+    let url: URL | null = null
+    try {
+      url = new URL(v.uplink as string)
+    } catch {}
+    if (!url || !['mqtt:', 'mqtts:'].includes(url.protocol)) problems.push(`uplink: "${String(v.uplink)}" is not an mqtt:// or mqtts:// URL`)
+    if (Object.keys(cpKeys).length === 0) problems.push('uplink is set but no control-plane key is pinned (cpKey KID=PUBKEY): every command would be refused')
+  }
+  if ((v.uplinkCert === undefined) !== (v.uplinkKey === undefined)) problems.push('uplinkCert and uplinkKey go together')
   if (problems.length) throw new ConfigError(problems)
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(cwd, p))
   return {
@@ -165,6 +203,20 @@ export function loadConfig({ flags, env, cwd = process.cwd() }: ConfigSources): 
       port: v.mqttPort as number,
       tls: tlsParts === 3 ? { port: v.mqttsPort as number, certFile: abs(v.tlsCert as string), keyFile: abs(v.tlsKey as string) } : null,
     },
+    uplink:
+      v.uplink === undefined
+        ? null
+        : {
+            url: v.uplink as string,
+            ...(v.uplinkUsername !== undefined ? { username: v.uplinkUsername as string } : {}),
+            ...(v.uplinkPassword !== undefined ? { password: v.uplinkPassword as string } : {}),
+            ...(v.uplinkCa !== undefined ? { caFile: abs(v.uplinkCa as string) } : {}),
+            ...(v.uplinkCert !== undefined ? { certFile: abs(v.uplinkCert as string) } : {}),
+            ...(v.uplinkKey !== undefined ? { keyFile: abs(v.uplinkKey as string) } : {}),
+          },
+    cpKeys,
+    outboxMax: v.outboxMax as number,
+    residualAlertIntervalS: v.residualAlertIntervalS as number,
     clockSkewS: v.clockSkewS as number,
     logLevel: v.logLevel as string,
   }
