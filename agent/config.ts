@@ -48,6 +48,8 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'cpKey', flag: 'cp-key', type: 'list', doc: 'pinned control-plane key KID=PUBKEY; repeat (or comma-separate) to pin several for rotation' },
   { key: 'outboxMax', flag: 'outbox-max', type: 'int', default: 100000, doc: 'events kept for the control plane while the uplink is down; see docs/configuration.md for what happens at the bound' },
   { key: 'residualAlertIntervalS', flag: 'residual-alert-interval', type: 'int', default: 60, doc: 'at most one alert.residual-use event per device per this many seconds; the rest are counted into the next one' },
+  { key: 'credentialLifetimeS', flag: 'credential-lifetime', type: 'int', default: 31536000, doc: 'lifetime given to a device credential at enrollment or renewal when none is named, seconds (365 days)' },
+  { key: 'renewGraceS', flag: 'renew-grace', type: 'int', default: 2592000, doc: 'how long after its credential expired a device may still connect renew-only, seconds (30 days)' },
   { key: 'clockSkewS', flag: 'clock-skew', type: 'int', default: 300, doc: 'clock skew tolerated on iat/exp, seconds (PROTOCOL §1)' },
   { key: 'logLevel', flag: 'log-level', type: 'enum', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info', doc: 'log level' },
 ]
@@ -70,6 +72,8 @@ export interface AgentConfig {
   cpKeys: Record<string, string>
   outboxMax: number
   residualAlertIntervalS: number
+  credentialLifetimeS: number
+  renewGraceS: number
   clockSkewS: number
   logLevel: string
 }
@@ -217,6 +221,8 @@ export function loadConfig({ flags, env, cwd = process.cwd() }: ConfigSources): 
     cpKeys,
     outboxMax: v.outboxMax as number,
     residualAlertIntervalS: v.residualAlertIntervalS as number,
+    credentialLifetimeS: v.credentialLifetimeS as number,
+    renewGraceS: v.renewGraceS as number,
     clockSkewS: v.clockSkewS as number,
     logLevel: v.logLevel as string,
   }
