@@ -77,6 +77,8 @@ export interface DeviceRecord {
   spec: DeviceSpec
   state: DeviceState
   keys: DeviceKey[]
+  /** seconds since the epoch: the spec's, or enrollment time plus the configured credential lifetime */
+  credentialExpiresAt: number
   stateReason?: string
   /** seconds since the epoch */
   createdAt: number

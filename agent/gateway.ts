@@ -201,6 +201,8 @@ export class Gateway {
       spec,
       state: to,
       keys: keepKeys ? before.keys : [{ publicKey: spec.publicKey, notBefore: now, notAfter: null }],
+      credentialExpiresAt:
+        spec.credentialExpiresAt ?? (keepKeys ? before.credentialExpiresAt : now + this.config.credentialLifetimeS),
       createdAt: before?.createdAt ?? now,
       updatedAt: now,
       stateChangedAt: from === to ? (before?.stateChangedAt ?? now) : now,

@@ -26,7 +26,7 @@ export function describeDevice(gw: Gateway, d: DeviceRecord): DeviceView {
     criticality: d.spec.criticality ?? 'medium',
     protocols: protocolsOf(d.spec),
     publicKey: d.spec.publicKey,
-    credentialExpiresAt: d.spec.credentialExpiresAt ?? null,
+    credentialExpiresAt: d.credentialExpiresAt ?? null,
     pendingActions: gw.actions.pending(d.spec.id).map((a) => ({ id: a.id, act: a.act, queuedAt: a.queuedAt })),
     stateChangedAt: d.stateChangedAt,
     lastSeenAt: d.lastSeenAt ?? null,
