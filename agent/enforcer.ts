@@ -1,32 +1,64 @@
 // Cuts live access when a device leaves `active`: every session on every
-// protocol adapter is closed at once, before the change is even on disk.
-import type { ProtocolAdapter, Protocol } from './adapter.ts'
+// protocol adapter is closed at once (before the change is even on disk),
+// and the network level its new state calls for is applied.
+import type { Protocol, ProtocolAdapter } from './adapter.ts'
 import type { DeviceChange, Gateway } from './gateway.ts'
+import type { Logger } from './logger.ts'
+import { levelFor, NoneQuarantine, type QuarantineBackend, type QuarantineResult } from './quarantine.ts'
+
+export interface Enforcement {
+  sessionsClosed: Record<Protocol, number>
+  network: { backend: string; rule: string }
+  /** performance.now() when sessions were closed and the network rule was in force */
+  doneAt: number
+}
 
 export class AccessEnforcer {
   readonly #adapters: ProtocolAdapter[]
-  /** sessions closed by the last cut of each device (for evidence) */
-  readonly #lastCut = new Map<string, Record<Protocol, number>>()
+  readonly #quarantine: QuarantineBackend
+  readonly #log: Logger | undefined
+  readonly #last = new Map<string, Promise<Enforcement>>()
 
-  constructor(gw: Gateway, adapters: ProtocolAdapter[]) {
+  constructor(gw: Gateway, adapters: ProtocolAdapter[], opts: { quarantine?: QuarantineBackend; log?: Logger } = {}) {
     this.#adapters = adapters
+    this.#quarantine = opts.quarantine ?? new NoneQuarantine()
+    this.#log = opts.log
     gw.onDeviceChange((c) => this.#onChange(c))
   }
 
+  get backend(): string {
+    return this.#quarantine.name
+  }
+
   #onChange(c: DeviceChange): void {
-    if (c.to === 'active') return
-    this.cut(c.record.spec.id)
+    const id = c.record.spec.id
+    const sessionsClosed = c.to === 'active' ? { mqtt: 0, opcua: 0, modbus: 0 } : this.closeSessions(id)
+    const level = levelFor(c.to)
+    const network = this.#quarantine.apply(id, level).catch((err: unknown): QuarantineResult => {
+      this.#log?.error({ err, deviceId: id, level }, 'network quarantine failed')
+      return { backend: this.#quarantine.name, rule: level, enforced: false }
+    })
+    this.#last.set(
+      id,
+      network.then((n) => ({ sessionsClosed, network: { backend: n.backend, rule: n.rule }, doneAt: performance.now() })),
+    )
   }
 
   /** Close every session of a device on every protocol; returns the counts. */
-  cut(deviceId: string): Record<Protocol, number> {
+  closeSessions(deviceId: string): Record<Protocol, number> {
     const counts: Record<Protocol, number> = { mqtt: 0, opcua: 0, modbus: 0 }
     for (const a of this.#adapters) counts[a.protocol] += a.closeSessions(deviceId)
-    this.#lastCut.set(deviceId, counts)
     return counts
   }
 
-  lastCut(deviceId: string): Record<Protocol, number> {
-    return this.#lastCut.get(deviceId) ?? { mqtt: 0, opcua: 0, modbus: 0 }
+  /** What the last state change of a device did, once all of it is in force. */
+  async settled(deviceId: string): Promise<Enforcement> {
+    return (
+      (await this.#last.get(deviceId)) ?? {
+        sessionsClosed: { mqtt: 0, opcua: 0, modbus: 0 },
+        network: { backend: this.#quarantine.name, rule: 'open' },
+        doneAt: performance.now(),
+      }
+    )
   }
 }

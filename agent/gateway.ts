@@ -19,6 +19,8 @@ import { Store, type WriteOp } from './store.ts'
 export const VERSION = '0.1.0'
 const IDENTITY_KEY = 'meta!identity'
 const DEFAULT_ACTION_DEADLINE_S = 30 * 24 * 3600
+/** Event types that only inform; at the outbox bound they are counted instead of queued. */
+const DROPPABLE_AT_BOUND = new Set(['alert.residual-use', 'credential.expiring', 'action.delivered', 'inventory'])
 
 /** Who asked for a change: `local:<user>` for the admin CLI, `cp:<iss>` for commands. */
 export interface Actor {
@@ -42,6 +44,13 @@ export interface Change {
 }
 
 export type DeviceListener = (change: DeviceChange) => void
+
+/**
+ * More to write in the same batch as a device change. As a function it is
+ * called after the change took effect in memory and listeners ran (sessions
+ * closed), so evidence can report what actually happened.
+ */
+export type Extra = Change | ((record: DeviceRecord) => Change)
 
 /** Load the gateway key, creating it on first start where it is the default path. */
 export function loadGatewayKey(config: Pick<AgentConfig, 'keyFile' | 'dataDir'>, create: boolean): KeyPair {
@@ -68,6 +77,8 @@ export class Gateway {
   readonly #log: Logger
   readonly #deviceListeners = new Set<DeviceListener>()
   readonly #eventListeners = new Set<(events: StoredEvent[]) => void>()
+  #droppedAtBound = 0
+  #overBoundLogged = false
 
   private constructor(init: {
     config: AgentConfig
@@ -152,6 +163,21 @@ export class Gateway {
     for (const a of change.audit ?? []) ops.push(...this.#audit.append(a, nowMs).ops)
     const events: StoredEvent[] = []
     for (const e of change.events ?? []) {
+      if (this.outbox.depth >= this.config.outboxMax) {
+        // At the bound (uplink down for long): events that only inform are
+        // left out, counted and logged (each is still in the audit log);
+        // events that carry evidence of a decision are always kept.
+        if (DROPPABLE_AT_BOUND.has(e.type)) {
+          if (this.#droppedAtBound++ % 1000 === 0) {
+            this.#log.warn({ type: e.type, dropped: this.#droppedAtBound, depth: this.outbox.depth, bound: this.config.outboxMax }, 'outbox at its bound: informational event not queued for the control plane (kept in the audit log)')
+          }
+          continue
+        }
+        if (!this.#overBoundLogged) {
+          this.#overBoundLogged = true
+          this.#log.error({ depth: this.outbox.depth, bound: this.config.outboxMax }, 'outbox over its bound: evidence events are still kept, informational ones are dropped until the uplink drains it')
+        }
+      } else this.#overBoundLogged = false
       const r = this.outbox.append(e, Math.floor(nowMs / 1000))
       events.push(r.event)
       ops.push(...r.ops)
@@ -187,7 +213,7 @@ export class Gateway {
   }
 
   /** Add or update a device (PROTOCOL §3 device.enroll). */
-  async enroll(input: DeviceSpec | unknown, who: Actor, extra: Change = {}): Promise<DeviceRecord> {
+  async enroll(input: DeviceSpec | unknown, who: Actor, extraFn: Extra = {}): Promise<DeviceRecord> {
     const parsed = parseDeviceSpec(input)
     if (!parsed.ok) throw new EdgewardenError('INVALID_DEVICE', `invalid device: ${parsed.problems.join('; ')}`)
     const spec = parsed.spec
@@ -209,14 +235,16 @@ export class Gateway {
     }
     if (who.reason !== undefined) record.stateReason = who.reason
     if (before?.lastSeenAt !== undefined) record.lastSeenAt = before.lastSeenAt
-    const ops = [this.registry.set(record), ...(extra.ops ?? [])]
+    const op = this.registry.set(record)
     const cause: Transition = 'enroll'
+    this.#emit({ record, from, to, cause })
+    const extra = typeof extraFn === 'function' ? extraFn(record) : extraFn
+    const ops = [op, ...(extra.ops ?? [])]
     await this.#commit({
       ops,
       audit: [{ actor: who.actor, action: 'device.enroll', subject: spec.id, data: { from, to, publicKey: spec.publicKey, jti: who.jti } }, ...(extra.audit ?? [])],
       events: [...(from !== to ? [{ type: 'device.state', data: { deviceId: spec.id, from, to, cause } }] : []), ...(extra.events ?? [])],
     })
-    this.#emit({ record, from, to, cause })
     return record
   }
 
@@ -231,11 +259,12 @@ export class Gateway {
     id: string,
     t: Transition,
     who: Actor,
-    extra: Change = {},
+    extraFn: Extra = {},
   ): Promise<{ record: DeviceRecord; from: DeviceState; changed: boolean }> {
     const before = this.requireDevice(id)
     const to = applyTransition(id, before.state, t)
     if (to === before.state && t !== 'retire') {
+      const extra = typeof extraFn === 'function' ? extraFn(before) : extraFn
       if (extra.ops?.length || extra.audit?.length || extra.events?.length) await this.#commit(extra)
       return { record: before, from: before.state, changed: false }
     }
@@ -246,6 +275,7 @@ export class Gateway {
     const op = this.registry.set(record)
     const change = { record, from: before.state as FromState, to, cause: t }
     if (to !== before.state) this.#emit(change)
+    const extra = typeof extraFn === 'function' ? extraFn(record) : extraFn
     await this.#commit({
       ops: [op, ...(extra.ops ?? [])],
       audit: [{ actor: who.actor, action: `device.${t}`, subject: id, data: { from: before.state, to, reason: who.reason, jti: who.jti } }, ...(extra.audit ?? [])],
@@ -274,6 +304,11 @@ export class Gateway {
       events: [{ type: 'action.queued', data: { deviceId: id, actionId: action.id, act } }],
     })
     return action
+  }
+
+  /** Informational events left out at the outbox bound since start. */
+  get eventsDroppedAtBound(): number {
+    return this.#droppedAtBound
   }
 
   async close(): Promise<void> {

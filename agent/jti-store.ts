@@ -44,6 +44,10 @@ export class JtiStore<T = null> {
     return { type: 'put', key: this.#prefix + jti, value: JSON.stringify(e) }
   }
 
+  entries(): IterableIterator<[string, Entry<T>]> {
+    return this.#map.entries()
+  }
+
   /** Forget every jti expired before `nowS`; returns the ops that delete them. */
   sweep(nowS: number): WriteOp[] {
     const ops: WriteOp[] = []

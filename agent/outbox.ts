@@ -25,21 +25,21 @@ export class Outbox {
   readonly #gateway: string
   readonly #key: KeyObject
   #seq: number
-  /** events stored but not yet acknowledged by the central broker */
-  #depth: number
+  /** seqs stored but not yet acknowledged by the central broker */
+  readonly #unacked: Set<number>
 
-  private constructor(gateway: string, key: KeyObject, seq: number, depth: number) {
+  private constructor(gateway: string, key: KeyObject, seq: number, unacked: Set<number>) {
     this.#gateway = gateway
     this.#key = key
     this.#seq = seq
-    this.#depth = depth
+    this.#unacked = unacked
   }
 
   static async load(store: Store, gateway: string, key: KeyObject): Promise<Outbox> {
     const seq = Number((await store.get(EVENT_SEQ_KEY)) ?? '0')
-    let depth = 0
-    for await (const _ of store.db.keys({ gte: EVENT_PREFIX, lt: `${EVENT_PREFIX}\xff` })) depth++
-    return new Outbox(gateway, key, seq, depth)
+    const unacked = new Set<number>()
+    for await (const k of store.db.keys({ gte: EVENT_PREFIX, lt: `${EVENT_PREFIX}\xff` })) unacked.add(Number(k.slice(EVENT_PREFIX.length)))
+    return new Outbox(gateway, key, seq, unacked)
   }
 
   get lastSeq(): number {
@@ -47,7 +47,7 @@ export class Outbox {
   }
 
   get depth(): number {
-    return this.#depth
+    return this.#unacked.size
   }
 
   /** Sign the next event; returns the ops that store it. The seq advances now. */
@@ -62,7 +62,7 @@ export class Outbox {
       type: input.type,
       data: input.data,
     })
-    this.#depth++
+    this.#unacked.add(seq)
     const event = { seq, type: input.type, jws }
     return {
       event,
@@ -82,9 +82,9 @@ export class Outbox {
     return out
   }
 
-  /** The op that removes an event once the broker acknowledged it. */
-  acknowledged(seq: number): WriteOp {
-    this.#depth = Math.max(0, this.#depth - 1)
+  /** The op that removes an event once the broker acknowledged it (null if it was already removed). */
+  acknowledged(seq: number): WriteOp | null {
+    if (!this.#unacked.delete(seq)) return null
     return { type: 'del', key: seqKey(EVENT_PREFIX, seq) }
   }
 }

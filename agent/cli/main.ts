@@ -4,9 +4,11 @@ import { parseArgs } from 'node:util'
 import { ConfigError, EdgewardenError, isEdgewardenError } from '../errors.ts'
 import { VERSION } from '../gateway.ts'
 import { runAudit } from './audit.ts'
+import { runCtl } from './ctl.ts'
 import { runDevice } from './device.ts'
 import { runIdentity, runKeygen } from './identity.ts'
 import { runStart } from './start.ts'
+import { runToken } from './token.ts'
 import { UsageError, USAGE } from './usage.ts'
 
 type Verb = (args: string[]) => Promise<number>
@@ -17,6 +19,8 @@ const VERBS: Record<string, Verb> = {
   keygen: runKeygen,
   device: runDevice,
   audit: runAudit,
+  token: runToken,
+  ctl: runCtl,
 }
 
 export async function main(argv: string[]): Promise<number> {

@@ -1,7 +1,11 @@
 // `edgewarden start`, and the composition root: the one place that wires
 // protocol adapters into the core.
 import { parseArgs, type ParseArgsConfig } from 'node:util'
+import { MqttAdmissionPolicy } from '../../protocols/mqtt/admission-policy.ts'
 import { SiteBroker } from '../../protocols/mqtt/site-broker.ts'
+import { MqttUplinkTransport } from '../../protocols/mqtt/uplink-transport.ts'
+import { CommandProcessor } from '../commands.ts'
+import { Uplink } from '../uplink.ts'
 import type { ProtocolAdapter } from '../adapter.ts'
 import { startAdminServer, type AdminHooks } from '../admin-server.ts'
 import type { Clock } from '../clock.ts'
@@ -14,6 +18,8 @@ export interface RunningAgent {
   gateway: Gateway
   broker: SiteBroker
   enforcer: AccessEnforcer
+  commands: CommandProcessor
+  uplink: Uplink | null
   adminPath: string
   stop(): Promise<void>
 }
@@ -47,23 +53,41 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
     for (const s of stack.splice(0).reverse()) await s().catch((err: unknown) => log.error({ err }, 'error while stopping'))
   }
   try {
+    // Device tokens, topic isolation and residual-use alerts (PROTOCOL §4, §5); stopped after the broker.
+    const mqttPolicy = await MqttAdmissionPolicy.open(gateway, log.child({ component: 'mqtt-admission' }))
+    stack.push(() => mqttPolicy.stop())
     const broker = new SiteBroker({
       host: config.mqtt.host,
       port: config.mqtt.port,
       tls: config.mqtt.tls,
       log: log.child({ component: 'site-broker' }),
-      policy: {
-        // Closed by default: no device is admitted without a verified token.
-        authenticate: (_client, _user, _pass, cb) => cb(Object.assign(new Error('not authorized'), { returnCode: 5 }), false),
-      },
+      policy: mqttPolicy.handlers(),
     })
     await broker.start()
     stack.push(() => broker.stop())
     const adapters: ProtocolAdapter[] = [broker]
-    const enforcer = new AccessEnforcer(gateway, adapters)
+    const enforcer = new AccessEnforcer(gateway, adapters, { log: log.child({ component: 'enforcer' }) })
+    const commands = await CommandProcessor.create(gateway, enforcer, log.child({ component: 'commands' }))
+    stack.push(() => commands.idle())
+    let uplink: Uplink | null = null
+    if (config.uplink) {
+      const transport = new MqttUplinkTransport({
+        ...config.uplink,
+        site: config.site,
+        gateway: config.gateway,
+        version: VERSION,
+        log: log.child({ component: 'uplink' }),
+      })
+      uplink = new Uplink(gateway, transport, commands, log.child({ component: 'uplink' }))
+      uplink.start()
+      const u = uplink
+      stack.push(() => u.stop())
+    }
+    // Commands accepted before a crash run now; the uplink does not wait for them.
+    void commands.resume().catch((err: unknown) => log.error({ err }, 'resuming accepted commands failed'))
     const admin = await startAdminServer(gateway, adminHooks, log.child({ component: 'admin' }))
     stack.push(() => admin.close())
-    return { gateway, broker, enforcer, adminPath: admin.path, stop: stopAll }
+    return { gateway, broker, enforcer, commands, uplink, adminPath: admin.path, stop: stopAll }
   } catch (err) {
     await stopAll()
     throw err
@@ -89,6 +113,16 @@ export async function runStart(args: string[]): Promise<number> {
   const log = createLogger(config.logLevel)
   const agent = await startAgent(config, { log })
   const gw = agent.gateway
+  // Handlers go in before `ready` is announced: a supervisor may signal the
+  // moment it reads that line, and an unhandled SIGTERM kills without a clean stop.
+  const stopRequested = new Promise<void>((resolve) => {
+    const done = (signal: string): void => {
+      log.info({ signal }, 'stopping')
+      resolve()
+    }
+    process.once('SIGTERM', done)
+    process.once('SIGINT', done)
+  })
   log.info(
     {
       event: 'ready',
@@ -98,18 +132,13 @@ export async function runStart(args: string[]): Promise<number> {
       publicKey: gw.key.publicKeyB64,
       mqtt: { host: config.mqtt.host, ...agent.broker.describe() },
       admin: agent.adminPath,
+      uplink: config.uplink ? config.uplink.url.replace(/\/\/[^@/]*@/, '//') : null,
+      cpKeys: Object.keys(config.cpKeys),
       devices: gw.registry.size,
     },
     'ready',
   )
-  await new Promise<void>((resolve) => {
-    const done = (signal: string): void => {
-      log.info({ signal }, 'stopping')
-      resolve()
-    }
-    process.once('SIGTERM', done)
-    process.once('SIGINT', done)
-  })
+  await stopRequested
   // Stop within 5 s whatever happens; the store's writes are already durable.
   const timer = setTimeout(() => {
     log.error('clean stop took over 5 s; exiting')

@@ -16,6 +16,8 @@ Usage:
   edgewarden identity [--data-dir D] [--key F] [--json]
                                          print the gateway id and public key
   edgewarden keygen --out FILE           write a new Ed25519 key (PKCS#8 PEM, 0600); print its public key
+  edgewarden token --key FILE --device ID --gateway GW [--lifetime S]
+                                         print a fresh device token (the MQTT password; default 300 s, at most 3600)
   edgewarden device add ID --public-key KEY [--criticality low|medium|high|safety] [--owner O]
                         [--modbus HOST:PORT/UNIT] [--opcua URL] [--ip ADDR] [--mac MAC]
   edgewarden device ls [--json]          list devices
@@ -24,6 +26,15 @@ Usage:
   edgewarden audit verify [--data-dir D] [--trust-key KEY]...
                                          check the audit chain; exit 1 naming the first bad entry
   edgewarden audit export [--data-dir D] print the audit log as JSON lines
+
+  edgewarden ctl keygen --out FILE       a control-plane key (pin its public key with --cp-key KID=KEY)
+  edgewarden ctl send --broker URL --site S --gateway G --key FILE --kid ID OP [ARGS-JSON] [--wait]
+                      [--gateway-key KEY] [--timeout S] [--json]
+                                         sign and publish a command; --wait prints its events and outcome
+  edgewarden ctl watch --broker URL --site S --gateway G [--gateway-key KEY] [--count N] [--json]
+                                         print the gateway's events, verifying signatures, flagging seq gaps
+  edgewarden ctl bulk --broker URL --site S --gateway G --key FILE --kid ID OP [--file F] [--args JSON]
+                                         one command per device id (from --file or stdin), with progress
 
 Device and audit verbs talk to the running agent through <data-dir>/admin.sock
 (audit verbs open the store directly when the agent is not running).

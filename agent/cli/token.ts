@@ -1,0 +1,33 @@
+// `edgewarden token`: a fresh device token (PROTOCOL §5), so an operator can
+// try a device identity with any MQTT client (mosquitto_pub -P "$(…)").
+import { resolve } from 'node:path'
+import { isId, newJti } from '../../firmware-hooks/wire/ids.ts'
+import { MAX_TOKEN_LIFETIME_S } from '../admission.ts'
+import { signJws } from '../jws.ts'
+import { readKeyFile } from '../keys.ts'
+import { out } from './common.ts'
+import { parseVerbArgs } from './main.ts'
+import { UsageError } from './usage.ts'
+
+const DEFAULT_LIFETIME_S = 300
+
+export async function runToken(args: string[]): Promise<number> {
+  const { values, positionals } = parseVerbArgs(args, {
+    key: { type: 'string' },
+    device: { type: 'string' },
+    gateway: { type: 'string' },
+    lifetime: { type: 'string' },
+  })
+  if (positionals.length) throw new UsageError(`token takes no arguments (got ${positionals.join(' ')})`)
+  if (typeof values.key !== 'string') throw new UsageError('token needs --key FILE (the device private key, PKCS#8 PEM, mode 0600)')
+  if (!isId(values.device)) throw new UsageError('token needs --device ID (letters, digits, . _ : -; at most 64)')
+  if (!isId(values.gateway)) throw new UsageError('token needs --gateway GW, the id of the gateway it is for')
+  const lifetime = values.lifetime === undefined ? DEFAULT_LIFETIME_S : /^\d+$/.test(values.lifetime) ? Number(values.lifetime) : NaN
+  if (!Number.isSafeInteger(lifetime) || lifetime < 1 || lifetime > MAX_TOKEN_LIFETIME_S) {
+    throw new UsageError(`--lifetime must be 1 to ${MAX_TOKEN_LIFETIME_S} seconds`)
+  }
+  const key = readKeyFile(resolve(values.key))
+  const iat = Math.floor(Date.now() / 1000)
+  out(signJws(key.privateKey, values.device, { iss: values.device, aud: values.gateway, iat, exp: iat + lifetime, jti: newJti() }))
+  return 0
+}

@@ -1,0 +1,363 @@
+// Control-plane commands (PROTOCOL §3): verification in the order the spec
+// gives, replay protection by jti, durable acceptance, then execution in
+// arrival order, each outcome answered by a signed event.
+import type { KeyObject } from 'node:crypto'
+import { z } from 'zod'
+import { JwsFormatError, parseJws, checkTimeClaims, type Claims } from '../firmware-hooks/wire/jws.ts'
+import { ID_PATTERN, isJti } from '../firmware-hooks/wire/ids.ts'
+import { parseDeviceSpec } from './device.ts'
+import type { AccessEnforcer } from './enforcer.ts'
+import { isEdgewardenError } from './errors.ts'
+import type { Gateway } from './gateway.ts'
+import { verifyParsed } from './jws.ts'
+import { JtiStore } from './jti-store.ts'
+import { publicKeyFromB64 } from './keys.ts'
+import type { Logger } from './logger.ts'
+import type { Transition } from './state-machine.ts'
+
+export const MAX_COMMAND_LIFETIME_S = 30 * 24 * 3600
+
+export const REJECT_REASONS = [
+  'malformed',
+  'bad-alg',
+  'unknown-key',
+  'bad-signature',
+  'wrong-audience',
+  'expired',
+  'not-yet-valid',
+  'lifetime-too-long',
+  'unknown-op',
+  'invalid-args',
+  'unknown-device',
+] as const
+export type RejectReason = (typeof REJECT_REASONS)[number]
+
+const deviceId = z.string().regex(ID_PATTERN, 'must be a device id')
+const reason = z.string().max(1024)
+const ARGS = {
+  'device.enroll': z.object({ device: z.unknown() }).strict(),
+  'device.revoke': z.object({ deviceId, reason: reason.optional() }).strict(),
+  'device.quarantine': z.object({ deviceId, reason: reason.optional() }).strict(),
+  'device.release': z.object({ deviceId }).strict(),
+  'device.wipe': z.object({ deviceId }).strict(),
+  'device.reenroll': z.object({ deviceId }).strict(),
+  'device.renew': z.object({ deviceId }).strict(),
+  'device.retire': z
+    .object({ deviceId, reason: reason.optional(), wipe: z.boolean().optional(), deadlineS: z.number().int().positive().max(10 * 365 * 86400).optional() })
+    .strict(),
+  'inventory.report': z.object({}).strict(),
+} as const
+export type Op = keyof typeof ARGS
+export const OPS = Object.keys(ARGS) as Op[]
+
+export interface Command {
+  jti: string
+  iss: string
+  iat: number
+  exp: number
+  op: Op
+  args: Record<string, unknown>
+}
+
+export type Verification =
+  | { ok: true; cmd: Command }
+  | { ok: false; reason: RejectReason; detail: string; jti?: string; /** the signature verified */ signed: boolean }
+
+export interface VerifyContext {
+  gatewayId: string
+  cpKeys: ReadonlyMap<string, KeyObject>
+  nowS: number
+  skewS: number
+  deviceExists(id: string): boolean
+}
+
+/** PROTOCOL §3 checks, in its order. Pure: no state is touched. */
+export function verifyCommand(input: string | Uint8Array, ctx: VerifyContext): Verification {
+  let jws
+  try {
+    jws = parseJws(input)
+  } catch (err) {
+    if (err instanceof JwsFormatError) return { ok: false, reason: err.reason, detail: err.message, signed: false }
+    throw err
+  }
+  const claims: Claims = jws.payload
+  const jti = isJti(claims.jti) ? claims.jti : undefined
+  const reject = (reason: RejectReason, detail: string, signed: boolean): Verification => ({ ok: false, reason, detail, signed, ...(jti ? { jti } : {}) })
+  const key = ctx.cpKeys.get(jws.header.kid)
+  if (!key) return reject('unknown-key', `kid ${JSON.stringify(jws.header.kid)} is not a pinned control-plane key`, false)
+  if (!verifyParsed(jws, key)) return reject('bad-signature', 'signature does not verify with the pinned key', false)
+  if (typeof claims.iss !== 'string' || claims.iss.length === 0 || claims.iss.length > 128) return reject('malformed', 'iss is missing', true)
+  if (claims.aud !== ctx.gatewayId) return reject('wrong-audience', `aud ${JSON.stringify(claims.aud ?? null)} is not this gateway (${ctx.gatewayId})`, true)
+  const time = checkTimeClaims(claims, ctx.nowS, { skewS: ctx.skewS, maxLifetimeS: MAX_COMMAND_LIFETIME_S })
+  if (time) return reject(time.reason, time.detail, true)
+  const op = claims.op
+  if (typeof op !== 'string' || !(op in ARGS)) return reject('unknown-op', `op ${JSON.stringify(op ?? null)} is not known`, true)
+  const parsed = ARGS[op as Op].safeParse(claims.args ?? undefined)
+  if (!parsed.success) {
+    return reject('invalid-args', parsed.error.issues.map((i) => `${i.path.join('.') || 'args'}: ${i.message}`).join('; '), true)
+  }
+  const args = parsed.data as Record<string, unknown>
+  if (op === 'device.enroll') {
+    const d = parseDeviceSpec(args.device)
+    if (!d.ok) return reject('invalid-args', d.problems.join('; '), true)
+    args.device = d.spec
+  } else if (typeof args.deviceId === 'string' && !ctx.deviceExists(args.deviceId)) {
+    return reject('unknown-device', `no device ${args.deviceId} is enrolled`, true)
+  }
+  return { ok: true, cmd: { jti: jti!, iss: claims.iss, iat: claims.iat as number, exp: claims.exp as number, op: op as Op, args } }
+}
+
+export type CommandState = 'accepted' | 'completed' | 'failed' | 'rejected'
+
+interface Remembered {
+  state: CommandState
+  op?: Op
+  /** kept while accepted, so a restart can finish the command */
+  cmd?: Command
+  reason?: string
+}
+
+export interface ExecutionContext {
+  gw: Gateway
+  enforcer: AccessEnforcer
+  actor: { actor: string; jti: string; reason?: string }
+  /** performance.now() when the command arrived */
+  receivedAt: number
+  /** seconds since the epoch when it arrived */
+  receivedAtS: number
+}
+
+/** What running a command produced; thrown CommandFailure means cmd.failed. */
+export interface Outcome {
+  deviceId?: string
+  evidence?: Record<string, unknown>
+  /** the command finishes later (retire waits for a wipe ack); its executor writes cmd.completed */
+  pending?: boolean
+}
+
+export class CommandFailure extends Error {
+  constructor(readonly reason: string, message: string) {
+    super(message)
+  }
+}
+
+export type Executor = (cmd: Command, ctx: ExecutionContext) => Promise<Outcome>
+
+export class CommandProcessor {
+  readonly #gw: Gateway
+  readonly #enforcer: AccessEnforcer
+  readonly #log: Logger
+  readonly #jtis: JtiStore<Remembered>
+  readonly #cpKeys = new Map<string, KeyObject>()
+  readonly #executors = new Map<Op, Executor>()
+  #chain: Promise<void> = Promise.resolve()
+
+  private constructor(gw: Gateway, enforcer: AccessEnforcer, jtis: JtiStore<Remembered>, log: Logger) {
+    this.#gw = gw
+    this.#enforcer = enforcer
+    this.#jtis = jtis
+    this.#log = log
+    for (const [kid, b64] of Object.entries(gw.config.cpKeys)) {
+      const key = publicKeyFromB64(b64)
+      if (key) this.#cpKeys.set(kid, key)
+    }
+    for (const [op, ex] of Object.entries(BUILTIN)) this.#executors.set(op as Op, ex)
+  }
+
+  static async create(gw: Gateway, enforcer: AccessEnforcer, log: Logger): Promise<CommandProcessor> {
+    return new CommandProcessor(gw, enforcer, await JtiStore.load<Remembered>(gw.store, 'cmd'), log)
+  }
+
+  /** Later issues plug in the ops they build (wipe, retire, …). */
+  register(op: Op, executor: Executor): void {
+    this.#executors.set(op, executor)
+  }
+
+  /**
+   * Take one command off the wire. Resolves once its fate is durable (the
+   * rejection, the duplicate answer, or the acceptance), which is when the
+   * uplink may PUBACK it; execution goes on in arrival order after that.
+   */
+  async handle(payload: string | Uint8Array): Promise<void> {
+    const receivedAt = performance.now()
+    const gw = this.#gw
+    const nowS = gw.nowS()
+    const v = verifyCommand(payload, {
+      gatewayId: gw.id,
+      cpKeys: this.#cpKeys,
+      nowS,
+      skewS: gw.config.clockSkewS,
+      deviceExists: (id) => gw.registry.get(id) !== undefined,
+    })
+    if (!v.ok) {
+      // A replay of a signed command we already answered is a duplicate,
+      // whatever it would be refused for now.
+      const seen = v.signed && v.jti ? this.#jtis.get(v.jti, nowS) : undefined
+      if (seen) return this.#duplicate(v.jti!, seen.data.state)
+      this.#log.warn({ reason: v.reason, detail: v.detail, jti: v.jti }, 'command rejected')
+      const ops = []
+      // Remember signed-but-refused jtis so a replay cannot run once the
+      // refusal no longer applies (an unknown device enrolled later).
+      if (v.signed && v.jti) ops.push(this.#jtis.remember(v.jti, nowS + MAX_COMMAND_LIFETIME_S + gw.config.clockSkewS, { state: 'rejected', reason: v.reason }))
+      await gw.commit({
+        ops,
+        audit: [{ actor: 'uplink', action: 'command.rejected', data: { jti: v.jti, reason: v.reason, detail: v.detail } }],
+        events: [{ type: 'cmd.rejected', data: { ...(v.jti ? { jti: v.jti } : {}), reason: v.reason, detail: v.detail } }],
+      })
+      return
+    }
+    const cmd = v.cmd
+    const seen = this.#jtis.get(cmd.jti, nowS)
+    if (seen) return this.#duplicate(cmd.jti, seen.data.state)
+    const keepUntil = cmd.exp + gw.config.clockSkewS
+    const accepted = gw.commit({
+      ops: [this.#jtis.remember(cmd.jti, keepUntil, { state: 'accepted', op: cmd.op, cmd })],
+      audit: [{ actor: `cp:${cmd.iss}`, action: 'command.accepted', data: { jti: cmd.jti, op: cmd.op, args: cmd.args } }],
+      events: [{ type: 'cmd.accepted', data: { jti: cmd.jti, op: cmd.op } }],
+    })
+    // Run it now, without waiting for the fsync: the acceptance is queued
+    // first, so on disk it precedes whatever the command changes, and access
+    // is cut as soon as the command is verified.
+    this.#enqueueExecution(cmd, receivedAt, nowS)
+    await accepted
+  }
+
+  async #duplicate(jti: string, state: CommandState): Promise<void> {
+    await this.#gw.commit({ events: [{ type: 'cmd.duplicate', data: { jti, state } }] })
+  }
+
+  #enqueueExecution(cmd: Command, receivedAt: number, receivedAtS: number): Promise<void> {
+    const run = this.#chain.then(() => this.#execute(cmd, receivedAt, receivedAtS))
+    this.#chain = run.catch(() => {})
+    return run
+  }
+
+  async #execute(cmd: Command, receivedAt: number, receivedAtS: number): Promise<void> {
+    const gw = this.#gw
+    const keepUntil = cmd.exp + gw.config.clockSkewS
+    const executor = this.#executors.get(cmd.op)
+    const reason = typeof cmd.args.reason === 'string' ? cmd.args.reason : undefined
+    const ctx: ExecutionContext = {
+      gw,
+      enforcer: this.#enforcer,
+      actor: { actor: `cp:${cmd.iss}`, jti: cmd.jti, ...(reason !== undefined ? { reason } : {}) },
+      receivedAt,
+      receivedAtS,
+    }
+    try {
+      if (!executor) throw new CommandFailure('not-supported', `${cmd.op} is not supported by this gateway yet`)
+      const outcome = await executor(cmd, ctx)
+      if (outcome.pending) return
+      await this.complete(cmd, outcome)
+    } catch (err) {
+      const failure =
+        err instanceof CommandFailure
+          ? err
+          : isEdgewardenError(err, 'ILLEGAL_TRANSITION')
+            ? new CommandFailure('illegal-transition', err.message)
+            : isEdgewardenError(err, 'UNKNOWN_DEVICE')
+              ? new CommandFailure('unknown-device', err.message)
+              : null
+      if (!failure) {
+        this.#log.error({ err, jti: cmd.jti, op: cmd.op }, 'command execution failed')
+      }
+      const f = failure ?? new CommandFailure('internal-error', (err as Error).message)
+      await gw.commit({
+        ops: [this.#jtis.remember(cmd.jti, keepUntil, { state: 'failed', op: cmd.op, reason: f.reason })],
+        audit: [{ actor: ctx.actor.actor, action: 'command.failed', data: { jti: cmd.jti, op: cmd.op, reason: f.reason, detail: f.message } }],
+        events: [{ type: 'cmd.failed', data: { jti: cmd.jti, op: cmd.op, reason: f.reason } }],
+      })
+    }
+  }
+
+  /** Record a command as completed, with its evidence (executors of pending commands call this later). */
+  async complete(cmd: Command, outcome: Outcome): Promise<void> {
+    const gw = this.#gw
+    await gw.commit({
+      ops: [this.#jtis.remember(cmd.jti, cmd.exp + gw.config.clockSkewS, { state: 'completed', op: cmd.op })],
+      audit: [{ actor: `cp:${cmd.iss}`, action: 'command.completed', ...(outcome.deviceId ? { subject: outcome.deviceId } : {}), data: { jti: cmd.jti, op: cmd.op, evidence: outcome.evidence } }],
+      events: [
+        {
+          type: 'cmd.completed',
+          data: { jti: cmd.jti, op: cmd.op, ...(outcome.deviceId ? { deviceId: outcome.deviceId } : {}), ...(outcome.evidence ? { evidence: outcome.evidence } : {}) },
+        },
+      ],
+    })
+  }
+
+  /** After a restart: finish every command that was accepted but not answered; forget expired jtis. */
+  async resume(): Promise<number> {
+    const gw = this.#gw
+    const nowS = gw.nowS()
+    const sweep = this.#jtis.sweep(nowS)
+    if (sweep.length) await gw.store.write(sweep, { sync: false })
+    let n = 0
+    for (const [jti, e] of this.#jtis.entries()) {
+      if (e.data.state !== 'accepted' || !e.data.cmd) continue
+      this.#log.info({ jti, op: e.data.op }, 'resuming a command accepted before the restart')
+      void this.#enqueueExecution(e.data.cmd, performance.now(), nowS)
+      n++
+    }
+    await this.#chain
+    return n
+  }
+
+  /** Resolves when every command received so far has run. */
+  idle(): Promise<void> {
+    return this.#chain
+  }
+
+  /** The state the gateway holds for a jti, if any. */
+  stateOf(jti: string): CommandState | undefined {
+    return this.#jtis.get(jti, this.#gw.nowS())?.data.state
+  }
+}
+
+async function stateChange(t: Transition, cmd: Command, ctx: ExecutionContext): Promise<Outcome> {
+  const id = cmd.args.deviceId as string
+  const r = await ctx.gw.transition(id, t, ctx.actor)
+  const enforcement = await ctx.enforcer.settled(id)
+  const evidence: Record<string, unknown> = {
+    deviceId: id,
+    from: r.from,
+    state: r.record.state,
+    changed: r.changed,
+    receivedAt: ctx.receivedAtS,
+    network: enforcement.network,
+  }
+  if (r.record.state !== 'active') {
+    evidence.accessRemovedMs = r.changed ? Math.max(0, Math.round((enforcement.doneAt - ctx.receivedAt) * 1000) / 1000) : 0
+    evidence.sessionsClosed = r.changed ? enforcement.sessionsClosed : { mqtt: 0, opcua: 0, modbus: 0 }
+  }
+  return { deviceId: id, evidence }
+}
+
+const BUILTIN: Partial<Record<Op, Executor>> = {
+  'device.enroll': async (cmd, ctx) => {
+    const record = await ctx.gw.enroll(cmd.args.device, ctx.actor)
+    return { deviceId: record.spec.id, evidence: { deviceId: record.spec.id, state: record.state, credentialExpiresAt: record.credentialExpiresAt } }
+  },
+  'device.revoke': (cmd, ctx) => stateChange('revoke', cmd, ctx),
+  'device.quarantine': (cmd, ctx) => stateChange('quarantine', cmd, ctx),
+  'device.release': (cmd, ctx) => stateChange('release', cmd, ctx),
+  'inventory.report': async (_cmd, ctx) => {
+    const gw = ctx.gw
+    const devices = [...gw.registry.values()].map((d) => ({
+      id: d.spec.id,
+      state: d.state,
+      criticality: d.spec.criticality ?? 'medium',
+      credentialExpiresAt: d.credentialExpiresAt,
+      pendingActions: gw.actions.pending(d.spec.id).length,
+    }))
+    // A JWS is at most 16 KiB (PROTOCOL §1): a large fleet is reported in
+    // parts, each event naming its part and the total.
+    const PER_EVENT = 50
+    const parts = Math.max(1, Math.ceil(devices.length / PER_EVENT))
+    for (let i = 0; i < parts; i++) {
+      await gw.commit({
+        events: [{ type: 'inventory', data: { devices: devices.slice(i * PER_EVENT, (i + 1) * PER_EVENT), part: i + 1, parts, jti: ctx.actor.jti } }],
+      })
+    }
+    return { evidence: { devices: devices.length, parts } }
+  },
+}

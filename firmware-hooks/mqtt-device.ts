@@ -1,0 +1,126 @@
+// A device on the site broker (PROTOCOL §5): connect with a fresh token,
+// subscribe to its command topic, hand each command to one handler. The
+// action runtime (verify, run the hook, sign the ack) is built on top.
+import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
+import { mintToken } from './token.ts'
+
+export interface MqttDeviceOptions {
+  /** mqtt://host:port or mqtts://host:port (PROTOCOL §5: sites should use TLS) */
+  url: string
+  deviceId: string
+  gatewayId: string
+  secretKey: Uint8Array
+  /** token lifetime, seconds (default 300, at most 3600) */
+  lifetimeS?: number
+  /** seconds since the epoch, for the token's iat */
+  nowS?: () => number
+  /** TLS options passed to mqtt.js (ca, rejectUnauthorized, servername...) */
+  tls?: Pick<IClientOptions, 'ca' | 'rejectUnauthorized' | 'servername'>
+  will?: IClientOptions['will']
+  /** delay before reconnecting with a fresh token; 0 (default) does not reconnect */
+  reconnectMs?: number
+  connectTimeoutMs?: number
+}
+
+export type CommandHandler = (payload: Buffer, device: MqttDevice) => void
+
+export class MqttDevice {
+  readonly id: string
+  readonly cmdTopic: string
+  readonly client: MqttClient
+  readonly #opts: MqttDeviceOptions
+  #handler: CommandHandler | null = null
+  #closing = false
+  /** the last error the connection reported (a refused reconnect, a denied subscription) */
+  lastError: Error | null = null
+
+  private constructor(opts: MqttDeviceOptions, client: MqttClient) {
+    this.#opts = opts
+    this.id = opts.deviceId
+    this.cmdTopic = `dev/${opts.deviceId}/cmd`
+    this.client = client
+    client.on('error', (err) => (this.lastError = err)) // an EventEmitter 'error' without a listener would throw
+    client.on('message', (topic, payload) => {
+      if (topic === this.cmdTopic) this.#handler?.(payload, this)
+    })
+    // a clean session forgets subscriptions: subscribe again after each reconnect
+    client.on('connect', () => void this.#subscribe().catch((err: unknown) => client.emit('error', err as Error)))
+    client.on('close', () => {
+      if (this.#closing || !opts.reconnectMs) return
+      setTimeout(() => void this.#reconnect(), opts.reconnectMs).unref?.()
+    })
+  }
+
+  static #token(opts: MqttDeviceOptions): Promise<string> {
+    return mintToken({
+      deviceId: opts.deviceId,
+      gatewayId: opts.gatewayId,
+      secretKey: opts.secretKey,
+      ...(opts.nowS ? { nowS: opts.nowS() } : {}),
+      ...(opts.lifetimeS !== undefined ? { lifetimeS: opts.lifetimeS } : {}),
+    })
+  }
+
+  /** Connect and subscribe; rejects when the broker refuses (CONNACK 4 or 5) or the command subscription is denied. */
+  static async connect(opts: MqttDeviceOptions): Promise<MqttDevice> {
+    const client = mqtt.connect(opts.url, {
+      clientId: opts.deviceId, // PROTOCOL §5: client id = user name = device id
+      username: opts.deviceId,
+      password: await MqttDevice.#token(opts),
+      protocolVersion: 4, // the site broker speaks MQTT 3.1.1
+      clean: true,
+      reconnectPeriod: 0, // reconnects need a fresh token: done here, not by mqtt.js
+      connectTimeout: opts.connectTimeoutMs ?? 10_000,
+      ...(opts.will ? { will: opts.will } : {}),
+      ...opts.tls,
+    })
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const done = (err?: Error): void => {
+          client.off('connect', onConnect).off('error', done).off('close', onClose)
+          if (err) reject(err)
+          else resolve()
+        }
+        const onConnect = (): void => done()
+        const onClose = (): void => done(new Error('connection closed before CONNACK'))
+        client.on('connect', onConnect).on('error', done).on('close', onClose)
+      })
+      const device = new MqttDevice(opts, client)
+      await device.#subscribe()
+      return device
+    } catch (err) {
+      client.end(true)
+      throw err
+    }
+  }
+
+  async #subscribe(): Promise<void> {
+    const granted = await this.client.subscribeAsync(this.cmdTopic, { qos: 1 })
+    if (granted[0]?.qos === 128) throw new Error(`subscription to ${this.cmdTopic} was denied`)
+  }
+
+  async #reconnect(): Promise<void> {
+    if (this.#closing) return
+    try {
+      this.client.options.password = await MqttDevice.#token(this.#opts)
+      this.client.reconnect()
+    } catch (err) {
+      this.client.emit('error', err as Error)
+    }
+  }
+
+  /** The handler for every message on `dev/<id>/cmd` (one handler; a second call replaces it). */
+  onCommand(handler: CommandHandler): void {
+    this.#handler = handler
+  }
+
+  /** Publish under the device's own namespace, `dev/<id>/<subtopic>`. */
+  async publish(subtopic: string, payload: string | Buffer, opts: { qos?: 0 | 1; retain?: boolean } = {}): Promise<void> {
+    await this.client.publishAsync(`dev/${this.id}/${subtopic}`, payload, { qos: opts.qos ?? 1, retain: opts.retain ?? false })
+  }
+
+  async close(): Promise<void> {
+    this.#closing = true
+    await this.client.endAsync()
+  }
+}

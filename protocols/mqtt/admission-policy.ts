@@ -1,0 +1,108 @@
+// The site broker's policy as aedes handlers (aedes injects policy as plain
+// functions): admission by device token (PROTOCOL §5), topic isolation, and
+// residual-use reporting (§4). Decisions come from the core (DeviceAdmission,
+// the registry); this file only speaks aedes.
+import type { AedesOptions, AuthenticateError, Client } from 'aedes'
+import { DeviceAdmission } from '../../agent/admission.ts'
+import type { Gateway } from '../../agent/gateway.ts'
+import type { Logger } from '../../agent/logger.ts'
+import { ResidualUseMonitor } from '../../agent/residual-use.ts'
+import { mayPublish, mayReceive, maySubscribe } from './topic-rules.ts'
+
+export class MqttAdmissionPolicy {
+  readonly admission: DeviceAdmission
+  readonly residual: ResidualUseMonitor
+  readonly #gw: Gateway
+  readonly #log: Logger
+
+  private constructor(gw: Gateway, admission: DeviceAdmission, residual: ResidualUseMonitor, log: Logger) {
+    this.#gw = gw
+    this.admission = admission
+    this.residual = residual
+    this.#log = log
+  }
+
+  static async open(gw: Gateway, log: Logger): Promise<MqttAdmissionPolicy> {
+    const residual = new ResidualUseMonitor(gw, log.child({ component: 'residual-use' }))
+    const admission = await DeviceAdmission.open(gw, { log, residual })
+    return new MqttAdmissionPolicy(gw, admission, residual, log)
+  }
+
+  /** The aedes handlers. */
+  handlers(): Pick<AedesOptions, 'authenticate' | 'authorizePublish' | 'authorizeSubscribe' | 'authorizeForward'> {
+    return {
+      authenticate: (client, username, password, done) => this.#authenticate(client, username, password, done),
+      authorizePublish: (client, packet, done) => this.#authorizePublish(client, packet, done),
+      authorizeSubscribe: (client, sub, done) => {
+        const id = client.id
+        const rights = this.admission.rightsNow(id)
+        if (rights && maySubscribe(id, rights, this.#gw.registry.get(id)?.spec.acl, sub.topic)) return done(null, sub)
+        this.#log.debug({ deviceId: id, filter: sub.topic, rights }, 'subscription denied')
+        if (rights === 'wipe-only') this.#residual(client, id, `subscribe to ${sub.topic} beyond wipe-only rights`)
+        done(null, null) // SUBACK 0x80 [MQTT-3.9.3]
+      },
+      // A granted wildcard (acl `#`, `dev/+/#`) never carries another identity's commands, retained ones included.
+      authorizeForward: (client, packet) => (mayReceive(client.id, packet.topic) ? packet : null),
+    }
+  }
+
+  #authenticate(
+    client: Client,
+    username: string | undefined,
+    password: Buffer | undefined,
+    done: (error: AuthenticateError | null, success: boolean | null) => void,
+  ): void {
+    const remote = remoteOf(client)
+    this.admission
+      .admit({ protocol: 'mqtt', clientId: client.id, username, password, ...(remote ? { remote } : {}) })
+      .then(
+        (d) => {
+          if (!d.ok) {
+            // [MQTT-3.2.2-5]: 4 bad user name or password (not a JWS), 5 not authorized (every other refusal)
+            return done(Object.assign(new Error(`connect refused: ${d.reason}`), { returnCode: d.reason === 'malformed-token' ? 4 : 5 } as const), false)
+          }
+          // aedes registers the session a moment after this: a cut landing in
+          // between would find no session to close, so check once more when
+          // the connect completes (the enforcer covers every later cut).
+          client.once('connected', () => {
+            if (this.admission.rightsNow(client.id) === null) {
+              this.#log.info({ deviceId: client.id }, 'device was cut while connecting; session closed')
+              client.close()
+            }
+          })
+          done(null, true)
+        },
+        (err: unknown) => {
+          this.#log.error({ err, deviceId: client.id }, 'admission failed')
+          done(Object.assign(new Error('connect refused'), { returnCode: 5 } as const), false)
+        },
+      )
+  }
+
+  #authorizePublish(client: Client | null, packet: { topic: string; cmd?: string; clientId?: string }, done: (error?: Error | null) => void): void {
+    // client is null only for a will aedes publishes after its client is gone: judge it by its owner.
+    const id = client?.id ?? packet.clientId
+    if (id === undefined) return done(new Error('publish not authorized'))
+    const rights = this.admission.rightsNow(id)
+    if (rights && mayPublish(id, rights, this.#gw.registry.get(id)?.spec.acl, packet.topic)) return done(null)
+    const what = packet.cmd === 'publish' ? 'publish' : 'will'
+    this.#log.debug({ deviceId: id, topic: packet.topic, rights, what }, 'publish denied')
+    if (rights === 'wipe-only') this.#residual(client, id, `${what} to ${packet.topic} beyond wipe-only rights`)
+    // PROTOCOL §5: never delivered nor retained; aedes closes the connection [MQTT-3.3.5-2]
+    done(new Error(`${what} to ${packet.topic} not authorized`))
+  }
+
+  #residual(client: Client | null, deviceId: string, detail: string): void {
+    const remote = remoteOf(client)
+    this.residual.record({ deviceId, protocol: 'mqtt', detail, ...(remote ? { remote } : {}) })
+  }
+
+  async stop(): Promise<void> {
+    await this.residual.stop()
+  }
+}
+
+/** The peer address of a TCP or TLS connection (undefined for other streams). */
+function remoteOf(client: Client | null): string | undefined {
+  return (client?.conn as { remoteAddress?: string } | undefined)?.remoteAddress
+}

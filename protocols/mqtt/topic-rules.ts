@@ -1,0 +1,79 @@
+// PROTOCOL §5 topic rules of the site broker, as pure functions of the
+// device id, its rights (§4) and its record's acl. The checks are on
+// concrete topics where MQTT gives one (publish, forward); on filters only
+// for subscribe, where wildcards are reasoned about level by level.
+import type { Rights } from '../../agent/admission.ts'
+
+export interface TopicAcl {
+  publish?: readonly string[] | undefined
+  subscribe?: readonly string[] | undefined
+}
+
+/** The owner of a command topic `dev/<id>/cmd`, or null when the topic is not one. */
+export function cmdTopicOwner(topic: string): string | null {
+  if (!topic.startsWith('dev/') || !topic.endsWith('/cmd')) return null
+  const id = topic.slice(4, -4)
+  return id.length > 0 && !id.includes('/') ? id : null
+}
+
+/** [MQTT-4.7.1]: does a concrete topic match a filter? `$` topics never match a filter starting with a wildcard [MQTT-4.7.2-1]. */
+export function topicMatches(filter: string, topic: string): boolean {
+  if (topic.startsWith('$') && (filter.startsWith('+') || filter.startsWith('#'))) return false
+  const f = filter.split('/')
+  const t = topic.split('/')
+  for (let i = 0; i < f.length; i++) {
+    const level = f[i]!
+    if (level === '#') return true // also matches the parent level [MQTT-4.7.1-2]
+    if (i >= t.length) return false
+    if (level !== '+' && level !== t[i]) return false
+  }
+  return f.length === t.length
+}
+
+/** Is every topic matched by `inner` also matched by `outer`? (filter containment, level by level) */
+export function filterCovers(outer: string, inner: string): boolean {
+  const o = outer.split('/')
+  const n = inner.split('/')
+  // a leading wildcard never matches a `$` level [MQTT-4.7.2-1]
+  if (n[0]!.startsWith('$') && (o[0] === '+' || o[0] === '#')) return false
+  for (let i = 0; i < o.length; i++) {
+    const level = o[i]!
+    if (level === '#') return true
+    if (i >= n.length) return false
+    const l = n[i]!
+    if (l === '#') return false // inner reaches deeper than outer allows
+    if (level === '+') continue
+    if (l === '+' || l !== level) return false
+  }
+  return o.length === n.length
+}
+
+/** PROTOCOL §5 publish rule for a concrete topic (the will included). */
+export function mayPublish(deviceId: string, rights: Rights, acl: TopicAcl | undefined, topic: string): boolean {
+  if (topic.startsWith('$')) return false // no filter ever grants $SYS
+  if (cmdTopicOwner(topic) !== null) return false // nobody publishes a command but the gateway (its own cmd included)
+  if (rights !== 'full') return topic === `dev/${deviceId}/ack` // renew-only, wipe-only
+  const own = `dev/${deviceId}/`
+  if (topic.startsWith(own) && topic.length > own.length) return true
+  return acl?.publish?.some((f) => topicMatches(f, topic)) ?? false
+}
+
+/** PROTOCOL §5 subscribe rule for a filter; SUBACK 0x80 when false. */
+export function maySubscribe(deviceId: string, rights: Rights, acl: TopicAcl | undefined, filter: string): boolean {
+  if (filter === `dev/${deviceId}/cmd`) return true
+  if (rights !== 'full') return false
+  if (filter.startsWith('$')) return false // $SYS (and $share) are never granted to devices
+  const owner = cmdTopicOwner(filter)
+  if (owner !== null && owner !== '+' && owner !== deviceId) return false // another identity's commands, named
+  return acl?.subscribe?.some((f) => filterCovers(f, filter)) ?? false
+}
+
+/**
+ * Delivery rule: a wildcard subscription granted by an acl (`#`, `dev/+/cmd`,
+ * `dev/+/#`) never carries another identity's commands. Checked on each
+ * concrete topic as it is delivered, retained messages included.
+ */
+export function mayReceive(deviceId: string, topic: string): boolean {
+  const owner = cmdTopicOwner(topic)
+  return owner === null || owner === deviceId
+}

@@ -1,0 +1,88 @@
+// A real Mosquitto as the central broker, on a free loopback port, with its
+// own config and persistence in a temp dir. Restartable on the same port.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { existsSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { freePort, tempDir } from './agent.ts'
+
+const CANDIDATES = ['/usr/sbin/mosquitto', '/usr/bin/mosquitto', '/usr/local/sbin/mosquitto']
+export const MOSQUITTO = CANDIDATES.find((p) => existsSync(p)) ?? 'mosquitto'
+
+export class Mosquitto {
+  readonly port: number
+  readonly dir: string
+  #proc: ChildProcess | null = null
+  #log = ''
+
+  private constructor(port: number, dir: string) {
+    this.port = port
+    this.dir = dir
+  }
+
+  static async start(t: { after(fn: () => Promise<void> | void): void }): Promise<Mosquitto> {
+    const dir = tempDir(t)
+    const m = new Mosquitto(await freePort(), dir)
+    writeFileSync(
+      join(dir, 'mosquitto.conf'),
+      [
+        `listener ${m.port} 127.0.0.1`,
+        'allow_anonymous true',
+        'persistence true',
+        `persistence_location ${dir}/`,
+        'autosave_interval 0',
+        'max_queued_messages 0',
+        'max_inflight_messages 0',
+        'log_dest stderr',
+        'log_type error',
+        'log_type warning',
+        'log_type notice',
+        'log_type information',
+        '',
+      ].join('\n'),
+    )
+    t.after(() => m.stop('SIGKILL'))
+    await m.#spawn()
+    return m
+  }
+
+  get url(): string {
+    return `mqtt://127.0.0.1:${this.port}`
+  }
+
+  async #spawn(): Promise<void> {
+    const proc = spawn(MOSQUITTO, ['-c', join(this.dir, 'mosquitto.conf')], { stdio: ['ignore', 'ignore', 'pipe'] })
+    this.#proc = proc
+    proc.stderr!.on('data', (c: Buffer) => (this.#log += c.toString()))
+    // Mosquitto logs "mosquitto version … running" once its listeners are open.
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`mosquitto did not start: ${this.#log}`)), 10_000)
+      const onData = (): void => {
+        if (/mosquitto version \S+ running/.test(this.#log)) {
+          clearTimeout(timer)
+          proc.stderr!.off('data', onData)
+          resolve()
+        }
+      }
+      proc.stderr!.on('data', onData)
+      proc.once('exit', (code) => {
+        clearTimeout(timer)
+        reject(new Error(`mosquitto exited (${code}): ${this.#log}`))
+      })
+    })
+  }
+
+  /** Stop it (SIGTERM saves its persistence; SIGKILL loses what is not saved). */
+  async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    const p = this.#proc
+    this.#proc = null
+    if (!p || p.exitCode !== null || p.signalCode !== null) return
+    const done = new Promise<void>((resolve) => p.once('exit', () => resolve()))
+    p.kill(signal)
+    await done
+  }
+
+  async restart(): Promise<void> {
+    await this.stop('SIGTERM')
+    await this.#spawn()
+  }
+}

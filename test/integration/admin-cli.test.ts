@@ -1,0 +1,144 @@
+// The operator's CLI against a real agent process: device verbs go through
+// admin.sock, are audited as local:<user>, and illegal ones change nothing.
+import assert from 'node:assert/strict'
+import { statSync } from 'node:fs'
+import { userInfo } from 'node:os'
+import { join } from 'node:path'
+import { test } from 'node:test'
+import type { AuditEntry } from '../../agent/audit.ts'
+import type { DeviceView } from '../../agent/views.ts'
+import { runCli, spawnAgent, tempDir } from '../helpers/agent.ts'
+
+const NO_STACK = /\n\s+at \S/
+
+test('edgewarden device/audit/identity verbs against a running agent', { timeout: 90_000 }, async (t) => {
+  const dataDir = join(tempDir(t), 'data')
+  const agent = await spawnAgent(['--data-dir', dataDir, '--mqtt-port', '0', '--mqtt-host', '127.0.0.1', '--gateway', 'gw1'])
+  t.after(async () => void (await agent.stop('SIGKILL')))
+  const D = ['--data-dir', dataDir]
+  const cli = (...args: string[]) => runCli([...args, ...D])
+  const devKeyFile = join(dataDir, '..', 'd1.key')
+  const user = userInfo().username
+
+  // admin.sock is only for the agent's own user
+  assert.equal(statSync(join(dataDir, 'admin.sock')).mode & 0o777, 0o600)
+
+  const [keygen, unknownVerb, unknownFlag, idRunning] = await Promise.all([
+    runCli(['keygen', '--out', devKeyFile]),
+    runCli(['frobnicate', ...D]),
+    cli('device', 'ls', '--bogus'),
+    cli('identity', '--json'),
+  ])
+  assert.equal(keygen.code, 0, keygen.stderr)
+  const devKey = keygen.stdout.trim()
+  assert.match(devKey, /^[A-Za-z0-9_-]{43}$/)
+
+  await t.test('unknown verb and unknown flag exit 2 with usage', () => {
+    assert.equal(unknownVerb.code, 2)
+    assert.match(unknownVerb.stderr, /unknown verb "frobnicate"/)
+    assert.match(unknownVerb.stderr, /Usage:/)
+    assert.equal(unknownFlag.code, 2)
+    assert.match(unknownFlag.stderr, /--bogus/)
+    assert.match(unknownFlag.stderr, /edgewarden --help/)
+    for (const r of [unknownVerb, unknownFlag]) assert.doesNotMatch(r.stderr, NO_STACK)
+  })
+
+  const add = await cli(
+    'device', 'add', 'd1', '--public-key', devKey, '--criticality', 'high', '--owner', 'line 3 ops',
+    '--modbus', '127.0.0.1:5020/3', '--ip', '10.0.0.7', '--mac', '02:00:00:00:00:01',
+  )
+  assert.equal(add.code, 0, add.stderr)
+  assert.match(add.stdout, /enrolled d1 \(active\)/)
+
+  const [ls, lsJson, show] = await Promise.all([cli('device', 'ls'), cli('device', 'ls', '--json'), cli('device', 'show', 'd1')])
+  await t.test('device ls, ls --json, show', () => {
+    assert.equal(ls.code, 0, ls.stderr)
+    const rows = ls.stdout.trim().split('\n')
+    assert.match(rows[0] ?? '', /^ID\s+STATE\s+CRITICALITY\s+PROTOCOLS/)
+    assert.match(rows[1] ?? '', /^d1\s+active\s+high\s+modbus\s+0\s/)
+    assert.equal(rows.length, 2)
+
+    assert.equal(lsJson.code, 0, lsJson.stderr)
+    const list = JSON.parse(lsJson.stdout) as DeviceView[]
+    assert.equal(list.length, 1)
+    const d = list[0]!
+    assert.equal(d.id, 'd1')
+    assert.equal(d.state, 'active')
+    assert.equal(d.criticality, 'high')
+    assert.equal(d.owner, 'line 3 ops')
+    assert.equal(d.publicKey, devKey)
+    assert.deepEqual(d.protocols, ['modbus'])
+    assert.deepEqual(d.spec.modbus, { host: '127.0.0.1', port: 5020, unitId: 3 })
+    assert.deepEqual(d.spec.network, { ip: '10.0.0.7', mac: '02:00:00:00:00:01' })
+
+    assert.equal(show.code, 0, show.stderr)
+    assert.match(show.stdout, /^id\s+d1$/m)
+    assert.match(show.stdout, /^state\s+active/m)
+    assert.match(show.stdout, /^criticality\s+high$/m)
+    assert.match(show.stdout, /^owner\s+line 3 ops$/m)
+    assert.match(show.stdout, /^protocols\s+modbus$/m)
+    assert.ok(show.stdout.includes(devKey))
+  })
+
+  const q = await cli('device', 'quarantine', 'd1', '--reason', 'odd traffic')
+  assert.equal(q.code, 0, q.stderr)
+  assert.match(q.stdout, /quarantine d1: quarantined/)
+  const rel = await cli('device', 'release', 'd1', '--reason', 'cleared')
+  assert.equal(rel.code, 0, rel.stderr)
+  assert.match(rel.stdout, /release d1: active/)
+  const rev = await cli('device', 'revoke', 'd1', '--reason', 'stolen', '--json')
+  assert.equal(rev.code, 0, rev.stderr)
+  const revBody = JSON.parse(rev.stdout) as { result: { from: string; to: string }; device: DeviceView }
+  assert.deepEqual([revBody.result.from, revBody.result.to, revBody.device.stateReason], ['active', 'revoked', 'stolen'])
+
+  await t.test('an illegal verb (release of a revoked device) exits 1 with a clear message', async () => {
+    const bad = await cli('device', 'release', 'd1', '--reason', 'oops')
+    assert.equal(bad.code, 1)
+    assert.equal(bad.stdout, '')
+    assert.match(bad.stderr, /^edgewarden: device d1: release cannot move it from revoked to active\n$/)
+  })
+
+  const retire = await cli('device', 'retire', 'd1', '--reason', 'end of life', '--json')
+  assert.equal(retire.code, 0, retire.stderr)
+  const retired = JSON.parse(retire.stdout) as { result: { from: string; to: string; wipeActionId: string }; device: DeviceView }
+  // the refused release left the device revoked
+  assert.equal(retired.result.from, 'revoked')
+  assert.equal(retired.result.to, 'retiring')
+  assert.deepEqual(retired.device.pendingActions.map((a) => [a.act, a.id]), [['wipe', retired.result.wipeActionId]])
+
+  const [exp, verify] = await Promise.all([cli('audit', 'export'), cli('audit', 'verify')])
+  await t.test('audit export and verify while the agent runs (through admin.sock)', () => {
+    assert.equal(exp.code, 0, exp.stderr)
+    const entries = exp.stdout.trim().split('\n').map((l) => JSON.parse(l) as AuditEntry)
+    assert.deepEqual(
+      entries.map((e) => [e.action, e.actor, e.subject ?? null]),
+      [
+        ['gateway.created', 'gateway', null],
+        ['device.enroll', `local:${user}`, 'd1'],
+        ['device.quarantine', `local:${user}`, 'd1'],
+        ['device.release', `local:${user}`, 'd1'],
+        ['device.revoke', `local:${user}`, 'd1'],
+        // no entry for the refused release
+        ['device.retire', `local:${user}`, 'd1'],
+        ['action.queued', `local:${user}`, 'd1'],
+      ],
+    )
+    assert.deepEqual(entries.map((e) => e.seq), [1, 2, 3, 4, 5, 6, 7])
+    assert.equal((entries[2]!.data as { reason: string }).reason, 'odd traffic')
+    assert.equal((entries[4]!.data as { reason: string }).reason, 'stolen')
+    assert.equal(verify.code, 0, verify.stderr)
+    assert.match(verify.stdout, /audit log verifies: 7 entries/)
+  })
+
+  assert.equal(idRunning.code, 0, idRunning.stderr)
+  const running = JSON.parse(idRunning.stdout) as { site: string; gateway: string; publicKey: string }
+  assert.equal(running.publicKey, agent.ready.publicKey)
+  assert.equal(running.gateway, 'gw1')
+
+  assert.equal(await agent.stop(), 0)
+  await t.test('identity --json after the agent stopped gives the same key', async () => {
+    const idStopped = await cli('identity', '--json')
+    assert.equal(idStopped.code, 0, idStopped.stderr)
+    assert.deepEqual(JSON.parse(idStopped.stdout), running)
+  })
+})
