@@ -5,15 +5,10 @@
 import { readFileSync } from 'node:fs'
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import type { UplinkHandlers, UplinkTransport } from '../../agent/uplink.ts'
+import type { AgentConfig } from '../../agent/config.ts'
 import type { Logger } from '../../agent/logger.ts'
 
-export interface MqttUplinkOptions {
-  url: string
-  username?: string
-  password?: string
-  caFile?: string
-  certFile?: string
-  keyFile?: string
+export type MqttUplinkOptions = NonNullable<AgentConfig['uplink']> & {
   site: string
   gateway: string
   version: string

@@ -107,9 +107,9 @@ test('every refusal of §3 becomes a signed cmd.rejected with its reason; valid 
   assert.equal(rel.type, 'cmd.failed')
   assert.equal(rel.data.reason, 'illegal-transition')
   assert.equal(agent.gateway.getDevice('pump-1')?.state, 'revoked')
-  // Ops built by later issues answer not-supported, never a silent success.
   const inv = await cp.run('inventory.report', {})
   assert.equal(inv.type, 'cmd.completed')
+  assert.deepEqual(inv.data.evidence, { devices: 1, parts: 1 })
   assert.equal(cp.gaps.length, 0)
 })
 
