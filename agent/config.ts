@@ -7,6 +7,7 @@ import { hostname } from 'node:os'
 import { isAbsolute, join, resolve } from 'node:path'
 import { parse as parseYaml } from 'yaml'
 import { ID_PATTERN } from '../firmware-hooks/wire/ids.ts'
+import { CRITICALITIES, type Criticality } from './device.ts'
 import { ConfigError } from './errors.ts'
 import { rawPublicKey } from './keys.ts'
 
@@ -50,6 +51,14 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'residualAlertIntervalS', flag: 'residual-alert-interval', type: 'int', default: 60, doc: 'at most one alert.residual-use event per device per this many seconds; the rest are counted into the next one' },
   { key: 'credentialLifetimeS', flag: 'credential-lifetime', type: 'int', default: 31536000, doc: 'lifetime given to a device credential at enrollment or renewal when none is named, seconds (365 days)' },
   { key: 'renewGraceS', flag: 'renew-grace', type: 'int', default: 2592000, doc: 'how long after its credential expired a device may still connect renew-only, seconds (30 days)' },
+  { key: 'renewOverlapS', flag: 'renew-overlap', type: 'int', default: 604800, doc: 'after a renewal, how long the old device key stays valid beside the new one, seconds (7 days)' },
+  {
+    key: 'renewAt',
+    flag: 'renew-at',
+    type: 'list',
+    default: 'safety=0.3,high=0.3,medium=0.2,low=0.1',
+    doc: 'renew a credential on its own when this fraction of its lifetime is left, by criticality (CRITICALITY=FRACTION)',
+  },
   { key: 'clockSkewS', flag: 'clock-skew', type: 'int', default: 300, doc: 'clock skew tolerated on iat/exp, seconds (PROTOCOL §1)' },
   { key: 'logLevel', flag: 'log-level', type: 'enum', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info', doc: 'log level' },
 ]
@@ -74,6 +83,9 @@ export interface AgentConfig {
   residualAlertIntervalS: number
   credentialLifetimeS: number
   renewGraceS: number
+  renewOverlapS: number
+  /** fraction of the credential lifetime left at which a renewal is queued, by criticality */
+  renewAt: Record<Criticality, number>
   clockSkewS: number
   logLevel: string
 }
@@ -172,7 +184,10 @@ export function loadConfig({ flags, env, cwd = process.cwd() }: ConfigSources): 
   for (const o of OPTIONS) {
     const m = merged[o.key]
     if (m) v[o.key] = coerce(o, m.value, m.from, problems)
-    else if (o.default !== undefined) v[o.key] = typeof o.default === 'function' ? o.default() : o.default
+    else if (o.default !== undefined) {
+      const d = typeof o.default === 'function' ? o.default() : o.default
+      v[o.key] = o.type === 'list' ? coerce(o, d, 'default', problems) : d
+    }
   }
   const dataDir = resolve(cwd, String(v.dataDir ?? '.'))
   const tlsParts = [v.mqttsPort, v.tlsCert, v.tlsKey].filter((x) => x !== undefined).length
@@ -195,6 +210,12 @@ export function loadConfig({ flags, env, cwd = process.cwd() }: ConfigSources): 
     if (Object.keys(cpKeys).length === 0) problems.push('uplink is set but no control-plane key is pinned (cpKey KID=PUBKEY): every command would be refused')
   }
   if ((v.uplinkCert === undefined) !== (v.uplinkKey === undefined)) problems.push('uplinkCert and uplinkKey go together')
+  const renewAt: Record<Criticality, number> = { safety: 0.3, high: 0.3, medium: 0.2, low: 0.1 }
+  for (const entry of (v.renewAt as string[] | undefined) ?? []) {
+    const m = /^([a-z]+)=(0(?:\.\d+)?|1(?:\.0+)?)$/.exec(entry)
+    if (!m || !(CRITICALITIES as readonly string[]).includes(m[1]!)) problems.push(`renewAt: "${entry}" is not CRITICALITY=FRACTION with CRITICALITY one of ${CRITICALITIES.join(', ')} and FRACTION from 0 to 1`)
+    else renewAt[m[1] as Criticality] = Number(m[2])
+  }
   if (problems.length) throw new ConfigError(problems)
   const abs = (p: string): string => (isAbsolute(p) ? p : resolve(cwd, p))
   return {
@@ -223,6 +244,8 @@ export function loadConfig({ flags, env, cwd = process.cwd() }: ConfigSources): 
     residualAlertIntervalS: v.residualAlertIntervalS as number,
     credentialLifetimeS: v.credentialLifetimeS as number,
     renewGraceS: v.renewGraceS as number,
+    renewOverlapS: v.renewOverlapS as number,
+    renewAt,
     clockSkewS: v.clockSkewS as number,
     logLevel: v.logLevel as string,
   }

@@ -79,6 +79,10 @@ export interface DeviceRecord {
   keys: DeviceKey[]
   /** seconds since the epoch: the spec's, or enrollment time plus the configured credential lifetime */
   credentialExpiresAt: number
+  /** when the current credential was issued (enrollment, re-enrollment or renewal) */
+  credentialIssuedAt?: number
+  /** the last credential notice reported, so each is reported once per credential */
+  credentialNotice?: 'expiring' | 'expired-grace' | 'expired'
   stateReason?: string
   /** seconds since the epoch */
   createdAt: number

@@ -229,6 +229,7 @@ export class Gateway {
       keys: keepKeys ? before.keys : [{ publicKey: spec.publicKey, notBefore: now, notAfter: null }],
       credentialExpiresAt:
         spec.credentialExpiresAt ?? (keepKeys ? before.credentialExpiresAt : now + this.config.credentialLifetimeS),
+      credentialIssuedAt: keepKeys ? (before.credentialIssuedAt ?? before.createdAt) : now,
       createdAt: before?.createdAt ?? now,
       updatedAt: now,
       stateChangedAt: from === to ? (before?.stateChangedAt ?? now) : now,
@@ -282,6 +283,18 @@ export class Gateway {
       events: [...(to !== before.state ? [{ type: 'device.state', data: { deviceId: id, from: before.state, to, cause: t } }] : []), ...(extra.events ?? [])],
     })
     return { record, from: before.state, changed: to !== before.state }
+  }
+
+  /**
+   * Change a device's record (keys, credential) without a state transition,
+   * with more to write in the same batch.
+   */
+  async updateDevice(id: string, mutate: (r: DeviceRecord) => DeviceRecord, extra: Change = {}, opts?: { sync: boolean }): Promise<DeviceRecord> {
+    const record = mutate(structuredClone(this.requireDevice(id)))
+    record.updatedAt = this.nowS()
+    const op = this.registry.set(record)
+    await this.#commit({ ...extra, ops: [op, ...(extra.ops ?? [])] }, opts)
+    return record
   }
 
   /** Queue an action for a device (PROTOCOL §5): stored, signed and audited before anything sends it. */

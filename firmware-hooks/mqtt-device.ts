@@ -9,7 +9,8 @@ export interface MqttDeviceOptions {
   url: string
   deviceId: string
   gatewayId: string
-  secretKey: Uint8Array
+  /** the device's 32-byte seed, or a getter read at every (re)connect, so a key changed by a re-key is used from then on */
+  secretKey: Uint8Array | (() => Uint8Array)
   /** token lifetime, seconds (default 300, at most 3600) */
   lifetimeS?: number
   /** seconds since the epoch, for the token's iat */
@@ -30,6 +31,8 @@ export class MqttDevice {
   readonly client: MqttClient
   readonly #opts: MqttDeviceOptions
   #handler: CommandHandler | null = null
+  /** commands that arrived before onCommand() was called (right after the SUBACK, before connect() returned) */
+  #early: Buffer[] = []
   #closing = false
   /** the last error the connection reported (a refused reconnect, a denied subscription) */
   lastError: Error | null = null
@@ -41,7 +44,9 @@ export class MqttDevice {
     this.client = client
     client.on('error', (err) => (this.lastError = err)) // an EventEmitter 'error' without a listener would throw
     client.on('message', (topic, payload) => {
-      if (topic === this.cmdTopic) this.#handler?.(payload, this)
+      if (topic !== this.cmdTopic) return
+      if (this.#handler) this.#handler(payload, this)
+      else if (this.#early.length < 100) this.#early.push(payload)
     })
     // a clean session forgets subscriptions: subscribe again after each reconnect
     client.on('connect', () => void this.#subscribe().catch((err: unknown) => client.emit('error', err as Error)))
@@ -55,7 +60,7 @@ export class MqttDevice {
     return mintToken({
       deviceId: opts.deviceId,
       gatewayId: opts.gatewayId,
-      secretKey: opts.secretKey,
+      secretKey: typeof opts.secretKey === 'function' ? opts.secretKey() : opts.secretKey,
       ...(opts.nowS ? { nowS: opts.nowS() } : {}),
       ...(opts.lifetimeS !== undefined ? { lifetimeS: opts.lifetimeS } : {}),
     })
@@ -112,6 +117,9 @@ export class MqttDevice {
   /** The handler for every message on `dev/<id>/cmd` (one handler; a second call replaces it). */
   onCommand(handler: CommandHandler): void {
     this.#handler = handler
+    const early = this.#early
+    this.#early = []
+    for (const p of early) handler(p, this)
   }
 
   /** Publish under the device's own namespace, `dev/<id>/<subtopic>`. */

@@ -4,7 +4,14 @@ import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { MqttAdmissionPolicy } from '../../protocols/mqtt/admission-policy.ts'
 import { SiteBroker } from '../../protocols/mqtt/site-broker.ts'
 import { MqttUplinkTransport } from '../../protocols/mqtt/uplink-transport.ts'
+import { MqttActionChannel } from '../../protocols/mqtt/action-channel.ts'
+import { ActionDispatcher } from '../action-dispatcher.ts'
+import { registerActionCommands } from '../action-commands.ts'
 import { CommandProcessor } from '../commands.ts'
+import { CredentialLifecycle } from '../credentials.ts'
+import { DeviceActions } from '../device-actions.ts'
+import { Maintenance } from '../maintenance.ts'
+import { Retirements } from '../retirement.ts'
 import { Uplink } from '../uplink.ts'
 import type { ProtocolAdapter } from '../adapter.ts'
 import { startAdminServer, type AdminHooks } from '../admin-server.ts'
@@ -17,35 +24,43 @@ import { createLogger, type Logger } from '../logger.ts'
 export interface RunningAgent {
   gateway: Gateway
   broker: SiteBroker
+  mqttPolicy: MqttAdmissionPolicy
   enforcer: AccessEnforcer
   commands: CommandProcessor
+  actions: DeviceActions
+  retirements: Retirements
+  credentials: CredentialLifecycle
+  maintenance: Maintenance
   uplink: Uplink | null
   adminPath: string
   stop(): Promise<void>
 }
 
-const adminHooks: AdminHooks = {
-  async deviceVerb(gw, id, verb, who) {
-    switch (verb) {
-      case 'quarantine':
-      case 'release':
-      case 'revoke':
-        return gw.transition(id, verb, who).then((r) => ({ from: r.from, to: r.record.state, changed: r.changed }))
-      case 'retire': {
-        const r = await gw.transition(id, 'retire', who)
-        const wipe = gw.actions.pending(id).find((a) => a.act === 'wipe') ?? (await gw.queueAction(id, 'wipe', who))
-        return { from: r.from, to: r.record.state, wipeActionId: wipe.id }
+function adminHooks(actions: DeviceActions, retirements: Retirements): AdminHooks {
+  return {
+    async deviceVerb(gw, id, verb, who) {
+      switch (verb) {
+        case 'quarantine':
+        case 'release':
+        case 'revoke':
+          return gw.transition(id, verb, who).then((r) => ({ from: r.from, to: r.record.state, changed: r.changed }))
+        case 'retire': {
+          const from = gw.requireDevice(id).state
+          const r = await retirements.start(id, { receivedAt: performance.now(), receivedAtS: gw.nowS(), ...(who.reason !== undefined ? { reason: who.reason } : {}) }, who)
+          const to = gw.requireDevice(id).state
+          return r.done ? { from, to, evidence: r.evidence } : { from, to, wipeActionId: r.wipeActionId }
+        }
+        default: {
+          const a = await actions.queue(id, verb, who)
+          return { actionId: a.id, act: a.act }
+        }
       }
-      default: {
-        const a = await gw.queueAction(id, verb, who)
-        return { actionId: a.id, act: a.act }
-      }
-    }
-  },
+    },
+  }
 }
 
 /** Start every part of the agent; used by `edgewarden start` and by in-process tests. */
-export async function startAgent(config: AgentConfig, opts: { log: Logger; clock?: Clock }): Promise<RunningAgent> {
+export async function startAgent(config: AgentConfig, opts: { log: Logger; clock?: Clock; maintenanceIntervalMs?: number }): Promise<RunningAgent> {
   const { log } = opts
   const gateway = await Gateway.open(config, { log: log.child({ component: 'gateway' }), ...(opts.clock ? { clock: opts.clock } : {}) })
   const stack: (() => Promise<void>)[] = [() => gateway.close()]
@@ -67,7 +82,29 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
     stack.push(() => broker.stop())
     const adapters: ProtocolAdapter[] = [broker]
     const enforcer = new AccessEnforcer(gateway, adapters, { log: log.child({ component: 'enforcer' }) })
+
+    // Actions for devices: queue, delivery over every channel, acks, retirement, credentials.
+    const dispatcher = new ActionDispatcher(gateway, log.child({ component: 'actions' }))
+    const actions = new DeviceActions(gateway, dispatcher, log.child({ component: 'actions' }))
+    const retirements = await Retirements.load(gateway, actions, enforcer, log.child({ component: 'retirement' }))
+    retirements.countResidualUseWith((id) => mqttPolicy.residual.attempts(id))
+    const credentials = new CredentialLifecycle(gateway, actions, log.child({ component: 'credentials' }))
+    const mqttActions = new MqttActionChannel(broker, log.child({ component: 'mqtt-actions' }))
+    dispatcher.addChannel(mqttActions)
+    await mqttActions.attach({
+      ready: (id) => {
+        // A device that comes back with a lapsed credential gets its renewal queued first.
+        void credentials.deviceReady(id).finally(() => dispatcher.deviceReady(id))
+      },
+      ack: (id, payload) => void actions.ack(id, payload, 'mqtt').catch((err: unknown) => log.error({ err, deviceId: id }, 'settling an ack failed')),
+    })
+    const maintenance = new Maintenance(gateway, { retirements, actions, credentials }, log.child({ component: 'maintenance' }))
+    await maintenance.tick()
+    maintenance.start(opts.maintenanceIntervalMs)
+    stack.push(() => maintenance.stop())
+
     const commands = await CommandProcessor.create(gateway, enforcer, log.child({ component: 'commands' }))
+    registerActionCommands(commands, { actions, retirements })
     stack.push(() => commands.idle())
     let uplink: Uplink | null = null
     if (config.uplink) {
@@ -85,9 +122,9 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
     }
     // Commands accepted before a crash run now; the uplink does not wait for them.
     void commands.resume().catch((err: unknown) => log.error({ err }, 'resuming accepted commands failed'))
-    const admin = await startAdminServer(gateway, adminHooks, log.child({ component: 'admin' }))
+    const admin = await startAdminServer(gateway, adminHooks(actions, retirements), log.child({ component: 'admin' }))
     stack.push(() => admin.close())
-    return { gateway, broker, enforcer, commands, uplink, adminPath: admin.path, stop: stopAll }
+    return { gateway, broker, mqttPolicy, enforcer, commands, actions, retirements, credentials, maintenance, uplink, adminPath: admin.path, stop: stopAll }
   } catch (err) {
     await stopAll()
     throw err

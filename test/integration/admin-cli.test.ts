@@ -120,14 +120,15 @@ test('edgewarden device/audit/identity verbs against a running agent', { timeout
         ['device.revoke', `local:${user}`, 'd1'],
         // no entry for the refused release
         ['device.retire', `local:${user}`, 'd1'],
+        ['retire.access-removed', `local:${user}`, 'd1'],
         ['action.queued', `local:${user}`, 'd1'],
       ],
     )
-    assert.deepEqual(entries.map((e) => e.seq), [1, 2, 3, 4, 5, 6, 7])
+    assert.deepEqual(entries.map((e) => e.seq), [1, 2, 3, 4, 5, 6, 7, 8])
     assert.equal((entries[2]!.data as { reason: string }).reason, 'odd traffic')
     assert.equal((entries[4]!.data as { reason: string }).reason, 'stolen')
     assert.equal(verify.code, 0, verify.stderr)
-    assert.match(verify.stdout, /audit log verifies: 7 entries/)
+    assert.match(verify.stdout, /audit log verifies: 8 entries/)
   })
 
   assert.equal(idRunning.code, 0, idRunning.stderr)
