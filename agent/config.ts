@@ -40,6 +40,10 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'mqttsPort', flag: 'mqtts-port', type: 'port', doc: 'MQTT over TLS port of the site broker; needs tlsCert and tlsKey' },
   { key: 'tlsCert', flag: 'tls-cert', type: 'string', doc: 'PEM certificate (chain) for the TLS listener' },
   { key: 'tlsKey', flag: 'tls-key', type: 'string', doc: 'PEM private key for the TLS listener' },
+  { key: 'modbusPort', flag: 'modbus-port', type: 'port', doc: 'port of the Modbus TCP proxy for SCADA and HMI clients; the proxy runs only when this is set (0: pick a free port)' },
+  { key: 'modbusHost', flag: 'modbus-host', type: 'string', default: '0.0.0.0', doc: 'address the Modbus TCP proxy listens on' },
+  { key: 'modbusTimeoutMs', flag: 'modbus-timeout', type: 'int', default: 1000, doc: 'how long the proxy and the hook relay wait for a Modbus device to answer, milliseconds' },
+  { key: 'quarantine', flag: 'quarantine', type: 'enum', values: ['none', 'nftables'], default: 'none', doc: 'network quarantine backend: none (applies nothing, says so in every evidence) or nftables (needs root and nft)' },
   { key: 'uplink', flag: 'uplink', type: 'string', doc: 'central broker URL (mqtt:// or mqtts://); without it the agent runs standalone' },
   { key: 'uplinkUsername', flag: 'uplink-username', type: 'string', doc: 'user name on the central broker' },
   { key: 'uplinkPassword', flag: 'uplink-password', type: 'string', secret: true, doc: 'password on the central broker (prefer the config file or EDGEWARDEN_UPLINK_PASSWORD)' },
@@ -69,6 +73,10 @@ export interface AgentConfig {
   gateway: string
   keyFile: string
   mqtt: { host: string; port: number; tls: { port: number; certFile: string; keyFile: string } | null }
+  /** the Modbus TCP proxy, when configured */
+  modbus: { host: string; port: number } | null
+  modbusTimeoutMs: number
+  quarantine: 'none' | 'nftables'
   uplink: {
     url: string
     username?: string
@@ -228,6 +236,9 @@ export function loadConfig({ flags, env, cwd = process.cwd() }: ConfigSources): 
       port: v.mqttPort as number,
       tls: tlsParts === 3 ? { port: v.mqttsPort as number, certFile: abs(v.tlsCert as string), keyFile: abs(v.tlsKey as string) } : null,
     },
+    modbus: v.modbusPort === undefined ? null : { host: v.modbusHost as string, port: v.modbusPort as number },
+    modbusTimeoutMs: v.modbusTimeoutMs as number,
+    quarantine: v.quarantine as 'none' | 'nftables',
     uplink:
       v.uplink === undefined
         ? null

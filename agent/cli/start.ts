@@ -81,6 +81,8 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
     await broker.start()
     stack.push(() => broker.stop())
     const adapters: ProtocolAdapter[] = [broker]
+    // [wiring: quarantine backend]
+    // [wiring: protocol adapters]
     const enforcer = new AccessEnforcer(gateway, adapters, { log: log.child({ component: 'enforcer' }) })
 
     // Actions for devices: queue, delivery over every channel, acks, retirement, credentials.
@@ -98,6 +100,7 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
       },
       ack: (id, payload) => void actions.ack(id, payload, 'mqtt').catch((err: unknown) => log.error({ err, deviceId: id }, 'settling an ack failed')),
     })
+    // [wiring: action channels]
     const maintenance = new Maintenance(gateway, { retirements, actions, credentials }, log.child({ component: 'maintenance' }))
     await maintenance.tick()
     maintenance.start(opts.maintenanceIntervalMs)
