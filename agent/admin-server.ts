@@ -26,6 +26,8 @@ export type AdminVerb = 'quarantine' | 'release' | 'revoke' | 'retire' | Act
 /** What a device verb does; the retire workflow is the Gateway's (or a later workflow's) to define. */
 export interface AdminHooks {
   deviceVerb(gw: Gateway, id: string, verb: AdminVerb, who: { actor: string; reason?: string }): Promise<unknown>
+  /** `GET /v1/quarantine`: the network rules in force joined with the registry */
+  quarantine?(gw: Gateway): Promise<unknown>
 }
 
 class RequestError extends Error {
@@ -101,6 +103,9 @@ export async function startAdminServer(gw: Gateway, hooks: AdminHooks, log: Logg
       const reason = typeof body.reason === 'string' ? body.reason.slice(0, 1024) : undefined
       const result = await hooks.deviceVerb(gw, parts[2]!, verb, { actor, ...(reason !== undefined ? { reason } : {}) })
       return send(res, 200, { result, device: describeDevice(gw, gw.requireDevice(parts[2]!)) })
+    }
+    if (route === 'GET /v1/quarantine' && parts.length === 2 && hooks.quarantine) {
+      return send(res, 200, await hooks.quarantine(gw))
     }
     if (route === 'GET /v1/audit' && parts[2] === 'verify') {
       return send(res, 200, await verifyAuditLog(gw.store, [gw.key.publicKeyB64, ...url.searchParams.getAll('trust')]))

@@ -84,6 +84,12 @@ export interface DeviceRecord {
   /** the last credential notice reported, so each is reported once per credential */
   credentialNotice?: 'expiring' | 'expired-grace' | 'expired'
   stateReason?: string
+  /**
+   * OPC UA: the server certificate pinned when first seen, for a device whose
+   * spec says `trustOnFirstUse` and names no `certificateSha256` (PROTOCOL §3).
+   * Recorded (and audited) by the gateway, never by the control plane.
+   */
+  opcuaPin?: { sha256: string; at: number }
   /** seconds since the epoch */
   createdAt: number
   updatedAt: number

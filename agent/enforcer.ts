@@ -8,7 +8,8 @@ import { levelFor, NoneQuarantine, type QuarantineBackend, type QuarantineResult
 
 export interface Enforcement {
   sessionsClosed: Record<Protocol, number>
-  network: { backend: string; rule: string }
+  /** `enforced: false` and `detail` only where an enforcing backend could not put the rule on the wire */
+  network: { backend: string; rule: string; enforced?: false; detail?: string }
   /** performance.now() when sessions were closed and the network rule was in force */
   doneAt: number
 }
@@ -36,11 +37,17 @@ export class AccessEnforcer {
     const level = levelFor(c.to)
     const network = this.#quarantine.apply(id, level).catch((err: unknown): QuarantineResult => {
       this.#log?.error({ err, deviceId: id, level }, 'network quarantine failed')
-      return { backend: this.#quarantine.name, rule: level, enforced: false }
+      return { backend: this.#quarantine.name, rule: level, enforced: false, detail: `rule not applied: ${(err as Error).message}; re-tried on the next check` }
     })
     this.#last.set(
       id,
-      network.then((n) => ({ sessionsClosed, network: { backend: n.backend, rule: n.rule }, doneAt: performance.now() })),
+      network.then((n) => ({
+        sessionsClosed,
+        // PROTOCOL §6 `network`: which backend applied which level, and
+        // plainly when the rule is not on the wire although it should be.
+        network: { backend: n.backend, rule: n.rule, ...(!n.enforced && n.detail !== undefined ? { enforced: false as const, detail: n.detail } : {}) },
+        doneAt: performance.now(),
+      })),
     )
   }
 

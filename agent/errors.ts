@@ -16,6 +16,8 @@ export const ErrorCodes = {
   ADMIN_UNAVAILABLE: 'the agent admin socket cannot be reached',
   ADMIN_REQUEST: 'admin request refused',
   USAGE: 'command line usage error',
+  QUARANTINE_UNAVAILABLE: 'the network quarantine backend cannot be used here (root and nft needed)',
+  QUARANTINE_FAILED: 'a network quarantine rule could not be applied',
 } as const
 
 export type ErrorCode = keyof typeof ErrorCodes

@@ -236,6 +236,8 @@ export class Gateway {
     }
     if (who.reason !== undefined) record.stateReason = who.reason
     if (before?.lastSeenAt !== undefined) record.lastSeenAt = before.lastSeenAt
+    // A TOFU pin survives an update of the record, not re-admission nor a move to another endpoint.
+    if (before?.opcuaPin && before.state !== 'revoked' && before.spec.opcua?.endpoint === spec.opcua?.endpoint) record.opcuaPin = before.opcuaPin
     const op = this.registry.set(record)
     const cause: Transition = 'enroll'
     this.#emit({ record, from, to, cause })

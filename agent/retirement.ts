@@ -196,14 +196,16 @@ export class Retirements {
     this.#open.delete(deviceId)
     await gw.transition(deviceId, 'retire-complete', { actor, ...(o.reason !== undefined ? { reason: o.reason } : {}) })
     const enforcement = await this.#enforcer.settled(deviceId)
-    const closed = { ...o.sessionsClosed }
-    for (const p of Object.keys(closed) as Protocol[]) closed[p] += enforcement.sessionsClosed[p]
     const evidence = {
       deviceId,
       state: 'retired',
       receivedAt: o.receivedAt,
       accessRemovedMs: o.accessRemovedMs,
-      sessionsClosed: closed,
+      // the sessions live when access was removed (step 2); the wipe-only
+      // session a device opens afterwards is closed too, and audited, but is
+      // not part of removing its access
+      sessionsClosed: o.sessionsClosed,
+      wipeOnlySessionsClosed: enforcement.sessionsClosed,
       network: enforcement.network,
       wipe,
       credentialsRevoked: o.credentialsRevoked,

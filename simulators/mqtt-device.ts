@@ -95,7 +95,7 @@ export interface SimulatedMqttDeviceOptions extends Partial<Intermittency> {
   /** uniform in [0, 1); default Math.random */
   random?: () => number
   /** passed to the MQTT connection (TLS, timeouts) */
-  mqtt?: Pick<MqttDeviceOptions, 'tls' | 'connectTimeoutMs' | 'lifetimeS'>
+  mqtt?: Pick<MqttDeviceOptions, 'tls' | 'connectTimeoutMs' | 'lifetimeS' | 'reconnectMs'>
 }
 
 export type SimDeviceState = 'offline' | 'online' | 'wiped'

@@ -7,6 +7,7 @@ import { runAudit } from './audit.ts'
 import { runCtl } from './ctl.ts'
 import { runDevice } from './device.ts'
 import { runIdentity, runKeygen } from './identity.ts'
+import { runQuarantine } from './quarantine.ts'
 import { runStart } from './start.ts'
 import { runToken } from './token.ts'
 import { UsageError, USAGE } from './usage.ts'
@@ -21,6 +22,7 @@ const VERBS: Record<string, Verb> = {
   audit: runAudit,
   token: runToken,
   ctl: runCtl,
+  quarantine: runQuarantine,
 }
 
 export async function main(argv: string[]): Promise<number> {

@@ -5,6 +5,10 @@ import { MqttAdmissionPolicy } from '../../protocols/mqtt/admission-policy.ts'
 import { SiteBroker } from '../../protocols/mqtt/site-broker.ts'
 import { MqttUplinkTransport } from '../../protocols/mqtt/uplink-transport.ts'
 import { MqttActionChannel } from '../../protocols/mqtt/action-channel.ts'
+import { OpcuaRelay } from '../../protocols/opcua/relay.ts'
+import { ModbusDeviceIndex } from '../../protocols/modbus/device-index.ts'
+import { ModbusHookRelay } from '../../protocols/modbus/hook-relay.ts'
+import { ModbusProxy } from '../../protocols/modbus/proxy.ts'
 import { ActionDispatcher } from '../action-dispatcher.ts'
 import { registerActionCommands } from '../action-commands.ts'
 import { CommandProcessor } from '../commands.ts'
@@ -20,24 +24,32 @@ import { loadConfig, OPTIONS, type AgentConfig } from '../config.ts'
 import { AccessEnforcer } from '../enforcer.ts'
 import { Gateway, VERSION } from '../gateway.ts'
 import { createLogger, type Logger } from '../logger.ts'
+import { openQuarantine, quarantineReport, registrySource } from '../quarantine-setup.ts'
+import type { QuarantineBackend } from '../quarantine.ts'
 
 export interface RunningAgent {
   gateway: Gateway
   broker: SiteBroker
   mqttPolicy: MqttAdmissionPolicy
   enforcer: AccessEnforcer
+  quarantine: QuarantineBackend
   commands: CommandProcessor
   actions: DeviceActions
   retirements: Retirements
   credentials: CredentialLifecycle
   maintenance: Maintenance
   uplink: Uplink | null
+  /** the OPC UA relay (PROTOCOL §8); node-opcua loads only once an OPC UA device exists */
+  opcua: OpcuaRelay
+  /** the Modbus proxy (listening only with --modbus-port) and the hook relay */
+  modbus: { proxy: ModbusProxy; relay: ModbusHookRelay; index: ModbusDeviceIndex }
   adminPath: string
   stop(): Promise<void>
 }
 
-function adminHooks(actions: DeviceActions, retirements: Retirements): AdminHooks {
+function adminHooks(actions: DeviceActions, retirements: Retirements, quarantine: QuarantineBackend): AdminHooks {
   return {
+    quarantine: (gw) => quarantineReport(registrySource(gw), quarantine),
     async deviceVerb(gw, id, verb, who) {
       switch (verb) {
         case 'quarantine':
@@ -82,8 +94,24 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
     stack.push(() => broker.stop())
     const adapters: ProtocolAdapter[] = [broker]
     // [wiring: quarantine backend]
+    // Reconciled with the registry before any change can happen; re-checked
+    // every 2 s. Stopping leaves the rules in force (fail closed).
+    const ports = broker.describe() as { mqtt?: number; mqtts?: number }
+    const quarantine = await openQuarantine(gateway, { wipePorts: [ports.mqtt, ports.mqtts].filter((p): p is number => p !== undefined), log: log.child({ component: 'quarantine' }) })
+    stack.push(() => quarantine.stop())
     // [wiring: protocol adapters]
-    const enforcer = new AccessEnforcer(gateway, adapters, { log: log.child({ component: 'enforcer' }) })
+    // OPC UA (PROTOCOL §8): the gateway's own sessions to device servers, certificates in <dataDir>/opcua-pki.
+    const opcua = new OpcuaRelay(gateway, { residual: mqttPolicy.residual, log: log.child({ component: 'opcua' }) })
+    stack.push(() => opcua.stop())
+    adapters.push(opcua)
+    // Modbus (PROTOCOL §7): one serialized link per device, shared by the SCADA proxy and the hook relay.
+    const modbusIndex = new ModbusDeviceIndex(gateway, { timeoutMs: config.modbusTimeoutMs, log: log.child({ component: 'modbus' }) })
+    stack.push(async () => modbusIndex.stop())
+    const modbusProxy = new ModbusProxy(modbusIndex, { listen: config.modbus, log: log.child({ component: 'modbus-proxy' }) })
+    await modbusProxy.start()
+    stack.push(() => modbusProxy.stop())
+    adapters.push(modbusProxy)
+    const enforcer = new AccessEnforcer(gateway, adapters, { quarantine, log: log.child({ component: 'enforcer' }) })
 
     // Actions for devices: queue, delivery over every channel, acks, retirement, credentials.
     const dispatcher = new ActionDispatcher(gateway, log.child({ component: 'actions' }))
@@ -101,6 +129,13 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
       ack: (id, payload) => void actions.ack(id, payload, 'mqtt').catch((err: unknown) => log.error({ err, deviceId: id }, 'settling an ack failed')),
     })
     // [wiring: action channels]
+    dispatcher.addChannel(opcua)
+    opcua.attach({ ready: (id) => void credentials.deviceReady(id).finally(() => dispatcher.deviceReady(id)), ack: (id, ack) => actions.ack(id, ack, 'opcua') })
+    await opcua.start()
+    const modbusRelay = new ModbusHookRelay(gateway, modbusIndex, actions, { log: log.child({ component: 'modbus-relay' }) })
+    dispatcher.addChannel(modbusRelay)
+    modbusRelay.start()
+    stack.push(async () => modbusRelay.stop())
     const maintenance = new Maintenance(gateway, { retirements, actions, credentials }, log.child({ component: 'maintenance' }))
     await maintenance.tick()
     maintenance.start(opts.maintenanceIntervalMs)
@@ -125,9 +160,9 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
     }
     // Commands accepted before a crash run now; the uplink does not wait for them.
     void commands.resume().catch((err: unknown) => log.error({ err }, 'resuming accepted commands failed'))
-    const admin = await startAdminServer(gateway, adminHooks(actions, retirements), log.child({ component: 'admin' }))
+    const admin = await startAdminServer(gateway, adminHooks(actions, retirements, quarantine), log.child({ component: 'admin' }))
     stack.push(() => admin.close())
-    return { gateway, broker, mqttPolicy, enforcer, commands, actions, retirements, credentials, maintenance, uplink, adminPath: admin.path, stop: stopAll }
+    return { gateway, broker, mqttPolicy, enforcer, quarantine, commands, actions, retirements, credentials, maintenance, uplink, opcua, modbus: { proxy: modbusProxy, relay: modbusRelay, index: modbusIndex }, adminPath: admin.path, stop: stopAll }
   } catch (err) {
     await stopAll()
     throw err
@@ -172,6 +207,8 @@ export async function runStart(args: string[]): Promise<number> {
       publicKey: gw.key.publicKeyB64,
       mqtt: { host: config.mqtt.host, ...agent.broker.describe() },
       admin: agent.adminPath,
+      modbus: agent.modbus.proxy.port,
+      quarantine: agent.quarantine.name,
       uplink: config.uplink ? config.uplink.url.replace(/\/\/[^@/]*@/, '//') : null,
       cpKeys: Object.keys(config.cpKeys),
       devices: gw.registry.size,

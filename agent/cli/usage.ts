@@ -26,6 +26,8 @@ Usage:
   edgewarden audit verify [--data-dir D] [--trust-key KEY]...
                                          check the audit chain; exit 1 naming the first bad entry
   edgewarden audit export [--data-dir D] print the audit log as JSON lines
+  edgewarden quarantine show [--data-dir D] [--json]
+                                         the network rules in force (read from the kernel) per device, and why
 
   edgewarden ctl keygen --out FILE       a control-plane key (pin its public key with --cp-key KID=KEY)
   edgewarden ctl send --broker URL --site S --gateway G --key FILE --kid ID OP [ARGS-JSON] [--wait]
