@@ -34,6 +34,8 @@ export interface ControlPlaneOptions {
   clientId?: string
   username?: string
   password?: string
+  /** TLS material for mqtts:// brokers */
+  tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer }
 }
 
 export const TERMINAL = new Set(['cmd.completed', 'cmd.failed', 'cmd.rejected', 'cmd.duplicate'])
@@ -79,6 +81,7 @@ export class ControlPlane {
       reconnectPeriod: 500,
       ...(o.username !== undefined ? { username: o.username } : {}),
       ...(o.password !== undefined ? { password: o.password } : {}),
+      ...o.tls,
     })
     this.#client = client
     client.on('message', (topic, payload) => {
@@ -120,6 +123,30 @@ export class ControlPlane {
   onEvent(listener: (e: GatewayEvent) => void): () => void {
     this.#listeners.add(listener)
     return () => this.#listeners.delete(listener)
+  }
+
+  /** Resolves once the gateway's retained status says online (its command subscription is in place by then). */
+  async waitOnline(timeoutMs = 15_000): Promise<void> {
+    const client = this.#client
+    if (!client) throw new TypeError('ControlPlane: not connected')
+    const topic = this.topics.status
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => (client.off('message', onMessage), reject(new Error(`gateway not online within ${timeoutMs} ms`))), timeoutMs)
+      const onMessage = (t: string, p: Buffer): void => {
+        if (t !== topic) return
+        try {
+          if ((JSON.parse(p.toString()) as { online?: boolean }).online !== true) return
+        } catch {
+          return
+        }
+        clearTimeout(timer)
+        client.off('message', onMessage)
+        void client.unsubscribeAsync(topic)
+        resolve()
+      }
+      client.on('message', onMessage)
+      client.subscribe(topic, { qos: 1 })
+    })
   }
 
   /** A signed command, not yet sent. */

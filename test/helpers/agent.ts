@@ -42,11 +42,13 @@ export function testConfig(dataDir: string, flags: Record<string, unknown> = {})
 /** The agent in this process: fast, and the clock can be injected. */
 export async function startTestAgent(
   t: { after(fn: () => Promise<void> | void): void },
-  opts: { dataDir?: string; flags?: Record<string, unknown>; clock?: Clock; logLevel?: string } = {},
+  opts: { dataDir?: string; flags?: Record<string, unknown>; clock?: Clock; logLevel?: string; logSink?: (line: string) => void } = {},
 ): Promise<RunningAgent & { config: AgentConfig; mqttPort: number }> {
   const dataDir = opts.dataDir ?? tempDir(t)
   const config = testConfig(dataDir, opts.flags)
-  const agent = await startAgent(config, { log: createLogger(opts.logLevel ?? 'silent'), ...(opts.clock ? { clock: opts.clock } : {}) })
+  const sink = opts.logSink
+  const log = sink ? createLogger(opts.logLevel ?? 'info', { write: (line: string) => void sink(line) }) : createLogger(opts.logLevel ?? 'silent')
+  const agent = await startAgent(config, { log, ...(opts.clock ? { clock: opts.clock } : {}) })
   let stopped = false
   const stop = async (): Promise<void> => {
     if (stopped) return

@@ -19,14 +19,16 @@ export class Mosquitto {
     this.dir = dir
   }
 
-  static async start(t: { after(fn: () => Promise<void> | void): void }): Promise<Mosquitto> {
+  /** `listener` lines are replaced by `extra` when it names its own (e.g. a TLS listener with client certificates). */
+  static async start(t: { after(fn: () => Promise<void> | void): void }, extra: string[] = []): Promise<Mosquitto> {
     const dir = tempDir(t)
     const m = new Mosquitto(await freePort(), dir)
+    const secured = extra.length > 0
     writeFileSync(
       join(dir, 'mosquitto.conf'),
       [
         `listener ${m.port} 127.0.0.1`,
-        'allow_anonymous true',
+        ...(secured ? extra : ['allow_anonymous true']),
         'persistence true',
         `persistence_location ${dir}/`,
         'autosave_interval 0',
@@ -47,6 +49,10 @@ export class Mosquitto {
 
   get url(): string {
     return `mqtt://127.0.0.1:${this.port}`
+  }
+
+  get tlsUrl(): string {
+    return `mqtts://127.0.0.1:${this.port}`
   }
 
   async #spawn(): Promise<void> {

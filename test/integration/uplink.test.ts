@@ -175,19 +175,6 @@ test('a command sent while the agent was stopped runs when it starts (persistent
   assert.equal(agent.gateway.getDevice('robot-7')?.state, 'revoked')
 })
 
-/** Resolves once the gateway's retained status says online (its command subscription is in place by then). */
-async function online(url: string): Promise<void> {
-  const { default: mqtt } = await import('mqtt')
-  const c = await mqtt.connectAsync(url, { protocolVersion: 4 })
-  try {
-    const up = new Promise<void>((resolve) => c.on('message', (_t, p) => (JSON.parse(p.toString()) as { online?: boolean }).online === true && resolve()))
-    await c.subscribeAsync('edgewarden/v1/site1/gw1/status', { qos: 1 })
-    await up
-  } finally {
-    await c.endAsync()
-  }
-}
-
 async function statusOf(url: string): Promise<Record<string, unknown>> {
   const { default: mqtt } = await import('mqtt')
   const c = await mqtt.connectAsync(url, { protocolVersion: 4 })
@@ -207,7 +194,7 @@ test('the MQTT will marks the gateway offline when it dies without a clean stop'
   t.after(() => gw.stop('SIGKILL').then(() => {}))
   const cp = await controlPlane(t, m.url, String(gw.ready.publicKey))
   // `ready` comes before the uplink is connected; a fresh broker has no session for the gateway yet.
-  await online(m.url)
+  await cp.waitOnline()
   await cp.run('inventory.report', {})
   assert.equal((await statusOf(m.url)).online, true)
   await gw.stop('SIGKILL')
