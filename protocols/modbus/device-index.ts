@@ -1,0 +1,145 @@
+// Which enrolled device a Modbus unit id names, and the gateway's one link to
+// each Modbus device. Kept coherent with the registry through device changes
+// (enrollment, re-enrollment with a new target, state changes); the state
+// itself is always read live from the registry, never cached here.
+import type { DeviceRecord } from '../../agent/device.ts'
+import type { Gateway } from '../../agent/gateway.ts'
+import type { Logger } from '../../agent/logger.ts'
+import { DeviceLink, type ModbusTarget } from './device-link.ts'
+
+/** PROTOCOL §7: holding registers from hookBase; absent means the default. */
+export const DEFAULT_HOOK_BASE = 61440
+/** PROTOCOL §7 map: cmd, actionSeq (2), status, envLen, then the envelope of at most 16 KiB (§1) at two bytes a register. */
+export const HOOK_REGISTERS = 5 + Math.ceil(16384 / 2)
+
+/** The device's hook base, or null for a legacy device (`hookBase: null`) or a device without Modbus. */
+export function hookBaseOf(r: DeviceRecord): number | null {
+  const m = r.spec.modbus
+  if (!m || m.hookBase === null) return null
+  return m.hookBase ?? DEFAULT_HOOK_BASE
+}
+
+/** Does [start, start + quantity) touch the hook registers [hookBase, hookBase + HOOK_REGISTERS)? */
+export function touchesHook(hookBase: number, start: number, quantity: number): boolean {
+  return start < hookBase + HOOK_REGISTERS && hookBase < start + quantity
+}
+
+export type Route = { kind: 'device'; record: DeviceRecord; link: DeviceLink } | { kind: 'unmapped' } | { kind: 'ambiguous'; deviceIds: string[] }
+
+export interface ModbusDeviceIndexOptions {
+  timeoutMs: number
+  log: Logger
+  maxQueue?: number
+}
+
+type ReachabilityListener = (deviceId: string, up: boolean) => void
+
+const sameTarget = (a: ModbusTarget, b: ModbusTarget): boolean => a.host === b.host && a.port === b.port && a.unitId === b.unitId
+
+export class ModbusDeviceIndex {
+  readonly #gw: Gateway
+  readonly #opts: ModbusDeviceIndexOptions
+  /** unit id -> ids of devices that claim it */
+  #byUnit = new Map<number, string[]>()
+  readonly #links = new Map<string, DeviceLink>()
+  readonly #reachability = new Set<ReachabilityListener>()
+  readonly #warnedAmbiguous = new Set<number>()
+  #unsubscribe: (() => void) | null = null
+  #stopped = false
+
+  constructor(gw: Gateway, opts: ModbusDeviceIndexOptions) {
+    this.#gw = gw
+    this.#opts = opts
+    this.#rebuild()
+    this.#unsubscribe = gw.onDeviceChange(({ record }) => {
+      const id = record.spec.id
+      const link = this.#links.get(id)
+      const m = record.spec.modbus
+      // A new target (or no Modbus any more) replaces the link; cut-off is the adapter's closeSessions.
+      if (link && (!m || !sameTarget(link.target, m))) {
+        link.destroy()
+        this.#links.delete(id)
+      }
+      this.#rebuild()
+    })
+  }
+
+  #rebuild(): void {
+    const byUnit = new Map<number, string[]>()
+    for (const r of this.#gw.registry.values()) {
+      const m = r.spec.modbus
+      if (!m) continue
+      const ids = byUnit.get(m.unitId) ?? []
+      ids.push(r.spec.id)
+      byUnit.set(m.unitId, ids)
+    }
+    this.#byUnit = byUnit
+  }
+
+  onReachability(listener: ReachabilityListener): () => void {
+    this.#reachability.add(listener)
+    return () => this.#reachability.delete(listener)
+  }
+
+  /**
+   * The device a proxy request for `unitId` goes to. A retired device gives
+   * up its unit id to a later enrollment; two live claims on one unit id are
+   * ambiguous, and answered as unavailable rather than guessed.
+   */
+  route(unitId: number): Route {
+    const ids = this.#byUnit.get(unitId) ?? []
+    const records = ids.map((id) => this.#gw.registry.get(id)).filter((r): r is DeviceRecord => r !== undefined)
+    const live = records.filter((r) => r.state !== 'retired')
+    const pick = live.length > 0 ? live : records
+    if (pick.length === 0) return { kind: 'unmapped' }
+    if (live.length > 1) {
+      if (!this.#warnedAmbiguous.has(unitId)) {
+        this.#warnedAmbiguous.add(unitId)
+        this.#opts.log.warn({ unitId, deviceIds: live.map((r) => r.spec.id) }, 'several enrolled devices claim one Modbus unit id: requests for it are refused')
+      }
+      return { kind: 'ambiguous', deviceIds: live.map((r) => r.spec.id) }
+    }
+    const record = pick[pick.length - 1]!
+    const link = this.link(record.spec.id)
+    return link ? { kind: 'device', record, link } : { kind: 'unmapped' }
+  }
+
+  /** The link to a device with a Modbus target (made on first use); null otherwise. */
+  link(deviceId: string): DeviceLink | null {
+    const existing = this.#links.get(deviceId)
+    if (existing) return existing
+    if (this.#stopped) return null
+    const m = this.#gw.registry.get(deviceId)?.spec.modbus
+    if (!m) return null
+    const link = new DeviceLink(
+      { host: m.host, port: m.port, unitId: m.unitId },
+      {
+        timeoutMs: this.#opts.timeoutMs,
+        log: this.#opts.log,
+        ...(this.#opts.maxQueue !== undefined ? { maxQueue: this.#opts.maxQueue } : {}),
+        onReachability: (up) => {
+          for (const l of this.#reachability) l(deviceId, up)
+        },
+      },
+    )
+    this.#links.set(deviceId, link)
+    return link
+  }
+
+  /** Close the gateway's connection to a device and fail what waits for it; returns the connections closed. */
+  closeSessions(deviceId: string): number {
+    return this.#links.get(deviceId)?.close('device cut off') ?? 0
+  }
+
+  sessionCount(deviceId: string): number {
+    return this.#links.get(deviceId)?.connections ?? 0
+  }
+
+  stop(): void {
+    this.#stopped = true
+    this.#unsubscribe?.()
+    this.#unsubscribe = null
+    for (const l of this.#links.values()) l.destroy()
+    this.#links.clear()
+  }
+}
