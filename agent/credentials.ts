@@ -3,9 +3,16 @@
 // criticality), and reports `credential.expiring` and `credential.expired`
 // once each per credential. Driven by the injected clock through tick().
 import type { DeviceActions } from './device-actions.ts'
-import type { DeviceRecord } from './device.ts'
+import { protocolsOf, type DeviceRecord } from './device.ts'
 import type { Gateway } from './gateway.ts'
 import type { Logger } from './logger.ts'
+
+/**
+ * A Modbus-only device holds no credential the gateway checks (Modbus has
+ * no authentication, PROTOCOL §7) and cannot carry a new key through its
+ * hook registers: renewing it would only fail, so it is not tracked.
+ */
+const renewable = (r: DeviceRecord): boolean => protocolsOf(r.spec).some((p) => p !== 'modbus')
 
 export class CredentialLifecycle {
   readonly #gw: Gateway
@@ -30,7 +37,7 @@ export class CredentialLifecycle {
 
   async tick(nowS: number): Promise<void> {
     for (const r of [...this.#gw.registry.values()]) {
-      if (r.state !== 'active') continue
+      if (r.state !== 'active' || !renewable(r)) continue
       const notice = this.noticeFor(r, nowS)
       if (notice === null || notice === r.credentialNotice) continue
       await this.#report(r, notice, nowS)
@@ -40,7 +47,7 @@ export class CredentialLifecycle {
   /** A device just connected: a credential that lapsed while it was away is renewed now, not at the next pass. */
   async deviceReady(deviceId: string): Promise<void> {
     const r = this.#gw.registry.get(deviceId)
-    if (!r || r.state !== 'active') return
+    if (!r || r.state !== 'active' || !renewable(r)) return
     const notice = this.noticeFor(r, this.#gw.nowS())
     if (notice !== null && notice !== r.credentialNotice) await this.#report(r, notice, this.#gw.nowS())
   }

@@ -145,3 +145,15 @@ test('actions past their deadline are removed and audited', async (t) => {
   for await (const e of exportAuditLog(gw.store)) if (e.action === 'action.expired') expired.push(e.data)
   assert.deepEqual(expired, [{ actionId: a.id, act: 'renew', deadline: a.deadline }])
 })
+
+test('a Modbus-only device is not renewed (it holds no credential the gateway checks)', async (t) => {
+  const clock = new ManualClock(Date.UTC(2026, 0, 1))
+  const agent = await startTestAgent(t, { clock, flags: { credentialLifetimeS: String(10 * DAY) } })
+  const gw = agent.gateway
+  await gw.enroll({ id: 'plc-1', publicKey: testKey().publicKey, modbus: { host: '127.0.0.1', port: 5020, unitId: 3 } }, { actor: 'test' })
+  await gw.enroll({ id: 'both-1', publicKey: testKey().publicKey, mqtt: {}, modbus: { host: '127.0.0.1', port: 5021, unitId: 4 } }, { actor: 'test' })
+  clock.advance(9 * DAY * 1000)
+  await agent.maintenance.tick()
+  assert.equal(gw.actions.pending('plc-1').length, 0)
+  assert.deepEqual(gw.actions.pending('both-1').map((a) => a.act), ['renew'])
+})
