@@ -29,6 +29,10 @@ export class Mosquitto {
       [
         `listener ${m.port} 127.0.0.1`,
         ...(secured ? extra : ['allow_anonymous true']),
+        // As root Mosquitto would drop to its own user, which cannot write the
+        // persistence file in this private temp dir: queued messages would
+        // then not survive a restart. (Ignored when not run as root.)
+        'user root',
         'persistence true',
         `persistence_location ${dir}/`,
         'autosave_interval 0',
