@@ -44,6 +44,14 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'modbusHost', flag: 'modbus-host', type: 'string', default: '0.0.0.0', doc: 'address the Modbus TCP proxy listens on' },
   { key: 'modbusTimeoutMs', flag: 'modbus-timeout', type: 'int', default: 1000, doc: 'how long the proxy and the hook relay wait for a Modbus device to answer, milliseconds' },
   { key: 'quarantine', flag: 'quarantine', type: 'enum', values: ['none', 'nftables'], default: 'none', doc: 'network quarantine backend: none (applies nothing, says so in every evidence) or nftables (needs root and nft)' },
+  { key: 'httpPort', flag: 'http-port', type: 'port', doc: 'port of the HTTP endpoint (Prometheus /metrics, /healthz, /readyz, status page); off when unset (0: pick a free port)' },
+  { key: 'httpHost', flag: 'http-host', type: 'string', default: '127.0.0.1', doc: 'address of the HTTP endpoint (localhost by default: put a reverse proxy in front to expose it)' },
+  { key: 'authFailuresPerClient', flag: 'auth-failures-per-client', type: 'int', default: 10, doc: 'failed connects allowed per client id per authThrottleWindowS before that id is refused for authBlockS' },
+  { key: 'authFailuresPerAddress', flag: 'auth-failures-per-address', type: 'int', default: 100, doc: 'failed connects allowed per source address per authThrottleWindowS before that address is refused for authBlockS' },
+  { key: 'authThrottleWindowS', flag: 'auth-throttle-window', type: 'int', default: 60, doc: 'window over which failed connects are counted, seconds' },
+  { key: 'authBlockS', flag: 'auth-block', type: 'int', default: 60, doc: 'how long a throttled client id or address is refused, seconds' },
+  { key: 'connectTimeoutMs', flag: 'connect-timeout', type: 'int', default: 10000, doc: 'a connection that has not completed MQTT CONNECT by then is closed (half-open connections), milliseconds' },
+  { key: 'maxPacketBytes', flag: 'max-packet-bytes', type: 'int', default: 65536, doc: 'largest MQTT packet the site broker accepts from a device, bytes' },
   { key: 'uplink', flag: 'uplink', type: 'string', doc: 'central broker URL (mqtt:// or mqtts://); without it the agent runs standalone' },
   { key: 'uplinkUsername', flag: 'uplink-username', type: 'string', doc: 'user name on the central broker' },
   { key: 'uplinkPassword', flag: 'uplink-password', type: 'string', secret: true, doc: 'password on the central broker (prefer the config file or EDGEWARDEN_UPLINK_PASSWORD)' },
@@ -77,6 +85,11 @@ export interface AgentConfig {
   modbus: { host: string; port: number } | null
   modbusTimeoutMs: number
   quarantine: 'none' | 'nftables'
+  /** the HTTP endpoint (metrics, health, status page), when configured */
+  http: { host: string; port: number } | null
+  authThrottle: { perClient: number; perAddress: number; windowS: number; blockS: number }
+  connectTimeoutMs: number
+  maxPacketBytes: number
   uplink: {
     url: string
     username?: string
@@ -238,6 +251,15 @@ export function loadConfig({ flags, env, cwd = process.cwd() }: ConfigSources): 
     },
     modbus: v.modbusPort === undefined ? null : { host: v.modbusHost as string, port: v.modbusPort as number },
     modbusTimeoutMs: v.modbusTimeoutMs as number,
+    http: v.httpPort === undefined ? null : { host: v.httpHost as string, port: v.httpPort as number },
+    authThrottle: {
+      perClient: v.authFailuresPerClient as number,
+      perAddress: v.authFailuresPerAddress as number,
+      windowS: v.authThrottleWindowS as number,
+      blockS: v.authBlockS as number,
+    },
+    connectTimeoutMs: v.connectTimeoutMs as number,
+    maxPacketBytes: v.maxPacketBytes as number,
     quarantine: v.quarantine as 'none' | 'nftables',
     uplink:
       v.uplink === undefined
