@@ -160,6 +160,7 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
     }
     // Commands accepted before a crash run now; the uplink does not wait for them.
     void commands.resume().catch((err: unknown) => log.error({ err }, 'resuming accepted commands failed'))
+    // [wiring: http endpoint]
     const admin = await startAdminServer(gateway, adminHooks(actions, retirements, quarantine), log.child({ component: 'admin' }))
     stack.push(() => admin.close())
     return { gateway, broker, mqttPolicy, enforcer, quarantine, commands, actions, retirements, credentials, maintenance, uplink, opcua, modbus: { proxy: modbusProxy, relay: modbusRelay, index: modbusIndex }, adminPath: admin.path, stop: stopAll }
