@@ -89,6 +89,8 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
       tls: config.mqtt.tls,
       log: log.child({ component: 'site-broker' }),
       policy: mqttPolicy.handlers(),
+      connectTimeoutMs: config.connectTimeoutMs,
+      maxPacketBytes: config.maxPacketBytes,
     })
     await broker.start()
     stack.push(() => broker.stop())

@@ -3,15 +3,23 @@
 // residual-use reporting (§4). Decisions come from the core (DeviceAdmission,
 // the registry); this file only speaks aedes.
 import type { AedesOptions, AuthenticateError, Client } from 'aedes'
-import { DeviceAdmission } from '../../agent/admission.ts'
+import { DeviceAdmission, isCutState, type AdmissionRefusal } from '../../agent/admission.ts'
+import { AuthThrottle } from '../../agent/auth-throttle.ts'
 import type { Gateway } from '../../agent/gateway.ts'
 import type { Logger } from '../../agent/logger.ts'
 import { ResidualUseMonitor } from '../../agent/residual-use.ts'
 import { mayPublish, mayReceive, maySubscribe } from './topic-rules.ts'
 
+/** Refusals that say nothing about the credentials (the device's state, our store): never throttled. */
+const NOT_GUESSING: ReadonlySet<AdmissionRefusal> = new Set<AdmissionRefusal>(['quarantined', 'revoked', 'retired', 'credential-expired', 'unavailable'])
+/** Longest topic or filter a device may use; longer ones are refused like any unauthorized one. */
+export const MAX_TOPIC_LENGTH = 1024
+
 export class MqttAdmissionPolicy {
   readonly admission: DeviceAdmission
   readonly residual: ResidualUseMonitor
+  /** failed-authentication throttling per client id and source address */
+  readonly throttle: AuthThrottle
   readonly #gw: Gateway
   readonly #log: Logger
 
@@ -20,6 +28,7 @@ export class MqttAdmissionPolicy {
     this.admission = admission
     this.residual = residual
     this.#log = log
+    this.throttle = new AuthThrottle(gw.config.authThrottle, () => gw.nowS())
   }
 
   static async open(gw: Gateway, log: Logger): Promise<MqttAdmissionPolicy> {
@@ -36,7 +45,7 @@ export class MqttAdmissionPolicy {
       authorizeSubscribe: (client, sub, done) => {
         const id = client.id
         const rights = this.admission.rightsNow(id)
-        if (rights && maySubscribe(id, rights, this.#gw.registry.get(id)?.spec.acl, sub.topic)) return done(null, sub)
+        if (rights && sub.topic.length <= MAX_TOPIC_LENGTH && maySubscribe(id, rights, this.#gw.registry.get(id)?.spec.acl, sub.topic)) return done(null, sub)
         this.#log.debug({ deviceId: id, filter: sub.topic, rights }, 'subscription denied')
         if (rights === 'wipe-only') this.#residual(client, id, `subscribe to ${sub.topic} beyond wipe-only rights`)
         done(null, null) // SUBACK 0x80 [MQTT-3.9.3]
@@ -53,10 +62,22 @@ export class MqttAdmissionPolicy {
     done: (error: AuthenticateError | null, success: boolean | null) => void,
   ): void {
     const remote = remoteOf(client)
+    const block = this.throttle.check(client.id, remote)
+    if (block) {
+      // Refused before any token work. A cut identity's attempt is still residual use (PROTOCOL §4).
+      this.#log.debug({ deviceId: client.id, remote, scope: block.scope, untilS: block.untilS }, 'connect refused: authentication throttled')
+      for (const id of new Set([client.id, username ?? client.id])) {
+        const state = this.#gw.registry.get(id)?.state
+        if (isCutState(state)) this.#residual(client, id, `connect refused (throttled): device is ${state}`)
+      }
+      return done(Object.assign(new Error('connect refused: throttled'), { returnCode: 5 } as const), false)
+    }
     this.admission
       .admit({ protocol: 'mqtt', clientId: client.id, username, password, ...(remote ? { remote } : {}) })
       .then(
         (d) => {
+          if (!d.ok && !NOT_GUESSING.has(d.reason)) this.throttle.failure(client.id, remote)
+          if (d.ok) this.throttle.success(client.id)
           if (!d.ok) {
             // [MQTT-3.2.2-5]: 4 bad user name or password (not a JWS), 5 not authorized (every other refusal)
             return done(Object.assign(new Error(`connect refused: ${d.reason}`), { returnCode: d.reason === 'malformed-token' ? 4 : 5 } as const), false)
@@ -84,7 +105,7 @@ export class MqttAdmissionPolicy {
     const id = client?.id ?? packet.clientId
     if (id === undefined) return done(new Error('publish not authorized'))
     const rights = this.admission.rightsNow(id)
-    if (rights && mayPublish(id, rights, this.#gw.registry.get(id)?.spec.acl, packet.topic)) return done(null)
+    if (rights && packet.topic.length <= MAX_TOPIC_LENGTH && mayPublish(id, rights, this.#gw.registry.get(id)?.spec.acl, packet.topic)) return done(null)
     const what = packet.cmd === 'publish' ? 'publish' : 'will'
     this.#log.debug({ deviceId: id, topic: packet.topic, rights, what }, 'publish denied')
     if (rights === 'wipe-only') this.#residual(client, id, `${what} to ${packet.topic} beyond wipe-only rights`)

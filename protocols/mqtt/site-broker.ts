@@ -1,7 +1,7 @@
 // The site MQTT broker: aedes on plain TCP (and TLS where configured). Policy
 // (who may connect, publish, subscribe) is injected, as aedes intends.
 import { readFileSync } from 'node:fs'
-import { createServer as createTcpServer, type AddressInfo, type Server } from 'node:net'
+import { createServer as createTcpServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { createServer as createTlsServer } from 'node:tls'
 import { Aedes, type AedesOptions, type Client } from 'aedes'
 import type { ProtocolAdapter } from '../../agent/adapter.ts'
@@ -14,6 +14,10 @@ export interface SiteBrokerOptions {
   log: Logger
   /** aedes handlers: authenticate, authorizePublish, authorizeSubscribe, … */
   policy: Partial<AedesOptions>
+  /** a connection without CONNECT by then is closed (half-open connections) */
+  connectTimeoutMs?: number
+  /** a packet whose fixed header announces more is refused and its connection closed */
+  maxPacketBytes?: number
 }
 
 export class SiteBroker implements ProtocolAdapter {
@@ -36,7 +40,7 @@ export class SiteBroker implements ProtocolAdapter {
 
   async start(): Promise<void> {
     const log = this.#opts.log
-    const aedes = new Aedes({ ...this.#opts.policy })
+    const aedes = new Aedes({ ...this.#opts.policy, ...(this.#opts.connectTimeoutMs !== undefined ? { connectTimeout: this.#opts.connectTimeoutMs } : {}) })
     await aedes.listen()
     this.#aedes = aedes
     aedes.on('client', (c) => {
@@ -50,12 +54,14 @@ export class SiteBroker implements ProtocolAdapter {
       this.#forget(c)
     })
     aedes.on('connectionError', (_c, err) => log.debug({ err: err.message }, 'mqtt connection error'))
-    const plain = createTcpServer(aedes.handle)
+    const max = this.#opts.maxPacketBytes
+    const handle = max === undefined ? aedes.handle : (conn: Socket): void => guardPacketSize(aedes.handle(conn).conn as Socket, max, log)
+    const plain = createTcpServer(handle)
     this.#ports.mqtt = await listen(plain, this.#opts.port, this.#opts.host)
     this.#servers.push(plain)
     const tls = this.#opts.tls
     if (tls) {
-      const secure = createTlsServer({ cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile), minVersion: 'TLSv1.2' }, aedes.handle)
+      const secure = createTlsServer({ cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile), minVersion: 'TLSv1.2' }, handle)
       this.#ports.mqtts = await listen(secure, tls.port, this.#opts.host)
       this.#servers.push(secure)
     }
@@ -98,6 +104,46 @@ export class SiteBroker implements ProtocolAdapter {
     if (aedes) await new Promise<void>((resolve) => aedes.close(() => resolve()))
     await Promise.all(closed)
   }
+}
+
+/**
+ * Close a connection as soon as a packet's fixed header announces more than
+ * `max` bytes [MQTT-2.2.3], before the parser buffers any of it. It watches
+ * the bytes aedes reads ('data' fires on each read() while aedes' 'readable'
+ * listener keeps control of the flow), skipping packet bodies.
+ */
+function guardPacketSize(conn: Socket, max: number, log: Logger): void {
+  let skip = 0 // body bytes of the current packet not yet seen
+  let lengthBytes = -1 // -1: next byte is a packet type; else remaining-length bytes read so far
+  let length = 0
+  conn.on('data', (chunk: Buffer) => {
+    let i = 0
+    while (i < chunk.length) {
+      if (skip > 0) {
+        const n = Math.min(skip, chunk.length - i)
+        skip -= n
+        i += n
+        continue
+      }
+      const b = chunk[i++]!
+      if (lengthBytes < 0) {
+        lengthBytes = 0
+        length = 0
+        continue
+      }
+      length += (b & 0x7f) * 128 ** lengthBytes++
+      // A partial length is already a lower bound; a fifth length byte is malformed [MQTT-1.5.5].
+      if (1 + lengthBytes + length > max || ((b & 0x80) !== 0 && lengthBytes === 4)) {
+        log.debug({ remote: conn.remoteAddress, announced: length, max }, 'mqtt packet over the size bound; connection closed')
+        conn.destroy()
+        return
+      }
+      if ((b & 0x80) === 0) {
+        skip = length
+        lengthBytes = -1
+      }
+    }
+  })
 }
 
 function listen(server: Server, port: number, host: string): Promise<number> {
