@@ -77,6 +77,7 @@ export class Gateway {
   readonly #log: Logger
   readonly #deviceListeners = new Set<DeviceListener>()
   readonly #eventListeners = new Set<(events: StoredEvent[]) => void>()
+  readonly #commitListeners = new Set<(change: Change) => void>()
   #droppedAtBound = 0
   #overBoundLogged = false
 
@@ -146,6 +147,16 @@ export class Gateway {
     return () => this.#deviceListeners.delete(listener)
   }
 
+  /**
+   * Called with each change as committed (its audit entries and every event
+   * asked for, including those left out at the outbox bound), once it is on
+   * disk: the one hook for counting what happens (metrics).
+   */
+  onCommitted(listener: (change: Change) => void): () => void {
+    this.#commitListeners.add(listener)
+    return () => this.#commitListeners.delete(listener)
+  }
+
   /** Called with the events of each commit, once they are on disk. */
   onEventsStored(listener: (events: StoredEvent[]) => void): () => void {
     this.#eventListeners.add(listener)
@@ -184,6 +195,13 @@ export class Gateway {
     }
     await this.store.write(ops, opts)
     if (events.length) for (const l of this.#eventListeners) l(events)
+    for (const l of this.#commitListeners) {
+      try {
+        l(change)
+      } catch (err) {
+        this.#log.error({ err }, 'commit listener failed')
+      }
+    }
     return events
   }
 

@@ -23,6 +23,8 @@ import type { Clock } from '../clock.ts'
 import { loadConfig, OPTIONS, type AgentConfig } from '../config.ts'
 import { AccessEnforcer } from '../enforcer.ts'
 import { Gateway, VERSION } from '../gateway.ts'
+import { startHttpEndpoint, type HttpEndpoint } from '../http-server.ts'
+import { createMetrics } from '../metrics.ts'
 import { createLogger, type Logger } from '../logger.ts'
 import { openQuarantine, quarantineReport, registrySource } from '../quarantine-setup.ts'
 import type { QuarantineBackend } from '../quarantine.ts'
@@ -44,6 +46,8 @@ export interface RunningAgent {
   /** the Modbus proxy (listening only with --modbus-port) and the hook relay */
   modbus: { proxy: ModbusProxy; relay: ModbusHookRelay; index: ModbusDeviceIndex }
   adminPath: string
+  /** the HTTP endpoint (metrics, health, status page) with --http-port, else null */
+  http: HttpEndpoint | null
   stop(): Promise<void>
 }
 
@@ -163,9 +167,26 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
     // Commands accepted before a crash run now; the uplink does not wait for them.
     void commands.resume().catch((err: unknown) => log.error({ err }, 'resuming accepted commands failed'))
     // [wiring: http endpoint]
+    // Metrics, /healthz, /readyz and the status page (--http-port); /readyz says ready once everything below started.
+    let http: HttpEndpoint | null = null
+    if (config.http) {
+      const sources = { gateway, adapters, uplink }
+      const metrics = createMetrics({ ...sources, residualAttempts: (id) => mqttPolicy.residual.attempts(id) })
+      stack.push(async () => metrics.close())
+      const h = await startHttpEndpoint(gateway, { ...sources, ...config.http, metrics: metrics.registry, log: log.child({ component: 'http' }) })
+      // closed last, just before the store: /readyz says `stopping` for the whole stop
+      stack.splice(1, 0, () => h.close())
+      http = h
+    }
     const admin = await startAdminServer(gateway, adminHooks(actions, retirements, quarantine), log.child({ component: 'admin' }))
     stack.push(() => admin.close())
-    return { gateway, broker, mqttPolicy, enforcer, quarantine, commands, actions, retirements, credentials, maintenance, uplink, opcua, modbus: { proxy: modbusProxy, relay: modbusRelay, index: modbusIndex }, adminPath: admin.path, stop: stopAll }
+    if (http) {
+      const h = http
+      h.setReadiness('ready')
+      // pushed last, so it is the first thing a stop does
+      stack.push(async () => h.setReadiness('stopping'))
+    }
+    return { gateway, broker, mqttPolicy, enforcer, quarantine, commands, actions, retirements, credentials, maintenance, uplink, opcua, modbus: { proxy: modbusProxy, relay: modbusRelay, index: modbusIndex }, adminPath: admin.path, http, stop: stopAll }
   } catch (err) {
     await stopAll()
     throw err
@@ -210,6 +231,7 @@ export async function runStart(args: string[]): Promise<number> {
       publicKey: gw.key.publicKeyB64,
       mqtt: { host: config.mqtt.host, ...agent.broker.describe() },
       admin: agent.adminPath,
+      http: agent.http ? { host: agent.http.host, port: agent.http.port } : null,
       modbus: agent.modbus.proxy.port,
       quarantine: agent.quarantine.name,
       uplink: config.uplink ? config.uplink.url.replace(/\/\/[^@/]*@/, '//') : null,
