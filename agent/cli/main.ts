@@ -23,6 +23,8 @@ const VERBS: Record<string, Verb> = {
   token: runToken,
   ctl: runCtl,
   quarantine: runQuarantine,
+  // loaded on use: it pulls in aedes, node-opcua and the simulators
+  demo: async (args) => (await import('./demo.ts')).runDemo(args),
 }
 
 export async function main(argv: string[]): Promise<number> {

@@ -29,6 +29,9 @@ Usage:
   edgewarden quarantine show [--data-dir D] [--json]
                                          the network rules in force (read from the kernel) per device, and why
 
+  edgewarden demo [--json] [--keep]      a gateway, a central broker, a control plane and a simulated fleet on this
+                                         machine: enroll, then retire three devices with their evidence (no setup)
+
   edgewarden ctl keygen --out FILE       a control-plane key (pin its public key with --cp-key KID=KEY)
   edgewarden ctl send --broker URL --site S --gateway G --key FILE --kid ID OP [ARGS-JSON] [--wait]
                       [--gateway-key KEY] [--timeout S] [--json]

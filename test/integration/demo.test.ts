@@ -1,0 +1,93 @@
+// `edgewarden demo` run as an operator would, through bin/edgewarden.js, with
+// its standard output a pipe (not a terminal): it must end on its own, exit
+// 0, show the three retirements with their evidence, and leave nothing
+// behind (temporary folder, listening ports).
+import assert from 'node:assert/strict'
+import { existsSync } from 'node:fs'
+import { connect } from 'node:net'
+import { dirname } from 'node:path'
+import { test } from 'node:test'
+import { ANSI_ESCAPE } from '../../agent/cli/colour.ts'
+import { runCli } from '../helpers/agent.ts'
+
+type Line = Record<string, unknown> & { kind: string; step?: string }
+
+const NO_COLOUR_ENV = { FORCE_COLOR: undefined, NO_COLOR: undefined }
+
+/** Resolves true when something accepts a TCP connection on the port. */
+function listening(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect({ host: '127.0.0.1', port })
+    s.once('connect', () => (s.destroy(), resolve(true)))
+    s.once('error', () => resolve(false))
+  })
+}
+
+test('edgewarden demo --json: three retirements completed with their evidence, then everything cleaned up', async (t) => {
+  const t0 = performance.now()
+  const run = await runCli(['demo', '--json'], { env: NO_COLOUR_ENV })
+  t.diagnostic(`demo --json ran in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
+  assert.equal(run.code, 0, run.stderr + run.stdout.slice(-2000))
+  const lines = run.stdout.trim().split('\n').map((l) => JSON.parse(l) as Line)
+  const steps = (name: string) => lines.filter((l) => l.kind === 'step' && l.step === name)
+  const retired = new Map(steps('retired').map((l) => [l.case as string, l]))
+
+  // (a) connected: access removed with its live MQTT session, wiped by a signed ack.
+  const a = retired.get('connected')?.evidence as Record<string, any>
+  assert.ok(a, 'the connected device was retired')
+  assert.equal(a.state, 'retired')
+  assert.equal(a.sessionsClosed.mqtt, 1)
+  assert.equal(a.wipe.status, 'done')
+  assert.match(a.wipe.ackJti, /^[A-Za-z0-9_-]+$/)
+  assert.equal(typeof a.accessRemovedMs, 'number')
+
+  // (b) offline: the wipe was queued while it was away, delivered when it came back.
+  const b = retired.get('offline')?.evidence as Record<string, any>
+  assert.ok(b, 'the offline device was retired')
+  assert.equal(b.sessionsClosed.mqtt, 0, 'nothing was live when it was retired')
+  assert.equal(b.wipe.status, 'done')
+  const queued = steps('queued')[0]!
+  const events = lines.filter((l) => l.kind === 'event') as (Line & { seq: number; type: string; data: Record<string, unknown>; verified: boolean })[]
+  const bId = retired.get('offline')!.deviceId
+  const delivered = events.find((e) => e.type === 'action.delivered' && e.data.deviceId === bId)!
+  assert.ok(lines.indexOf(queued) < lines.indexOf(steps('returns')[0]!), 'queued before it returned')
+  assert.ok(lines.indexOf(steps('returns')[0]!) < lines.indexOf(delivered) || delivered.seq > (events.find((e) => e.type === 'action.queued' && e.data.deviceId === bId)!.seq), 'delivered once it returned')
+
+  // (c) legacy Modbus: cut off at the proxy, wipe unsupported, closed by the operator's "wipe": false.
+  const c = retired.get('legacy')?.evidence as Record<string, any>
+  assert.ok(c, 'the legacy device was retired')
+  assert.equal(steps('cut-off')[0]?.modbusException, 0x0a)
+  assert.equal(steps('wipe')[0]?.wipe, 'unsupported')
+  assert.deepEqual({ status: c.wipe.status, reason: c.wipe.reason }, { status: 'not-performed', reason: steps('operator')[0]?.reason })
+
+  // every event signed and gapless; the audit log verifies; summary says so
+  assert.ok(events.length > 20)
+  assert.ok(events.every((e) => e.verified === true))
+  assert.deepEqual(events.map((e) => e.seq), events.map((_, i) => i + 1))
+  assert.equal((steps('audit')[0]?.verdict as { ok: boolean }).ok, true)
+  const summary = lines.at(-1)!
+  assert.equal(summary.kind, 'summary')
+  assert.deepEqual(summary.retired, [
+    { deviceId: 'press-1', case: 'connected', wipe: 'done' },
+    { deviceId: 'sensor-2', case: 'offline', wipe: 'done' },
+    { deviceId: 'plc-5', case: 'legacy', wipe: 'not-performed' },
+  ])
+
+  // nothing left: the temporary folder, the central broker, the site broker, the proxy
+  const gw = steps('gateway')[0]!
+  assert.equal(existsSync(dirname(gw.dataDir as string)), false, 'temporary folder removed')
+  const central = Number(new URL(steps('central')[0]!.url as string).port)
+  const site = Number(new URL(gw.siteBroker as string).port)
+  for (const port of [central, site, gw.modbusProxy as number]) assert.equal(await listening(port), false, `port ${port} closed`)
+})
+
+test('edgewarden demo (human output, not a terminal): readable lines, no colour, ends by itself', async () => {
+  const run = await runCli(['demo'], { env: NO_COLOUR_ENV })
+  assert.equal(run.code, 0, run.stderr + run.stdout.slice(-2000))
+  assert.doesNotMatch(run.stdout, ANSI_ESCAPE)
+  for (const id of ['press-1', 'sensor-2', 'plc-5']) assert.match(run.stdout, new RegExp(`retired +${id} retired.*wipe (done|not-performed)`))
+  assert.match(run.stdout, /exception 0x0A/)
+  assert.match(run.stdout, /audit log verifies/)
+  assert.match(run.stdout, /done +3 retirements completed/)
+  assert.equal(run.stderr, '')
+})
