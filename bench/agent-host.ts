@@ -1,0 +1,107 @@
+// The agent under test for the runtime workloads: exactly what `edgewarden
+// start` runs (the same flags, config and startAgent), plus an IPC channel
+// so the benchmark can see inside without changing what it measures:
+// - {op:'retire', ids}: retire every id at once (one burst, as a bulk
+//   command would), answering when every wipe action is durably queued;
+// - {op:'acks'}: acks recorded (settled: removed from the queue, audited,
+//   event written) so far, and when the last one was;
+// - {op:'waitAcks', count, timeoutMs}: answers once `count` acks are recorded.
+// Memory is answered by bench/probe.mjs (preloaded by the benchmark).
+import { parseArgs } from 'node:util'
+import { flagsToKeys, startAgent, startFlagOptions } from '../agent/cli/start.ts'
+import { loadConfig } from '../agent/config.ts'
+import { createLogger } from '../agent/logger.ts'
+
+export type HostRequest = { op: 'retire'; ids: string[] } | { op: 'acks' } | { op: 'waitAcks'; count: number; timeoutMs: number }
+
+export interface RetireReply {
+  retired: number
+  /** wipe actions durably queued by the end of the burst */
+  queued: number
+  elapsedMs: number
+  failed: string[]
+}
+
+export interface AcksReply {
+  acks: number
+  /** epoch ms of the last recorded ack (0: none yet) */
+  lastAt: number
+}
+
+const epochMs = (): number => performance.timeOrigin + performance.now()
+
+const { values } = parseArgs({ args: process.argv.slice(2), options: startFlagOptions(), strict: true, allowPositionals: false })
+const config = loadConfig({ flags: flagsToKeys(values), env: {} })
+const log = createLogger(config.logLevel)
+const agent = await startAgent(config, { log })
+let acks = 0
+let lastAt = 0
+const ackWaiters = new Set<() => void>()
+agent.actions.onAck(() => {
+  acks++
+  lastAt = epochMs()
+  for (const w of [...ackWaiters]) w()
+})
+
+async function handle(req: HostRequest): Promise<unknown> {
+  switch (req.op) {
+    case 'retire': {
+      const gw = agent.gateway
+      const who = { actor: 'local:bench' }
+      const started = performance.now()
+      const failed: string[] = []
+      const results = await Promise.all(
+        req.ids.map((id) =>
+          agent.retirements.start(id, { receivedAt: performance.now(), receivedAtS: gw.nowS(), reason: 'bench: bulk retire' }, who).catch((err: unknown) => {
+            if (failed.length < 5) failed.push(`${id}: ${(err as Error).message}`)
+            return null
+          }),
+        ),
+      )
+      const elapsedMs = performance.now() - started
+      const queued = results.filter((r) => r && !r.done && r.wipeActionId).length
+      return { retired: results.filter(Boolean).length, queued, elapsedMs, failed } satisfies RetireReply
+    }
+    case 'acks':
+      return { acks, lastAt } satisfies AcksReply
+    case 'waitAcks':
+      await new Promise<void>((resolve, reject) => {
+        const check = (): void => {
+          if (acks < req.count) return
+          clearTimeout(timer)
+          ackWaiters.delete(check)
+          resolve()
+        }
+        const timer = setTimeout(() => {
+          ackWaiters.delete(check)
+          reject(new Error(`${acks} of ${req.count} acks recorded within ${req.timeoutMs} ms`))
+        }, req.timeoutMs)
+        ackWaiters.add(check)
+        check()
+      })
+      return { acks, lastAt } satisfies AcksReply
+  }
+}
+
+process.on('message', (msg: { id?: number; req?: HostRequest }) => {
+  if (typeof msg !== 'object' || msg === null || typeof msg.id !== 'number' || !msg.req) return // 'memory' is the probe's
+  const { id, req } = msg
+  handle(req).then(
+    (result) => process.send?.({ id, result: result ?? null }),
+    (err: unknown) => process.send?.({ id, result: null, error: (err as Error).stack ?? String(err) }),
+  )
+})
+
+let stopping = false
+const stop = (): void => {
+  if (stopping) return
+  stopping = true
+  setTimeout(() => process.exit(1), 5000).unref()
+  agent.stop().then(
+    () => process.exit(0),
+    () => process.exit(1),
+  )
+}
+process.once('SIGTERM', stop)
+process.once('SIGINT', stop)
+process.stdout.write(`${JSON.stringify({ event: 'ready', gateway: agent.gateway.id, publicKey: agent.gateway.key.publicKeyB64, mqtt: agent.broker.describe(), devices: agent.gateway.registry.size })}\n`)

@@ -1,0 +1,189 @@
+// The processes a benchmark run measures, each in its own child process so
+// that its core and its resident memory are its own: the agent (the real
+// `edgewarden start`), the bare-aedes anchor, Mosquitto (as the anchor and
+// as the central broker of the uplink), and the load generator. Every
+// process started here is registered and killed by `Procs.stopAll()`.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { connect, createServer, type AddressInfo } from 'node:net'
+import { join } from 'node:path'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
+
+export const ROOT = fileURLToPath(new URL('..', import.meta.url))
+const MOSQUITTO_CANDIDATES = ['/usr/sbin/mosquitto', '/usr/bin/mosquitto', '/usr/local/sbin/mosquitto']
+export const MOSQUITTO: string | null = MOSQUITTO_CANDIDATES.find((p) => existsSync(p)) ?? null
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer()
+    s.once('error', reject)
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as AddressInfo
+      s.close(() => resolve(port))
+    })
+  })
+}
+
+/** Resident set size of a process, bytes, from /proc (null where /proc is not there). */
+export function rssOf(pid: number): number | null {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+    return m ? Number(m[1]) * 1024 : null
+  } catch {
+    return null
+  }
+}
+
+export interface Child {
+  name: string
+  proc: ChildProcess
+  stderr(): string
+  exited: Promise<number | null>
+  stop(signal?: NodeJS.Signals, timeoutMs?: number): Promise<void>
+}
+
+/** Every child of this run; stopAll() on the way out, whatever happened. */
+export class Procs {
+  readonly #children = new Set<Child>()
+
+  add(name: string, proc: ChildProcess): Child {
+    let err = ''
+    proc.stderr?.on('data', (c: Buffer) => {
+      err += c.toString()
+      if (err.length > 64 * 1024) err = err.slice(-32 * 1024)
+    })
+    const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)))
+    const child: Child = {
+      name,
+      proc,
+      stderr: () => err,
+      exited,
+      stop: async (signal = 'SIGTERM', timeoutMs = 10_000) => {
+        if (proc.exitCode === null && proc.signalCode === null) {
+          proc.kill(signal)
+          const t = setTimeout(() => proc.kill('SIGKILL'), timeoutMs)
+          await exited
+          clearTimeout(t)
+        }
+        this.#children.delete(child)
+      },
+    }
+    this.#children.add(child)
+    return child
+  }
+
+  async stopAll(): Promise<void> {
+    await Promise.all([...this.#children].map((c) => c.stop('SIGTERM', 5000)))
+  }
+}
+
+export interface Broker extends Child {
+  port: number
+  pid: number
+  /** ms from spawn to the ready line */
+  readyMs: number
+  ready: Record<string, unknown>
+  /** process.memoryUsage() after GC, from bench/probe.mjs (brokers started with probe: true) */
+  memory(): Promise<NodeJS.MemoryUsage & { statusRss: number | null }>
+}
+
+/**
+ * A node broker (the agent's CLI or bench/bare-aedes.ts) that prints a JSON
+ * `ready` line with `mqtt.mqtt` as its port. With `probe`, it runs with
+ * --expose-gc and bench/probe.mjs and answers memory() over IPC.
+ */
+export async function spawnNodeBroker(
+  procs: Procs,
+  name: string,
+  script: string,
+  args: string[],
+  opts: { probe?: boolean; nodeFlags?: string[]; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
+): Promise<Broker> {
+  const flags = [...(opts.nodeFlags ?? [])]
+  if (opts.probe) flags.push('--expose-gc', '--import', join(ROOT, 'bench', 'probe.mjs'))
+  if (script.endsWith('.ts')) flags.push('--import', 'tsx')
+  const started = performance.now()
+  const proc = spawn(process.execPath, [...flags, script, ...args], {
+    cwd: ROOT,
+    env: { ...process.env, ...opts.env },
+    stdio: ['ignore', 'pipe', 'pipe', ...(opts.probe ? (['ipc'] as const) : [])],
+  })
+  const child = procs.add(name, proc)
+  const ready = await new Promise<Record<string, unknown>>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL')
+      reject(new Error(`${name} did not log ready within ${opts.timeoutMs ?? 60_000} ms; stderr: ${child.stderr().slice(-2000)}`))
+    }, opts.timeoutMs ?? 60_000)
+    createInterface({ input: proc.stdout! }).on('line', (line) => {
+      if (!line.startsWith('{')) return
+      try {
+        const obj = JSON.parse(line) as Record<string, unknown>
+        if (obj.event === 'ready') {
+          clearTimeout(timer)
+          resolve(obj)
+        }
+      } catch {}
+    })
+    void child.exited.then((code) => {
+      clearTimeout(timer)
+      reject(new Error(`${name} exited (${code}) before ready; stderr: ${child.stderr().slice(-2000)}`))
+    })
+  })
+  const readyMs = performance.now() - started
+  const port = (ready.mqtt as { mqtt?: number } | undefined)?.mqtt
+  if (typeof port !== 'number') throw new Error(`${name}: no mqtt port in its ready line`)
+  return {
+    ...child,
+    port,
+    pid: proc.pid!,
+    readyMs,
+    ready,
+    memory: () =>
+      new Promise((resolve, reject) => {
+        if (!opts.probe) return reject(new TypeError(`${name} runs without the memory probe`))
+        const timer = setTimeout(() => reject(new Error(`${name}: no memory answer`)), 10_000)
+        const on = (m: { memory?: NodeJS.MemoryUsage }): void => {
+          if (!m.memory) return
+          clearTimeout(timer)
+          proc.off('message', on)
+          resolve({ ...m.memory, statusRss: rssOf(proc.pid!) })
+        }
+        proc.on('message', on)
+        proc.send('memory')
+      }),
+  }
+}
+
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect({ host: '127.0.0.1', port }, () => {
+      s.destroy()
+      resolve(true)
+    })
+    s.once('error', () => resolve(false))
+  })
+}
+
+/** Mosquitto on a free loopback port with its own config in `dir`, no persistence, anonymous. */
+export async function startMosquitto(procs: Procs, name: string, dir: string): Promise<Child & { port: number; pid: number; url: string }> {
+  if (!MOSQUITTO) throw new Error('mosquitto is not installed')
+  mkdirSync(dir, { recursive: true })
+  const port = await freePort()
+  const conf = join(dir, 'mosquitto.conf')
+  writeFileSync(
+    conf,
+    [`listener ${port} 127.0.0.1`, 'allow_anonymous true', 'persistence false', 'max_queued_messages 0', 'max_inflight_messages 0', 'max_connections -1', 'log_dest stderr', 'log_type error', 'log_type warning', 'log_type notice', ''].join('\n'),
+  )
+  const proc = spawn(MOSQUITTO, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] })
+  const child = procs.add(name, proc)
+  // Ready once its listener accepts (its "running" line is information-level,
+  // and logging every connection at that level would slow the anchor).
+  const deadline = performance.now() + 10_000
+  while (!(await canConnect(port))) {
+    if (proc.exitCode !== null) throw new Error(`${name} exited (${proc.exitCode}): ${child.stderr()}`)
+    if (performance.now() > deadline) throw new Error(`${name} did not listen within 10 s: ${child.stderr()}`)
+    await new Promise((r) => setTimeout(r, 20))
+  }
+  return { ...child, port, pid: proc.pid!, url: `mqtt://127.0.0.1:${port}` }
+}

@@ -1,0 +1,281 @@
+// The benchmark's load generator: a child process of bench/run.ts, driven
+// over IPC, so the broker under test keeps its own core. It plays N devices
+// with raw MQTT 3.1.1 sockets (bench/mqtt-wire.ts): CONNECT with a device
+// token, SUBSCRIBE to dev/<id>/cmd, answer each action with a signed `done`
+// ack (PROTOCOL §5). Tokens and acks are signed with node:crypto: this is a
+// load generator, not device firmware, and noble (~700 signs/s) would make
+// the generator the bottleneck. Tokens are minted before each timed window.
+// Every connect is bounded by a timeout and never retried.
+import { createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 'node:crypto'
+import { connect as tcpConnect, type Socket } from 'node:net'
+import { performance } from 'node:perf_hooks'
+import { ControlPlane } from '../simulators/control-plane.ts'
+import { utf8 } from '../firmware-hooks/wire/base64url.ts'
+import { newJti } from '../firmware-hooks/wire/ids.ts'
+import { assembleJws, jwsSigningInput, parseJws } from '../firmware-hooks/wire/jws.ts'
+import { CONNACK, connectPacket, DISCONNECT, PacketReader, PUBACK, PUBLISH, publishPacket, pubackPacket, readPublish, SUBACK, subscribePacket } from './mqtt-wire.ts'
+
+export interface LoadDevice {
+  id: string
+  /** base64url Ed25519 seed */
+  d: string
+}
+
+export interface CpSpec {
+  url: string
+  site: string
+  gateway: string
+  kid: string
+  keyPem: string
+}
+
+export type LoadRequest =
+  | { op: 'init'; devices: LoadDevice[]; gatewayId: string; gatewayPublicKey: string }
+  | { op: 'mint'; ids: string[]; lifetimeS: number }
+  | { op: 'connect'; port: number; ids: string[]; concurrency: number; timeoutMs: number }
+  | { op: 'disconnect'; ids: string[] | 'all' }
+  | { op: 'revoke'; cp: CpSpec; ids: string[]; gapMs: number; timeoutMs: number }
+  | { op: 'count' }
+  | { op: 'exit' }
+
+export interface ConnectReply {
+  connected: number
+  failed: number
+  elapsedMs: number
+  /** a few failure reasons, for the report */
+  errors: string[]
+  /** epoch ms (timeOrigin + now) when the last device was listening */
+  lastAt: number
+}
+
+export interface RevokeReply {
+  latenciesMs: number[]
+  /** command handed to the socket to the central broker's PUBACK, for each sample */
+  brokerAckMs: number[]
+  timeouts: number
+}
+
+interface Conn {
+  socket: Socket
+  closed: Promise<void>
+}
+
+const PKCS8_ED25519_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex')
+
+const epochMs = (): number => performance.timeOrigin + performance.now()
+
+class LoadGenerator {
+  readonly #keys = new Map<string, KeyObject>()
+  readonly #tokens = new Map<string, string[]>()
+  readonly #conns = new Map<string, Conn>()
+  #gatewayId = ''
+  #gatewayKey: KeyObject | null = null
+  acksSent = 0
+  lastAckAt = 0
+  actionsSeen = 0
+
+  init(devices: LoadDevice[], gatewayId: string, gatewayPublicKey: string): void {
+    for (const d of devices) {
+      const der = Buffer.concat([PKCS8_ED25519_PREFIX, Buffer.from(d.d, 'base64url')])
+      this.#keys.set(d.id, createPrivateKey({ key: der, format: 'der', type: 'pkcs8' }))
+    }
+    this.#gatewayId = gatewayId
+    this.#gatewayKey = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: gatewayPublicKey }, format: 'jwk' })
+  }
+
+  #sign(id: string, claims: Record<string, unknown>): string {
+    const input = jwsSigningInput(id, claims)
+    return assembleJws(input, new Uint8Array(sign(null, utf8(input), this.#keys.get(id)!)))
+  }
+
+  /** One fresh token per device (PROTOCOL §5: one connect per token), made ahead of the timed window. */
+  mint(ids: string[], lifetimeS: number): void {
+    const iat = Math.floor(Date.now() / 1000)
+    for (const id of ids) {
+      const list = this.#tokens.get(id) ?? []
+      list.push(this.#sign(id, { iss: id, aud: this.#gatewayId, iat, exp: iat + lifetimeS, jti: newJti() }))
+      this.#tokens.set(id, list)
+    }
+  }
+
+  /** Connect and subscribe one device: resolves once it is listening on dev/<id>/cmd. */
+  #connectOne(port: number, id: string, timeoutMs: number): Promise<Conn> {
+    const token = this.#tokens.get(id)?.shift() ?? 'no-token'
+    return new Promise((resolve, reject) => {
+      const socket = tcpConnect({ host: '127.0.0.1', port, noDelay: true })
+      const reader = new PacketReader()
+      let settled = false
+      let ackId = 1
+      const closed = new Promise<void>((r) => socket.once('close', () => r()))
+      const fail = (why: string): void => {
+        if (settled) return
+        settled = true
+        clearTimeout(timer)
+        socket.destroy()
+        reject(new Error(why))
+      }
+      const timer = setTimeout(() => fail('timeout'), timeoutMs)
+      socket.on('error', (err) => fail(err.message))
+      socket.once('close', () => fail('closed before SUBACK'))
+      socket.on('data', (chunk: Buffer) => {
+        try {
+          reader.push(chunk, (p) => {
+            if (p.type === CONNACK) {
+              const rc = p.body[1]
+              if (rc !== 0) return fail(`CONNACK ${rc}`)
+              socket.write(subscribePacket(1, `dev/${id}/cmd`, 1))
+            } else if (p.type === SUBACK) {
+              if (p.body[2] === 0x80) return fail('subscription denied')
+              if (settled) return
+              settled = true
+              clearTimeout(timer)
+              resolve({ socket, closed })
+            } else if (p.type === PUBLISH) {
+              const pub = readPublish(p)
+              if (pub.packetId) socket.write(pubackPacket(pub.packetId))
+              const ack = this.#answer(id, pub.payload)
+              if (ack) socket.write(publishPacket(`dev/${id}/ack`, ack, 1, (ackId = (ackId % 65535) + 1)))
+            } else if (p.type === PUBACK) {
+              this.acksSent++
+              this.lastAckAt = epochMs()
+            }
+          })
+        } catch (err) {
+          fail((err as Error).message)
+        }
+      })
+      socket.write(connectPacket(id, id, token))
+    })
+  }
+
+  /** The device side of an action: verify it is the gateway's and ours, answer `done`. */
+  #answer(id: string, payload: Buffer): string | null {
+    this.actionsSeen++
+    let jws
+    try {
+      jws = parseJws(payload)
+    } catch {
+      return null
+    }
+    if (!verify(null, jws.signingInput, this.#gatewayKey!, jws.signature)) return null
+    const c = jws.payload
+    if (c.aud !== id || typeof c.jti !== 'string') return null
+    return this.#sign(id, { iss: id, aud: this.#gatewayId, iat: Math.floor(Date.now() / 1000), jti: newJti('ack.'), ref: c.jti, status: 'done' })
+  }
+
+  async connect(port: number, ids: string[], concurrency: number, timeoutMs: number): Promise<ConnectReply> {
+    let next = 0
+    let failed = 0
+    const errors: string[] = []
+    const start = performance.now()
+    let lastAt = 0
+    const worker = async (): Promise<void> => {
+      while (next < ids.length) {
+        const id = ids[next++]!
+        try {
+          this.#conns.set(id, await this.#connectOne(port, id, timeoutMs))
+          lastAt = epochMs()
+        } catch (err) {
+          failed++
+          if (errors.length < 5) errors.push(`${id}: ${(err as Error).message}`)
+        }
+      }
+    }
+    await Promise.all(Array.from({ length: Math.min(concurrency, ids.length) }, worker))
+    return { connected: ids.length - failed, failed, elapsedMs: performance.now() - start, errors, lastAt }
+  }
+
+  async disconnect(ids: string[] | 'all'): Promise<number> {
+    const list = ids === 'all' ? [...this.#conns.keys()] : ids
+    const waits: Promise<void>[] = []
+    for (const id of list) {
+      const c = this.#conns.get(id)
+      if (!c) continue
+      this.#conns.delete(id)
+      if (!c.socket.destroyed) c.socket.end(DISCONNECT)
+      waits.push(Promise.race([c.closed, new Promise<void>((r) => setTimeout(r, 5000).unref())]).then(() => void c.socket.destroy()))
+    }
+    await Promise.all(waits)
+    return waits.length
+  }
+
+  /**
+   * Revocation latency, one device at a time: from the moment the signed
+   * command is handed to the central broker's socket to the moment the
+   * device's own socket is closed by the gateway.
+   */
+  async revoke(spec: CpSpec, ids: string[], gapMs: number, timeoutMs: number): Promise<RevokeReply> {
+    const cp = new ControlPlane({ broker: spec.url, site: spec.site, gateway: spec.gateway, key: createPrivateKey({ key: spec.keyPem, format: 'pem' }), kid: spec.kid, iss: 'bench' })
+    await cp.connect()
+    await cp.waitOnline(timeoutMs * 4)
+    const latenciesMs: number[] = []
+    const brokerAckMs: number[] = []
+    let timeouts = 0
+    try {
+      for (const id of ids) {
+        const conn = this.#conns.get(id)
+        if (!conn || conn.socket.destroyed) {
+          timeouts++
+          continue
+        }
+        const { jws } = cp.sign('device.revoke', { deviceId: id, reason: 'bench: revocation latency' })
+        let closedAt = 0
+        const closed = conn.closed.then(() => (closedAt = performance.now()))
+        const t0 = performance.now()
+        const acked = cp.publishRaw(jws).then(() => brokerAckMs.push(performance.now() - t0))
+        const timer = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), timeoutMs).unref())
+        const r = await Promise.race([closed.then(() => 'closed' as const), timer])
+        await acked
+        this.#conns.delete(id)
+        if (r === 'timeout') timeouts++
+        else latenciesMs.push(closedAt - t0)
+        await new Promise((res) => setTimeout(res, gapMs))
+      }
+    } finally {
+      await cp.close()
+    }
+    return { latenciesMs, brokerAckMs, timeouts }
+  }
+
+  get connectedCount(): number {
+    let n = 0
+    for (const c of this.#conns.values()) if (!c.socket.destroyed) n++
+    return n
+  }
+}
+
+async function serve(): Promise<void> {
+  const gen = new LoadGenerator()
+  const reply = (id: number, result: unknown, error?: string): void => void process.send!({ id, result, ...(error ? { error } : {}) })
+  process.on('message', (msg: { id: number; req: LoadRequest }) => {
+    const { id, req } = msg
+    const run = async (): Promise<unknown> => {
+      switch (req.op) {
+        case 'init':
+          return gen.init(req.devices, req.gatewayId, req.gatewayPublicKey)
+        case 'mint':
+          return gen.mint(req.ids, req.lifetimeS)
+        case 'connect':
+          return gen.connect(req.port, req.ids, req.concurrency, req.timeoutMs)
+        case 'disconnect':
+          return gen.disconnect(req.ids)
+        case 'revoke':
+          return gen.revoke(req.cp, req.ids, req.gapMs, req.timeoutMs)
+        case 'count':
+          return { connected: gen.connectedCount, acksSent: gen.acksSent, lastAckAt: gen.lastAckAt, actionsSeen: gen.actionsSeen }
+        case 'exit':
+          await gen.disconnect('all')
+          setImmediate(() => process.exit(0))
+          return null
+      }
+    }
+    run().then(
+      (r) => reply(id, r ?? null),
+      (err: unknown) => reply(id, null, (err as Error).stack ?? String(err)),
+    )
+  })
+  // The parent going away ends the generator too: no orphaned sockets.
+  process.on('disconnect', () => process.exit(0))
+}
+
+if (process.send) await serve()

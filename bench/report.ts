@@ -1,0 +1,88 @@
+// The benchmark's results: their shape (bench/results.json), the goals of
+// issue 9 checked against them, the table printed and written into
+// docs/performance.md between two marker comments, so a rerun refreshes it.
+import { readFileSync, renameSync, writeFileSync } from 'node:fs'
+
+export interface Figure {
+  /** short name: admission, revocation, ... */
+  name: string
+  /** what was run, in words: sizes, concurrency, what the clock measures */
+  workload: string
+  /** the headline figure, in `unit` */
+  value: number | null
+  unit: string
+  /** what the figure is compared with, in words ("bare aedes: 5,432 connects/s") */
+  anchor: string
+  /** the goal, in words, and whether it was met (null: not measured) */
+  goal: string
+  met: boolean | null
+  /** everything else measured for this figure */
+  detail: Record<string, unknown>
+}
+
+export interface BenchResults {
+  version: 1
+  startedAt: string
+  finishedAt: string
+  quick: boolean
+  devices: number
+  coldStartDevices: number
+  machine: { cpus: number; cpuModel: string; node: string; platform: string; mosquitto: string | null; fdLimit: number | null }
+  figures: Figure[]
+  /** workloads that failed, with why (the run goes on with the others) */
+  errors: { name: string; error: string }[]
+}
+
+export const BEGIN = '<!-- bench:results:begin (written by `npm run bench`; edit outside these markers) -->'
+export const END = '<!-- bench:results:end -->'
+
+const fmtNumber = (v: number): string => (Math.abs(v) >= 100 ? Math.round(v).toLocaleString('en-US') : Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(2))
+
+export function formatValue(f: Pick<Figure, 'value' | 'unit'>): string {
+  return f.value === null ? 'not measured' : `${fmtNumber(f.value)} ${f.unit}`
+}
+
+const cell = (s: string): string => s.replace(/\|/g, '\\|').replace(/\n/g, ' ')
+
+/** The results as a Markdown table, one row per figure, then the machine and any failed workload. */
+export function renderTable(r: BenchResults): string {
+  const rows = [
+    '| Figure | Measured | Anchor (same run) | Goal | Met | Workload |',
+    '| --- | --- | --- | --- | --- | --- |',
+    ...r.figures.map((f) => `| ${cell(f.name)} | ${cell(formatValue(f))} | ${cell(f.anchor)} | ${cell(f.goal)} | ${f.met === null ? '–' : f.met ? 'yes' : '**no**'} | ${cell(f.workload)} |`),
+  ]
+  const m = r.machine
+  const lines = [
+    rows.join('\n'),
+    '',
+    `Run ${r.startedAt} – ${r.finishedAt}${r.quick ? ' (--quick)' : ''}: ${r.devices.toLocaleString('en-US')} devices, cold start with ${r.coldStartDevices.toLocaleString('en-US')}; ` +
+      `${m.cpus} × ${m.cpuModel}, Node ${m.node}, ${m.platform}, Mosquitto ${m.mosquitto ?? 'not installed'}, open files limit ${m.fdLimit ?? 'unknown'}.`,
+  ]
+  if (r.errors.length) lines.push('', 'Workloads that failed in this run:', '', ...r.errors.map((e) => `- ${e.name}: ${cell(e.error.split('\n')[0] ?? '')}`))
+  return lines.join('\n')
+}
+
+/** Replace what lies between the markers of `doc` with `body`; throws when the markers are missing. */
+export function replaceBetweenMarkers(doc: string, body: string): string {
+  const a = doc.indexOf(BEGIN)
+  const b = doc.indexOf(END)
+  if (a < 0 || b < 0 || b < a) throw new Error(`the markers ${BEGIN} … ${END} are missing or out of order`)
+  return `${doc.slice(0, a + BEGIN.length)}\n${body}\n${doc.slice(b)}`
+}
+
+/** Write `text` to `path` through a temporary file, so a reader never sees half of it. */
+export function writeAtomically(path: string, text: string): void {
+  writeFileSync(`${path}.tmp`, text)
+  renameSync(`${path}.tmp`, path)
+}
+
+export function writeDocsTable(path: string, r: BenchResults): void {
+  writeAtomically(path, replaceBetweenMarkers(readFileSync(path, 'utf8'), renderTable(r)))
+}
+
+/** Nearest-rank percentile of `xs` (unsorted), p in 0..100; null when empty. */
+export function percentile(xs: readonly number[], p: number): number | null {
+  if (xs.length === 0) return null
+  const s = [...xs].sort((x, y) => x - y)
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!
+}
