@@ -59,7 +59,7 @@ test('the status page shows an enrolled device and reflects its quarantine withi
   const reason = '<img src=x onerror="alert(1)"><script>alert(2)</script>'
   const before = Date.now()
   assert.equal((await adminRequest(agent.config.dataDir, 'POST', '/v1/devices/pump-7/quarantine', { reason })).status, 200)
-  await page.locator('tr[data-device-id="pump-7"][data-state="quarantined"]').waitFor({ timeout: 5000 })
+  await page.locator('tr[data-device-id="pump-7"][data-state="quarantined"]').waitFor({ timeout: 8000 })
   const reflectedMs = Date.now() - before
   t.diagnostic(`quarantine shown after ${reflectedMs} ms (refresh every ${STATUS_REFRESH_MS} ms)`)
   assert.equal(await row.locator('td').nth(1).textContent(), `quarantined (${reason})`)
