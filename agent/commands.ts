@@ -91,7 +91,8 @@ export function verifyCommand(input: string | Uint8Array, ctx: VerifyContext): V
   const time = checkTimeClaims(claims, ctx.nowS, { skewS: ctx.skewS, maxLifetimeS: MAX_COMMAND_LIFETIME_S })
   if (time) return reject(time.reason, time.detail, true)
   const op = claims.op
-  if (typeof op !== 'string' || !(op in ARGS)) return reject('unknown-op', `op ${JSON.stringify(op ?? null)} is not known`, true)
+  // Own keys only: `in` would take '__proto__' or 'constructor' for an op and throw below.
+  if (typeof op !== 'string' || !Object.hasOwn(ARGS, op)) return reject('unknown-op', `op ${JSON.stringify(op ?? null)} is not known`, true)
   const parsed = ARGS[op as Op].safeParse(claims.args ?? undefined)
   if (!parsed.success) {
     return reject('invalid-args', parsed.error.issues.map((i) => `${i.path.join('.') || 'args'}: ${i.message}`).join('; '), true)

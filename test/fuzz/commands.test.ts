@@ -41,7 +41,8 @@ const commandClaims = fc.record(
     iat: claim(fc.integer({ min: NOW - 1000, max: NOW + 1000 })),
     exp: claim(fc.integer({ min: NOW - 1000, max: NOW + 40 * 86400 })),
     jti: claim(fc.stringMatching(/^[A-Za-z0-9._:-]{1,64}$/)),
-    op: claim(fc.constantFrom(...OPS, 'device.explode')),
+    // inherited names too: '__proto__' and 'constructor' once made verifyCommand throw
+    op: claim(fc.constantFrom(...OPS, 'device.explode', '__proto__', 'constructor', 'toString', 'hasOwnProperty')),
     args: anyArgs,
   },
   { requiredKeys: [] },
@@ -64,6 +65,9 @@ test('verifyCommand on random claims signed by the pinned key: never throws; acc
       const v = verify(signJws(cp.privateKey, 'cp1', c))
       if (!v.ok) {
         assert.ok(v.signed, 'the signature verified, so the refusal is a signed one')
+        if (typeof c.op === 'string' && !(OPS as string[]).includes(c.op) && c.aud === 'gw1' && v.reason !== 'malformed' && !['expired', 'not-yet-valid', 'lifetime-too-long'].includes(v.reason)) {
+          assert.equal(v.reason, 'unknown-op')
+        }
         return
       }
       assert.equal(c.aud, 'gw1')
