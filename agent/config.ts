@@ -58,6 +58,8 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'uplinkCa', flag: 'uplink-ca', type: 'string', doc: 'PEM CA bundle that signs the central broker certificate (mqtts)' },
   { key: 'uplinkCert', flag: 'uplink-cert', type: 'string', doc: 'PEM client certificate for the central broker (mqtts)' },
   { key: 'uplinkKey', flag: 'uplink-key', type: 'string', doc: 'PEM private key of the client certificate (mqtts)' },
+  { key: 'uplinkBackoffMinMs', flag: 'uplink-backoff-min', type: 'int', default: 500, doc: 'first delay before reconnecting to the central broker, milliseconds; it doubles per failed attempt (with jitter) up to uplinkBackoffMaxMs' },
+  { key: 'uplinkBackoffMaxMs', flag: 'uplink-backoff-max', type: 'int', default: 30000, doc: 'longest delay between reconnect attempts to the central broker, milliseconds' },
   { key: 'cpKey', flag: 'cp-key', type: 'list', doc: 'pinned control-plane key KID=PUBKEY; repeat (or comma-separate) to pin several for rotation' },
   { key: 'outboxMax', flag: 'outbox-max', type: 'int', default: 100000, doc: 'events kept for the control plane while the uplink is down; see docs/configuration.md for what happens at the bound' },
   { key: 'residualAlertIntervalS', flag: 'residual-alert-interval', type: 'int', default: 60, doc: 'at most one alert.residual-use event per device per this many seconds; the rest are counted into the next one' },
@@ -98,6 +100,8 @@ export interface AgentConfig {
     certFile?: string
     keyFile?: string
   } | null
+  /** reconnect delays to the central broker: exponential from minMs, capped at maxMs, jittered */
+  uplinkBackoff: { minMs: number; maxMs: number }
   /** pinned control-plane keys: kid -> base64url public key */
   cpKeys: Record<string, string>
   outboxMax: number
@@ -231,6 +235,9 @@ export function loadConfig({ flags, env, cwd = process.cwd() }: ConfigSources): 
     if (Object.keys(cpKeys).length === 0) problems.push('uplink is set but no control-plane key is pinned (cpKey KID=PUBKEY): every command would be refused')
   }
   if ((v.uplinkCert === undefined) !== (v.uplinkKey === undefined)) problems.push('uplinkCert and uplinkKey go together')
+  if ((v.uplinkBackoffMinMs as number) < 1 || (v.uplinkBackoffMinMs as number) > (v.uplinkBackoffMaxMs as number)) {
+    problems.push(`uplinkBackoffMinMs (${String(v.uplinkBackoffMinMs)}) must be at least 1 and at most uplinkBackoffMaxMs (${String(v.uplinkBackoffMaxMs)})`)
+  }
   const renewAt: Record<Criticality, number> = { safety: 0.3, high: 0.3, medium: 0.2, low: 0.1 }
   for (const entry of (v.renewAt as string[] | undefined) ?? []) {
     const m = /^([a-z]+)=(0(?:\.\d+)?|1(?:\.0+)?)$/.exec(entry)
@@ -272,6 +279,7 @@ export function loadConfig({ flags, env, cwd = process.cwd() }: ConfigSources): 
             ...(v.uplinkCert !== undefined ? { certFile: abs(v.uplinkCert as string) } : {}),
             ...(v.uplinkKey !== undefined ? { keyFile: abs(v.uplinkKey as string) } : {}),
           },
+    uplinkBackoff: { minMs: v.uplinkBackoffMinMs as number, maxMs: v.uplinkBackoffMaxMs as number },
     cpKeys,
     outboxMax: v.outboxMax as number,
     residualAlertIntervalS: v.residualAlertIntervalS as number,

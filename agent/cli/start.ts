@@ -157,6 +157,7 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
         site: config.site,
         gateway: config.gateway,
         version: VERSION,
+        backoff: config.uplinkBackoff,
         log: log.child({ component: 'uplink' }),
       })
       uplink = new Uplink(gateway, transport, commands, log.child({ component: 'uplink' }))
