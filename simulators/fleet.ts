@@ -17,7 +17,7 @@ import { createServer, type AddressInfo } from 'node:net'
 import { defaultHooks, type ActionRuntime, type DeviceHooks } from '../firmware-hooks/action-runtime.ts'
 import { createHookedModbusDevice, type SimulatedModbusDevice } from './modbus-device.ts'
 import { SimulatedMqttDevice, systemSimClock, type Intermittency, type SimClock } from './mqtt-device.ts'
-import { SimulatedOpcuaDevice } from './opcua-device.ts'
+import type { SimulatedOpcuaDevice } from './opcua-device.ts'
 
 export const PROTOCOLS = ['mqtt', 'modbus', 'opcua'] as const
 export type FleetProtocol = (typeof PROTOCOLS)[number]
@@ -106,6 +106,18 @@ export function nextPeriod(m: Intermittency, online: boolean, random: () => numb
   const mean = online ? (f >= 1 ? Infinity : (m.meanOfflineS * f) / (1 - f)) : f <= 0 ? Infinity : m.meanOfflineS
   if (mean === Infinity || mean === 0) return mean
   return -mean * Math.log(1 - random()) // exponential, mean `mean`
+}
+
+/** A seeded uniform random in [0, 1) (mulberry32): the same fleet, the same draws, every run. */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
 }
 
 function freePort(): Promise<number> {
@@ -269,6 +281,8 @@ export class Fleet {
         ref.member = member = new ModbusMember(id, d.device, d.runtime)
         await o.enroll({ id, publicKey: d.publicKey, modbus: { host: d.device.host, port: d.device.port, unitId: 1 } })
       } else {
+        // node-opcua loads only for a fleet with OPC UA devices (it is slow to load, and prints on stdout)
+        const { SimulatedOpcuaDevice } = await import('./opcua-device.ts')
         const device = await SimulatedOpcuaDevice.create({ ...gw, deviceId: id, pkiDir: join(o.workDir, 'opcua', id), port: await freePort(), hooks })
         ref.member = member = new OpcuaMember(device)
         await device.start() // its certificate exists from the first start on: pinned at enrollment

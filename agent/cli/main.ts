@@ -25,6 +25,7 @@ const VERBS: Record<string, Verb> = {
   quarantine: runQuarantine,
   // loaded on use: it pulls in aedes, node-opcua and the simulators
   demo: async (args) => (await import('./demo.ts')).runDemo(args),
+  simulate: async (args) => (await import('./simulate.ts')).runSimulate(args),
 }
 
 export async function main(argv: string[]): Promise<number> {

@@ -31,6 +31,11 @@ Usage:
 
   edgewarden demo [--json] [--keep]      a gateway, a central broker, a control plane and a simulated fleet on this
                                          machine: enroll, then retire three devices with their evidence (no setup)
+  edgewarden simulate [--devices N] [--mix mqtt=80,modbus=15,opcua=5] [--online-fraction F] [--mean-offline S]
+                      [--duration S] [--storm-every S] [--report-every S] [--prefix P] [--seed N] [--json]
+                      [--mqtt-url URL] [--central URL [--site S] [--gateway G]]
+                                         a fleet of simulated intermittent devices against the running agent
+                                         (enrolled through its admin socket); a reconnect storm on SIGUSR1
 
   edgewarden ctl keygen --out FILE       a control-plane key (pin its public key with --cp-key KID=KEY)
   edgewarden ctl send --broker URL --site S --gateway G --key FILE --kid ID OP [ARGS-JSON] [--wait]

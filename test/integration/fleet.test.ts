@@ -6,23 +6,11 @@
 import assert from 'node:assert/strict'
 import { describe, test } from 'node:test'
 import type { VerifiedAck } from '../../agent/ack.ts'
-import { Fleet, nextPeriod, splitMix, type FleetEnrollment } from '../../simulators/fleet.ts'
+import { Fleet, nextPeriod, seededRandom, splitMix, type FleetEnrollment } from '../../simulators/fleet.ts'
 import { ManualSimClock } from '../../simulators/mqtt-device.ts'
 import { startTestAgent, tempDir } from '../helpers/agent.ts'
 
 type T = { after(fn: () => Promise<void> | void): void }
-
-/** mulberry32: the same draws every run */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 async function until(what: string, cond: () => boolean, ms = 15_000): Promise<void> {
   const deadline = Date.now() + ms
@@ -51,7 +39,7 @@ async function fleetOnAgent(t: T, o: { onlineFraction: number; meanOfflineS: num
     },
     onlineFraction: o.onlineFraction,
     meanOfflineS: o.meanOfflineS,
-    random: seeded(7),
+    random: seededRandom(7),
     ...(o.clock ? { clock: o.clock } : {}),
   })
   t.after(() => fleet.close())
@@ -66,7 +54,7 @@ describe('fleet simulator', () => {
     assert.throws(() => splitMix(5, { mqtt: 0 }), /weights/)
     assert.throws(() => splitMix(-1), /whole number/)
     // online 25 % of the time, absent 60 s on average: online periods average 20 s
-    const r = seeded(1)
+    const r = seededRandom(1)
     const n = 20_000
     let on = 0
     let off = 0
