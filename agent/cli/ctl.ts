@@ -3,10 +3,11 @@
 // gateway's events (verifying signatures, flagging seq gaps).
 import { readFileSync } from 'node:fs'
 import { ControlPlane, TERMINAL, type GatewayEvent } from '../../simulators/control-plane.ts'
+import { palette } from './colour.ts'
 import { out } from './common.ts'
 import { runKeygen } from './identity.ts'
 import { parseVerbArgs } from './main.ts'
-import { ProgressBar } from './progress.ts'
+import { ProgressBar, waiting } from './progress.ts'
 import { UsageError } from './usage.ts'
 
 const LINK = {
@@ -54,7 +55,7 @@ function controlPlane(v: LinkValues, withKey: boolean): ControlPlane {
 }
 
 const describe = (e: GatewayEvent): string =>
-  `${String(e.seq).padStart(6)} ${e.type.padEnd(18)} ${JSON.stringify(e.data)}${e.verified === false ? '  [SIGNATURE INVALID]' : ''}`
+  `${String(e.seq).padStart(6)} ${e.type.padEnd(18)} ${JSON.stringify(e.data)}${e.verified === false ? `  ${palette().red('[SIGNATURE INVALID]')}` : ''}`
 
 function parseArgsJson(text: string | undefined): Record<string, unknown> {
   if (text === undefined) return {}
@@ -89,9 +90,12 @@ async function send(args: string[]): Promise<number> {
       out(v.json ? JSON.stringify({ jti: signed.jti }) : `sent ${op} ${signed.jti}`)
       return 0
     }
-    // Print the command's events as they come, until its outcome.
+    // Print the command's events as they come, until its outcome (a retirement may wait for its device).
+    const wait = waiting(`waiting for the outcome of ${op} ${signed.jti}`)
     const off = cp.onEvent((e) => {
-      if (e.data.jti === signed.jti && !v.json) out(describe(e))
+      if (e.data.jti !== signed.jti || v.json) return
+      wait.clear()
+      out(describe(e))
     })
     const done = cp.waitFor((e) => TERMINAL.has(e.type) && e.data.jti === signed.jti, timeoutS * 1000)
     await cp.publishRaw(signed.jws)
@@ -103,6 +107,7 @@ async function send(args: string[]): Promise<number> {
       return 1
     } finally {
       off()
+      wait.stop()
     }
     if (v.json) out(JSON.stringify({ jti: signed.jti, type: final.type, data: final.data, seq: final.seq, verified: final.verified }))
     else out(`${final.type === 'cmd.completed' ? 'completed' : final.type.replace('cmd.', '')}: ${JSON.stringify(final.data)}`)
@@ -130,7 +135,8 @@ async function watch(args: string[]): Promise<number> {
     process.once('SIGINT', stop)
     process.once('SIGTERM', stop)
     cp.onEvent((e) => {
-      for (const g of cp.gaps.slice(gapsReported)) out(`GAP: events ${g.from}..${g.to} never arrived`)
+      if (seen >= limit) return // --count reached: the rest arrive while closing
+      for (const g of cp.gaps.slice(gapsReported)) out(v.json ? JSON.stringify({ gap: g }) : palette().red(`GAP: events ${g.from}..${g.to} never arrived`))
       gapsReported = cp.gaps.length
       if (e.verified === false) bad = true
       out(v.json ? JSON.stringify({ seq: e.seq, type: e.type, data: e.data, verified: e.verified }) : describe(e))
@@ -179,8 +185,8 @@ async function bulk(args: string[]): Promise<number> {
     const timer = new Promise<'timeout'>((resolve) => setTimeout(() => resolve('timeout'), timeoutS * 1000).unref())
     const r = await Promise.race([allDone, timer])
     bar.finish()
-    for (const f of failures) out(f)
-    out(v.json ? JSON.stringify({ ...results, unanswered: pending.size }) : `${results.completed} completed, ${results.failed + results.rejected} failed, ${results.duplicate} duplicate${pending.size ? `, ${pending.size} unanswered` : ''}`)
+    if (!v.json) for (const f of failures) out(f)
+    out(v.json ? JSON.stringify({ ...results, unanswered: pending.size, ...(failures.length ? { failures } : {}) }) : `${results.completed} completed, ${results.failed + results.rejected} failed, ${results.duplicate} duplicate${pending.size ? `, ${pending.size} unanswered` : ''}`)
     return r === 'timeout' || failures.length ? 1 : 0
   } finally {
     await cp.close()

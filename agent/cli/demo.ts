@@ -14,11 +14,10 @@ import { createServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
-import { Aedes } from 'aedes'
-import { setDebugLogger, setErrorLogger, setWarningLogger } from 'node-opcua'
 import ModbusSerial from 'modbus-serial'
 import { ControlPlane, publicKeyB64, TERMINAL, type GatewayEvent } from '../../simulators/control-plane.ts'
-import { DEMO_IDS, DEMO_UNITS, DemoFleet } from '../../simulators/demo-fleet.ts'
+import { startCentralBroker, type CentralBroker } from '../../simulators/demo-broker.ts'
+import type { DemoFleet } from '../../simulators/demo-fleet.ts'
 import { verifyAuditLog } from '../audit.ts'
 import { loadConfig } from '../config.ts'
 import { createLogger } from '../logger.ts'
@@ -40,15 +39,17 @@ type Json = Record<string, unknown>
 class DemoError extends Error {}
 
 /** Human lines (colour on a terminal only) or JSON lines, each stamped with the seconds since the start. */
-class Reporter {
+export class Reporter {
   readonly #t0 = performance.now()
   readonly #json: boolean
+  readonly #out: { isTTY?: boolean; write(s: string): unknown }
   readonly #p: Palette
   events = 0
 
-  constructor(json: boolean) {
+  constructor(json: boolean, out: { isTTY?: boolean; write(s: string): unknown } = process.stdout, env: NodeJS.ProcessEnv = process.env) {
     this.#json = json
-    this.#p = palette(process.stdout)
+    this.#out = out
+    this.#p = palette(out, env)
   }
 
   get #t(): number {
@@ -56,7 +57,13 @@ class Reporter {
   }
 
   #write(line: string): void {
-    process.stdout.write(`${line}\n`)
+    this.#out.write(`${line}\n`)
+  }
+
+  /** The last line: the outcome in JSON, or one human line. */
+  summary(result: Json, text: string): void {
+    if (this.#json) this.#write(JSON.stringify({ t: this.#t, kind: 'summary', ok: true, ...result }))
+    else this.step('done', text, {}, 'ok')
   }
 
   section(title: string): void {
@@ -132,26 +139,6 @@ function freePort(): Promise<number> {
   })
 }
 
-/** The central broker: plain aedes on a free loopback port, in this process. */
-async function startCentralBroker(): Promise<{ url: string; close(): Promise<void> }> {
-  const aedes = new Aedes()
-  await aedes.listen()
-  const server = createServer(aedes.handle)
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => resolve())
-  })
-  const { port } = server.address() as AddressInfo
-  return {
-    url: `mqtt://127.0.0.1:${port}`,
-    async close() {
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()))
-      await new Promise<void>((resolve) => aedes.close(() => resolve()))
-      await closed
-    },
-  }
-}
-
 /** One SCADA read of a holding register through the gateway's Modbus proxy: the value, or the exception code. */
 async function scadaRead(port: number, unit: number): Promise<{ value: number } | { exception: number }> {
   const client = new ModbusSerial.default()
@@ -177,7 +164,7 @@ function check(ok: boolean, what: string): void {
 const wipeOf = (e: GatewayEvent): string => ((e.data.evidence as Json | undefined)?.wipe as { status?: string } | undefined)?.status ?? '?'
 
 interface Parts {
-  central?: { url: string; close(): Promise<void> }
+  central?: CentralBroker
   agent?: RunningAgent
   cp?: ControlPlane
   fleet?: DemoFleet
@@ -185,6 +172,11 @@ interface Parts {
 
 async function scenario(r: Reporter, work: string, parts: Parts): Promise<Json> {
   r.section('edgewarden demo: a central broker, a gateway, a control plane and a small fleet, all on this machine')
+  // Loaded here, not with this module: node-opcua is slow to load (it generates an RSA key as it does).
+  const { DEMO_IDS, DEMO_UNITS, DemoFleet } = await import('../../simulators/demo-fleet.ts')
+  const { setDebugLogger, setErrorLogger, setWarningLogger } = await import('node-opcua')
+  // node-opcua prints its own notices on standard output; the demo's output is its report only.
+  for (const set of [setDebugLogger, setErrorLogger, setWarningLogger]) set(() => {})
   const central = (parts.central = await startCentralBroker())
   r.step('central', `central broker (aedes, in this process) on ${central.url}`, { url: central.url })
 
@@ -349,8 +341,6 @@ export async function runDemo(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args, options: { json: { type: 'boolean' }, keep: { type: 'boolean' } }, strict: true, allowPositionals: true })
   if (positionals.length) throw new UsageError(`demo takes no arguments (got ${positionals.join(' ')})`)
   const r = new Reporter(values.json === true)
-  // node-opcua prints its own notices on standard output; the demo's output is its report only.
-  for (const set of [setDebugLogger, setErrorLogger, setWarningLogger]) set(() => {})
   const t0 = performance.now()
   const work = mkdtempSync(join(tmpdir(), 'edgewarden-demo-'))
   const parts: Parts = {}
@@ -362,8 +352,7 @@ export async function runDemo(args: string[]): Promise<number> {
   process.once('SIGTERM', onSignal)
   try {
     const result = await withTimeout(Promise.race([scenario(r, work, parts), interrupted]), DEMO_LIMIT_MS, 'the demo did not finish')
-    if (values.json) process.stdout.write(`${JSON.stringify({ t: Math.round(performance.now() - t0) / 1000, kind: 'summary', ok: true, ...result, kept: values.keep ? work : null })}\n`)
-    else r.step('done', `3 retirements completed with their evidence in ${((performance.now() - t0) / 1000).toFixed(1)} s${values.keep ? `; everything is kept in ${work}` : ''}`, {}, 'ok')
+    r.summary({ ...result, kept: values.keep ? work : null }, `3 retirements completed with their evidence in ${((performance.now() - t0) / 1000).toFixed(1)} s${values.keep ? `; everything is kept in ${work}` : ''}`)
     return 0
   } catch (err) {
     if (!(err instanceof DemoError)) throw err

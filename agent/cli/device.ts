@@ -3,7 +3,7 @@
 import { CRITICALITIES } from '../device.ts'
 import type { DeviceView } from '../views.ts'
 import { adminRequest, expectOk } from './admin-client.ts'
-import { dataDirOf, out } from './common.ts'
+import { dataDirOf, out, table } from './common.ts'
 import { parseVerbArgs } from './main.ts'
 import { UsageError } from './usage.ts'
 
@@ -72,11 +72,6 @@ async function add(args: string[]): Promise<number> {
 }
 
 const fmtTime = (s: number | null): string => (s === null ? '-' : new Date(s * 1000).toISOString().replace('.000Z', 'Z'))
-
-function table(rows: string[][]): string {
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)))
-  return rows.map((r) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  ')).join('\n')
-}
 
 async function list(args: string[]): Promise<number> {
   const { values, positionals } = parseVerbArgs(args, { json: { type: 'boolean' } })

@@ -9,7 +9,7 @@ import { quarantineReport, type QuarantineReport } from '../quarantine-setup.ts'
 import { Registry } from '../registry.ts'
 import { Store } from '../store.ts'
 import { adminRequest, expectOk } from './admin-client.ts'
-import { dataDirOf, out } from './common.ts'
+import { dataDirOf, out, table } from './common.ts'
 import { parseVerbArgs } from './main.ts'
 import { UsageError } from './usage.ts'
 
@@ -49,8 +49,7 @@ export async function runQuarantine(args: string[]): Promise<number> {
   if (!report.enforces) out('nothing is enforced on the wire: start the agent with --quarantine nftables (root and nft needed)')
   const rows = [['DEVICE', 'STATE', 'LEVEL', 'IN FORCE', 'ADDRESSES', 'WHY']]
   for (const d of report.devices) rows.push([d.id, d.state, d.level, d.inForce ? 'yes' : 'no', d.addresses.join(',') || '-', d.why])
-  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)))
-  for (const r of rows) out(r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  '))
+  out(table(rows))
   for (const s of report.strays) out(`stray: ${s.address} (${s.kind}) is ${s.level} in the kernel but no enrolled device has it${s.devices.length ? ` (recorded for ${s.devices.join(', ')})` : ''}`)
   if (report.dropped) out(`dropped since the rules were last declared: blocked ${report.dropped.blocked} packets, wipe-only ${report.dropped.wipeOnly} packets`)
   return 0

@@ -17,6 +17,7 @@ export async function runToken(args: string[]): Promise<number> {
     device: { type: 'string' },
     gateway: { type: 'string' },
     lifetime: { type: 'string' },
+    json: { type: 'boolean' },
   })
   if (positionals.length) throw new UsageError(`token takes no arguments (got ${positionals.join(' ')})`)
   if (typeof values.key !== 'string') throw new UsageError('token needs --key FILE (the device private key, PKCS#8 PEM, mode 0600)')
@@ -28,6 +29,8 @@ export async function runToken(args: string[]): Promise<number> {
   }
   const key = readKeyFile(resolve(values.key))
   const iat = Math.floor(Date.now() / 1000)
-  out(signJws(key.privateKey, values.device, { iss: values.device, aud: values.gateway, iat, exp: iat + lifetime, jti: newJti() }))
+  const claims = { iss: values.device, aud: values.gateway, iat, exp: iat + lifetime, jti: newJti() }
+  const token = signJws(key.privateKey, values.device, claims)
+  out(values.json ? JSON.stringify({ token, device: values.device, gateway: values.gateway, exp: claims.exp, jti: claims.jti }) : token)
   return 0
 }

@@ -16,14 +16,14 @@ Usage:
   edgewarden identity [--data-dir D] [--key F] [--json]
                                          print the gateway id and public key
   edgewarden keygen --out FILE           write a new Ed25519 key (PKCS#8 PEM, 0600); print its public key
-  edgewarden token --key FILE --device ID --gateway GW [--lifetime S]
+  edgewarden token --key FILE --device ID --gateway GW [--lifetime S] [--json]
                                          print a fresh device token (the MQTT password; default 300 s, at most 3600)
   edgewarden device add ID --public-key KEY [--criticality low|medium|high|safety] [--owner O]
                         [--modbus HOST:PORT/UNIT] [--opcua URL] [--ip ADDR] [--mac MAC]
   edgewarden device ls [--json]          list devices
   edgewarden device show ID [--json]     one device in full
   edgewarden device quarantine|release|revoke|retire|wipe|reenroll|renew ID [--reason TEXT]
-  edgewarden audit verify [--data-dir D] [--trust-key KEY]...
+  edgewarden audit verify [--data-dir D] [--trust-key KEY]... [--json]
                                          check the audit chain; exit 1 naming the first bad entry
   edgewarden audit export [--data-dir D] print the audit log as JSON lines
   edgewarden quarantine show [--data-dir D] [--json]
@@ -43,12 +43,14 @@ Usage:
                                          sign and publish a command; --wait prints its events and outcome
   edgewarden ctl watch --broker URL --site S --gateway G [--gateway-key KEY] [--count N] [--json]
                                          print the gateway's events, verifying signatures, flagging seq gaps
-  edgewarden ctl bulk --broker URL --site S --gateway G --key FILE --kid ID OP [--file F] [--args JSON]
+  edgewarden ctl bulk --broker URL --site S --gateway G --key FILE --kid ID OP [--file F] [--args JSON] [--json]
                                          one command per device id (from --file or stdin), with progress
 
 Device and audit verbs talk to the running agent through <data-dir>/admin.sock
 (audit verbs open the store directly when the agent is not running).
-Every verb takes --data-dir (default ./edgewarden-data) and --help.
+Every verb takes --data-dir (default ./edgewarden-data) and --help; every verb that prints a result takes
+--json (one JSON document, or JSON lines for streams). Colour only on a terminal (NO_COLOR, FORCE_COLOR
+respected); progress of long operations goes to standard error, on a terminal only.
 
 Options of start (each also a config-file key and an EDGEWARDEN_* variable; flags win):
 ${startFlags}

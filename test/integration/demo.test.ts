@@ -81,13 +81,30 @@ test('edgewarden demo --json: three retirements completed with their evidence, t
   for (const port of [central, site, gw.modbusProxy as number]) assert.equal(await listening(port), false, `port ${port} closed`)
 })
 
-test('edgewarden demo (human output, not a terminal): readable lines, no colour, ends by itself', async () => {
-  const run = await runCli(['demo'], { env: NO_COLOUR_ENV })
-  assert.equal(run.code, 0, run.stderr + run.stdout.slice(-2000))
-  assert.doesNotMatch(run.stdout, ANSI_ESCAPE)
-  for (const id of ['press-1', 'sensor-2', 'plc-5']) assert.match(run.stdout, new RegExp(`retired +${id} retired.*wipe (done|not-performed)`))
-  assert.match(run.stdout, /exception 0x0A/)
-  assert.match(run.stdout, /audit log verifies/)
-  assert.match(run.stdout, /done +3 retirements completed/)
-  assert.equal(run.stderr, '')
+test('demo human output: one readable line per step and event; colour on a terminal only', async () => {
+  const { Reporter, describeEvidence } = await import('../../agent/cli/demo.ts')
+  const evidence = {
+    deviceId: 'press-1', state: 'retired', receivedAt: 1, accessRemovedMs: 3.2, sessionsClosed: { mqtt: 1, opcua: 0, modbus: 0 },
+    network: { backend: 'none', rule: 'blocked' }, wipe: { status: 'done', ackJti: 'ack-1', at: 2 }, credentialsRevoked: 1, residualUse: 0,
+  }
+  const render = (isTTY: boolean, env: NodeJS.ProcessEnv = {}): string => {
+    let text = ''
+    const r = new Reporter(false, { isTTY, write: (s: string) => (text += s) }, env)
+    r.section('(a) Retiring press-1')
+    r.event({ seq: 20, type: 'device.state', data: { deviceId: 'press-1', from: 'active', to: 'retiring', cause: 'retire' }, iat: 0, jti: 'e', verified: true, raw: '' })
+    r.event({ seq: 21, type: 'action.acked', data: { deviceId: 'press-1', actionId: 'act.1', act: 'wipe', status: 'done' }, iat: 0, jti: 'e', verified: false, raw: '' })
+    r.step('retired', `press-1 retired: ${describeEvidence(evidence)}`, {}, 'ok')
+    r.summary({}, '3 retirements completed')
+    return text
+  }
+  const plain = render(false)
+  assert.doesNotMatch(plain, ANSI_ESCAPE)
+  const lines = plain.trim().split('\n')
+  assert.equal(lines[0], '(a) Retiring press-1')
+  assert.match(lines[1]!, /^ +\d+\.\d\ds  evt #20 +device\.state +press-1: active -> retiring \(retire\)  signed ok$/)
+  assert.match(lines[2]!, /action\.acked +press-1: wipe act\.1 status done  SIGNATURE INVALID$/)
+  assert.match(lines[3]!, /retired +press-1 retired: access removed in 3\.2 ms \(sessions closed: mqtt 1\); network none\/blocked; wipe done \(device-signed ack ack-1\); 1 credential\(s\) revoked; residual use 0$/)
+  assert.match(lines[4]!, /done +3 retirements completed$/)
+  assert.match(render(true), /\x1b\[32mretired/, 'green on a terminal')
+  assert.doesNotMatch(render(true, { NO_COLOR: '1' }), ANSI_ESCAPE)
 })
