@@ -3,10 +3,11 @@
 // connections, the inputs that crashed MQTT brokers and parsers before
 // (huge remaining lengths, SUBSCRIBE pipelined before CONNACK, zero-length
 // topics, invalid protocol levels, MQTT 5 property floods, malformed
-// CONNECTs), garbage on the Modbus proxy, and garbage, forged and replayed
-// commands on the uplink through a real Mosquitto. Afterwards the agent is
-// alive, admits a device, serves a Modbus read and runs a signed command;
-// its RSS stayed bounded; its logs show no uncaught or unhandled error.
+// CONNECTs), forged acks from an admitted device, garbage on the Modbus
+// proxy, and garbage, forged and replayed commands on the uplink through a
+// real Mosquitto. Afterwards the agent is alive, admits devices, serves a
+// Modbus read and runs a signed command; its RSS stayed bounded; its logs
+// show no uncaught or unhandled error.
 // Random choices come from a seeded generator: the seed is in the diagnostics
 // (EDGEWARDEN_FUZZ_SEED replays a run).
 import assert from 'node:assert/strict'
@@ -64,9 +65,20 @@ function change(b: Buffer): Buffer {
 
 const randomTopic = (): string => pick(['', '#', '+', '$SYS/#', 'dev/sensor-1/up', 'dev/other/cmd', 'dev/+/cmd', '/', '//', 'a/\u0000/b', 'x'.repeat(int(1, 3000)), 'dev/sensor-1/#', '\uffff'])
 
+const ackForger = generateKeyPairSync('ed25519').privateKey
+
+/** What lands on an ack topic: bytes, JWS-shaped junk, acks signed by a key that is not the device's. */
+function ackPayload(): Buffer {
+  const claims = { iss: 'sensor-1', aud: 'gw1', iat: Math.floor(Date.now() / 1000), jti: `a.${int(0, 1e9)}`, ref: pick(['act-1', '', '__proto__']), status: pick(['done', 'failed', 'x']) }
+  const input = jwsSigningInput('sensor-1', claims)
+  return pick([() => bytes(int(0, 300)), () => Buffer.from(assembleJws(input, new Uint8Array(sign(null, utf8(input), ackForger)))), () => Buffer.from(`${input}.${bytes(64).toString('base64url')}`)])()
+}
+
 /** Packets to follow a CONNECT with (before or after the CONNACK: they are written at once). */
 function followUp(): Buffer {
-  switch (int(0, 7)) {
+  switch (int(0, 8)) {
+    case 8:
+      return publishPacket('dev/sensor-1/ack', ackPayload(), int(0, 1), int(1, 65535))
     case 0:
       return subscribePacket(int(0, 65535), randomTopic(), int(0, 3))
     case 1:
