@@ -13,7 +13,8 @@
 //   from the address block (its own per-id limit still bounds guesses on it),
 //   so a device sharing a NAT with an attacker keeps reconnecting.
 // Memory is bounded: each map holds at most `maxKeys` entries, the least
-// recently touched dropped first.
+// recently touched dropped first. An IPv6 source counts by its /64: one host
+// holds a whole /64 and could otherwise take a fresh address per attempt.
 
 export interface AuthThrottleOptions {
   /** failures per client id within windowS that block the id (0: no per-id limit) */
@@ -44,6 +45,20 @@ interface Counter {
 /** An id admitted this recently is exempt from its address' block. */
 export const KNOWN_GOOD_S = 30 * 86400
 export const DEFAULT_MAX_KEYS = 10_000
+
+/** The key an address is counted under: IPv4 as is (IPv4-mapped IPv6 too), IPv6 by its /64 prefix. */
+export function addressKey(address: string): string {
+  const a = address.replace(/%.*$/, '').toLowerCase()
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(a)
+  if (mapped) return mapped[1]!
+  if (!a.includes(':')) return a
+  const [head = '', tail] = a.split('::')
+  const parts = (s: string | undefined): string[] => (s ? s.split(':').flatMap((p) => (p.includes('.') ? ['v4', 'v4'] : [p])) : [])
+  const h = parts(head)
+  const t = parts(tail)
+  const all = tail === undefined ? h : [...h, ...Array<string>(Math.max(0, 8 - h.length - t.length)).fill('0'), ...t]
+  return `${all.slice(0, 4).map((p) => (p === 'v4' ? '0' : p.replace(/^0+(?=.)/, ''))).join(':')}::/64`
+}
 
 class BoundedMap<V> {
   readonly #map = new Map<string, V>()
@@ -92,7 +107,7 @@ export class AuthThrottle {
       return { scope: 'client', untilS: c.blockedUntilS }
     }
     if (address === undefined) return null
-    const a = this.#addresses.get(address)
+    const a = this.#addresses.get(addressKey(address))
     if (a && a.blockedUntilS > now) {
       const good = this.#good.get(clientId)
       if (good !== undefined && now - good < KNOWN_GOOD_S) return null
@@ -106,7 +121,7 @@ export class AuthThrottle {
   failure(clientId: string, address: string | undefined): void {
     const now = this.#nowS()
     this.#count(this.#clients, clientId, this.#opts.perClient, now)
-    if (address !== undefined) this.#count(this.#addresses, address, this.#opts.perAddress, now)
+    if (address !== undefined) this.#count(this.#addresses, addressKey(address), this.#opts.perAddress, now)
   }
 
   /** An admission: the id's failures are forgotten and it is known good. */

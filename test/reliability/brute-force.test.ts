@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict'
 import { generateKeyPairSync } from 'node:crypto'
 import { test } from 'node:test'
-import { AuthThrottle } from '../../agent/auth-throttle.ts'
+import { addressKey, AuthThrottle } from '../../agent/auth-throttle.ts'
 import { ManualClock } from '../../agent/clock.ts'
 import { signJws } from '../../agent/jws.ts'
 import { newJti } from '../../firmware-hooks/wire/ids.ts'
@@ -16,7 +16,7 @@ import { enrollDevice, pool, tokenFor, WHO, type TestDevice } from '../helpers/m
 import { closedWithin, connectPacket, publishPacket, rawExchange, subscribePacket, varint } from '../fuzz/mqtt-wire.ts'
 import { MAX_TOPIC_LENGTH } from '../../protocols/mqtt/admission-policy.ts'
 
-test('AuthThrottle: per id and per address, windows and blocks expire, known-good ids pass an address block, memory bounded', () => {
+test('AuthThrottle: per id and per address (IPv6 by /64), windows and blocks expire, known-good ids pass an address block, memory bounded', () => {
   let now = 1_000_000
   const th = new AuthThrottle({ perClient: 3, perAddress: 5, windowS: 60, blockS: 30 }, () => now)
   // per client id: 3 failures block that id only
@@ -47,7 +47,15 @@ test('AuthThrottle: per id and per address, windows and blocks expire, known-goo
   assert.equal(th.check('newcomer', '10.0.0.3'), null)
   now += 31
   assert.equal(th.check('newcomer', '10.0.0.2'), null)
-  assert.deepEqual(th.refused, { client: 1, address: 1 })
+  // IPv6 counts by /64 (one host holds a whole /64); IPv4-mapped IPv6 counts as the IPv4 address
+  assert.equal(addressKey('2001:db8:0:1::5'), addressKey('2001:0db8:0:1:aaaa:bbbb:cccc:dddd%eth0'))
+  assert.notEqual(addressKey('2001:db8:0:1::5'), addressKey('2001:db8:0:2::5'))
+  assert.equal(addressKey('::ffff:10.0.0.7'), '10.0.0.7')
+  for (let i = 0; i < 5; i++) th.failure(`v6-${i}`, `2001:db8:0:1::${i + 1}`)
+  assert.equal(th.check('newcomer', '2001:db8:0:1:ffff::9')?.scope, 'address', 'another address of the same /64 is blocked')
+  assert.equal(th.check('newcomer', '2001:db8:0:2::1'), null)
+  assert.deepEqual(th.refused, { client: 1, address: 2 })
+  now += 31
   // bounded: a flood of distinct ids and addresses keeps at most maxKeys of each
   const b = new AuthThrottle({ perClient: 3, perAddress: 3, windowS: 60, blockS: 30, maxKeys: 100 }, () => now)
   for (let i = 0; i < 10_000; i++) {
