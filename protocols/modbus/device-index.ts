@@ -41,6 +41,8 @@ export class ModbusDeviceIndex {
   readonly #opts: ModbusDeviceIndexOptions
   /** unit id -> ids of devices that claim it */
   #byUnit = new Map<number, string[]>()
+  /** ids in #byUnit: whose changes can change the index */
+  #indexed = new Set<string>()
   readonly #links = new Map<string, DeviceLink>()
   readonly #reachability = new Set<ReachabilityListener>()
   readonly #warnedAmbiguous = new Set<number>()
@@ -60,7 +62,9 @@ export class ModbusDeviceIndex {
         link.destroy()
         this.#links.delete(id)
       }
-      this.#rebuild()
+      // Only a change of a Modbus device (or of one that was) can change the
+      // index: rebuilding on every change would cost O(registry) per change.
+      if (m || this.#indexed.has(id)) this.#rebuild()
     })
   }
 
@@ -74,6 +78,7 @@ export class ModbusDeviceIndex {
       byUnit.set(m.unitId, ids)
     }
     this.#byUnit = byUnit
+    this.#indexed = new Set([...byUnit.values()].flat())
   }
 
   onReachability(listener: ReachabilityListener): () => void {
