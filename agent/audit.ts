@@ -76,14 +76,20 @@ export class AuditChain {
     const entry: AuditEntry = { ...body, hash, sig }
     this.#seq = entry.seq
     this.#hash = hash
-    const head: AuditHead = { seq: entry.seq, hash, sig: b64urlEncode(signBytes(this.#key.privateKey, headMessage(entry.seq, hash))) }
-    return {
-      entry,
-      ops: [
-        { type: 'put', key: seqKey(AUDIT_PREFIX, entry.seq), value: JSON.stringify(entry) },
-        { type: 'put', key: AUDIT_HEAD_KEY, value: JSON.stringify(head) },
-      ],
+    // The head is signed when it is written, not now: of the heads in one
+    // store batch only the last is written (Store keeps the last op per
+    // key), so a burst of entries costs one head signature, not one each.
+    const key = this.#key
+    let headJson: string | null = null
+    const headOp = {
+      type: 'put' as const,
+      key: AUDIT_HEAD_KEY,
+      get value(): string {
+        const head: AuditHead = { seq: entry.seq, hash, sig: b64urlEncode(signBytes(key.privateKey, headMessage(entry.seq, hash))) }
+        return (headJson ??= JSON.stringify(head))
+      },
     }
+    return { entry, ops: [{ type: 'put', key: seqKey(AUDIT_PREFIX, entry.seq), value: JSON.stringify(entry) }, headOp] }
   }
 }
 

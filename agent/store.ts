@@ -74,7 +74,7 @@ export class Store {
     while (this.#queue.length > 0) {
       const group = this.#queue
       this.#queue = []
-      const ops = group.length === 1 ? group[0]!.ops : group.flatMap((p) => p.ops)
+      const ops = lastPerKey(group.length === 1 ? group[0]!.ops : group.flatMap((p) => p.ops))
       const sync = group.some((p) => p.sync)
       try {
         if (this.#failed) throw this.#failed
@@ -101,3 +101,14 @@ export class Store {
 
 /** Zero-padded decimal so that key order is numeric order. */
 export const seqKey = (prefix: string, seq: number): string => `${prefix}${String(seq).padStart(16, '0')}`
+
+/**
+ * The ops of one atomic batch with only the last op on each key, in the
+ * order of those last ops: the same end state, and a value that is computed
+ * when read (the audit head's signature) is computed once per batch.
+ */
+function lastPerKey(ops: WriteOp[]): WriteOp[] {
+  const last = new Map<string, number>()
+  for (let i = 0; i < ops.length; i++) last.set(ops[i]!.key, i)
+  return last.size === ops.length ? ops : ops.filter((o, i) => last.get(o.key) === i)
+}
