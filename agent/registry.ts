@@ -11,8 +11,8 @@ export class Registry {
 
   static async load(store: Store): Promise<Registry> {
     const r = new Registry()
-    for await (const [key, value] of store.scan(DEVICE_PREFIX)) {
-      r.#devices.set(key.slice(DEVICE_PREFIX.length), JSON.parse(value) as DeviceRecord)
+    for await (const batch of store.scanBatches(DEVICE_PREFIX)) {
+      for (const [key, value] of batch) r.#devices.set(key.slice(DEVICE_PREFIX.length), JSON.parse(value) as DeviceRecord)
     }
     return r
   }

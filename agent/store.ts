@@ -52,7 +52,21 @@ export class Store {
 
   /** All entries whose key starts with `prefix`, in key order. */
   async *scan(prefix: string): AsyncGenerator<[string, string]> {
-    for await (const entry of this.db.iterator({ gte: prefix, lt: `${prefix}\xff` })) yield entry
+    for await (const batch of this.scanBatches(prefix)) yield* batch
+  }
+
+  /** The same, `size` entries at a time: one read from LevelDB per batch, not per entry (a 100,000-device registry loads at start). */
+  async *scanBatches(prefix: string, size = 1000): AsyncGenerator<[string, string][]> {
+    const it = this.db.iterator({ gte: prefix, lt: `${prefix}\xff` })
+    try {
+      for (;;) {
+        const batch = await it.nextv(size)
+        if (batch.length === 0) return
+        yield batch
+      }
+    } finally {
+      await it.close()
+    }
   }
 
   /**
