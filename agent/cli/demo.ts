@@ -37,6 +37,7 @@ type Json = Record<string, unknown>
 
 /** A step that did not give the evidence expected: reported as one line, exit 1. */
 class DemoError extends Error {}
+class Interrupted extends DemoError {}
 
 /** Human lines (colour on a terminal only) or JSON lines, each stamped with the seconds since the start. */
 export class Reporter {
@@ -163,11 +164,62 @@ function check(ok: boolean, what: string): void {
 
 const wipeOf = (e: GatewayEvent): string => ((e.data.evidence as Json | undefined)?.wipe as { status?: string } | undefined)?.status ?? '?'
 
-interface Parts {
-  central?: CentralBroker
-  agent?: RunningAgent
-  cp?: ControlPlane
-  fleet?: DemoFleet
+/**
+ * What the demo started, stopped in reverse order at the end. A part that
+ * comes up after the end (the demo was interrupted while it started) is
+ * stopped at once, and the scenario stops there.
+ */
+class Parts {
+  #closed = false
+  readonly #stops: (() => Promise<void>)[] = []
+  readonly #last: () => void
+
+  /** `last` runs after everything is stopped (again after a late part): removing the folder. */
+  constructor(last: () => void) {
+    this.#last = last
+  }
+
+  async add<T>(part: T, stop: (p: T) => Promise<void>): Promise<T> {
+    if (this.#closed) {
+      await stop(part).catch(() => {})
+      this.#last()
+      throw new DemoError('demo interrupted')
+    }
+    this.#stops.push(() => stop(part))
+    return part
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true
+    for (const stop of this.#stops.splice(0).reverse()) await stop().catch(() => {})
+    this.#last()
+  }
+}
+
+/**
+ * The first gateway event matching `pred`. Its timer does not hold the
+ * process: once everything is stopped a wait left pending (the demo failed
+ * or was interrupted) lets it exit.
+ */
+function nextEvent(cp: ControlPlane, pred: (e: GatewayEvent) => boolean, ms: number, what: string): Promise<GatewayEvent> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => (off(), reject(new DemoError(`demo: ${what} within ${ms} ms`))), ms)
+    timer.unref()
+    const off = cp.onEvent((e) => {
+      if (!pred(e)) return
+      clearTimeout(timer)
+      off()
+      resolve(e)
+    })
+  })
+}
+
+/** Send a signed command; resolves with its outcome (completed, failed, rejected or duplicate). */
+async function run(cp: ControlPlane, op: string, args: Json, ms = STEP_MS): Promise<GatewayEvent> {
+  const { jti, jws } = cp.sign(op, args)
+  const outcome = nextEvent(cp, (e) => TERMINAL.has(e.type) && e.data.jti === jti, ms, `no outcome for ${op} ${JSON.stringify(args).slice(0, 60)}`)
+  await cp.publishRaw(jws)
+  return outcome
 }
 
 async function scenario(r: Reporter, work: string, parts: Parts): Promise<Json> {
@@ -177,7 +229,7 @@ async function scenario(r: Reporter, work: string, parts: Parts): Promise<Json> 
   const { setDebugLogger, setErrorLogger, setWarningLogger } = await import('node-opcua')
   // node-opcua prints its own notices on standard output; the demo's output is its report only.
   for (const set of [setDebugLogger, setErrorLogger, setWarningLogger]) set(() => {})
-  const central = (parts.central = await startCentralBroker())
+  const central = await parts.add(await startCentralBroker(), (c) => c.close())
   r.step('central', `central broker (aedes, in this process) on ${central.url}`, { url: central.url })
 
   const cpKey = generateKeyPairSync('ed25519').privateKey
@@ -197,7 +249,7 @@ async function scenario(r: Reporter, work: string, parts: Parts): Promise<Json> 
     },
     env: {},
   })
-  const agent = (parts.agent = await startAgent(config, { log: createLogger('silent') }))
+  const agent = await parts.add(await startAgent(config, { log: createLogger('silent') }), (a) => a.stop())
   agent.opcua.retry.initialMs = 100
   agent.opcua.retry.maxMs = 1000
   const gw = agent.gateway
@@ -215,15 +267,16 @@ async function scenario(r: Reporter, work: string, parts: Parts): Promise<Json> 
   // The devices start while the control plane connects: the OPC UA one makes its certificate.
   const fleetStarted = performance.now()
   const fleetReady = DemoFleet.start({ gatewayId: gw.id, gatewayPublicKey: gw.key.publicKeyB64, siteBrokerUrl: siteBroker, workDir: work, opcuaPort: await freePort() })
-  fleetReady.then((f) => (parts.fleet = f)).catch(() => {})
+  const fleetKept = fleetReady.then((f) => parts.add(f, (x) => x.stop()))
+  fleetKept.catch(() => {})
 
-  const cp = (parts.cp = new ControlPlane({ broker: central.url, site: SITE, gateway: GATEWAY, key: cpKey, kid: KID, gatewayKey: gw.key.publicKeyB64 }))
+  const cp = await parts.add(new ControlPlane({ broker: central.url, site: SITE, gateway: GATEWAY, key: cpKey, kid: KID, gatewayKey: gw.key.publicKeyB64 }), (x) => x.close())
   cp.onEvent((e) => r.event(e))
   await cp.connect()
   await cp.waitOnline(STEP_MS)
   r.step('control', `control plane (key ${KID}, pinned on the gateway) connected; the gateway says it is online; every event below is checked against the gateway key`, { kid: KID })
 
-  const fleet = await fleetReady
+  const fleet = await fleetKept
   r.step('fleet', `simulated devices up in ${((performance.now() - fleetStarted) / 1000).toFixed(1)} s: ${[...fleet.mqtt.keys()].join(', ')} (MQTT), ${DEMO_IDS.plc} (Modbus, hook), ${DEMO_IDS.legacy} (Modbus, legacy), ${DEMO_IDS.hmi} (OPC UA)`)
 
   r.section('Enrolling the fleet: one signed device.enroll per device')
@@ -236,7 +289,7 @@ async function scenario(r: Reporter, work: string, parts: Parts): Promise<Json> 
     agent.opcua.events.on('connected', on)
   })
   for (const e of fleet.enrollments()) {
-    const done = await cp.run('device.enroll', { device: e.device }, { timeoutMs: STEP_MS })
+    const done = await run(cp, 'device.enroll', { device: e.device })
     check(done.type === 'cmd.completed', `enrolling ${e.id} answered ${done.type} ${JSON.stringify(done.data)}`)
     r.step('enrolled', `${e.id} (${e.protocol}) enrolled: cmd.completed #${done.seq}`, { deviceId: e.id, protocol: e.protocol, seq: done.seq }, 'ok')
   }
@@ -258,7 +311,7 @@ async function scenario(r: Reporter, work: string, parts: Parts): Promise<Json> 
   const a = DEMO_IDS.connected
   r.section(`(a) Retiring ${a}, connected right now`)
   r.step('command', `control plane -> device.retire {"deviceId":"${a}"}`, { deviceId: a, op: 'device.retire' })
-  const aDone = await cp.run('device.retire', { deviceId: a, reason: 'line 2 refit' }, { timeoutMs: STEP_MS })
+  const aDone = await run(cp, 'device.retire', { deviceId: a, reason: 'line 2 refit' })
   check(aDone.type === 'cmd.completed' && wipeOf(aDone) === 'done', `retiring ${a} answered ${aDone.type} ${JSON.stringify(aDone.data)}`)
   const aDev = fleet.mqttDevice(a)
   check(aDev.runtime.wiped, `${a} says it was not wiped`)
@@ -273,8 +326,8 @@ async function scenario(r: Reporter, work: string, parts: Parts): Promise<Json> 
   await bDev.goOffline()
   r.step('offline', `${b} loses its link (${agent.broker.sessionCount(b)} sessions on the site broker)`, { deviceId: b })
   const bCmd = cp.sign('device.retire', { deviceId: b, reason: 'replaced by sensor-2b' })
-  const bQueued = cp.waitFor((e) => e.type === 'action.queued' && e.data.deviceId === b && e.data.act === 'wipe', STEP_MS)
-  const bDoneP = cp.waitFor((e) => TERMINAL.has(e.type) && e.data.jti === bCmd.jti, 2 * STEP_MS)
+  const bQueued = nextEvent(cp, (e) => e.type === 'action.queued' && e.data.deviceId === b && e.data.act === 'wipe', STEP_MS, `no wipe queued for ${b}`)
+  const bDoneP = nextEvent(cp, (e) => TERMINAL.has(e.type) && e.data.jti === bCmd.jti, 2 * STEP_MS, `no outcome for the retirement of ${b}`)
   bDoneP.catch(() => {})
   r.step('command', `control plane -> device.retire {"deviceId":"${b}"}`, { deviceId: b, op: 'device.retire', jti: bCmd.jti })
   await cp.publishRaw(bCmd.jws)
@@ -294,8 +347,8 @@ async function scenario(r: Reporter, work: string, parts: Parts): Promise<Json> 
   const c = DEMO_IDS.legacy
   r.section(`(c) Retiring ${c}, a legacy Modbus device without the hook registers`)
   const cCmd = cp.sign('device.retire', { deviceId: c, reason: 'decommissioned with line 1' })
-  const cRetiring = cp.waitFor((e) => e.type === 'device.state' && e.data.deviceId === c && e.data.to === 'retiring', STEP_MS)
-  const cFirstDone = cp.waitFor((e) => TERMINAL.has(e.type) && e.data.jti === cCmd.jti, 3 * STEP_MS)
+  const cRetiring = nextEvent(cp, (e) => e.type === 'device.state' && e.data.deviceId === c && e.data.to === 'retiring', STEP_MS, `${c} not retiring`)
+  const cFirstDone = nextEvent(cp, (e) => TERMINAL.has(e.type) && e.data.jti === cCmd.jti, 3 * STEP_MS, `no outcome for the first retirement of ${c}`)
   cFirstDone.catch(() => {})
   r.step('command', `control plane -> device.retire {"deviceId":"${c}"}`, { deviceId: c, op: 'device.retire', jti: cCmd.jti })
   await cp.publishRaw(cCmd.jws)
@@ -307,7 +360,7 @@ async function scenario(r: Reporter, work: string, parts: Parts): Promise<Json> 
   r.step('wipe', `wipe unsupported: ${c} has no hook registers (hookBase null), so nothing is queued; the retirement stays open until an operator closes it (or its deadline passes)`, { deviceId: c, wipe: 'unsupported', retirementOpen: true }, 'warn')
   const reason = 'destroyed on site, certificate of destruction D-1042'
   r.step('operator', `operator -> device.retire {"deviceId":"${c}","wipe":false,"reason":"${reason}"}`, { deviceId: c, op: 'device.retire', wipe: false, reason })
-  const cDone = await cp.run('device.retire', { deviceId: c, wipe: false, reason }, { timeoutMs: STEP_MS })
+  const cDone = await run(cp, 'device.retire', { deviceId: c, wipe: false, reason })
   const first = await cFirstDone
   check(cDone.type === 'cmd.completed' && first.type === 'cmd.completed' && wipeOf(cDone) === 'not-performed', `closing ${c} answered ${cDone.type} ${JSON.stringify(cDone.data)}`)
   const cEvidence = cDone.data.evidence as Json
@@ -315,7 +368,7 @@ async function scenario(r: Reporter, work: string, parts: Parts): Promise<Json> 
   retired.push({ deviceId: c, case: 'legacy', wipe: wipeOf(cDone) })
 
   r.section('Afterwards')
-  const inventory = cp.waitFor((e) => e.type === 'inventory', STEP_MS)
+  const inventory = nextEvent(cp, (e) => e.type === 'inventory', STEP_MS, 'no inventory')
   await cp.send('inventory.report')
   const devices = (await inventory).data.devices as { id: string; state: string }[]
   r.step('inventory', devices.map((d) => `${d.id} ${d.state}`).join(', '), { devices })
@@ -333,6 +386,7 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
     p,
     new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new DemoError(`demo: ${what} within ${ms} ms`)), ms)
+      timer.unref() // while the demo runs its servers hold the process; once they are stopped nothing should
     }),
   ]).finally(() => clearTimeout(timer))
 }
@@ -343,11 +397,16 @@ export async function runDemo(args: string[]): Promise<number> {
   const r = new Reporter(values.json === true)
   const t0 = performance.now()
   const work = mkdtempSync(join(tmpdir(), 'edgewarden-demo-'))
-  const parts: Parts = {}
+  const removeWork = (): void => void (values.keep || rmSync(work, { recursive: true, force: true }))
+  const parts = new Parts(removeWork)
   let interrupt: (err: Error) => void = () => {}
   const interrupted = new Promise<never>((_, reject) => (interrupt = reject))
   interrupted.catch(() => {})
-  const onSignal = (): void => interrupt(new DemoError('demo interrupted'))
+  let interruptedBy: string | null = null
+  const onSignal = (signal: string): void => {
+    interruptedBy = signal
+    interrupt(new Interrupted(`demo interrupted (${signal})`))
+  }
   process.once('SIGINT', onSignal)
   process.once('SIGTERM', onSignal)
   try {
@@ -357,15 +416,13 @@ export async function runDemo(args: string[]): Promise<number> {
   } catch (err) {
     if (!(err instanceof DemoError)) throw err
     process.stderr.write(`edgewarden: ${err.message}\n`)
-    return 1
+    return err instanceof Interrupted ? 130 : 1
   } finally {
     process.off('SIGINT', onSignal)
     process.off('SIGTERM', onSignal)
-    await parts.cp?.close().catch(() => {})
-    for (const d of parts.fleet?.mqtt.values() ?? []) await d.close().catch(() => {})
-    await parts.agent?.stop().catch(() => {})
-    await parts.fleet?.stop()
-    await parts.central?.close().catch(() => {})
-    if (!values.keep) rmSync(work, { recursive: true, force: true })
+    await parts.close()
+    // Interrupted: what was still starting (a module loading, a certificate
+    // being made) is stopped as it comes up; past a second, ctrl-c means now.
+    if (interruptedBy !== null) setTimeout(() => (removeWork(), process.exit(130)), 1000).unref()
   }
 }

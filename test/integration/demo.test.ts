@@ -4,11 +4,12 @@
 // behind (temporary folder, listening ports).
 import assert from 'node:assert/strict'
 import { existsSync } from 'node:fs'
+import { spawn } from 'node:child_process'
 import { connect } from 'node:net'
 import { dirname } from 'node:path'
 import { test } from 'node:test'
 import { ANSI_ESCAPE } from '../../agent/cli/colour.ts'
-import { runCli } from '../helpers/agent.ts'
+import { BIN, ROOT, runCli } from '../helpers/agent.ts'
 
 type Line = Record<string, unknown> & { kind: string; step?: string }
 
@@ -107,4 +108,29 @@ test('demo human output: one readable line per step and event; colour on a termi
   assert.match(lines[4]!, /done +3 retirements completed$/)
   assert.match(render(true), /\x1b\[32mretired/, 'green on a terminal')
   assert.doesNotMatch(render(true, { NO_COLOR: '1' }), ANSI_ESCAPE)
+})
+
+test('edgewarden demo interrupted (SIGINT) while its devices start: exit 130, nothing left behind', async () => {
+  const proc = spawn(process.execPath, [BIN, 'demo', '--json'], { cwd: ROOT, env: { ...process.env, ...NO_COLOUR_ENV }, stdio: ['ignore', 'pipe', 'pipe'] })
+  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)))
+  let out = ''
+  let err = ''
+  proc.stderr.on('data', (c: Buffer) => (err += c.toString()))
+  // the control plane is up (so is the gateway's uplink); the OPC UA device is still making its certificate
+  const lines = await new Promise<Line[]>((resolve, reject) => {
+    proc.stdout.on('data', (c: Buffer) => {
+      out += c.toString()
+      if (/"step":"control"/.test(out)) resolve(out.trim().split('\n').map((l) => JSON.parse(l) as Line))
+    })
+    void exited.then(() => reject(new Error(`demo ended first: ${out} ${err}`)))
+  })
+  proc.kill('SIGINT')
+  const t0 = performance.now()
+  assert.equal(await exited, 130, err)
+  assert.ok(performance.now() - t0 < 10_000, 'ends soon after ctrl-c')
+  assert.match(err, /demo interrupted \(SIGINT\)/)
+  const gw = lines.find((l) => l.step === 'gateway')!
+  assert.equal(existsSync(dirname(gw.dataDir as string)), false, 'temporary folder removed')
+  const central = Number(new URL(lines.find((l) => l.step === 'central')!.url as string).port)
+  for (const port of [central, Number(new URL(gw.siteBroker as string).port), gw.modbusProxy as number]) assert.equal(await listening(port), false, `port ${port} closed`)
 })
