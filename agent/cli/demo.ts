@@ -411,7 +411,7 @@ export async function runDemo(args: string[]): Promise<number> {
   process.once('SIGTERM', onSignal)
   try {
     const result = await withTimeout(Promise.race([scenario(r, work, parts), interrupted]), DEMO_LIMIT_MS, 'the demo did not finish')
-    r.summary({ ...result, kept: values.keep ? work : null }, `3 retirements completed with their evidence in ${((performance.now() - t0) / 1000).toFixed(1)} s${values.keep ? `; everything is kept in ${work}` : ''}`)
+    r.summary({ ...result, kept: values.keep ? work : null }, `3 retirements completed with their evidence in ${((performance.now() - t0) / 1000).toFixed(1)} s${values.keep ? `; everything is kept in ${work} (try: edgewarden audit export --data-dir ${join(work, 'gateway')})` : ''}`)
     return 0
   } catch (err) {
     if (!(err instanceof DemoError)) throw err
