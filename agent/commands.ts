@@ -115,6 +115,8 @@ interface Remembered {
   op?: Op
   /** kept while accepted, so a restart can finish the command */
   cmd?: Command
+  /** arrival order (the seq of its cmd.accepted event): a restart resumes accepted commands in this order */
+  order?: number
   reason?: string
 }
 
@@ -211,8 +213,11 @@ export class CommandProcessor {
     const seen = this.#jtis.get(cmd.jti, nowS)
     if (seen) return this.#duplicate(cmd.jti, seen.data.state)
     const keepUntil = cmd.exp + gw.config.clockSkewS
+    // The seq its cmd.accepted event gets: commit() takes it in this same
+    // synchronous step, and the event is never dropped at the outbox bound.
+    const order = gw.outbox.lastSeq + 1
     const accepted = gw.commit({
-      ops: [this.#jtis.remember(cmd.jti, keepUntil, { state: 'accepted', op: cmd.op, cmd })],
+      ops: [this.#jtis.remember(cmd.jti, keepUntil, { state: 'accepted', op: cmd.op, cmd, order })],
       audit: [{ actor: `cp:${cmd.iss}`, action: 'command.accepted', data: { jti: cmd.jti, op: cmd.op, args: cmd.args } }],
       events: [{ type: 'cmd.accepted', data: { jti: cmd.jti, op: cmd.op } }],
     })
@@ -235,6 +240,10 @@ export class CommandProcessor {
 
   async #execute(cmd: Command, receivedAt: number, receivedAtS: number): Promise<void> {
     const gw = this.#gw
+    // Answered while it waited its turn (a resumed retire whose retirement
+    // another command closed first): running it again would answer it twice.
+    const state = this.#jtis.get(cmd.jti, gw.nowS())?.data.state
+    if (state !== undefined && state !== 'accepted') return
     const keepUntil = cmd.exp + gw.config.clockSkewS
     const executor = this.#executors.get(cmd.op)
     const reason = typeof cmd.args.reason === 'string' ? cmd.args.reason : undefined
@@ -293,8 +302,10 @@ export class CommandProcessor {
     const sweep = this.#jtis.sweep(nowS)
     if (sweep.length) await gw.store.write(sweep, { sync: false })
     let n = 0
-    for (const [jti, e] of this.#jtis.entries()) {
-      if (e.data.state !== 'accepted' || !e.data.cmd) continue
+    // In arrival order, as they would have run (the store keeps them by jti).
+    const waiting = [...this.#jtis.entries()].filter(([, e]) => e.data.state === 'accepted' && e.data.cmd).sort(([, a], [, b]) => (a.data.order ?? 0) - (b.data.order ?? 0))
+    for (const [jti, e] of waiting) {
+      if (!e.data.cmd) continue
       this.#log.info({ jti, op: e.data.op }, 'resuming a command accepted before the restart')
       void this.#enqueueExecution(e.data.cmd, performance.now(), nowS)
       n++

@@ -53,6 +53,8 @@ class Observed {
   readonly terminal = new Map<string, Map<number, string>>()
   /** latest device state seen, by device */
   readonly state = new Map<string, { seq: number; to: DeviceState }>()
+  /** op of each accepted jti */
+  readonly ops = new Map<string, string>()
   redelivered = 0
   count = 0
   #waiters = new Set<() => void>()
@@ -72,7 +74,10 @@ class Observed {
     }
     this.bySeq.set(e.seq, e)
     const jti = typeof e.data.jti === 'string' ? e.data.jti : undefined
-    if (e.type === 'cmd.accepted' && jti) add(this.accepted, jti, e.seq)
+    if (e.type === 'cmd.accepted' && jti) {
+      add(this.accepted, jti, e.seq)
+      this.ops.set(jti, String(e.data.op))
+    }
     if (TERMINAL.has(e.type) && e.type !== 'cmd.duplicate' && jti) {
       const m = this.terminal.get(jti) ?? new Map<number, string>()
       m.set(e.seq, e.type)
@@ -138,7 +143,7 @@ async function checkAfterKill(dataDir: string, gwKey: string, seen: Observed): P
       const e = await store.getJson<{ data: { state: string } }>(CMD_JTI_PREFIX + jti)
       assert.ok(e, `accepted command ${jti} is remembered after the kill`)
       const answered = seen.terminal.get(jti)
-      if (answered?.size) assert.equal(`cmd.${e.data.state}`, [...answered.values()][0], `${jti}: stored state matches the answer sent`)
+      if (answered?.size) assert.equal(`cmd.${e.data.state}`, [...answered.values()][0], `${jti} (${seen.ops.get(jti) ?? '?'}): stored state ${e.data.state} matches the answers sent (${[...answered.values()].join(', ')})`)
     }
     return { auditEntries: verdict.ok ? verdict.entries : 0 }
   } finally {
@@ -314,6 +319,38 @@ test('kill -9 loop during bulk enroll, bulk retire and event bursts: nothing acc
     result: `${killedMidway} kills mid-burst; ${seen.accepted.size} accepted, each answered once (${completed} completed); states legal; audit verifies (${audit.entries} entries); seq gapless (${seen.redelivered} identical redeliveries); seed ${seed}`,
     pass: true,
   })
+})
+
+test('after a crash, commands accepted but not yet run resume in arrival order, each answered once', async (t) => {
+  const dataDir = tempDir(t)
+  const cpKey = generateKeyPairSync('ed25519').privateKey
+  const flags = { cpKey: [`cp1=${publicKeyB64(cpKey)}`] }
+  let release = (): void => {}
+  t.after(() => release())
+  const first = await startTestAgent(t, { dataDir, flags })
+  await first.gateway.enroll({ id: 'valve-1', publicKey: devKey() }, { actor: 'local:test' })
+  // Hold the command chain: what is accepted from here on is stored, not run.
+  const held = new Promise<void>((resolve) => (release = resolve))
+  first.commands.register('inventory.report', async () => (await held, {}))
+  const cp = new ControlPlane({ broker: 'mqtt://unused', site: 'site1', gateway: 'gw1', key: cpKey, kid: 'cp1' })
+  // Arrival order: quarantine, then release; in jti (store key) order the other way round.
+  const jtis = ['cmd.m-hold', 'cmd.z-quarantine', 'cmd.a-release']
+  await first.commands.handle(cp.sign('inventory.report', {}, { jti: jtis[0]! }).jws)
+  await first.commands.handle(cp.sign('device.quarantine', { deviceId: 'valve-1' }, { jti: jtis[1]! }).jws)
+  await first.commands.handle(cp.sign('device.release', { deviceId: 'valve-1' }, { jti: jtis[2]! }).jws)
+  assert.equal(first.gateway.getDevice('valve-1')?.state, 'active', 'nothing ran yet')
+  // The crash, in-process: the store closes under the agent with three commands accepted and none run.
+  await first.gateway.store.close()
+
+  const second = await startTestAgent(t, { dataDir, flags })
+  await second.commands.idle()
+  assert.equal(second.gateway.getDevice('valve-1')?.state, 'active', 'quarantine then release, as they arrived')
+  const events = await second.gateway.outbox.pending(second.gateway.store, 0, 1000)
+  for (const jti of jtis) {
+    assert.equal(second.commands.stateOf(jti), 'completed', jti)
+    const answers = events.filter((e) => TERMINAL.has(e.type) && (JSON.parse(Buffer.from(e.jws.split('.')[1]!, 'base64url').toString()) as { data: { jti?: string } }).data.jti === jti)
+    assert.deepEqual(answers.map((e) => e.type), ['cmd.completed'], `${jti} answered once`)
+  }
 })
 
 test('writes carrying an acceptance or a revocation are synced; what syncing costs on this disk', { timeout: 60_000 }, async (t) => {
