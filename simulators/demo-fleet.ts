@@ -8,6 +8,7 @@ import { createHookedModbusDevice, createLegacyModbusDevice, type SimulatedModbu
 import { SimulatedMqttDevice } from './mqtt-device.ts'
 import { SimulatedOpcuaDevice } from './opcua-device.ts'
 import type { ActionRuntime } from '../firmware-hooks/action-runtime.ts'
+import { keygen } from '../firmware-hooks/crypto.ts'
 
 export interface DemoFleetOptions {
   gatewayId: string
@@ -42,9 +43,12 @@ export class DemoFleet {
   readonly plc: { device: SimulatedModbusDevice; runtime: ActionRuntime; publicKey: string }
   readonly legacy: { device: SimulatedModbusDevice; publicKey: string }
   readonly hmi: SimulatedOpcuaDevice
+  /** each MQTT device's first key, copied as someone who cloned its flash would have it */
+  readonly copiedKeys: Map<string, Uint8Array>
 
-  private constructor(parts: Pick<DemoFleet, 'mqtt' | 'plc' | 'legacy' | 'hmi'>) {
+  private constructor(parts: Pick<DemoFleet, 'mqtt' | 'plc' | 'legacy' | 'hmi' | 'copiedKeys'>) {
     this.mqtt = parts.mqtt
+    this.copiedKeys = parts.copiedKeys
     this.plc = parts.plc
     this.legacy = parts.legacy
     this.hmi = parts.hmi
@@ -54,13 +58,14 @@ export class DemoFleet {
   static async start(o: DemoFleetOptions): Promise<DemoFleet> {
     const gw = { gatewayId: o.gatewayId, gatewayPublicKey: o.gatewayPublicKey }
     const mqttIds = [DEMO_IDS.connected, DEMO_IDS.roaming, DEMO_IDS.meter]
+    const keys = await Promise.all(mqttIds.map(async (id) => [id, (await keygen()).secretKey] as const))
     const [hmi, plc, legacy, ...mqtt] = await Promise.all([
       SimulatedOpcuaDevice.create({ ...gw, deviceId: DEMO_IDS.hmi, pkiDir: join(o.workDir, 'opcua-device-pki'), port: o.opcuaPort }),
       createHookedModbusDevice({ ...gw, deviceId: DEMO_IDS.plc }),
       createLegacyModbusDevice(),
-      ...mqttIds.map((id) => SimulatedMqttDevice.create({ ...gw, url: o.siteBrokerUrl, deviceId: id, mqtt: { reconnectMs: 50, connectTimeoutMs: 5000 } })),
+      ...keys.map(([id, secretKey]) => SimulatedMqttDevice.create({ ...gw, url: o.siteBrokerUrl, deviceId: id, secretKey: secretKey.slice(), mqtt: { reconnectMs: 50, connectTimeoutMs: 5000 } })),
     ])
-    const fleet = new DemoFleet({ mqtt: new Map(mqtt.map((d) => [d.id, d])), plc, legacy, hmi })
+    const fleet = new DemoFleet({ mqtt: new Map(mqtt.map((d) => [d.id, d])), plc, legacy, hmi, copiedKeys: new Map(keys) })
     try {
       await Promise.all([plc.device.start(), legacy.device.start(), hmi.start()])
     } catch (err) {

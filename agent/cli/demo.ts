@@ -15,6 +15,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import ModbusSerial from 'modbus-serial'
+import { MqttDevice } from '../../firmware-hooks/mqtt-device.ts'
 import { ControlPlane, publicKeyB64, TERMINAL, type GatewayEvent } from '../../simulators/control-plane.ts'
 import { startCentralBroker, type CentralBroker } from '../../simulators/demo-broker.ts'
 import type { DemoFleet } from '../../simulators/demo-fleet.ts'
@@ -107,6 +108,8 @@ function summarize(e: GatewayEvent): string {
       return `${d.deviceId}: ${d.act} ${d.actionId}${d.protocol ? ` via ${d.protocol}` : ''}${d.status ? ` status ${d.status}` : ''}`
     case 'inventory':
       return `${(d.devices as unknown[]).length} devices`
+    case 'alert.residual-use':
+      return `${d.deviceId} via ${d.protocol}: ${d.detail}`
     default: {
       const s = JSON.stringify(d)
       return s.length > 100 ? `${s.slice(0, 97)}...` : s
@@ -120,8 +123,10 @@ export function describeEvidence(ev: Json): string {
   const net = ev.network as { backend: string; rule: string }
   const live = Object.entries(ev.sessionsClosed as Record<string, number>).filter(([, n]) => n > 0)
   const sessions = live.length ? live.map(([p, n]) => `${p} ${n}`).join(', ') : 'none was live'
+  const wipeOnly = Object.entries((ev.wipeOnlySessionsClosed ?? {}) as Record<string, number>).filter(([, n]) => n > 0)
   return [
     `access removed in ${ev.accessRemovedMs} ms (sessions closed: ${sessions})`,
+    ...(wipeOnly.length ? [`wipe-only session closed at the end: ${wipeOnly.map(([p, n]) => `${p} ${n}`).join(', ')}`] : []),
     `network ${net.backend}/${net.rule}`,
     `wipe ${wipe.status}${wipe.ackJti ? ` (device-signed ack ${wipe.ackJti})` : ''}${wipe.reason ? ` (${wipe.reason})` : ''}`,
     `${ev.credentialsRevoked} credential(s) revoked`,
@@ -318,6 +323,15 @@ async function scenario(r: Reporter, work: string, parts: Parts): Promise<Json> 
   const aEvidence = aDone.data.evidence as Json
   r.step('retired', `${a} retired: ${describeEvidence(aEvidence)}; the device erased its key and data`, { deviceId: a, case: 'connected', evidence: aEvidence, deviceWiped: true }, 'ok')
   retired.push({ deviceId: a, case: 'connected', wipe: wipeOf(aDone) })
+  // The key a thief copied off the device before it was wiped: refused, and the control plane hears of it.
+  const alerted = nextEvent(cp, (e) => e.type === 'alert.residual-use' && e.data.deviceId === a, STEP_MS, `no alert.residual-use for ${a}`)
+  const refused = await MqttDevice.connect({ url: siteBroker, deviceId: a, gatewayId: gw.id, secretKey: fleet.copiedKeys.get(a)!, connectTimeoutMs: 5000 }).then(
+    async (d) => (await d.close(), null),
+    (err: Error) => err.message,
+  )
+  check(refused !== null, `a copy of ${a}'s retired key was let in`)
+  const alert = await alerted
+  r.step('residual', `a copy of ${a}'s old key tries the site broker: refused (${refused}); the control plane gets alert.residual-use #${alert.seq}`, { deviceId: a, refused, alert: alert.data }, 'ok')
 
   // (b) offline: the wipe waits in the durable queue; delivered when it returns.
   const b = DEMO_IDS.roaming

@@ -41,6 +41,10 @@ test('edgewarden demo --json: three retirements completed with their evidence, t
   assert.equal(a.wipe.status, 'done')
   assert.match(a.wipe.ackJti, /^[A-Za-z0-9_-]+$/)
   assert.equal(typeof a.accessRemovedMs, 'number')
+  const residual = steps('residual')[0]!
+  assert.match(residual.refused as string, /Not authorized/, 'a copy of its old key is refused')
+  const alert = residual.alert as { deviceId: string; protocol: string }
+  assert.deepEqual([alert.deviceId, alert.protocol], ['press-1', 'mqtt'], 'and the control plane hears of it')
 
   // (b) offline: the wipe was queued while it was away, delivered when it came back.
   const b = retired.get('offline')?.evidence as Record<string, any>
