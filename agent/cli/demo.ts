@@ -194,6 +194,11 @@ class Parts {
     return part
   }
 
+  /** Nothing more is started once the demo is over (interrupted). */
+  ensureOpen(): void {
+    if (this.#closed) throw new DemoError('demo interrupted')
+  }
+
   async close(): Promise<void> {
     this.#closed = true
     for (const stop of this.#stops.splice(0).reverse()) await stop().catch(() => {})
@@ -229,11 +234,14 @@ async function run(cp: ControlPlane, op: string, args: Json, ms = STEP_MS): Prom
 
 async function scenario(r: Reporter, work: string, parts: Parts): Promise<Json> {
   r.section('edgewarden demo: a central broker, a gateway, a control plane and a small fleet, all on this machine')
-  // Loaded here, not with this module: node-opcua is slow to load (it generates an RSA key as it does).
-  const { DEMO_IDS, DEMO_UNITS, DemoFleet } = await import('../../simulators/demo-fleet.ts')
-  const { setDebugLogger, setErrorLogger, setWarningLogger } = await import('node-opcua')
-  // node-opcua prints its own notices on standard output; the demo's output is its report only.
-  for (const set of [setDebugLogger, setErrorLogger, setWarningLogger]) set(() => {})
+  // Loaded here, not with this module, and while the brokers and the gateway
+  // start: node-opcua is slow to load (it generates an RSA key as it does).
+  const simulators = Promise.all([import('../../simulators/demo-fleet.ts'), import('node-opcua')]).then(([fleetModule, opcua]) => {
+    // node-opcua prints its own notices on standard output; the demo's output is its report only.
+    for (const set of [opcua.setDebugLogger, opcua.setErrorLogger, opcua.setWarningLogger]) set(() => {})
+    return fleetModule
+  })
+  simulators.catch(() => {})
   const central = await parts.add(await startCentralBroker(), (c) => c.close())
   r.step('central', `central broker (aedes, in this process) on ${central.url}`, { url: central.url })
 
@@ -269,20 +277,18 @@ async function scenario(r: Reporter, work: string, parts: Parts): Promise<Json> 
     dataDir: config.dataDir,
   })
 
-  // The devices start while the control plane connects: the OPC UA one makes its certificate.
-  const fleetStarted = performance.now()
-  const fleetReady = DemoFleet.start({ gatewayId: gw.id, gatewayPublicKey: gw.key.publicKeyB64, siteBrokerUrl: siteBroker, workDir: work, opcuaPort: await freePort() })
-  const fleetKept = fleetReady.then((f) => parts.add(f, (x) => x.stop()))
-  fleetKept.catch(() => {})
-
   const cp = await parts.add(new ControlPlane({ broker: central.url, site: SITE, gateway: GATEWAY, key: cpKey, kid: KID, gatewayKey: gw.key.publicKeyB64 }), (x) => x.close())
   cp.onEvent((e) => r.event(e))
   await cp.connect()
   await cp.waitOnline(STEP_MS)
   r.step('control', `control plane (key ${KID}, pinned on the gateway) connected; the gateway says it is online; every event below is checked against the gateway key`, { kid: KID })
 
+  const { DEMO_IDS, DEMO_UNITS, DemoFleet } = await simulators
+  parts.ensureOpen()
+  const fleetStarted = performance.now()
+  const fleetKept = DemoFleet.start({ gatewayId: gw.id, gatewayPublicKey: gw.key.publicKeyB64, siteBrokerUrl: siteBroker, workDir: work, opcuaPort: await freePort() }).then((f) => parts.add(f, (x) => x.stop()))
   const fleet = await fleetKept
-  r.step('fleet', `simulated devices up in ${((performance.now() - fleetStarted) / 1000).toFixed(1)} s: ${[...fleet.mqtt.keys()].join(', ')} (MQTT), ${DEMO_IDS.plc} (Modbus, hook), ${DEMO_IDS.legacy} (Modbus, legacy), ${DEMO_IDS.hmi} (OPC UA)`)
+  r.step('fleet', `simulated devices up (the OPC UA one made its certificate) in ${((performance.now() - fleetStarted) / 1000).toFixed(1)} s: ${[...fleet.mqtt.keys()].join(', ')} (MQTT), ${DEMO_IDS.plc} (Modbus, hook), ${DEMO_IDS.legacy} (Modbus, legacy), ${DEMO_IDS.hmi} (OPC UA)`)
 
   r.section('Enrolling the fleet: one signed device.enroll per device')
   const opcuaUp = new Promise<void>((resolve) => {

@@ -114,13 +114,13 @@ test('demo human output: one readable line per step and event; colour on a termi
   assert.doesNotMatch(render(true, { NO_COLOR: '1' }), ANSI_ESCAPE)
 })
 
-test('edgewarden demo interrupted (SIGINT) while its devices start: exit 130, nothing left behind', async () => {
+test('edgewarden demo interrupted (SIGINT) while it starts: exit 130, nothing left behind', async () => {
   const proc = spawn(process.execPath, [BIN, 'demo', '--json'], { cwd: ROOT, env: { ...process.env, ...NO_COLOUR_ENV }, stdio: ['ignore', 'pipe', 'pipe'] })
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)))
   let out = ''
   let err = ''
   proc.stderr.on('data', (c: Buffer) => (err += c.toString()))
-  // the control plane is up (so is the gateway's uplink); the OPC UA device is still making its certificate
+  // the gateway and the control plane are up; the simulated devices are still loading or starting
   const lines = await new Promise<Line[]>((resolve, reject) => {
     proc.stdout.on('data', (c: Buffer) => {
       out += c.toString()
