@@ -90,11 +90,16 @@ export class MqttUplinkTransport implements UplinkTransport {
       )
     }
     client.on('connect', () => {
+      // A CONNACK that lands after stop() began (or for a client already
+      // replaced) must not publish on a client that is closing.
+      if (this.#stopping || this.#client !== client) return
       this.#attempt = 0
       client.subscribe(cmdTopic, { qos: 1 }, (err) => {
         if (err) o.log.error({ err: err.message }, 'subscribing to the command topic failed')
       })
-      client.publish(`${this.#root}status`, JSON.stringify({ online: true, version: o.version }), { qos: 1, retain: true })
+      client.publish(`${this.#root}status`, JSON.stringify({ online: true, version: o.version }), { qos: 1, retain: true }, (err) => {
+        if (err) o.log.warn({ err: err.message }, 'publishing the online status failed')
+      })
       this.#up = true
       handlers.onUp()
     })
