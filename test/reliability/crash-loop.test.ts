@@ -188,7 +188,7 @@ test('kill -9 loop during bulk enroll, bulk retire and event bursts: nothing acc
   t.diagnostic(`seed ${seed} (replay with EDGEWARDEN_TEST_SEED=${seed})`)
   const rand = seeded(seed)
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)]!
-  const KILLS = scaled(20)
+  const KILLS = scaled(16)
   const BATCH = 24
 
   const m = await Mosquitto.start(t)
