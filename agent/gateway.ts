@@ -79,6 +79,7 @@ export class Gateway {
   readonly #eventListeners = new Set<(events: StoredEvent[]) => void>()
   readonly #commitListeners = new Set<(change: Change) => void>()
   #droppedAtBound = 0
+  readonly #seenDirty = new Set<string>()
   #overBoundLogged = false
 
   private constructor(init: {
@@ -337,6 +338,30 @@ export class Gateway {
       events: [{ type: 'action.queued', data: { deviceId: id, actionId: action.id, act } }],
     })
     return action
+  }
+
+  /**
+   * A protocol saw the device (admitted, disconnected, answered the gateway).
+   * Kept in memory at once and written lazily by flushSeen(): last-seen is
+   * for people, and an fsync per connect would cost admission its speed.
+   */
+  seen(id: string): void {
+    const d = this.registry.get(id)
+    if (!d) return
+    d.lastSeenAt = this.nowS()
+    this.#seenDirty.add(id)
+  }
+
+  /** Write the last-seen times noted since the last flush (one batch, not synced). */
+  async flushSeen(): Promise<void> {
+    if (!this.#seenDirty.size) return
+    const ops: WriteOp[] = []
+    for (const id of this.#seenDirty) {
+      const d = this.registry.get(id)
+      if (d) ops.push(this.registry.set(d))
+    }
+    this.#seenDirty.clear()
+    await this.store.write(ops, { sync: false })
   }
 
   /** Informational events left out at the outbox bound since start. */

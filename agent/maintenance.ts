@@ -29,6 +29,7 @@ export class Maintenance {
         await this.#parts.retirements.tick(nowS)
         await this.#parts.actions.sweep(nowS)
         await this.#parts.credentials.tick(nowS)
+        await this.#gw.flushSeen()
       } catch (err) {
         this.#log.error({ err }, 'maintenance pass failed')
       }

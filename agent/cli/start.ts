@@ -79,7 +79,8 @@ function adminHooks(actions: DeviceActions, retirements: Retirements, quarantine
 export async function startAgent(config: AgentConfig, opts: { log: Logger; clock?: Clock; maintenanceIntervalMs?: number }): Promise<RunningAgent> {
   const { log } = opts
   const gateway = await Gateway.open(config, { log: log.child({ component: 'gateway' }), ...(opts.clock ? { clock: opts.clock } : {}) })
-  const stack: (() => Promise<void>)[] = [() => gateway.close()]
+  // Last-seen times are written just before the store closes, after every adapter has stopped.
+  const stack: (() => Promise<void>)[] = [() => gateway.close(), () => gateway.flushSeen()]
   const stopAll = async (): Promise<void> => {
     for (const s of stack.splice(0).reverse()) await s().catch((err: unknown) => log.error({ err }, 'error while stopping'))
   }
@@ -98,6 +99,9 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
     })
     await broker.start()
     stack.push(() => broker.stop())
+    // Last seen (written lazily by maintenance and at stop): admitted and disconnected MQTT devices.
+    broker.aedes.on('client', (c) => gateway.seen(c.id))
+    broker.aedes.on('clientDisconnect', (c) => gateway.seen(c.id))
     const adapters: ProtocolAdapter[] = [broker]
     // [wiring: quarantine backend]
     // Reconciled with the registry before any change can happen; re-checked
@@ -136,7 +140,13 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
     })
     // [wiring: action channels]
     dispatcher.addChannel(opcua)
-    opcua.attach({ ready: (id) => void credentials.deviceReady(id).finally(() => dispatcher.deviceReady(id)), ack: (id, ack) => actions.ack(id, ack, 'opcua') })
+    opcua.attach({
+      ready: (id) => {
+        gateway.seen(id)
+        void credentials.deviceReady(id).finally(() => dispatcher.deviceReady(id))
+      },
+      ack: (id, ack) => actions.ack(id, ack, 'opcua'),
+    })
     await opcua.start()
     const modbusRelay = new ModbusHookRelay(gateway, modbusIndex, actions, { log: log.child({ component: 'modbus-relay' }) })
     dispatcher.addChannel(modbusRelay)

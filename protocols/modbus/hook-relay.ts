@@ -289,6 +289,7 @@ export class ModbusHookRelay implements ActionChannel {
   #markUp(id: string): void {
     const was = this.reachability(id)
     this.#reach.set(id, 'up')
+    this.#gw.seen(id)
     const p = this.#probes.get(id)
     if (p) {
       this.#timers.clearTimeout(p.handle)
