@@ -32,7 +32,7 @@ export interface CpSpec {
 export type LoadRequest =
   | { op: 'init'; devices: LoadDevice[]; gatewayId: string; gatewayPublicKey: string }
   | { op: 'mint'; ids: string[]; lifetimeS: number }
-  | { op: 'connect'; port: number; ids: string[]; concurrency: number; timeoutMs: number }
+  | { op: 'connect'; port: number; ids: string[]; concurrency: number; timeoutMs: number; retryMs?: number; deadlineMs?: number }
   | { op: 'disconnect'; ids: string[] | 'all' }
   | { op: 'revoke'; cp: CpSpec; ids: string[]; gapMs: number; timeoutMs: number }
   | { op: 'count' }
@@ -44,6 +44,8 @@ export interface ConnectReply {
   elapsedMs: number
   /** a few failure reasons, for the report */
   errors: string[]
+  /** connects tried again after a failure (with retryMs) */
+  retries: number
   /** epoch ms (timeOrigin + now) when the last device was listening */
   lastAt: number
 }
@@ -163,26 +165,43 @@ class LoadGenerator {
     return this.#sign(id, { iss: id, aud: this.#gatewayId, iat: Math.floor(Date.now() / 1000), jti: newJti('ack.'), ref: c.jti, status: 'done' })
   }
 
-  async connect(port: number, ids: string[], concurrency: number, timeoutMs: number): Promise<ConnectReply> {
+  /**
+   * Connect `ids`, `concurrency` at a time. Without `retryMs` a failed
+   * connect is counted and not tried again (the admission runs); with it, a
+   * device whose connect failed tries again after retryMs (± 50 %) with a
+   * fresh token, as a real device does, until `deadlineMs` has passed.
+   */
+  async connect(port: number, ids: string[], concurrency: number, timeoutMs: number, retryMs = 0, deadlineMs = 0): Promise<ConnectReply> {
     let next = 0
     let failed = 0
+    let retries = 0
     const errors: string[] = []
     const start = performance.now()
     let lastAt = 0
     const worker = async (): Promise<void> => {
       while (next < ids.length) {
         const id = ids[next++]!
-        try {
-          this.#conns.set(id, await this.#connectOne(port, id, timeoutMs))
-          lastAt = epochMs()
-        } catch (err) {
-          failed++
-          if (errors.length < 5) errors.push(`${id}: ${(err as Error).message}`)
+        for (;;) {
+          try {
+            this.#conns.set(id, await this.#connectOne(port, id, timeoutMs))
+            lastAt = epochMs()
+            break
+          } catch (err) {
+            if (errors.length < 5) errors.push(`${id}: ${(err as Error).message}`)
+            if (retryMs > 0 && performance.now() - start < deadlineMs) {
+              retries++
+              await new Promise((r) => setTimeout(r, retryMs * (0.5 + Math.random())))
+              this.mint([id], 1800)
+              continue
+            }
+            failed++
+            break
+          }
         }
       }
     }
     await Promise.all(Array.from({ length: Math.min(concurrency, ids.length) }, worker))
-    return { connected: ids.length - failed, failed, elapsedMs: performance.now() - start, errors, lastAt }
+    return { connected: ids.length - failed, failed, elapsedMs: performance.now() - start, errors, lastAt, retries }
   }
 
   async disconnect(ids: string[] | 'all'): Promise<number> {
@@ -256,7 +275,7 @@ async function serve(): Promise<void> {
         case 'mint':
           return gen.mint(req.ids, req.lifetimeS)
         case 'connect':
-          return gen.connect(req.port, req.ids, req.concurrency, req.timeoutMs)
+          return gen.connect(req.port, req.ids, req.concurrency, req.timeoutMs, req.retryMs, req.deadlineMs)
         case 'disconnect':
           return gen.disconnect(req.ids)
         case 'revoke':

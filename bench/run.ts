@@ -51,8 +51,14 @@ const SITE = 'bench'
 const GATEWAY = 'gw-bench'
 /** connects in flight at once in the admission runs (the same for every broker) */
 const ADMISSION_CONCURRENCY = 200
+/** devices connected and let go before each admission run */
+const WARM_UP = 300
 /** connects in flight at once in the storm: "at once", bounded by what one load generator can open */
 const STORM_CONCURRENCY = 1000
+/** the storm gives up after this long (devices whose connect failed retry until then) */
+const STORM_TIMEOUT_MS = 240_000
+/** extra node flags for the agent, e.g. BENCH_AGENT_NODE_FLAGS="--cpu-prof --cpu-prof-dir=.bench-scratch/prof" to profile it */
+const AGENT_NODE_FLAGS = (process.env.BENCH_AGENT_NODE_FLAGS ?? '').split(' ').filter(Boolean)
 const REVOCATION_SAMPLES = Math.min(N, QUICK ? 100 : 200)
 
 const log = (s: string): void => void process.stderr.write(`bench: ${s}\n`)
@@ -131,6 +137,7 @@ async function main(): Promise<BenchResults> {
   const procs = new Procs()
   const onSignal = (signal: NodeJS.Signals): void => {
     log(`${signal}: stopping every process of this run`)
+    setTimeout(() => process.exit(130), 10_000).unref() // whatever hangs (a stalled disk), do not outlive the signal by long
     void procs.stopAll().finally(() => {
       rmSync(scratch, { recursive: true, force: true })
       process.exit(130)
@@ -217,6 +224,11 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     await gen({ op: 'mint', ids: list, lifetimeS: 1800 })
     return (await gen({ op: 'connect', port, ids: list, concurrency, timeoutMs }, 600_000)) as ConnectReply
   }
+  /** Connect a few hundred devices and let them go, so neither the broker nor the generator is measured cold (JIT, first allocations). */
+  const warmUp = async (port: number): Promise<void> => {
+    await connect(port, ids.slice(0, Math.min(N, WARM_UP)), ADMISSION_CONCURRENCY)
+    await gen({ op: 'disconnect', ids: 'all' })
+  }
   const admissionRate = (r: ConnectReply, who: string): number => {
     if (r.failed) throw new Error(`${who}: ${r.failed} of ${r.connected + r.failed} connects failed (${r.errors.join('; ')})`)
     return (r.connected / r.elapsedMs) * 1000
@@ -225,12 +237,15 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
   // Admission and memory: bare aedes, then Mosquitto, then the agent; each
   // anchor disconnected and stopped before the next broker is loaded.
   const admission: { agent: number | null; aedes: number | null; mosquitto: number | null } = { agent: null, aedes: null, mosquitto: null }
-  const memory: { agent: { idle: number; connected: number } | null; aedes: { idle: number; connected: number } | null } = { agent: null, aedes: null }
+  type Mem = { idle: number; connected: number; heapIdle: number; heapConnected: number }
+  const memory: { agent: Mem | null; aedes: Mem | null } = { agent: null, aedes: null }
   await attempt(results, 'bare aedes', async () => {
     const aedes = await spawnNodeBroker(procs, 'bare aedes', join(ROOT, 'bench', 'bare-aedes.ts'), [], { probe: true })
-    const idle = (await aedes.memory()).statusRss ?? 0
+    await warmUp(aedes.port)
+    const idle = await aedes.memory() // after the warm-up: both measured warm
     admission.aedes = admissionRate(await connect(aedes.port, ids, ADMISSION_CONCURRENCY), 'bare aedes')
-    memory.aedes = { idle, connected: (await aedes.memory()).statusRss ?? 0 }
+    const connected = await aedes.memory()
+    memory.aedes = { idle: idle.statusRss ?? idle.rss, connected: connected.statusRss ?? connected.rss, heapIdle: idle.heapUsed, heapConnected: connected.heapUsed }
     await gen({ op: 'disconnect', ids: 'all' })
     await aedes.stop()
     log(`bare aedes: ${fmt(admission.aedes)} connects/s`)
@@ -238,6 +253,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
   if (MOSQUITTO) {
     await attempt(results, 'mosquitto', async () => {
       const mosq = await startMosquitto(procs, 'mosquitto', join(scratch, 'mosquitto'))
+      await warmUp(mosq.port)
       admission.mosquitto = admissionRate(await connect(mosq.port, ids, ADMISSION_CONCURRENCY), 'mosquitto')
       await gen({ op: 'disconnect', ids: 'all' })
       await mosq.stop()
@@ -249,18 +265,20 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
   let agent: Broker | null = null
   let host: ((req: HostRequest, timeoutMs?: number) => Promise<unknown>) | null = null
   await attempt(results, 'agent admission', async () => {
-    agent = await spawnNodeBroker(procs, 'agent', join(ROOT, 'bench', 'agent-host.ts'), agentArgs, { probe: true })
+    agent = await spawnNodeBroker(procs, 'agent', join(ROOT, 'bench', 'agent-host.ts'), agentArgs, { probe: true, nodeFlags: AGENT_NODE_FLAGS })
     host = rpc<HostRequest>(agent.proc, 'agent')
-    const idle = (await agent.memory()).statusRss ?? 0
+    await warmUp(agent.port)
+    const idle = await agent.memory() // after the warm-up: both measured warm
     admission.agent = admissionRate(await connect(agent.port, ids, ADMISSION_CONCURRENCY), 'agent')
-    memory.agent = { idle, connected: (await agent.memory()).statusRss ?? 0 }
+    const connected = await agent.memory()
+    memory.agent = { idle: idle.statusRss ?? idle.rss, connected: connected.statusRss ?? connected.rss, heapIdle: idle.heapUsed, heapConnected: connected.heapUsed }
     log(`agent: ${fmt(admission.agent)} connects/s`)
   })
   if (admission.agent !== null || admission.aedes !== null) {
     const ratio = admission.agent !== null && admission.aedes ? admission.agent / admission.aedes : null
     results.figures.push({
       name: 'admission',
-      workload: `${fmt(N)} device connects (CONNECT with a fresh signed token, SUBSCRIBE dev/<id>/cmd, SUBACK), ${ADMISSION_CONCURRENCY} in flight, one load generator process on raw sockets; the agent checks every token in full; value: agent ÷ bare aedes`,
+      workload: `${fmt(N)} device connects (CONNECT with a fresh signed token, SUBSCRIBE dev/<id>/cmd, SUBACK), ${ADMISSION_CONCURRENCY} in flight, after a warm-up of ${fmt(Math.min(N, WARM_UP))}, one load generator process on raw sockets; the agent checks every token in full; value: agent ÷ bare aedes`,
       value: ratio === null ? null : round(ratio, 3),
       unit: '× bare aedes',
       anchor:
@@ -281,10 +299,18 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
       workload: `resident memory (VmRSS after a forced GC) with ${fmt(N)} devices connected and subscribed, minus the same process idle; value: the agent's growth per device above bare aedes' growth`,
       value: round(perDevice, 0),
       unit: 'bytes/device',
-      anchor: `agent ${mib(a.idle)} idle → ${mib(a.connected)}; bare aedes ${mib(b.idle)} → ${mib(b.connected)} (${fmt((b.connected - b.idle) / N)} B/device)`,
+      anchor: `agent ${mib(a.idle)} idle → ${mib(a.connected)}; bare aedes ${mib(b.idle)} → ${mib(b.connected)} (${fmt((b.connected - b.idle) / N)} B/device); heap in use per device: agent ${fmt((a.heapConnected - a.heapIdle) / N)} B, bare aedes ${fmt((b.heapConnected - b.heapIdle) / N)} B`,
       goal: '≤ 2,048 bytes/device above bare aedes',
       met: perDevice <= 2048,
-      detail: { agentRss: a, bareAedesRss: b, agentPerDevice: round((a.connected - a.idle) / N, 0), bareAedesPerDevice: round((b.connected - b.idle) / N, 0) },
+      detail: {
+        agent: a,
+        bareAedes: b,
+        agentRssPerDevice: round((a.connected - a.idle) / N, 0),
+        bareAedesRssPerDevice: round((b.connected - b.idle) / N, 0),
+        // the JavaScript heap in use, for reading the RSS figures (RSS keeps what a heap grew to)
+        agentHeapPerDevice: round((a.heapConnected - a.heapIdle) / N, 0),
+        bareAedesHeapPerDevice: round((b.heapConnected - b.heapIdle) / N, 0),
+      },
     })
   }
   if (!agent || !host) return
@@ -340,19 +366,27 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
       const before = (await hostRpc({ op: 'acks' })) as AcksReply
       await gen({ op: 'mint', ids, lifetimeS: 1800 })
       const start = performance.timeOrigin + performance.now()
-      const connecting = gen({ op: 'connect', port: agentB.port, ids, concurrency: STORM_CONCURRENCY, timeoutMs: 60_000 }, 600_000) as Promise<ConnectReply>
-      const done = (await hostRpc({ op: 'waitAcks', count: before.acks + retired, timeoutMs: 120_000 }, 130_000)) as AcksReply
-      const c = await connecting
+      const connecting = gen({ op: 'connect', port: agentB.port, ids, concurrency: STORM_CONCURRENCY, timeoutMs: 30_000, retryMs: 1000, deadlineMs: STORM_TIMEOUT_MS }, 600_000) as Promise<ConnectReply>
+      const progress = setInterval(() => {
+        void hostRpc({ op: 'acks' }).then((a) => log(`  storm: ${fmt((a as AcksReply).acks - before.acks)} acks recorded`), () => {})
+      }, 5000)
+      const [acked, connected] = await Promise.allSettled([hostRpc({ op: 'waitAcks', count: before.acks + retired, timeoutMs: STORM_TIMEOUT_MS }, STORM_TIMEOUT_MS + 10_000), connecting])
+      clearInterval(progress)
+      if (connected.status === 'rejected') throw connected.reason
+      const c = connected.value
+      if (acked.status === 'rejected') throw new Error(`${(acked.reason as Error).message.split('\n')[0]}; ${fmt(c.connected)} connected, ${fmt(c.failed)} connects failed (${c.errors.join('; ')})`)
+      const done = acked.value as AcksReply
       const s = (done.lastAt - start) / 1000
       results.figures.push({
         name: 'reconnect storm',
-        workload: `${fmt(N)} devices, offline while retired, each with one queued wipe, reconnect at once (${fmt(STORM_CONCURRENCY)} connects in flight): from the first CONNECT until every wipe ack is recorded by the agent`,
+        workload: `${fmt(N)} devices, offline while retired, each with one queued wipe, reconnect at once (${fmt(STORM_CONCURRENCY)} connects in flight; a device whose connect fails tries again after about 1 s, as devices do): from the first CONNECT until every wipe ack is recorded by the agent`,
         value: round(s, 2),
         unit: 's',
-        anchor: `${fmt(c.connected)} devices back, ${fmt(retired)} acks recorded; connects alone took ${(c.elapsedMs / 1000).toFixed(2)} s`,
-        goal: '< 10 s for 10,000',
-        met: s < 10,
-        detail: { devices: N, acks: done.acks - before.acks, connectsMs: round(c.elapsedMs), connectFailures: c.failed, concurrency: STORM_CONCURRENCY },
+        anchor: `${fmt(c.connected)} devices back (${fmt(c.retries)} connects tried again), ${fmt(retired)} acks recorded; connects alone took ${(c.elapsedMs / 1000).toFixed(2)} s`,
+        // the goal is a rate: 10,000 in under 10 s; a run at another size is judged at that rate
+        goal: N === 10_000 ? '< 10 s for 10,000' : `< 10 s for 10,000 (so < ${((10 * N) / 10_000).toFixed(2)} s for ${fmt(N)})`,
+        met: s < (10 * N) / 10_000,
+        detail: { devices: N, acks: done.acks - before.acks, connectsMs: round(c.elapsedMs), connectRetries: c.retries, connectFailures: c.failed, firstErrors: c.errors, concurrency: STORM_CONCURRENCY },
       })
       log(`reconnect storm: ${s.toFixed(2)} s`)
     })
