@@ -22,6 +22,8 @@ export interface OptionSpec {
   doc: string
   /** never printed in full (passwords) */
   secret?: boolean
+  /** smallest value an int accepts */
+  min?: number
 }
 
 const defaultGateway = (): string => {
@@ -46,12 +48,12 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'quarantine', flag: 'quarantine', type: 'enum', values: ['none', 'nftables'], default: 'none', doc: 'network quarantine backend: none (applies nothing, says so in every evidence) or nftables (needs root and nft)' },
   { key: 'httpPort', flag: 'http-port', type: 'port', doc: 'port of the HTTP endpoint (Prometheus /metrics, /healthz, /readyz, status page); off when unset (0: pick a free port)' },
   { key: 'httpHost', flag: 'http-host', type: 'string', default: '127.0.0.1', doc: 'address of the HTTP endpoint (localhost by default: put a reverse proxy in front to expose it)' },
-  { key: 'authFailuresPerClient', flag: 'auth-failures-per-client', type: 'int', default: 10, doc: 'failed connects allowed per client id per authThrottleWindowS before that id is refused for authBlockS' },
-  { key: 'authFailuresPerAddress', flag: 'auth-failures-per-address', type: 'int', default: 100, doc: 'failed connects allowed per source address per authThrottleWindowS before that address is refused for authBlockS' },
-  { key: 'authThrottleWindowS', flag: 'auth-throttle-window', type: 'int', default: 60, doc: 'window over which failed connects are counted, seconds' },
+  { key: 'authFailuresPerClient', flag: 'auth-failures-per-client', type: 'int', default: 10, min: 1, doc: 'failed connects allowed per client id per authThrottleWindowS before that id is refused for authBlockS' },
+  { key: 'authFailuresPerAddress', flag: 'auth-failures-per-address', type: 'int', default: 100, min: 1, doc: 'failed connects allowed per source address per authThrottleWindowS before that address is refused for authBlockS' },
+  { key: 'authThrottleWindowS', flag: 'auth-throttle-window', type: 'int', default: 60, min: 1, doc: 'window over which failed connects are counted, seconds' },
   { key: 'authBlockS', flag: 'auth-block', type: 'int', default: 60, doc: 'how long a throttled client id or address is refused, seconds' },
-  { key: 'connectTimeoutMs', flag: 'connect-timeout', type: 'int', default: 10000, doc: 'a connection that has not completed MQTT CONNECT by then is closed (half-open connections), milliseconds' },
-  { key: 'maxPacketBytes', flag: 'max-packet-bytes', type: 'int', default: 65536, doc: 'largest MQTT packet the site broker accepts from a device, bytes' },
+  { key: 'connectTimeoutMs', flag: 'connect-timeout', type: 'int', default: 10000, min: 100, doc: 'a connection that has not completed MQTT CONNECT by then is closed (half-open connections), milliseconds' },
+  { key: 'maxPacketBytes', flag: 'max-packet-bytes', type: 'int', default: 65536, min: 1024, doc: 'largest MQTT packet the site broker accepts from a device, bytes' },
   { key: 'uplink', flag: 'uplink', type: 'string', doc: 'central broker URL (mqtt:// or mqtts://); without it the agent runs standalone' },
   { key: 'uplinkUsername', flag: 'uplink-username', type: 'string', doc: 'user name on the central broker' },
   { key: 'uplinkPassword', flag: 'uplink-password', type: 'string', secret: true, doc: 'password on the central broker (prefer the config file or EDGEWARDEN_UPLINK_PASSWORD)' },
@@ -163,6 +165,7 @@ function coerce(o: OptionSpec, value: unknown, from: string, problems: string[])
       const n = typeof value === 'string' && /^\d+$/.test(value.trim()) ? Number(value) : value
       if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) return bad('is not a whole number')
       if (o.type === 'port' && n > 65535) return bad('is not a port (0-65535)')
+      if (o.min !== undefined && n < o.min) return bad(`is below ${o.min}`)
       return n
     }
     case 'enum':

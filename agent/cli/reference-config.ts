@@ -6,7 +6,7 @@ const shown = (d: unknown): string => (d === undefined ? '(none)' : typeof d ===
 
 export function renderReferenceConfig(): string {
   const rows = OPTIONS.filter((o) => o.key !== 'config').map(
-    (o) => `| \`${o.key}\` | \`--${o.flag}\` | \`${envName(o)}\` | ${shown(o.default)} | ${o.doc}${o.secret ? ' **(secret: redacted in logs)**' : ''} |`,
+    (o) => `| \`${o.key}\` | \`--${o.flag}\` | \`${envName(o)}\` | ${shown(o.default)} | ${o.doc}${o.min !== undefined ? ` (at least ${o.min})` : ''}${o.secret ? ' **(secret: redacted in logs)**' : ''} |`,
   )
   const yaml = OPTIONS.filter((o) => o.key !== 'config').map((o) => {
     const value = o.default === undefined ? '' : typeof o.default === 'function' ? '' : ` ${JSON.stringify(o.default)}`

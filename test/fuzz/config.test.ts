@@ -94,7 +94,7 @@ test('valid values round-trip: whole numbers and ports, by file, environment or 
   const ints = settable.filter((o) => INT_AT[o.key] !== undefined)
   assert.equal(ints.length, 16)
   fc.assert(
-    fc.property(fc.constantFrom(...ints), fc.integer({ min: 0, max: 65535 }), fc.integer({ min: 0, max: 65535 }), fc.integer({ min: 0, max: 65535 }), (o, a, b, c) => {
+    fc.property(fc.constantFrom(...ints).chain((o) => fc.tuple(fc.constant(o), ...[0, 1, 2].map(() => fc.integer({ min: o.min ?? 0, max: 65535 })))), ([o, a, b, c]) => {
       const path = join(dir, 'c.json')
       writeFileSync(path, JSON.stringify({ [o.key]: a }))
       const fromFile = load({ flags: { config: path }, env: {}, cwd: dir })

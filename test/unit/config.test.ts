@@ -116,6 +116,14 @@ test('every problem is reported at once in one ConfigError', (t) => {
   for (const x of p) assert.ok(err.message.includes(x))
 })
 
+test('bounds: a connect timeout or packet bound too small to admit anyone is refused', () => {
+  const err = configError(() => loadConfig({ flags: { connectTimeoutMs: '0', maxPacketBytes: '10', authFailuresPerClient: '0' }, env: {} }))
+  assert.equal(err.problems.length, 3, err.problems.join('\n'))
+  assert.match(err.problems.find((x) => x.startsWith('connectTimeoutMs'))!, /below 100/)
+  assert.match(err.problems.find((x) => x.startsWith('maxPacketBytes'))!, /below 1024/)
+  assert.match(err.problems.find((x) => x.startsWith('authFailuresPerClient'))!, /below 1/)
+})
+
 test('malformed --cp-key entries and inconsistent option groups', (t) => {
   const cwd = tempDir(t)
   const key = generateKeyPair().publicKeyB64
