@@ -10,7 +10,8 @@ export function renderReferenceConfig(): string {
   )
   const yaml = OPTIONS.filter((o) => o.key !== 'config').map((o) => {
     const value = o.default === undefined ? '' : typeof o.default === 'function' ? '' : ` ${JSON.stringify(o.default)}`
-    const example = o.type === 'list' ? `\n# ${o.key}:\n#   - cp-2026=BASE64URL_PUBLIC_KEY` : `\n# ${o.key}:${value}`
+    const item = o.key === 'renewAt' ? 'high=0.3' : 'cp-2026=BASE64URL_PUBLIC_KEY'
+    const example = o.type === 'list' ? `\n# ${o.key}:\n#   - ${item}` : `\n# ${o.key}:${value}`
     return `# ${o.doc}${o.default === undefined ? '' : ` (default ${shown(o.default)})`}${example}`
   })
   return `# edgewarden configuration reference
@@ -41,6 +42,21 @@ one is still in the audit log. Events that carry evidence of a decision
 \`credential.expired\`) are always kept, so \`seq\` stays gapless and no
 revocation's evidence is ever dropped; the agent logs an error once when it
 crosses the bound.
+
+## Authentication throttling
+
+Failed MQTT connects are counted per client id and per source address (an
+IPv6 source by its /64) over \`authThrottleWindowS\`. Only credential
+failures count (bad or reused token, wrong key or audience, unknown device);
+refusals because of a device's state (revoked, quarantined, retired, lapsed
+credential) do not, and are reported as residual use instead. Past
+\`authFailuresPerClient\` a client id, past \`authFailuresPerAddress\` an
+address, is refused with CONNACK 5 for \`authBlockS\` before any signature
+is checked. One id's failures never block another id, and a device admitted
+in the last 30 days still gets through a blocked address (its own per-id
+limit applies), so a device behind the same NAT as an attacker keeps
+working. At most 10,000 ids and addresses are tracked (least recently used
+dropped).
 
 ## A commented file with every option
 
