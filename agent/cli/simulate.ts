@@ -77,12 +77,16 @@ export async function runSimulate(args: string[]): Promise<number> {
   let fleet: Fleet | null = null
   let cp: ControlPlane | null = null
   const cpCounts: Record<string, number> = {}
+  let unverified = 0
   const timers: NodeJS.Timeout[] = []
   try {
     if (values.central !== undefined) {
       cp = new ControlPlane({ broker: values.central, site: values.site ?? identity.site, gateway: values.gateway ?? identity.gateway, gatewayKey: identity.publicKey })
       await cp.connect()
-      cp.onEvent((e) => void (cpCounts[e.type] = (cpCounts[e.type] ?? 0) + 1))
+      cp.onEvent((e) => {
+        cpCounts[e.type] = (cpCounts[e.type] ?? 0) + 1
+        if (e.verified !== true) unverified++
+      })
     }
     const started = performance.now()
     say({ event: 'enrolling', devices: size, ...counts }, `enrolling ${size} devices: ${counts.mqtt} MQTT, ${counts.modbus} Modbus, ${counts.opcua} OPC UA`)
@@ -102,12 +106,12 @@ export async function runSimulate(args: string[]): Promise<number> {
     const f = fleet
     const report = (event: string): void => {
       const s: FleetStats = f.stats()
-      const cpPart = cp ? { controlPlane: { events: { ...cpCounts }, gaps: cp.gaps.length, invalid: cp.invalid.length } } : {}
+      const cpPart = cp ? { controlPlane: { events: { ...cpCounts }, gaps: cp.gaps.length, invalid: cp.invalid.length, unverified } } : {}
       say(
         { event, t: Math.round((performance.now() - started) / 100) / 10, ...s, ...cpPart },
         `${event}: ${s.online}/${s.size} online (MQTT ${s.byProtocol.mqtt.online}/${s.byProtocol.mqtt.size}, Modbus ${s.byProtocol.modbus.online}/${s.byProtocol.modbus.size}, OPC UA ${s.byProtocol.opcua.online}/${s.byProtocol.opcua.size}); ` +
           `${s.ups} ups, ${s.downs} downs, ${s.failures} refused, ${s.actions} actions, ${s.wiped} wiped` +
-          (cp ? `; control plane: ${Object.values(cpCounts).reduce((a, b) => a + b, 0)} events, ${cp.gaps.length} gaps` : ''),
+          (cp ? `; control plane: ${Object.values(cpCounts).reduce((a, b) => a + b, 0)} events, ${cp.gaps.length} gaps, ${cp.invalid.length + unverified} not verified` : ''),
       )
     }
     let storming: Promise<void> | null = null

@@ -1,11 +1,14 @@
 // `edgewarden simulate` as a user runs it: the real agent as a child
-// process, the fleet enrolled through its admin socket, devices coming and
-// going on the system clock, reconnect storms, JSON lines out.
+// process with an uplink to a real Mosquitto, the fleet enrolled through its
+// admin socket, devices coming and going on the system clock, reconnect
+// storms, the control-plane side following the gateway's events, JSON lines out.
 import assert from 'node:assert/strict'
+import { generateKeyPairSync } from 'node:crypto'
 import { describe, test } from 'node:test'
 import { runSimulate } from '../../agent/cli/simulate.ts'
 import { UsageError } from '../../agent/cli/usage.ts'
 import { runCli, spawnAgent, tempDir } from '../helpers/agent.ts'
+import { Mosquitto } from '../helpers/mosquitto.ts'
 
 describe('edgewarden simulate', () => {
   test('bad options are refused with a clear message before anything is enrolled', async () => {
@@ -24,13 +27,15 @@ describe('edgewarden simulate', () => {
 
   test('a fleet of 6 (MQTT and Modbus) against the running agent: enrolled, intermittent, stormed, reported', async (t) => {
     const dataDir = tempDir(t)
-    const agent = await spawnAgent(['--data-dir', dataDir, '--mqtt-host', '127.0.0.1', '--mqtt-port', '0'], { timeoutMs: 60_000 })
+    const central = await Mosquitto.start(t)
+    const cpPublicKey = generateKeyPairSync('ed25519').publicKey.export({ format: 'jwk' }).x as string // pinned, never used: the fleet sends no command
+    const agent = await spawnAgent(['--data-dir', dataDir, '--mqtt-host', '127.0.0.1', '--mqtt-port', '0', '--uplink', central.url, '--site', 'plant-a', '--gateway', 'gw-1', '--cp-key', `cp=${cpPublicKey}`], { timeoutMs: 60_000 })
     t.after(() => agent.stop())
     const port = (agent.ready.mqtt as { mqtt: number }).mqtt
     const r = await runCli([
       'simulate', '--data-dir', dataDir, '--mqtt-url', `mqtt://127.0.0.1:${port}`,
       '--devices', '6', '--mix', 'mqtt=2,modbus=1', '--online-fraction', '0.5', '--mean-offline', '0.3',
-      '--duration', '3', '--storm-every', '1.5', '--report-every', '1', '--seed', '3', '--prefix', 'cli', '--json',
+      '--duration', '3', '--storm-every', '1.5', '--report-every', '1', '--seed', '3', '--prefix', 'cli', '--json', '--central', central.url,
     ])
     assert.equal(r.code, 0, r.stderr)
     const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>)
@@ -43,6 +48,10 @@ describe('edgewarden simulate', () => {
     assert.equal(last.size, 6)
     assert.equal(last.failures, 0)
     assert.ok((last.ups as number) > 6 && (last.downs as number) > 0, `devices came and went: ${JSON.stringify(last)}`)
+    // the control-plane side: the six enrollments' events, each verified against the gateway key, no gap
+    const cp = last.controlPlane as { events: Record<string, number>; gaps: number; invalid: number; unverified: number }
+    assert.equal(cp.events['device.state'], 6, JSON.stringify(cp))
+    assert.deepEqual([cp.gaps, cp.invalid, cp.unverified], [0, 0, 0])
 
     const ls = await runCli(['device', 'ls', '--json', '--data-dir', dataDir])
     const devices = JSON.parse(ls.stdout) as { id: string; protocols: string[]; state: string }[]
