@@ -19,8 +19,10 @@ export class AccessEnforcer {
   readonly #quarantine: QuarantineBackend
   readonly #log: Logger | undefined
   readonly #last = new Map<string, Promise<Enforcement>>()
+  readonly #gw: Gateway
 
   constructor(gw: Gateway, adapters: ProtocolAdapter[], opts: { quarantine?: QuarantineBackend; log?: Logger } = {}) {
+    this.#gw = gw
     this.#adapters = adapters
     this.#quarantine = opts.quarantine ?? new NoneQuarantine()
     this.#log = opts.log
@@ -63,7 +65,8 @@ export class AccessEnforcer {
     return (
       (await this.#last.get(deviceId)) ?? {
         sessionsClosed: { mqtt: 0, opcua: 0, modbus: 0 },
-        network: { backend: this.#quarantine.name, rule: 'open' },
+        // No change since start: the level its state calls for, put in force by the reconcile at start.
+        network: { backend: this.#quarantine.name, rule: levelFor(this.#gw.getDevice(deviceId)?.state ?? 'active') },
         doneAt: performance.now(),
       }
     )

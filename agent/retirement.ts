@@ -43,6 +43,8 @@ interface OpenRetirement {
   reason?: string
   origins: RetireOrigin[]
   actor: string
+  /** written in the same batch as state `retired`: how it ended, so a crash before the evidence is written resumes it */
+  closing?: { wipe: WipeOutcome; actor: string }
 }
 
 export interface RetireRequest {
@@ -173,10 +175,23 @@ export class Retirements {
     await this.#gw.commit({ ops: [this.#put(o)] })
   }
 
+  /**
+   * Retirements whose device went `retired` but whose evidence was not yet
+   * written when the agent stopped (kill -9): write it and answer the
+   * commands waiting for it. Called once the commands can be answered.
+   */
+  async resumeClosing(): Promise<void> {
+    for (const o of [...this.#open.values()]) {
+      if (!o.closing) continue
+      this.#log.info({ deviceId: o.deviceId }, 'finishing a retirement interrupted after the device was retired')
+      await this.#finish(o.deviceId, o.closing.wipe, o.closing.actor)
+    }
+  }
+
   /** Close every retirement past its deadline as `unconfirmed`. */
   async tick(nowS: number): Promise<void> {
     for (const o of [...this.#open.values()]) {
-      if (o.deadline > nowS) continue
+      if (o.deadline > nowS || o.closing) continue
       if (o.wipeActionId) {
         const op = this.#gw.actions.remove(o.deviceId, o.wipeActionId)
         if (op) await this.#gw.commit({ ops: [op] })
@@ -194,7 +209,13 @@ export class Retirements {
     const o = this.#open.get(deviceId)
     if (!o) throw new TypeError(`no open retirement for ${deviceId}`)
     this.#open.delete(deviceId)
-    await gw.transition(deviceId, 'retire-complete', { actor, ...(o.reason !== undefined ? { reason: o.reason } : {}) })
+    if (!o.closing) {
+      // State `retired` and how it ended, in one batch: a crash before the
+      // evidence below is written is carried on by resumeClosing().
+      o.closing = { wipe, actor }
+      const closing = { type: 'put' as const, key: RETIRE_PREFIX + deviceId, value: JSON.stringify(o) }
+      await gw.transition(deviceId, 'retire-complete', { actor, ...(o.reason !== undefined ? { reason: o.reason } : {}) }, { ops: [closing] })
+    }
     const enforcement = await this.#enforcer.settled(deviceId)
     const evidence = {
       deviceId,

@@ -159,6 +159,7 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
 
     const commands = await CommandProcessor.create(gateway, enforcer, log.child({ component: 'commands' }))
     registerActionCommands(commands, { actions, retirements })
+    await retirements.resumeClosing()
     stack.push(() => commands.idle())
     let uplink: Uplink | null = null
     if (config.uplink) {
