@@ -75,11 +75,9 @@ export class Outbox {
 
   /** Stored events from `afterSeq` on, in seq order. */
   async pending(store: Store, afterSeq: number, limit: number): Promise<StoredEvent[]> {
-    const out: StoredEvent[] = []
-    for await (const [, v] of store.db.iterator({ gt: seqKey(EVENT_PREFIX, afterSeq), lt: `${EVENT_PREFIX}\xff`, limit })) {
-      out.push(JSON.parse(v) as StoredEvent)
-    }
-    return out
+    // one read from LevelDB for the whole window, not one per event (the uplink asks for every batch it sends)
+    const entries = await store.db.iterator({ gt: seqKey(EVENT_PREFIX, afterSeq), lt: `${EVENT_PREFIX}\xff`, limit }).all()
+    return entries.map(([, v]) => JSON.parse(v) as StoredEvent)
   }
 
   /** The op that removes an event once the broker acknowledged it (null if it was already removed). */

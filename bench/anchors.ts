@@ -73,6 +73,11 @@ export class Procs {
     return child
   }
 
+  /** Last resort, synchronous (from process.on('exit')): SIGKILL whatever is still running. */
+  killAllNow(): void {
+    for (const c of this.#children) if (c.proc.exitCode === null && c.proc.signalCode === null) c.proc.kill('SIGKILL')
+  }
+
   async stopAll(): Promise<void> {
     await Promise.all([...this.#children].map((c) => c.stop('SIGTERM', 5000)))
   }

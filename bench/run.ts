@@ -145,6 +145,8 @@ async function main(): Promise<BenchResults> {
   }
   process.once('SIGINT', onSignal)
   process.once('SIGTERM', onSignal)
+  // however this process ends (an uncaught error included), nothing it started outlives it
+  process.on('exit', () => procs.killAllNow())
   try {
     await runWorkloads(results, procs, scratch)
   } finally {
