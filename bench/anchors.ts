@@ -78,8 +78,9 @@ export class Procs {
     for (const c of this.#children) if (c.proc.exitCode === null && c.proc.signalCode === null) c.proc.kill('SIGKILL')
   }
 
-  async stopAll(): Promise<void> {
-    await Promise.all([...this.#children].map((c) => c.stop('SIGTERM', 5000)))
+  /** SIGTERM each, SIGKILL after `timeoutMs` (longer when a child writes a CPU profile on its way out). */
+  async stopAll(timeoutMs = 5000): Promise<void> {
+    await Promise.all([...this.#children].map((c) => c.stop('SIGTERM', timeoutMs)))
   }
 }
 

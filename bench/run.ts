@@ -150,7 +150,7 @@ async function main(): Promise<BenchResults> {
   try {
     await runWorkloads(results, procs, scratch)
   } finally {
-    await procs.stopAll()
+    await procs.stopAll(AGENT_NODE_FLAGS.length ? 60_000 : 5000)
     rmSync(scratch, { recursive: true, force: true })
     process.off('SIGINT', onSignal)
     process.off('SIGTERM', onSignal)
@@ -203,7 +203,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
       unit: 'ms',
       anchor: `empty registry: ${fmt(empty)} ms (so ${fmt(big - empty)} ms for the registry)`,
       goal: `< 2,000 ms with 100,000 devices${COLD_N === 100_000 ? '' : ` (run here with ${fmt(COLD_N)})`}`,
-      met: big < 2000,
+      met: COLD_N >= 100_000 ? big < 2000 : null, // not judged on a smaller registry
       detail: { devices: COLD_N, readyMs: round(big), emptyRegistryReadyMs: round(empty), registryMs: round(big - empty) },
     })
   })
