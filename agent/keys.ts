@@ -1,7 +1,7 @@
 // Ed25519 keys on the gateway side, with node:crypto (about 11x faster than
 // @noble/ed25519 here). Public keys travel as base64url of the raw 32 bytes
 // (PROTOCOL §1); private keys live in PKCS#8 PEM files of mode 0600.
-import { createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto'
+import { createPrivateKey, createPublicKey, randomBytes, sign, verify, type KeyObject } from 'node:crypto'
 import { chmodSync, closeSync, fstatSync, openSync, readFileSync, writeSync } from 'node:fs'
 import { b64urlDecode, b64urlEncode } from '../firmware-hooks/wire/base64url.ts'
 import { EdgewardenError } from './errors.ts'
@@ -61,8 +61,24 @@ export const verifyBytes = (key: KeyObject, data: Uint8Array, signature: Uint8Ar
   }
 }
 
+/** PKCS#8 DER of an Ed25519 private key, up to its 32-byte seed (RFC 8410). */
+const PKCS8_ED25519_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex')
+
+/**
+ * An Ed25519 key from a 32-byte seed. New keys are made this way rather
+ * than with generateKeyPairSync: on Node 20 a key-generation job collected
+ * by the GC while a key is exported as JWK deadlocks the process (both take
+ * the key's mutex), which hung processes that make keys by the thousand.
+ */
+export function ed25519FromSeed(seed: Uint8Array): { privateKey: KeyObject; publicKey: KeyObject } {
+  if (seed.length !== 32) throw new TypeError('an Ed25519 seed is 32 bytes')
+  const privateKey = createPrivateKey({ key: Buffer.concat([PKCS8_ED25519_PREFIX, seed]), format: 'der', type: 'pkcs8' })
+  return { privateKey, publicKey: createPublicKey(privateKey) }
+}
+
+/** A new Ed25519 key pair (node:crypto, from 32 random bytes). */
 export function generateKeyPair(): KeyPair {
-  const { privateKey, publicKey } = generateKeyPairSync('ed25519')
+  const { privateKey, publicKey } = ed25519FromSeed(randomBytes(32))
   return { privateKey, publicKey, publicKeyB64: publicKeyToB64(publicKey) }
 }
 

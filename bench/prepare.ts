@@ -1,6 +1,7 @@
 // Benchmark fixtures: device keys, and a data dir with a registry already
 // written (see prepareDataDir), so a run does not spend its time enrolling.
-import { generateKeyPairSync } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
+import { ed25519FromSeed, publicKeyToB64 } from '../agent/keys.ts'
 import { Gateway } from '../agent/gateway.ts'
 import { loadConfig } from '../agent/config.ts'
 import { createLogger } from '../agent/logger.ts'
@@ -21,8 +22,9 @@ export const deviceId = (prefix: string, i: number): string => `${prefix}-${Stri
 export function makeDevices(prefix: string, count: number): BenchDevice[] {
   const out: BenchDevice[] = []
   for (let i = 0; i < count; i++) {
-    const jwk = generateKeyPairSync('ed25519').privateKey.export({ format: 'jwk' })
-    out.push({ id: deviceId(prefix, i), publicKey: jwk.x!, d: jwk.d! })
+    // From a seed, not generateKeyPairSync (see ed25519FromSeed: a Node 20 deadlock).
+    const seed = randomBytes(32)
+    out.push({ id: deviceId(prefix, i), publicKey: publicKeyToB64(ed25519FromSeed(seed).publicKey), d: seed.toString('base64url') })
   }
   return out
 }

@@ -10,7 +10,7 @@
 // its own process so its core and its memory are its own. All are killed on
 // the way out, whatever happened; everything listens on 127.0.0.1 on ports
 // chosen free at run time.
-import { generateKeyPairSync } from 'node:crypto'
+import { generateKeyPair } from '../agent/keys.ts'
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { cpus } from 'node:os'
@@ -213,8 +213,8 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
   const central = MOSQUITTO
     ? await startMosquitto(procs, 'central broker (mosquitto)', join(scratch, 'central'))
     : await spawnNodeBroker(procs, 'central broker (aedes)', join(ROOT, 'bench', 'bare-aedes.ts'), []).then((b) => ({ ...b, url: `mqtt://127.0.0.1:${b.port}` }))
-  const cpKey = generateKeyPairSync('ed25519')
-  const cpPub = cpKey.publicKey.export({ format: 'jwk' }).x as string
+  const cpKey = generateKeyPair()
+  const cpPub = cpKey.publicKeyB64
   const cpPem = cpKey.privateKey.export({ format: 'pem', type: 'pkcs8' }) as string
 
   // The load generator.
@@ -398,7 +398,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
 /** COLD_N enrolled devices for the cold-start registry (public keys only). */
 function* coldDevices(n: number): Generator<{ id: string; publicKey: string }> {
   for (let i = 0; i < n; i++) {
-    yield { id: deviceId('cold', i), publicKey: generateKeyPairSync('ed25519').publicKey.export({ format: 'jwk' }).x as string }
+    yield { id: deviceId('cold', i), publicKey: generateKeyPair().publicKeyB64 }
   }
 }
 

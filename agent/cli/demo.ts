@@ -8,7 +8,7 @@
 // only be cut off and is closed by an operator's `"wipe": false`; each step
 // is printed as it happens with its evidence, from the gateway's signed
 // events. Then it stops everything and removes the folder (unless --keep).
-import { generateKeyPairSync } from 'node:crypto'
+import { generateKeyPair } from '../keys.ts'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { createServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -245,7 +245,7 @@ async function scenario(r: Reporter, work: string, parts: Parts): Promise<Json> 
   const central = await parts.add(await startCentralBroker(), (c) => c.close())
   r.step('central', `central broker (aedes, in this process) on ${central.url}`, { url: central.url })
 
-  const cpKey = generateKeyPairSync('ed25519').privateKey
+  const cpKey = generateKeyPair().privateKey
   const config = loadConfig({
     flags: {
       dataDir: join(work, 'gateway'),

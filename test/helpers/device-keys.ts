@@ -1,6 +1,6 @@
 // A device played by the test with node:crypto: its key, tokens-free acks.
-import { generateKeyPairSync, sign, type KeyObject } from 'node:crypto'
-import { publicKeyToB64 } from '../../agent/keys.ts'
+import { sign, type KeyObject } from 'node:crypto'
+import { generateKeyPair } from '../../agent/keys.ts'
 import { b64urlEncode, utf8 } from '../../firmware-hooks/wire/base64url.ts'
 import { newJti } from '../../firmware-hooks/wire/ids.ts'
 import { assembleJws, jwsSigningInput } from '../../firmware-hooks/wire/jws.ts'
@@ -11,8 +11,8 @@ export interface TestKey {
 }
 
 export function testKey(): TestKey {
-  const { privateKey, publicKey } = generateKeyPairSync('ed25519')
-  return { privateKey, publicKey: publicKeyToB64(publicKey) }
+  const { privateKey, publicKeyB64 } = generateKeyPair()
+  return { privateKey, publicKey: publicKeyB64 }
 }
 
 export function signAs(key: KeyObject, kid: string, claims: Record<string, unknown>): string {

@@ -8,7 +8,7 @@
 // event seq is gapless. A second test checks that the writes carrying an
 // acceptance or a revocation are synced, and measures what syncing costs.
 import assert from 'node:assert/strict'
-import { generateKeyPairSync } from 'node:crypto'
+import { generateKeyPair } from '../../agent/keys.ts'
 import { test } from 'node:test'
 import { ACTION_PREFIX, type QueuedAction } from '../../agent/action-queue.ts'
 import { AUDIT_PREFIX, verifyAuditLog, type AuditEntry } from '../../agent/audit.ts'
@@ -24,7 +24,7 @@ import { Mosquitto } from '../helpers/mosquitto.ts'
 
 const CMD_JTI_PREFIX = 'jti!cmd!'
 const GROUP_WRITERS = 32
-const devKey = (): string => publicKeyB64(generateKeyPairSync('ed25519').privateKey)
+const devKey = (): string => publicKeyB64(generateKeyPair().privateKey)
 
 /** xorshift32, seeded: a failing run is replayed with EDGEWARDEN_TEST_SEED. */
 function seeded(seed: number): () => number {
@@ -193,7 +193,7 @@ test('kill -9 loop during bulk enroll, bulk retire and event bursts: nothing acc
 
   const m = await Mosquitto.start(t)
   const dataDir = tempDir(t)
-  const cpKey = generateKeyPairSync('ed25519').privateKey
+  const cpKey = generateKeyPair().privateKey
   const args = ['--data-dir', dataDir, '--mqtt-port', '0', '--mqtt-host', '127.0.0.1', '--site', 'site1', '--gateway', 'gw1', '--uplink', m.url, '--cp-key', `cp1=${publicKeyB64(cpKey)}`, '--uplink-backoff-min', '100', '--uplink-backoff-max', '1000']
   let agent: SpawnedAgent = await spawnAgent(args)
   t.after(() => agent.stop('SIGKILL').then(() => {}))
@@ -323,7 +323,7 @@ test('kill -9 loop during bulk enroll, bulk retire and event bursts: nothing acc
 
 test('after a crash, commands accepted but not yet run resume in arrival order, each answered once', async (t) => {
   const dataDir = tempDir(t)
-  const cpKey = generateKeyPairSync('ed25519').privateKey
+  const cpKey = generateKeyPair().privateKey
   const flags = { cpKey: [`cp1=${publicKeyB64(cpKey)}`] }
   let release = (): void => {}
   t.after(() => release())
@@ -355,7 +355,7 @@ test('after a crash, commands accepted but not yet run resume in arrival order, 
 
 test('writes carrying an acceptance or a revocation are synced; what syncing costs on this disk', { timeout: 60_000 }, async (t) => {
   // Which writes are synced: watch every batch the agent's store writes.
-  const cpKey = generateKeyPairSync('ed25519').privateKey
+  const cpKey = generateKeyPair().privateKey
   const agent = await startTestAgent(t, { flags: { cpKey: [`cp1=${publicKeyB64(cpKey)}`] } })
   const store = agent.gateway.store
   const batches: { ops: WriteOp[]; sync: boolean }[] = []

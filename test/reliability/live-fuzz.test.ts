@@ -11,7 +11,8 @@
 // Random choices come from a seeded generator: the seed is in the diagnostics
 // (EDGEWARDEN_FUZZ_SEED replays a run).
 import assert from 'node:assert/strict'
-import { generateKeyPairSync, sign } from 'node:crypto'
+import { sign } from 'node:crypto'
+import { generateKeyPair } from '../../agent/keys.ts'
 import { readFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { test } from 'node:test'
@@ -65,7 +66,7 @@ function change(b: Buffer): Buffer {
 
 const randomTopic = (): string => pick(['', '#', '+', '$SYS/#', 'dev/sensor-1/up', 'dev/other/cmd', 'dev/+/cmd', '/', '//', 'a/\u0000/b', 'x'.repeat(int(1, 3000)), 'dev/sensor-1/#', '\uffff'])
 
-const ackForger = generateKeyPairSync('ed25519').privateKey
+const ackForger = generateKeyPair().privateKey
 
 /** What lands on an ack topic: bytes, JWS-shaped junk, acks signed by a key that is not the device's. */
 function ackPayload(): Buffer {
@@ -206,8 +207,8 @@ function rssKiB(pid: number): number {
 test('live fuzzing: hostile MQTT, Modbus and uplink input; the agent stays up, bounded, and keeps working', async (t) => {
   t.diagnostic(`seed ${SEED}`)
   const central = await Mosquitto.start(t)
-  const cpKey = generateKeyPairSync('ed25519').privateKey
-  const forger = generateKeyPairSync('ed25519').privateKey
+  const cpKey = generateKeyPair().privateKey
+  const forger = generateKeyPair().privateKey
   const plc = await createLegacyModbusDevice()
   await plc.device.start()
   t.after(() => plc.device.stop())

@@ -6,7 +6,7 @@
 // socket is 0600.
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
-import { generateKeyPairSync } from 'node:crypto'
+import { generateKeyPair } from '../../agent/keys.ts'
 import { chmodSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
@@ -38,7 +38,7 @@ test('no private key, token or password in any log line at trace; key files open
   chmodSync(pwDir, 0o755)
   chmodSync(pwFile, 0o644) // Mosquitto run as root reads it as its own user
   const central = await Mosquitto.start(t, [`password_file ${pwFile}`, 'allow_anonymous false'])
-  const cpKey = generateKeyPairSync('ed25519').privateKey
+  const cpKey = generateKeyPair().privateKey
   const dataDir = tempDir(t)
   const args = ['--data-dir', dataDir, '--site', 'site1', '--gateway', 'gw1', '--mqtt-host', '127.0.0.1', '--mqtt-port', '0', '--log-level', 'trace', '--uplink', central.url, '--uplink-username', 'gw1-user', '--cp-key', `cp1=${publicKeyB64(cpKey)}`]
   const logs: string[] = []

@@ -5,7 +5,7 @@
 // Afterwards every event has arrived (seq gapless, redeliveries identical),
 // every command ran exactly once, and the reconnect backoff stayed bounded.
 import assert from 'node:assert/strict'
-import { generateKeyPairSync } from 'node:crypto'
+import { generateKeyPair } from '../../agent/keys.ts'
 import { test } from 'node:test'
 import { ControlPlane, publicKeyB64, TERMINAL, type GatewayEvent } from '../../simulators/control-plane.ts'
 import { startTestAgent } from '../helpers/agent.ts'
@@ -31,7 +31,7 @@ test('central broker killed and restarted during bursts, then a long outage: not
   const rand = (): number => ((x = Math.imul(x ^ (x >>> 16), 0x45d9f3b) + 0x6b43a9b5) >>> 0) / 4294967296
 
   const m = await Mosquitto.start(t)
-  const cpKey = generateKeyPairSync('ed25519').privateKey
+  const cpKey = generateKeyPair().privateKey
   const logs: LogLine[] = []
   const logWaiters = new Set<(l: LogLine) => void>()
   const agent = await startTestAgent(t, {
@@ -111,11 +111,11 @@ test('central broker killed and restarted during bursts, then a long outage: not
   let kills = 0
   for (let c = 0; c < CYCLES; c++) {
     for (let i = 0; i < BURST; i++) {
-      const { jti, jws } = cp.sign('device.enroll', { device: { id: `cp-${c}-${i}`, publicKey: publicKeyB64(generateKeyPairSync('ed25519').privateKey) } })
+      const { jti, jws } = cp.sign('device.enroll', { device: { id: `cp-${c}-${i}`, publicKey: publicKeyB64(generateKeyPair().privateKey) } })
       commands.set(jti, jws)
       publishes.push(cp.publishRaw(jws).catch(() => {}))
     }
-    const local = Array.from({ length: BURST }, (_, i) => gw.enroll({ id: `loc-${c}-${i}`, publicKey: publicKeyB64(generateKeyPairSync('ed25519').privateKey) }, WHO))
+    const local = Array.from({ length: BURST }, (_, i) => gw.enroll({ id: `loc-${c}-${i}`, publicKey: publicKeyB64(generateKeyPair().privateKey) }, WHO))
     await new Promise((resolve) => setTimeout(resolve, Math.floor(rand() * 150)))
     await m.stop('SIGKILL')
     kills++
@@ -185,7 +185,7 @@ test('central broker killed and restarted during bursts, then a long outage: not
   const renew = await agent.actions.queue(good.id, 'renew', WHO)
   assert.ok(gw.actions.pending(good.id).some((a) => a.id === renew.id), 'a device action queues during the outage')
   const OUTAGE_EVENTS = scaled(200)
-  await Promise.all(Array.from({ length: OUTAGE_EVENTS }, (_, i) => gw.enroll({ id: `outage-${i}`, publicKey: publicKeyB64(generateKeyPairSync('ed25519').privateKey) }, WHO)))
+  await Promise.all(Array.from({ length: OUTAGE_EVENTS }, (_, i) => gw.enroll({ id: `outage-${i}`, publicKey: publicKeyB64(generateKeyPair().privateKey) }, WHO)))
   admitted.client.end(true)
   const during = gw.outbox.lastSeq
   // The outage lasts its full length: the point is how the gateway behaves across many backoff periods.

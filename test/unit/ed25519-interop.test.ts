@@ -11,7 +11,7 @@ import { b64urlEncode } from '../../firmware-hooks/wire/base64url.ts'
 import { publicKeyOf, seedFromPkcs8Pem, sign as nobleSign, verify as nobleVerify, keygen, publicKeyToB64 } from '../../firmware-hooks/crypto.ts'
 import { mintToken } from '../../firmware-hooks/token.ts'
 import { signJws, verifyParsed } from '../../agent/jws.ts'
-import { publicKeyFromB64, publicKeyToB64 as nodePublicKeyToB64 } from '../../agent/keys.ts'
+import { ed25519FromSeed, generateKeyPair, publicKeyFromB64, publicKeyToB64 as nodePublicKeyToB64 } from '../../agent/keys.ts'
 import { tempDir } from '../helpers/agent.ts'
 
 const hex = (h: string): Uint8Array => Uint8Array.from(Buffer.from(h, 'hex'))
@@ -115,4 +115,16 @@ test('seedFromPkcs8Pem reads the seed of node:crypto and openssl PKCS#8 PEM keys
   assert.throws(() => seedFromPkcs8Pem(rsa), /not an Ed25519 key|unsupported|PKCS#8/)
   assert.throws(() => seedFromPkcs8Pem('-----BEGIN PRIVATE KEY-----\n!!!\n-----END PRIVATE KEY-----'), TypeError)
   assert.throws(() => seedFromPkcs8Pem('hello'), TypeError)
+})
+
+test('keys made from a seed on the gateway match @noble/ed25519 on the same seed (RFC 8032 test 1), and sign alike', async () => {
+  const seed = Buffer.from('9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60', 'hex')
+  const pair = ed25519FromSeed(seed)
+  assert.equal(nodePublicKeyToB64(pair.publicKey), b64urlEncode(Buffer.from('d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a', 'hex')))
+  const msg = new TextEncoder().encode('edgewarden')
+  assert.equal(b64urlEncode(nodeSign(null, msg, pair.privateKey)), b64urlEncode(await nobleSign(msg, seed)))
+  // generateKeyPair (used for every new key) goes the same way from random seeds
+  const fresh = generateKeyPair()
+  assert.equal(nodeVerify(null, msg, fresh.publicKey, nodeSign(null, msg, fresh.privateKey)), true)
+  assert.throws(() => ed25519FromSeed(new Uint8Array(31)), /32 bytes/)
 })
