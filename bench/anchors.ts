@@ -179,7 +179,7 @@ export async function startMosquitto(procs: Procs, name: string, dir: string): P
   const conf = join(dir, 'mosquitto.conf')
   writeFileSync(
     conf,
-    [`listener ${port} 127.0.0.1`, 'allow_anonymous true', 'persistence false', 'max_queued_messages 0', 'max_inflight_messages 0', 'max_connections -1', 'log_dest stderr', 'log_type error', 'log_type warning', 'log_type notice', ''].join('\n'),
+    [`listener ${port} 127.0.0.1`, 'allow_anonymous true', 'persistence false', 'max_queued_messages 0', 'max_inflight_messages 0', 'max_connections -1', 'set_tcp_nodelay true', 'log_dest stderr', 'log_type error', 'log_type warning', 'log_type notice', ''].join('\n'),
   )
   const proc = spawn(MOSQUITTO, ['-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] })
   const child = procs.add(name, proc)

@@ -6,7 +6,8 @@ import { Aedes } from 'aedes'
 
 const aedes = new Aedes()
 await aedes.listen()
-const server = createServer(aedes.handle)
+// The same socket options as the site broker.
+const server = createServer({ noDelay: true }, aedes.handle)
 await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()))
 process.stdout.write(`${JSON.stringify({ event: 'ready', mqtt: { mqtt: (server.address() as AddressInfo).port } })}\n`)
 process.once('SIGTERM', () => {

@@ -84,6 +84,8 @@ export class ControlPlane {
       ...o.tls,
     })
     this.#client = client
+    // Commands are small and latency matters: no Nagle delay behind unacknowledged PUBACKs.
+    client.on('connect', () => (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true))
     client.on('message', (topic, payload) => {
       if (topic === this.topics.evt) this.#onEvent(payload.toString('utf8'))
     })

@@ -56,12 +56,13 @@ export class SiteBroker implements ProtocolAdapter {
     aedes.on('connectionError', (_c, err) => log.debug({ err: err.message }, 'mqtt connection error'))
     const max = this.#opts.maxPacketBytes
     const handle = max === undefined ? aedes.handle : (conn: Socket): void => guardPacketSize(aedes.handle(conn).conn as Socket, max, log)
-    const plain = createTcpServer(handle)
+    // Small packets (CONNACK, SUBACK, actions, PUBACKs): sent at once, not held by Nagle.
+    const plain = createTcpServer({ noDelay: true }, handle)
     this.#ports.mqtt = await listen(plain, this.#opts.port, this.#opts.host)
     this.#servers.push(plain)
     const tls = this.#opts.tls
     if (tls) {
-      const secure = createTlsServer({ cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile), minVersion: 'TLSv1.2' }, handle)
+      const secure = createTlsServer({ cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile), minVersion: 'TLSv1.2', noDelay: true }, handle)
       this.#ports.mqtts = await listen(secure, tls.port, this.#opts.host)
       this.#servers.push(secure)
     }

@@ -93,6 +93,8 @@ export class MqttUplinkTransport implements UplinkTransport {
       // A CONNACK that lands after stop() began (or for a client already
       // replaced) must not publish on a client that is closing.
       if (this.#stopping || this.#client !== client) return
+      // Small packets both ways (events, PUBACKs): no Nagle delay behind unacknowledged data.
+      ;(client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true)
       this.#attempt = 0
       client.subscribe(cmdTopic, { qos: 1 }, (err) => {
         if (err) o.log.error({ err: err.message }, 'subscribing to the command topic failed')
