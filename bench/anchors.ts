@@ -5,25 +5,17 @@
 // process started here is registered and killed by `Procs.stopAll()`.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
-import { connect, createServer, type AddressInfo } from 'node:net'
+import { connect } from 'node:net'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
+export { freePort } from '../simulators/ports.ts'
+import { freePort } from '../simulators/ports.ts'
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const MOSQUITTO_CANDIDATES = ['/usr/sbin/mosquitto', '/usr/bin/mosquitto', '/usr/local/sbin/mosquitto']
 export const MOSQUITTO: string | null = MOSQUITTO_CANDIDATES.find((p) => existsSync(p)) ?? null
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as AddressInfo
-      s.close(() => resolve(port))
-    })
-  })
-}
 
 /** Resident set size of a process, bytes, from /proc (null where /proc is not there). */
 export function rssOf(pid: number): number | null {

@@ -13,11 +13,11 @@
 // each device's PROTOCOL §3 record. Imports nothing from agent/.
 import { setMaxListeners } from 'node:events'
 import { join } from 'node:path'
-import { createServer, type AddressInfo } from 'node:net'
 import { defaultHooks, type ActionRuntime, type DeviceHooks } from '../firmware-hooks/action-runtime.ts'
 import { createHookedModbusDevice, type SimulatedModbusDevice } from './modbus-device.ts'
 import { SimulatedMqttDevice, systemSimClock, type Intermittency, type SimClock } from './mqtt-device.ts'
 import type { SimulatedOpcuaDevice } from './opcua-device.ts'
+import { freePort } from './ports.ts'
 
 export const PROTOCOLS = ['mqtt', 'modbus', 'opcua'] as const
 export type FleetProtocol = (typeof PROTOCOLS)[number]
@@ -120,16 +120,6 @@ export function seededRandom(seed: number): () => number {
   }
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as AddressInfo
-      s.close(() => resolve(port))
-    })
-  })
-}
 
 /** The default hooks, counting each action the device acts on. */
 function countingHooks(count: () => void): DeviceHooks {

@@ -10,7 +10,6 @@
 // events. Then it stops everything and removes the folder (unless --keep).
 import { generateKeyPair } from '../keys.ts'
 import { mkdtempSync, rmSync } from 'node:fs'
-import { createServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
@@ -25,6 +24,7 @@ import { createLogger } from '../logger.ts'
 import { palette, type Palette } from './colour.ts'
 import { startAgent, type RunningAgent } from './start.ts'
 import { UsageError } from './usage.ts'
+import { freePort } from '../../simulators/ports.ts'
 
 const SITE = 'demo-site'
 const GATEWAY = 'gw-demo'
@@ -134,16 +134,6 @@ export function describeEvidence(ev: Json): string {
   ].join('; ')
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as AddressInfo
-      s.close(() => resolve(port))
-    })
-  })
-}
 
 /** One SCADA read of a holding register through the gateway's Modbus proxy: the value, or the exception code. */
 async function scadaRead(port: number, unit: number): Promise<{ value: number } | { exception: number }> {

@@ -2,7 +2,6 @@
 // child process (bin/edgewarden.js), ports chosen free at run time.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
-import { createServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -11,6 +10,8 @@ import type { Clock } from '../../agent/clock.ts'
 import { loadConfig, type AgentConfig } from '../../agent/config.ts'
 import { createLogger } from '../../agent/logger.ts'
 import { startAgent, type RunningAgent } from '../../agent/cli/start.ts'
+export { freePort } from '../../simulators/ports.ts'
+import { freePort } from '../../simulators/ports.ts'
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 export const BIN = join(ROOT, 'bin', 'edgewarden.js')
@@ -21,16 +22,6 @@ export function tempDir(t?: { after(fn: () => void): void }): string {
   return dir
 }
 
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as AddressInfo
-      s.close(() => resolve(port))
-    })
-  })
-}
 
 export function testConfig(dataDir: string, flags: Record<string, unknown> = {}): AgentConfig {
   return loadConfig({
