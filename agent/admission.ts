@@ -71,9 +71,9 @@ export function rightsOf(
   }
 }
 
-/** The rights of a device right now, or null when it may not be connected at all. */
-export function currentRights(gw: Gateway, deviceId: string): Rights | null {
-  const r = rightsOf(gw, gw.registry.get(deviceId), gw.nowS())
+/** The rights a record grants right now, or null when its device may not be connected at all. */
+export function currentRights(gw: Gateway, record: DeviceRecord | undefined): Rights | null {
+  const r = rightsOf(gw, record, gw.nowS())
   return r.ok ? r.rights : null
 }
 
@@ -81,8 +81,8 @@ const keyValidAt = (k: DeviceRecord['keys'][number], nowS: number): boolean => k
 
 /**
  * Every check of a device token (§5), synchronous, memory only. `deviceId`
- * is the MQTT client id. The state is read last, after the signature check,
- * so a revoke that lands while a connect is being verified is seen.
+ * is the MQTT client id. The state is judged last, after the signature
+ * check; DeviceAdmission.admit reads it again after the jti write.
  */
 export function decideAdmission(
   gw: Gateway,
@@ -115,8 +115,8 @@ export function decideAdmission(
     }
   }
   if (!verified) return { ok: false, reason: 'wrong-key', detail: 'signature is not by any currently valid key of the device' }
-  // Re-read: the record may have been replaced (revoke, new key) since it was read above.
-  const rights = rightsOf(gw, gw.registry.get(deviceId), nowS)
+  // Synchronous since `before` was read: nothing can have replaced it.
+  const rights = rightsOf(gw, before, nowS)
   if (!rights.ok) return rights
   return { ok: true, deviceId, rights: rights.rights, jti, exp }
 }
@@ -191,21 +191,24 @@ export class DeviceAdmission {
 
   #refused(req: AdmissionRequest, d: Extract<AdmissionDecision, { ok: false }>): AdmissionDecision {
     this.#log.debug({ deviceId: req.clientId, username: req.username, protocol: req.protocol, remote: req.remote, reason: d.reason, detail: d.detail }, 'connect refused')
-    if (this.#residual) {
-      // PROTOCOL §4: every refused attempt by a cut identity, whatever else was wrong with it.
-      const ids = req.username !== undefined && req.username !== req.clientId ? [req.clientId, req.username] : [req.clientId]
-      for (const id of ids) {
-        const state = this.#gw.registry.get(id)?.state
-        if (!isCutState(state)) continue
-        this.#residual.record({
-          deviceId: id,
-          protocol: req.protocol,
-          ...(req.remote !== undefined ? { remote: req.remote } : {}),
-          detail: `connect refused (${d.reason}): device is ${state}`,
-        })
-      }
-    }
+    this.reportRefused(req, d.reason)
     return d
+  }
+
+  /** PROTOCOL §4: a refused connect by a cut identity (client id or user name) is residual use, whatever else was wrong with it. */
+  reportRefused(req: Omit<AdmissionRequest, 'password'>, why: string): void {
+    if (!this.#residual) return
+    const ids = req.username !== undefined && req.username !== req.clientId ? [req.clientId, req.username] : [req.clientId]
+    for (const id of ids) {
+      const state = this.#gw.registry.get(id)?.state
+      if (!isCutState(state)) continue
+      this.#residual.record({
+        deviceId: id,
+        protocol: req.protocol,
+        ...(req.remote !== undefined ? { remote: req.remote } : {}),
+        detail: `connect refused (${why}): device is ${state}`,
+      })
+    }
   }
 
   #maybeSweep(nowS: number): void {
@@ -217,7 +220,7 @@ export class DeviceAdmission {
 
   /** Rights of a device now (memory only); null when it may not be connected. */
   rightsNow(deviceId: string): Rights | null {
-    return currentRights(this.#gw, deviceId)
+    return currentRights(this.#gw, this.#gw.registry.get(deviceId))
   }
 
   get residual(): ResidualUseMonitor | null {

@@ -6,7 +6,7 @@ import { z } from 'zod'
 import { JwsFormatError, parseJws, checkTimeClaims, type Claims } from '../firmware-hooks/wire/jws.ts'
 import { ID_PATTERN, isJti } from '../firmware-hooks/wire/ids.ts'
 import { parseDeviceSpec } from './device.ts'
-import type { AccessEnforcer } from './enforcer.ts'
+import { accessRemovedMs, noSessions, type AccessEnforcer } from './enforcer.ts'
 import { isEdgewardenError } from './errors.ts'
 import type { Gateway } from './gateway.ts'
 import { verifyParsed } from './jws.ts'
@@ -338,8 +338,8 @@ async function stateChange(t: Transition, cmd: Command, ctx: ExecutionContext): 
     network: enforcement.network,
   }
   if (r.record.state !== 'active') {
-    evidence.accessRemovedMs = r.changed ? Math.max(0, Math.round((enforcement.doneAt - ctx.receivedAt) * 1000) / 1000) : 0
-    evidence.sessionsClosed = r.changed ? enforcement.sessionsClosed : { mqtt: 0, opcua: 0, modbus: 0 }
+    evidence.accessRemovedMs = r.changed ? accessRemovedMs(enforcement, ctx.receivedAt) : 0
+    evidence.sessionsClosed = r.changed ? enforcement.sessionsClosed : noSessions()
   }
   return { deviceId: id, evidence }
 }

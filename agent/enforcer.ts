@@ -14,6 +14,16 @@ export interface Enforcement {
   doneAt: number
 }
 
+/** No session closed on any protocol. */
+export function noSessions(): Record<Protocol, number> {
+  return { mqtt: 0, opcua: 0, modbus: 0 }
+}
+
+/** Milliseconds (to the microsecond) from a request's arrival (performance.now()) until its enforcement was in force. */
+export function accessRemovedMs(e: Enforcement, receivedAt: number): number {
+  return Math.round(Math.max(0, e.doneAt - receivedAt) * 1000) / 1000
+}
+
 export class AccessEnforcer {
   readonly #adapters: ProtocolAdapter[]
   readonly #quarantine: QuarantineBackend
@@ -35,7 +45,7 @@ export class AccessEnforcer {
 
   #onChange(c: DeviceChange): void {
     const id = c.record.spec.id
-    const sessionsClosed = c.to === 'active' ? { mqtt: 0, opcua: 0, modbus: 0 } : this.closeSessions(id)
+    const sessionsClosed = c.to === 'active' ? noSessions() : this.closeSessions(id)
     const level = levelFor(c.to)
     const network = this.#quarantine.apply(id, level).catch((err: unknown): QuarantineResult => {
       this.#log?.error({ err, deviceId: id, level }, 'network quarantine failed')
@@ -55,7 +65,7 @@ export class AccessEnforcer {
 
   /** Close every session of a device on every protocol; returns the counts. */
   closeSessions(deviceId: string): Record<Protocol, number> {
-    const counts: Record<Protocol, number> = { mqtt: 0, opcua: 0, modbus: 0 }
+    const counts = noSessions()
     for (const a of this.#adapters) counts[a.protocol] += a.closeSessions(deviceId)
     return counts
   }
@@ -64,7 +74,7 @@ export class AccessEnforcer {
   async settled(deviceId: string): Promise<Enforcement> {
     return (
       (await this.#last.get(deviceId)) ?? {
-        sessionsClosed: { mqtt: 0, opcua: 0, modbus: 0 },
+        sessionsClosed: noSessions(),
         // No change since start: the level its state calls for, put in force by the reconcile at start.
         network: { backend: this.#quarantine.name, rule: levelFor(this.#gw.getDevice(deviceId)?.state ?? 'active') },
         doneAt: performance.now(),

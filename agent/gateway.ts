@@ -52,6 +52,10 @@ export type DeviceListener = (change: DeviceChange) => void
  */
 export type Extra = Change | ((record: DeviceRecord) => Change)
 
+function resolveExtra(extra: Extra, record: DeviceRecord): Change {
+  return typeof extra === 'function' ? extra(record) : extra
+}
+
 /** Load the gateway key, creating it on first start where it is the default path. */
 export function loadGatewayKey(config: Pick<AgentConfig, 'keyFile' | 'dataDir'>, create: boolean): KeyPair {
   if (!existsSync(config.keyFile)) {
@@ -260,7 +264,7 @@ export class Gateway {
     const op = this.registry.set(record)
     const cause: Transition = 'enroll'
     this.#emit({ record, from, to, cause })
-    const extra = typeof extraFn === 'function' ? extraFn(record) : extraFn
+    const extra = resolveExtra(extraFn, record)
     const ops = [op, ...(extra.ops ?? [])]
     await this.#commit({
       ops,
@@ -286,7 +290,7 @@ export class Gateway {
     const before = this.requireDevice(id)
     const to = applyTransition(id, before.state, t)
     if (to === before.state && t !== 'retire') {
-      const extra = typeof extraFn === 'function' ? extraFn(before) : extraFn
+      const extra = resolveExtra(extraFn, before)
       if (extra.ops?.length || extra.audit?.length || extra.events?.length) await this.#commit(extra)
       return { record: before, from: before.state, changed: false }
     }
@@ -297,7 +301,7 @@ export class Gateway {
     const op = this.registry.set(record)
     const change = { record, from: before.state as FromState, to, cause: t }
     if (to !== before.state) this.#emit(change)
-    const extra = typeof extraFn === 'function' ? extraFn(record) : extraFn
+    const extra = resolveExtra(extraFn, record)
     await this.#commit({
       ops: [op, ...(extra.ops ?? [])],
       audit: [{ actor: who.actor, action: `device.${t}`, subject: id, data: { from: before.state, to, reason: who.reason, jti: who.jti } }, ...(extra.audit ?? [])],

@@ -9,6 +9,7 @@ import { ACTS } from './action-queue.ts'
 import type { ProtocolAdapter, Protocol } from './adapter.ts'
 import type { AuditInput } from './audit.ts'
 import { DEVICE_STATES } from './device.ts'
+import { noSessions } from './enforcer.ts'
 import { VERSION, type Change, type Gateway } from './gateway.ts'
 
 export interface MetricSources {
@@ -78,7 +79,7 @@ export function createMetrics(src: MetricSources): AgentMetrics {
     labelNames: ['protocol'],
     ...m,
     collect() {
-      const c: Record<Protocol, number> = { mqtt: 0, opcua: 0, modbus: 0 }
+      const c = noSessions()
       for (const d of gw.registry.values()) for (const a of src.adapters) c[a.protocol] += a.sessionCount(d.spec.id)
       for (const p of PROTOCOLS) this.set({ protocol: p }, c[p])
     },

@@ -8,7 +8,7 @@
 import type { VerifiedAck } from './ack.ts'
 import type { Protocol } from './adapter.ts'
 import type { DeviceActions } from './device-actions.ts'
-import type { AccessEnforcer } from './enforcer.ts'
+import { accessRemovedMs, type AccessEnforcer } from './enforcer.ts'
 import type { Actor, Gateway } from './gateway.ts'
 import type { Logger } from './logger.ts'
 import type { Store } from './store.ts'
@@ -126,12 +126,12 @@ export class Retirements {
     // enforcer as the state changes, before anything is written.
     const { record } = await gw.transition(deviceId, 'retire', who)
     const enforcement = await this.#enforcer.settled(deviceId)
-    const accessRemovedMs = Math.round(Math.max(0, enforcement.doneAt - req.receivedAt) * 1000) / 1000
+    const removedMs = accessRemovedMs(enforcement, req.receivedAt)
     const wipeUnsupported = record.spec.modbus?.hookBase === null && !record.spec.mqtt && !record.spec.opcua
     const o: OpenRetirement = {
       deviceId,
       receivedAt: req.receivedAtS,
-      accessRemovedMs,
+      accessRemovedMs: removedMs,
       sessionsClosed: enforcement.sessionsClosed,
       credentialsRevoked: record.keys.length,
       wipeActionId: null,
@@ -143,7 +143,7 @@ export class Retirements {
     }
     await gw.commit({
       ops: [this.#put(o)],
-      audit: [{ actor: who.actor, action: 'retire.access-removed', subject: deviceId, data: { accessRemovedMs, sessionsClosed: o.sessionsClosed, network: enforcement.network, credentialsRevoked: o.credentialsRevoked } }],
+      audit: [{ actor: who.actor, action: 'retire.access-removed', subject: deviceId, data: { accessRemovedMs: removedMs, sessionsClosed: o.sessionsClosed, network: enforcement.network, credentialsRevoked: o.credentialsRevoked } }],
     })
     if (req.wipe === false) {
       return { done: true, evidence: await this.#finish(deviceId, { status: 'not-performed', reason: req.reason ?? 'wipe: false', at: gw.nowS() }, who.actor) }

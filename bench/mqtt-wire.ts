@@ -9,7 +9,8 @@ export const PUBLISH = 3
 export const PUBACK = 4
 export const SUBACK = 9
 
-function varint(n: number): Buffer {
+/** MQTT variable byte integer [MQTT-1.5.5] (any value; over 4 bytes is malformed, which the fuzz tests want). Also used by test/. */
+export function varint(n: number): Buffer {
   const out: number[] = []
   do {
     let b = n % 128

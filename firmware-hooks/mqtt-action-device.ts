@@ -143,20 +143,7 @@ export class MqttActionDevice {
 
   /** Resolves once the ack of `actionId` is out (PUBACK) and its follow-up (key switch, wipe) is done. */
   waitForAck(actionId: string, timeoutMs = 10_000): Promise<SentAck> {
-    const got = this.acked.get(actionId)
-    if (got) return Promise.resolve(got)
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        off()
-        reject(new Error(`no ack for action ${actionId} within ${timeoutMs} ms`))
-      }, timeoutMs)
-      const off = this.onAck((a) => {
-        if (a.actionId !== actionId) return
-        clearTimeout(timer)
-        off()
-        resolve(a)
-      })
-    })
+    return waitForAck(this, actionId, timeoutMs)
   }
 
   /** Publish under `dev/<id>/` (telemetry...). */
@@ -170,4 +157,31 @@ export class MqttActionDevice {
     this.#offKeyChange()
     await this.device.close()
   }
+}
+
+/**
+ * Resolves once `source` has acked `actionId` (already, or within timeoutMs);
+ * `who` prefixes the timeout error (e.g. a device id). Shared by this device
+ * and the simulator's, which keeps its acks across connections.
+ */
+export function waitForAck(
+  source: { readonly acked: ReadonlyMap<string, SentAck>; onAck(listener: (a: SentAck) => void): () => void },
+  actionId: string,
+  timeoutMs: number,
+  who?: string,
+): Promise<SentAck> {
+  const got = source.acked.get(actionId)
+  if (got) return Promise.resolve(got)
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      off()
+      reject(new Error(`${who === undefined ? '' : `${who}: `}no ack for action ${actionId} within ${timeoutMs} ms`))
+    }, timeoutMs)
+    const off = source.onAck((a) => {
+      if (a.actionId !== actionId) return
+      clearTimeout(timer)
+      off()
+      resolve(a)
+    })
+  })
 }

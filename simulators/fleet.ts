@@ -182,15 +182,9 @@ class MqttMember extends Member {
   }
 }
 
-class ModbusMember extends Member {
-  readonly protocol = 'modbus'
-  constructor(
-    readonly id: string,
-    readonly device: SimulatedModbusDevice,
-    readonly runtime: ActionRuntime,
-  ) {
-    super()
-  }
+/** A member whose device is a server that is started and stopped (Modbus, OPC UA). */
+abstract class ServerMember extends Member {
+  abstract readonly device: { readonly running: boolean; start(): Promise<unknown>; stop(): Promise<void> }
   get online(): boolean {
     return this.device.running
   }
@@ -203,7 +197,18 @@ class ModbusMember extends Member {
   }
 }
 
-class OpcuaMember extends Member {
+class ModbusMember extends ServerMember {
+  readonly protocol = 'modbus'
+  constructor(
+    readonly id: string,
+    readonly device: SimulatedModbusDevice,
+    readonly runtime: ActionRuntime,
+  ) {
+    super()
+  }
+}
+
+class OpcuaMember extends ServerMember {
   readonly protocol = 'opcua'
   constructor(readonly device: SimulatedOpcuaDevice) {
     super()
@@ -213,16 +218,6 @@ class OpcuaMember extends Member {
   }
   get runtime(): ActionRuntime {
     return this.device.runtime
-  }
-  get online(): boolean {
-    return this.device.running
-  }
-  protected async up(): Promise<boolean> {
-    await this.device.start()
-    return true
-  }
-  protected down(): Promise<void> {
-    return this.device.stop()
   }
 }
 

@@ -4,11 +4,11 @@
 // (a legacy device has none). It can be stopped and started again on the
 // same port, to play a device that is down and then comes up. Imports
 // nothing from agent/.
-import { createServer, type AddressInfo } from 'node:net'
 import { ServerTCP, type IServiceVector } from 'modbus-serial'
 import { ActionRuntime, MemoryDeviceStorage, type DeviceHooks } from '../firmware-hooks/action-runtime.ts'
 import { keygen, publicKeyToB64 } from '../firmware-hooks/crypto.ts'
 import { hookVector, ModbusHookRegisters, ModbusRegisterError } from '../firmware-hooks/modbus-hook.ts'
+import { freePort } from './ports.ts'
 
 export interface SimulatedModbusDeviceOptions {
   host?: string
@@ -18,18 +18,6 @@ export interface SimulatedModbusDeviceOptions {
   size?: number
   /** the hook registers; null for a legacy device */
   hook: ModbusHookRegisters | null
-}
-
-/** A free TCP port on host (ServerTCP takes port 0 to mean 502). */
-function freePort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer()
-    s.once('error', reject)
-    s.listen(0, host, () => {
-      const { port } = s.address() as AddressInfo
-      s.close(() => resolve(port))
-    })
-  })
 }
 
 export class SimulatedModbusDevice {
@@ -89,7 +77,7 @@ export class SimulatedModbusDevice {
 
   async start(): Promise<void> {
     if (this.#server) return
-    if (this.#port === 0) this.#port = await freePort(this.host)
+    if (this.#port === 0) this.#port = await freePort(this.host) // ServerTCP takes port 0 to mean 502
     const server = new ServerTCP(this.#vector() as IServiceVector, { host: this.host, port: this.#port, unitID: 255 })
     await new Promise<void>((resolve, reject) => {
       server.once('initialized', () => resolve())

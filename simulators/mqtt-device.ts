@@ -7,7 +7,7 @@
 // Imports nothing from agent/.
 import { ActionRuntime, MemoryDeviceStorage, type DeviceHooks, type DeviceStorage } from '../firmware-hooks/action-runtime.ts'
 import { keygen } from '../firmware-hooks/crypto.ts'
-import { MqttActionDevice, newActionStats, type ActionStats, type SentAck } from '../firmware-hooks/mqtt-action-device.ts'
+import { MqttActionDevice, newActionStats, waitForAck, type ActionStats, type SentAck } from '../firmware-hooks/mqtt-action-device.ts'
 import type { MqttDeviceOptions } from '../firmware-hooks/mqtt-device.ts'
 
 export interface SimClock {
@@ -219,20 +219,7 @@ export class SimulatedMqttDevice {
 
   /** Resolves once the ack of `actionId` is out and its follow-up (key switch, wipe) is done, on any connection. */
   waitForAck(actionId: string, timeoutMs = 10_000): Promise<SentAck> {
-    const got = this.acked.get(actionId)
-    if (got) return Promise.resolve(got)
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        off()
-        reject(new Error(`${this.id}: no ack for action ${actionId} within ${timeoutMs} ms`))
-      }, timeoutMs)
-      const off = this.onAck((a) => {
-        if (a.actionId !== actionId) return
-        clearTimeout(timer)
-        off()
-        resolve(a)
-      })
-    })
+    return waitForAck(this, actionId, timeoutMs, this.id)
   }
 
   /** Telemetry under `dev/<id>/tele` while online; false when offline. */

@@ -3,7 +3,7 @@
 // residual-use reporting (§4). Decisions come from the core (DeviceAdmission,
 // the registry); this file only speaks aedes.
 import type { AedesOptions, AuthenticateError, Client } from 'aedes'
-import { DeviceAdmission, isCutState, type AdmissionRefusal } from '../../agent/admission.ts'
+import { currentRights, DeviceAdmission, type AdmissionRefusal } from '../../agent/admission.ts'
 import { AuthThrottle } from '../../agent/auth-throttle.ts'
 import type { Gateway } from '../../agent/gateway.ts'
 import type { Logger } from '../../agent/logger.ts'
@@ -44,8 +44,9 @@ export class MqttAdmissionPolicy {
       authorizePublish: (client, packet, done) => this.#authorizePublish(client, packet, done),
       authorizeSubscribe: (client, sub, done) => {
         const id = client.id
-        const rights = this.admission.rightsNow(id)
-        if (rights && sub.topic.length <= MAX_TOPIC_LENGTH && maySubscribe(id, rights, this.#gw.registry.get(id)?.spec.acl, sub.topic)) return done(null, sub)
+        const record = this.#gw.registry.get(id)
+        const rights = currentRights(this.#gw, record)
+        if (rights && sub.topic.length <= MAX_TOPIC_LENGTH && maySubscribe(id, rights, record?.spec.acl, sub.topic)) return done(null, sub)
         this.#log.debug({ deviceId: id, filter: sub.topic, rights }, 'subscription denied')
         if (rights === 'wipe-only') this.#residual(client, id, `subscribe to ${sub.topic} beyond wipe-only rights`)
         done(null, null) // SUBACK 0x80 [MQTT-3.9.3]
@@ -66,22 +67,19 @@ export class MqttAdmissionPolicy {
     if (block) {
       // Refused before any token work. A cut identity's attempt is still residual use (PROTOCOL §4).
       this.#log.debug({ deviceId: client.id, remote, scope: block.scope, untilS: block.untilS }, 'connect refused: authentication throttled')
-      for (const id of new Set([client.id, username ?? client.id])) {
-        const state = this.#gw.registry.get(id)?.state
-        if (isCutState(state)) this.#residual(client, id, `connect refused (throttled): device is ${state}`)
-      }
+      this.admission.reportRefused({ protocol: 'mqtt', clientId: client.id, username, ...(remote ? { remote } : {}) }, 'throttled')
       return done(Object.assign(new Error('connect refused: throttled'), { returnCode: 5 } as const), false)
     }
     this.admission
       .admit({ protocol: 'mqtt', clientId: client.id, username, password, ...(remote ? { remote } : {}) })
       .then(
         (d) => {
-          if (!d.ok && !NOT_GUESSING.has(d.reason)) this.throttle.failure(client.id, remote)
-          if (d.ok) this.throttle.success(client.id)
           if (!d.ok) {
+            if (!NOT_GUESSING.has(d.reason)) this.throttle.failure(client.id, remote)
             // [MQTT-3.2.2-5]: 4 bad user name or password (not a JWS), 5 not authorized (every other refusal)
             return done(Object.assign(new Error(`connect refused: ${d.reason}`), { returnCode: d.reason === 'malformed-token' ? 4 : 5 } as const), false)
           }
+          this.throttle.success(client.id)
           // aedes registers the session a moment after this: a cut landing in
           // between would find no session to close, so check once more when
           // the connect completes (the enforcer covers every later cut).
@@ -104,8 +102,9 @@ export class MqttAdmissionPolicy {
     // client is null only for a will aedes publishes after its client is gone: judge it by its owner.
     const id = client?.id ?? packet.clientId
     if (id === undefined) return done(new Error('publish not authorized'))
-    const rights = this.admission.rightsNow(id)
-    if (rights && packet.topic.length <= MAX_TOPIC_LENGTH && mayPublish(id, rights, this.#gw.registry.get(id)?.spec.acl, packet.topic)) return done(null)
+    const record = this.#gw.registry.get(id)
+    const rights = currentRights(this.#gw, record)
+    if (rights && packet.topic.length <= MAX_TOPIC_LENGTH && mayPublish(id, rights, record?.spec.acl, packet.topic)) return done(null)
     const what = packet.cmd === 'publish' ? 'publish' : 'will'
     this.#log.debug({ deviceId: id, topic: packet.topic, rights, what }, 'publish denied')
     if (rights === 'wipe-only') this.#residual(client, id, `${what} to ${packet.topic} beyond wipe-only rights`)

@@ -2,18 +2,10 @@
 // can also say what no well-behaved client would (bad levels, lying lengths,
 // property floods), and a raw TCP connect that reads the CONNACK.
 import { connect, type Socket } from 'node:net'
-
-/** MQTT variable byte integer [MQTT-1.5.5] (any value; over 4 bytes is malformed on purpose). */
-export function varint(n: number): Buffer {
-  const out: number[] = []
-  do {
-    let b = n % 128
-    n = Math.floor(n / 128)
-    if (n > 0) b |= 0x80
-    out.push(b)
-  } while (n > 0)
-  return Buffer.from(out)
-}
+// The variable byte integer [MQTT-1.5.5] is the load generator's (any value;
+// over 4 bytes is malformed on purpose): one encoder for bench and tests.
+import { varint } from '../../bench/mqtt-wire.ts'
+export { varint }
 
 /** A length-prefixed UTF-8 string or binary [MQTT-1.5.4]. */
 export function str(s: string | Uint8Array): Buffer {

@@ -4,7 +4,7 @@
 // site broker, and a real Mosquitto for the control plane.
 import assert from 'node:assert/strict'
 import { generateKeyPairSync } from 'node:crypto'
-import { test } from 'node:test'
+import { test, type TestContext } from 'node:test'
 import { adminRequest } from '../../agent/cli/admin-client.ts'
 import { ManualClock } from '../../agent/clock.ts'
 import type { DeviceState } from '../../agent/device.ts'
@@ -63,7 +63,8 @@ async function eventsOf(agent: Agent): Promise<{ type: string; data: Record<stri
   })
 }
 
-test('retire of a connected device over the control plane: access removed at once, wiped, retired, with measured evidence', async (t) => {
+/** A Mosquitto uplink, an agent trusting control-plane key cp1 on it, and that control plane, connected. */
+async function agentWithControlPlane(t: TestContext): Promise<{ agent: Agent; gw: Gateway; cp: ControlPlane }> {
   const m = await Mosquitto.start(t)
   const cpKey = generateKeyPairSync('ed25519').privateKey
   const agent = await startTestAgent(t, { flags: { uplink: m.url, cpKey: [`cp1=${publicKeyB64(cpKey)}`] } })
@@ -71,6 +72,11 @@ test('retire of a connected device over the control plane: access removed at onc
   const cp = new ControlPlane({ broker: m.url, site: 'site1', gateway: 'gw1', key: cpKey, kid: 'cp1', gatewayKey: gw.key.publicKeyB64 })
   await cp.connect()
   t.after(() => cp.close())
+  return { agent, gw, cp }
+}
+
+test('retire of a connected device over the control plane: access removed at once, wiped, retired, with measured evidence', async (t) => {
+  const { agent, gw, cp } = await agentWithControlPlane(t)
   const seen: string[] = []
   cp.onEvent((e) => e.data.deviceId === 'press-4' && seen.push(e.type))
   const dev = await simDevice(t, mqttUrl(agent), gw, 'press-4')
@@ -102,13 +108,7 @@ test('retire of a connected device over the control plane: access removed at onc
 })
 
 test('retire of an offline device: the command completes only when the device returns and is wiped', async (t) => {
-  const m = await Mosquitto.start(t)
-  const cpKey = generateKeyPairSync('ed25519').privateKey
-  const agent = await startTestAgent(t, { flags: { uplink: m.url, cpKey: [`cp1=${publicKeyB64(cpKey)}`] } })
-  const gw = agent.gateway
-  const cp = new ControlPlane({ broker: m.url, site: 'site1', gateway: 'gw1', key: cpKey, kid: 'cp1', gatewayKey: gw.key.publicKeyB64 })
-  await cp.connect()
-  t.after(() => cp.close())
+  const { agent, gw, cp } = await agentWithControlPlane(t)
   const dev = await simDevice(t, mqttUrl(agent), gw, 'pump-9')
   await gw.enroll({ id: 'pump-9', publicKey: dev.runtime.publicKeyB64! }, { actor: 'test' })
   const signed = cp.sign('device.retire', { deviceId: 'pump-9' })

@@ -8,6 +8,8 @@ import { connect } from 'node:net'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { readKeyFile } from '../../agent/keys.ts'
+// MQTT remaining length [MQTT-2.2.3]: the load generator's encoder, shared with the fuzz tests
+import { varint as remainingLength } from '../../bench/mqtt-wire.ts'
 import { freePort, runCli, spawnAgent, tempDir, type SpawnedAgent } from '../helpers/agent.ts'
 
 /** Env without any EDGEWARDEN_* of the developer's shell, so only what a test sets applies. */
@@ -21,18 +23,6 @@ async function spawnClean(t: { after(fn: () => Promise<void>): void }, args: str
   const agent = await spawnAgent(args, { env: cleanEnv(env) })
   t.after(async () => void (await agent.stop('SIGKILL')))
   return agent
-}
-
-/** MQTT remaining length: 7 bits a byte, high bit = more [MQTT-2.2.3]. */
-function remainingLength(n: number): Buffer {
-  const out: number[] = []
-  do {
-    let b = n % 128
-    n = Math.floor(n / 128)
-    if (n > 0) b |= 0x80
-    out.push(b)
-  } while (n > 0)
-  return Buffer.from(out)
 }
 
 /** MQTT 3.1.1 CONNECT (client id = user name), with or without a password; resolves to the broker's first 4 bytes. */
