@@ -3,11 +3,12 @@
 // audited with the local operator as actor.
 import { chmodSync, rmSync } from 'node:fs'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { userInfo } from 'node:os'
 import { join } from 'node:path'
 import { ACTS, type Act } from './action-queue.ts'
 import { exportAuditLog, verifyAuditLog } from './audit.ts'
 import { isEdgewardenError, type ErrorCode } from './errors.ts'
-import type { Gateway } from './gateway.ts'
+import type { Actor, Gateway } from './gateway.ts'
 import type { Logger } from './logger.ts'
 import { describeDevice } from './views.ts'
 
@@ -25,7 +26,7 @@ export type AdminVerb = 'quarantine' | 'release' | 'revoke' | 'retire' | Act
 
 /** What a device verb does; the retire workflow is the Gateway's (or a later workflow's) to define. */
 export interface AdminHooks {
-  deviceVerb(gw: Gateway, id: string, verb: AdminVerb, who: { actor: string; reason?: string }): Promise<unknown>
+  deviceVerb(gw: Gateway, id: string, verb: AdminVerb, who: Actor): Promise<unknown>
   /** `GET /v1/quarantine`: the network rules in force joined with the registry */
   quarantine?(gw: Gateway): Promise<unknown>
 }
@@ -55,6 +56,15 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
   throw new RequestError(400, 'request body is not a JSON object')
 }
 
+/** The name of the user the agent runs as: the owner of the socket it creates. */
+function ownerName(): string {
+  try {
+    return userInfo().username
+  } catch {
+    return `uid-${process.getuid?.() ?? 'unknown'}`
+  }
+}
+
 const send = (res: ServerResponse, status: number, body: unknown): void => {
   res.writeHead(status, { 'content-type': 'application/json' })
   res.end(JSON.stringify(body))
@@ -65,6 +75,8 @@ export async function startAdminServer(gw: Gateway, hooks: AdminHooks, log: Logg
   // The store lock proves no other agent owns this dir: a socket file left
   // here is stale (kill -9) and safe to replace.
   rmSync(path, { force: true })
+  const owner = ownerName()
+  const actor = `local:${owner}`
   const server = createServer((req, res) => {
     handle(req, res).catch((err: unknown) => {
       if (err instanceof RequestError) return send(res, err.status, { error: { code: 'ADMIN_REQUEST', message: err.message } })
@@ -77,8 +89,13 @@ export async function startAdminServer(gw: Gateway, hooks: AdminHooks, log: Logg
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://admin')
     const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent)
-    const actorHeader = req.headers['x-edgewarden-actor']
-    const actor = `local:${typeof actorHeader === 'string' && /^[\w.@-]{1,64}$/.test(actorHeader) ? actorHeader : 'operator'}`
+    // The actor is who can reach the socket, not what the client says: the
+    // socket is mode 0600, so only its owner (or root) connects. Node has no
+    // SO_PEERCRED, so the owner is recorded; a name the client sends that
+    // differs is kept beside it as a claim, never as the actor.
+    const claim = req.headers['x-edgewarden-actor']
+    const claimedBy = typeof claim === 'string' && /^[\w.@-]{1,64}$/.test(claim) && claim !== owner ? claim : undefined
+    const who = { actor, ...(claimedBy !== undefined ? { claimedBy } : {}) }
     const route = `${req.method} /${parts.slice(0, 2).join('/')}`
     if (route === 'GET /v1/identity') {
       return send(res, 200, { site: gw.site, gateway: gw.id, publicKey: gw.key.publicKeyB64 })
@@ -93,7 +110,7 @@ export async function startAdminServer(gw: Gateway, hooks: AdminHooks, log: Logg
     if (route === 'POST /v1/devices' && parts.length === 2) {
       const body = await readJson(req)
       const reason = typeof body.reason === 'string' ? body.reason : undefined
-      const record = await gw.enroll(body.device, { actor, ...(reason !== undefined ? { reason } : {}) })
+      const record = await gw.enroll(body.device, { ...who, ...(reason !== undefined ? { reason } : {}) })
       return send(res, 200, { device: describeDevice(gw, record) })
     }
     if (route === 'POST /v1/devices' && parts.length === 4) {
@@ -101,14 +118,18 @@ export async function startAdminServer(gw: Gateway, hooks: AdminHooks, log: Logg
       if (!['quarantine', 'release', 'revoke', 'retire', ...ACTS].includes(verb)) throw new RequestError(404, `unknown device verb ${verb}`)
       const body = await readJson(req)
       const reason = typeof body.reason === 'string' ? body.reason.slice(0, 1024) : undefined
-      const result = await hooks.deviceVerb(gw, parts[2]!, verb, { actor, ...(reason !== undefined ? { reason } : {}) })
+      const result = await hooks.deviceVerb(gw, parts[2]!, verb, { ...who, ...(reason !== undefined ? { reason } : {}) })
       return send(res, 200, { result, device: describeDevice(gw, gw.requireDevice(parts[2]!)) })
     }
     if (route === 'GET /v1/quarantine' && parts.length === 2 && hooks.quarantine) {
       return send(res, 200, await hooks.quarantine(gw))
     }
     if (route === 'GET /v1/audit' && parts[2] === 'verify') {
-      return send(res, 200, await verifyAuditLog(gw.store, [gw.key.publicKeyB64, ...url.searchParams.getAll('trust')]))
+      const pinned = url.searchParams.getAll('trust')
+      const trusted = pinned.length
+        ? pinned.map((key) => ({ key, source: 'pinned with --trust-key' }))
+        : [{ key: gw.key.publicKeyB64, source: "the running agent's own key, kept with the data it vouches for, so it proves less than a key pinned with --trust-key" }]
+      return send(res, 200, { ...(await verifyAuditLog(gw.store, trusted.map((k) => k.key))), trusted })
     }
     if (route === 'GET /v1/audit' && parts[2] === 'export') {
       res.writeHead(200, { 'content-type': 'application/x-ndjson' })

@@ -40,7 +40,7 @@ export type AdmissionRefusal =
   | StateRefusal
 
 export type AdmissionDecision =
-  | { ok: true; deviceId: string; rights: Rights; jti: string; exp: number }
+  | { ok: true; deviceId: string; rights: Rights; jti: string; exp: number; /** the device key that signed the token (base64url) */ key: string }
   | { ok: false; reason: AdmissionRefusal; detail: string }
 
 const CUT_STATES: ReadonlySet<string> = new Set<StateRefusal>(['quarantined', 'revoked', 'retired'])
@@ -77,7 +77,33 @@ export function currentRights(gw: Gateway, record: DeviceRecord | undefined): Ri
   return r.ok ? r.rights : null
 }
 
-const keyValidAt = (k: DeviceRecord['keys'][number], nowS: number): boolean => k.notBefore <= nowS && (k.notAfter === null || nowS < k.notAfter)
+export const keyValidAt = (k: DeviceRecord['keys'][number], nowS: number): boolean => k.notBefore <= nowS && (k.notAfter === null || nowS < k.notAfter)
+
+/** What a live session was admitted with. */
+export interface SessionGrant {
+  /** the device key that signed its credential (null: the session was not opened with a device credential) */
+  key: string | null
+  rights: Rights
+}
+
+/**
+ * PROTOCOL §4: the rights a live session keeps after its device's record
+ * changed, or null when it must be closed: the new record would not admit
+ * it (the device may not connect, or its key is no longer valid), or would
+ * admit it with fewer rights (anything but full, where it had more).
+ */
+export function grantHolds(gw: Gateway, grant: SessionGrant, after: DeviceRecord | undefined): Rights | null {
+  const nowS = gw.nowS()
+  const r = rightsOf(gw, after, nowS)
+  if (!r.ok) return null
+  if (grant.key !== null && !after!.keys.some((k) => k.publicKey === grant.key && keyValidAt(k, nowS))) return null
+  return r.rights === grant.rights || r.rights === 'full' ? r.rights : null
+}
+
+/** Whether a record change takes a key away (a stored session opened with it must go too). */
+export function keysRemoved(before: DeviceRecord, after: DeviceRecord, nowS: number): boolean {
+  return before.keys.some((k) => keyValidAt(k, nowS) && !after.keys.some((n) => n.publicKey === k.publicKey && keyValidAt(n, nowS)))
+}
 
 /**
  * Every check of a device token (§5), synchronous, memory only. `deviceId`
@@ -89,7 +115,7 @@ export function decideAdmission(
   deviceId: string,
   username: string | undefined,
   token: ParsedJws,
-  ctx: { keys: PublicKeyCache; jtis: JtiStore; nowS: number },
+  ctx: { keys: PublicKeyCache; jtis: JtiStore; nowS: number; stats?: { verifies: number } },
 ): AdmissionDecision {
   const { nowS } = ctx
   const claims = token.payload
@@ -105,20 +131,21 @@ export function decideAdmission(
   const before = gw.registry.get(deviceId)
   if (!before) return { ok: false, reason: 'unknown-device', detail: 'no such device is enrolled' }
   if (ctx.jtis.has(jti, nowS)) return { ok: false, reason: 'replayed', detail: `token ${jti} was already used` }
-  let verified = false
+  let verified: string | null = null
   for (const k of before.keys) {
     if (!keyValidAt(k, nowS)) continue
     const key = ctx.keys.get(k.publicKey)
+    if (ctx.stats) ctx.stats.verifies++
     if (key && verifyBytes(key, token.signingInput, token.signature)) {
-      verified = true
+      verified = k.publicKey
       break
     }
   }
-  if (!verified) return { ok: false, reason: 'wrong-key', detail: 'signature is not by any currently valid key of the device' }
+  if (verified === null) return { ok: false, reason: 'wrong-key', detail: 'signature is not by any currently valid key of the device' }
   // Synchronous since `before` was read: nothing can have replaced it.
   const rights = rightsOf(gw, before, nowS)
   if (!rights.ok) return rights
-  return { ok: true, deviceId, rights: rights.rights, jti, exp }
+  return { ok: true, deviceId, rights: rights.rights, jti, exp, key: verified }
 }
 
 export interface AdmissionRequest {
@@ -137,6 +164,8 @@ export class DeviceAdmission {
   readonly #residual: ResidualUseMonitor | null
   readonly #log: Logger
   #lastSweepS = 0
+  /** signature checks made so far (a throttled storm of garbage makes none) */
+  readonly stats = { verifies: 0 }
 
   private constructor(gw: Gateway, jtis: JtiStore, residual: ResidualUseMonitor | null, log: Logger, keys: PublicKeyCache) {
     this.#gw = gw
@@ -169,7 +198,7 @@ export class DeviceAdmission {
         if (!(err instanceof JwsFormatError)) throw err
         decision = { ok: false, reason: err.reason === 'bad-alg' ? 'bad-alg' : 'malformed-token', detail: err.message }
       }
-      decision ??= decideAdmission(this.#gw, req.clientId, req.username, token!, { keys: this.#keys, jtis: this.#jtis, nowS })
+      decision ??= decideAdmission(this.#gw, req.clientId, req.username, token!, { keys: this.#keys, jtis: this.#jtis, nowS, stats: this.stats })
     }
     if (decision.ok) {
       // Remembered in memory now (a concurrent replay is refused at once), until exp plus the skew a token is accepted for.

@@ -1,20 +1,26 @@
 // Throttling of failed authentication (brute force, connection storms), per
-// client id and per source address. A throttled key is refused before any
-// token is parsed or signature checked, so a storm costs a map lookup per
-// connect. Protocol-free: an adapter asks check() before admitting and
-// reports the outcome after.
+// source address and per client id. Protocol-free: an adapter asks check()
+// before admitting and reports the outcome after.
 //
-// Without locking out legitimate devices:
-// - only credential failures count (the caller decides which); a refusal
-//   because of the device's state (revoked, quarantined) is not guessing;
-// - a client id is blocked by its own failures only, never by other ids';
-// - an address is blocked by the failures of all ids behind it, but an id
-//   that was admitted from anywhere in the last KNOWN_GOOD_S stays exempt
-//   from the address block (its own per-id limit still bounds guesses on it),
-//   so a device sharing a NAT with an attacker keeps reconnecting.
-// Memory is bounded: each map holds at most `maxKeys` entries, the least
-// recently touched dropped first. An IPv6 source counts by its /64: one host
-// holds a whole /64 and could otherwise take a fresh address per attempt.
+// A block never locks out a device that holds a valid credential: it only
+// decides how much work an attempt gets. A blocked attempt whose password
+// does not even have the shape of a credential is refused before anything
+// is parsed (a map lookup and a few character tests: a storm of garbage
+// costs almost nothing); one that has the shape is checked in full, so a
+// correct token gets in whoever else failed from its address or under its
+// id. A forged token with the right shape costs one signature check, which
+// is cheap next to the harm of locking a machine out of a plant network:
+// someone on the same NAT or IPv6 /64 (a whole plant LAN shares one), or
+// someone who knows a device's id, could otherwise keep it out at will.
+//
+// What counts as a failure: against the source, every credential failure,
+// garbage included; against the id, only the failures of a credential that
+// named it (a token for that id that did not verify, was replayed, ...).
+// Refusals because of the device's state (revoked, quarantined) are not
+// guessing and count nowhere (the caller decides). An IPv6 source counts by
+// its /64: one host holds a whole /64 and could take a fresh address per
+// attempt. Memory is bounded: each map holds at most `maxKeys` entries, the
+// least recently touched dropped first.
 
 export interface AuthThrottleOptions {
   /** failures per client id within windowS that block the id (0: no per-id limit) */
@@ -34,6 +40,9 @@ export interface ThrottleBlock {
   untilS: number
 }
 
+/** How a failure counts: `credential` against the source and the id it named, `garbage` against the source only. */
+export type FailureKind = 'credential' | 'garbage'
+
 interface Counter {
   /** when the current window began, seconds */
   startS: number
@@ -42,8 +51,6 @@ interface Counter {
   blockedUntilS: number
 }
 
-/** An id admitted this recently is exempt from its address' block. */
-export const KNOWN_GOOD_S = 30 * 86400
 export const DEFAULT_MAX_KEYS = 10_000
 
 /** The key an address is counted under: IPv4 as is (IPv4-mapped IPv6 too), IPv6 by its /64 prefix. */
@@ -58,6 +65,28 @@ export function addressKey(address: string): string {
   const t = parts(tail)
   const all = tail === undefined ? h : [...h, ...Array<string>(Math.max(0, 8 - h.length - t.length)).fill('0'), ...t]
   return `${all.slice(0, 4).map((p) => (p === 'v4' ? '0' : p.replace(/^0+(?=.)/, ''))).join(':')}::/64`
+}
+
+/**
+ * Whether a password has the shape of a compact JWS (three base64url
+ * segments, the header long enough to hold `{"alg":"EdDSA"`) within `max`
+ * bytes: the test a blocked attempt must pass before anything is parsed.
+ */
+export function hasTokenShape(password: Uint8Array | string | undefined, max = 16 * 1024): boolean {
+  if (password === undefined || password.length < 40 || password.length > max) return false
+  let dots = 0
+  let first = -1
+  for (let i = 0; i < password.length; i++) {
+    const c = typeof password === 'string' ? password.charCodeAt(i) : password[i]!
+    if (c === 0x2e) {
+      if (++dots > 2) return false
+      if (first < 0) first = i
+      continue
+    }
+    // base64url alphabet: A-Z a-z 0-9 - _
+    if (!((c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a) || (c >= 0x30 && c <= 0x39) || c === 0x2d || c === 0x5f)) return false
+  }
+  return dots === 2 && first >= 20
 }
 
 class BoundedMap<V> {
@@ -85,8 +114,7 @@ export class AuthThrottle {
   readonly #nowS: () => number
   readonly #clients: BoundedMap<Counter>
   readonly #addresses: BoundedMap<Counter>
-  readonly #good: BoundedMap<number>
-  /** connects refused by the throttle so far, by scope */
+  /** attempts refused by a block before any parsing, by scope */
   readonly refused = { client: 0, address: 0 }
 
   constructor(opts: AuthThrottleOptions, nowS: () => number) {
@@ -95,44 +123,44 @@ export class AuthThrottle {
     const max = opts.maxKeys ?? DEFAULT_MAX_KEYS
     this.#clients = new BoundedMap(max)
     this.#addresses = new BoundedMap(max)
-    this.#good = new BoundedMap(max)
   }
 
-  /** Whether a connect from this id and address must be refused now, and until when. */
+  /**
+   * The block in force for an attempt by this id from this address, if
+   * any (the address's first: it is what a storm trips). A blocked attempt
+   * goes on only with a password that has the shape of a credential.
+   */
   check(clientId: string, address: string | undefined): ThrottleBlock | null {
     const now = this.#nowS()
+    if (address !== undefined) {
+      const a = this.#addresses.get(addressKey(address))
+      if (a && a.blockedUntilS > now) return { scope: 'address', untilS: a.blockedUntilS }
+    }
     const c = this.#clients.get(clientId)
-    if (c && c.blockedUntilS > now) {
-      this.refused.client++
-      return { scope: 'client', untilS: c.blockedUntilS }
-    }
-    if (address === undefined) return null
-    const a = this.#addresses.get(addressKey(address))
-    if (a && a.blockedUntilS > now) {
-      const good = this.#good.get(clientId)
-      if (good !== undefined && now - good < KNOWN_GOOD_S) return null
-      this.refused.address++
-      return { scope: 'address', untilS: a.blockedUntilS }
-    }
+    if (c && c.blockedUntilS > now) return { scope: 'client', untilS: c.blockedUntilS }
     return null
   }
 
-  /** A credential failure: counts against the id and the address. */
-  failure(clientId: string, address: string | undefined): void {
-    const now = this.#nowS()
-    this.#count(this.#clients, clientId, this.#opts.perClient, now)
-    if (address !== undefined) this.#count(this.#addresses, addressKey(address), this.#opts.perAddress, now)
+  /** Count an attempt refused by `block` before any parsing. */
+  refusedBy(block: ThrottleBlock): void {
+    this.refused[block.scope]++
   }
 
-  /** An admission: the id's failures are forgotten and it is known good. */
+  /** A credential failure (see FailureKind for what counts where). */
+  failure(clientId: string, address: string | undefined, kind: FailureKind = 'credential'): void {
+    const now = this.#nowS()
+    if (address !== undefined) this.#count(this.#addresses, addressKey(address), this.#opts.perAddress, now)
+    if (kind === 'credential') this.#count(this.#clients, clientId, this.#opts.perClient, now)
+  }
+
+  /** An admission: the id's failures and block are forgotten (its credential is good). */
   success(clientId: string): void {
     this.#clients.delete(clientId)
-    this.#good.set(clientId, this.#nowS())
   }
 
   /** Entries held (for the memory bound). */
-  get size(): { clients: number; addresses: number; good: number } {
-    return { clients: this.#clients.size, addresses: this.#addresses.size, good: this.#good.size }
+  get size(): { clients: number; addresses: number } {
+    return { clients: this.#clients.size, addresses: this.#addresses.size }
   }
 
   #count(map: BoundedMap<Counter>, key: string, limit: number, now: number): void {

@@ -11,6 +11,7 @@ import { isEdgewardenError } from './errors.ts'
 import type { Gateway } from './gateway.ts'
 import { verifyParsed } from './jws.ts'
 import { JtiStore } from './jti-store.ts'
+import type { WriteOp } from './store.ts'
 import { publicKeyFromB64 } from './keys.ts'
 import type { Logger } from './logger.ts'
 import type { Transition } from './state-machine.ts'
@@ -29,6 +30,7 @@ export const REJECT_REASONS = [
   'unknown-op',
   'invalid-args',
   'unknown-device',
+  'superseded',
 ] as const
 export type RejectReason = (typeof REJECT_REASONS)[number]
 
@@ -61,7 +63,7 @@ export interface Command {
 
 export type Verification =
   | { ok: true; cmd: Command }
-  | { ok: false; reason: RejectReason; detail: string; jti?: string; /** the signature verified */ signed: boolean }
+  | { ok: false; reason: RejectReason; detail: string; jti?: string; /** the signature verified */ signed: boolean; /** the claim, where it is a number */ exp?: number }
 
 export interface VerifyContext {
   gatewayId: string
@@ -82,7 +84,8 @@ export function verifyCommand(input: string | Uint8Array, ctx: VerifyContext): V
   }
   const claims: Claims = jws.payload
   const jti = isJti(claims.jti) ? claims.jti : undefined
-  const reject = (reason: RejectReason, detail: string, signed: boolean): Verification => ({ ok: false, reason, detail, signed, ...(jti ? { jti } : {}) })
+  const exp = typeof claims.exp === 'number' ? claims.exp : undefined
+  const reject = (reason: RejectReason, detail: string, signed: boolean): Verification => ({ ok: false, reason, detail, signed, ...(jti ? { jti } : {}), ...(signed && exp !== undefined ? { exp } : {}) })
   const key = ctx.cpKeys.get(jws.header.kid)
   if (!key) return reject('unknown-key', `kid ${JSON.stringify(jws.header.kid)} is not a pinned control-plane key`, false)
   if (!verifyParsed(jws, key)) return reject('bad-signature', 'signature does not verify with the pinned key', false)
@@ -109,6 +112,22 @@ export function verifyCommand(input: string | Uint8Array, ctx: VerifyContext): V
 }
 
 export type CommandState = 'accepted' | 'completed' | 'failed' | 'rejected'
+
+/** The device a `device.*` command changes (PROTOCOL §3 `superseded`), or null for other ops. */
+export function deviceOf(cmd: Pick<Command, 'op' | 'args'>): string | null {
+  if (cmd.op === 'device.enroll') return (cmd.args.device as { id: string }).id
+  return cmd.op.startsWith('device.') && typeof cmd.args.deviceId === 'string' ? cmd.args.deviceId : null
+}
+
+/** Store prefix of the `iat` of the last device command accepted per device. */
+const LAST_IAT_PREFIX = 'cmd-iat!'
+/**
+ * Messages that fail before their signature verifies: the first few of a
+ * window (config rejectReportIntervalS) are answered one by one, the rest of
+ * it in one report at its end.
+ */
+export const UNAUTHENTICATED_ANSWERED = 10
+const SWEEP_EVERY_S = 60
 
 interface Remembered {
   state: CommandState
@@ -146,6 +165,18 @@ export class CommandFailure extends Error {
 
 export type Executor = (cmd: Command, ctx: ExecutionContext) => Promise<Outcome>
 
+/**
+ * How long the jti of a signed but refused command is remembered: as long
+ * as the command could still be taken (its exp plus the skew, at most a
+ * command's lifetime from now); an expired command can never run, so it is
+ * not kept at all. null: nothing to keep.
+ */
+function keepRejectedUntil(v: Extract<Verification, { ok: false }>, nowS: number, skewS: number): number | null {
+  if (!v.jti || v.reason === 'expired') return null
+  const exp = typeof v.exp === 'number' ? v.exp : nowS + MAX_COMMAND_LIFETIME_S
+  return Math.min(exp, nowS + MAX_COMMAND_LIFETIME_S) + skewS
+}
+
 export class CommandProcessor {
   readonly #gw: Gateway
   readonly #enforcer: AccessEnforcer
@@ -154,11 +185,20 @@ export class CommandProcessor {
   readonly #cpKeys = new Map<string, KeyObject>()
   readonly #executors = new Map<Op, Executor>()
   #chain: Promise<void> = Promise.resolve()
+  /** iat of the last device command accepted, by device (PROTOCOL §3 superseded) */
+  readonly #lastIat: Map<string, number>
+  /** unauthenticated rejections since the last report, by reason */
+  #junk: { answered: number; count: number; reasons: Record<string, number>; timer: NodeJS.Timeout | null } | null = null
+  #junkReported: Promise<unknown> = Promise.resolve()
+  #lastSweepS = 0
+  /** what was refused and what was folded into burst reports so far */
+  readonly stats = { unauthenticated: 0, unauthenticatedReports: 0 }
 
-  private constructor(gw: Gateway, enforcer: AccessEnforcer, jtis: JtiStore<Remembered>, log: Logger) {
+  private constructor(gw: Gateway, enforcer: AccessEnforcer, jtis: JtiStore<Remembered>, lastIat: Map<string, number>, log: Logger) {
     this.#gw = gw
     this.#enforcer = enforcer
     this.#jtis = jtis
+    this.#lastIat = lastIat
     this.#log = log
     for (const [kid, b64] of Object.entries(gw.config.cpKeys)) {
       const key = publicKeyFromB64(b64)
@@ -168,7 +208,9 @@ export class CommandProcessor {
   }
 
   static async create(gw: Gateway, enforcer: AccessEnforcer, log: Logger): Promise<CommandProcessor> {
-    return new CommandProcessor(gw, enforcer, await JtiStore.load<Remembered>(gw.store, 'cmd'), log)
+    const lastIat = new Map<string, number>()
+    for await (const [k, v] of gw.store.scan(LAST_IAT_PREFIX)) lastIat.set(k.slice(LAST_IAT_PREFIX.length), Number(v))
+    return new CommandProcessor(gw, enforcer, await JtiStore.load<Remembered>(gw.store, 'cmd'), lastIat, log)
   }
 
   /** Later issues plug in the ops they build (wipe, retire, …). */
@@ -192,32 +234,37 @@ export class CommandProcessor {
       skewS: gw.config.clockSkewS,
       deviceExists: (id) => gw.registry.get(id) !== undefined,
     })
+    this.#maybeSweep(nowS)
     if (!v.ok) {
       // A replay of a signed command we already answered is a duplicate,
       // whatever it would be refused for now.
       const seen = v.signed && v.jti ? this.#jtis.get(v.jti, nowS) : undefined
       if (seen) return this.#duplicate(v.jti!, seen.data.state)
-      this.#log.warn({ reason: v.reason, detail: v.detail, jti: v.jti }, 'command rejected')
-      const ops = []
-      // Remember signed-but-refused jtis so a replay cannot run once the
-      // refusal no longer applies (an unknown device enrolled later).
-      if (v.signed && v.jti) ops.push(this.#jtis.remember(v.jti, nowS + MAX_COMMAND_LIFETIME_S + gw.config.clockSkewS, { state: 'rejected', reason: v.reason }))
-      await gw.commit({
-        ops,
-        audit: [{ actor: 'uplink', action: 'command.rejected', data: { jti: v.jti, reason: v.reason, detail: v.detail } }],
-        events: [{ type: 'cmd.rejected', data: { ...(v.jti ? { jti: v.jti } : {}), reason: v.reason, detail: v.detail } }],
-      })
-      return
+      if (!v.signed) return this.#unauthenticated(v)
+      return this.#reject(v.reason, v.detail, v.jti, nowS, keepRejectedUntil(v, nowS, gw.config.clockSkewS))
     }
     const cmd = v.cmd
     const seen = this.#jtis.get(cmd.jti, nowS)
     if (seen) return this.#duplicate(cmd.jti, seen.data.state)
     const keepUntil = cmd.exp + gw.config.clockSkewS
-    // The seq its cmd.accepted event gets: commit() takes it in this same
-    // synchronous step, and the event is never dropped at the outbox bound.
-    const order = gw.outbox.lastSeq + 1
+    // PROTOCOL §3: a device command older than the last one accepted for
+    // the same device was held back on the way; running it now would undo a
+    // newer decision. (Commands run in arrival order: the last accepted is
+    // the last that will have been applied.)
+    const target = deviceOf(cmd)
+    const last = target === null ? undefined : this.#lastIat.get(target)
+    if (last !== undefined && cmd.iat < last) {
+      return this.#reject('superseded', `issued at ${cmd.iat}, before the last command for device ${target} (issued at ${last})`, cmd.jti, nowS, keepUntil)
+    }
+    const ops: WriteOp[] = [this.#jtis.remember(cmd.jti, keepUntil, { state: 'accepted', op: cmd.op, cmd, order: gw.outbox.lastSeq + 1 })]
+    if (target !== null && (last === undefined || cmd.iat > last)) {
+      this.#lastIat.set(target, cmd.iat)
+      ops.push({ type: 'put', key: LAST_IAT_PREFIX + target, value: String(cmd.iat) })
+    }
+    // The seq its cmd.accepted event gets (the `order` above): commit() takes
+    // it in this same synchronous step, and the event is never dropped at the outbox bound.
     const accepted = gw.commit({
-      ops: [this.#jtis.remember(cmd.jti, keepUntil, { state: 'accepted', op: cmd.op, cmd, order })],
+      ops,
       audit: [{ actor: `cp:${cmd.iss}`, action: 'command.accepted', data: { jti: cmd.jti, op: cmd.op, args: cmd.args } }],
       events: [{ type: 'cmd.accepted', data: { jti: cmd.jti, op: cmd.op } }],
     })
@@ -226,6 +273,83 @@ export class CommandProcessor {
     // is cut as soon as the command is verified.
     this.#enqueueExecution(cmd, receivedAt, nowS)
     await accepted
+  }
+
+  /** A signed command refused: audited and answered, its jti remembered so a replay cannot run once the refusal no longer applies. */
+  async #reject(reason: RejectReason, detail: string, jti: string | undefined, nowS: number, keepUntil: number | null): Promise<void> {
+    this.#log.warn({ reason, detail, jti }, 'command rejected')
+    const ops: WriteOp[] = []
+    if (jti && keepUntil !== null && keepUntil >= nowS) ops.push(this.#jtis.remember(jti, keepUntil, { state: 'rejected', reason }))
+    await this.#gw.commit({
+      ops,
+      audit: [{ actor: 'uplink', action: 'command.rejected', data: { jti, reason, detail } }],
+      events: [{ type: 'cmd.rejected', data: { ...(jti ? { jti } : {}), reason, detail } }],
+    })
+  }
+
+  /**
+   * A message whose signature did not verify (junk, a key we do not pin):
+   * anyone who can publish to the command topic can send them, so each must
+   * cost next to nothing. The first few of a window are answered at once (a
+   * control plane with a wrong key sees why); the rest of the burst are
+   * counted and reported in one audit entry and one event when the window
+   * ends. Nothing of them is kept beyond that report.
+   */
+  #unauthenticated(v: Extract<Verification, { ok: false }>): Promise<void> {
+    this.stats.unauthenticated++
+    let junk = this.#junk
+    if (!junk) {
+      junk = { answered: 0, count: 0, reasons: {}, timer: null }
+      junk.timer = setTimeout(() => void this.flushUnauthenticated().catch((err: unknown) => this.#log.error({ err }, 'cannot report rejected commands')), this.#gw.config.rejectReportIntervalS * 1000)
+      junk.timer.unref()
+      this.#junk = junk
+    }
+    if (junk.answered >= UNAUTHENTICATED_ANSWERED) {
+      junk.count++
+      junk.reasons[v.reason] = (junk.reasons[v.reason] ?? 0) + 1
+      return Promise.resolve()
+    }
+    junk.answered++
+    this.stats.unauthenticatedReports++
+    this.#log.warn({ reason: v.reason, detail: v.detail, jti: v.jti }, 'command rejected')
+    const p = this.#gw.commit(
+      {
+        audit: [{ actor: 'uplink', action: 'command.rejected', data: { jti: v.jti, reason: v.reason, detail: v.detail } }],
+        events: [{ type: 'cmd.rejected', data: { ...(v.jti ? { jti: v.jti } : {}), reason: v.reason, detail: v.detail } }],
+      },
+      { sync: false },
+    )
+    this.#junkReported = p.catch(() => {})
+    return p.then(() => {})
+  }
+
+  /** Report the unauthenticated messages folded since the last report (the window's timer calls this; so does stop). */
+  async flushUnauthenticated(): Promise<void> {
+    const junk = this.#junk
+    if (!junk) return this.#junkReported.then(() => {})
+    this.#junk = null
+    if (junk.timer) clearTimeout(junk.timer)
+    if (junk.count === 0) return this.#junkReported.then(() => {})
+    this.stats.unauthenticatedReports++
+    const top = Object.entries(junk.reasons).sort((a, b) => b[1] - a[1])[0]![0]
+    const detail = `${junk.count} more messages without a valid signature in ${this.#gw.config.rejectReportIntervalS} s (${Object.entries(junk.reasons).map(([r, n]) => `${r} ${n}`).join(', ')})`
+    this.#log.warn({ count: junk.count, reasons: junk.reasons }, 'commands rejected (burst)')
+    const p = this.#gw.commit(
+      {
+        audit: [{ actor: 'uplink', action: 'command.rejected', data: { reason: top, detail, count: junk.count, reasons: junk.reasons } }],
+        events: [{ type: 'cmd.rejected', data: { reason: top, detail, count: junk.count } }],
+      },
+      { sync: false },
+    )
+    this.#junkReported = p.catch(() => {})
+    await p
+  }
+
+  #maybeSweep(nowS: number): void {
+    if (nowS - this.#lastSweepS < SWEEP_EVERY_S) return
+    this.#lastSweepS = nowS
+    const ops = this.#jtis.sweep(nowS)
+    if (ops.length) this.#gw.store.write(ops, { sync: false }).catch((err: unknown) => this.#log.error({ err }, 'cannot sweep expired command jtis'))
   }
 
   async #duplicate(jti: string, state: CommandState): Promise<void> {
@@ -354,21 +478,35 @@ const BUILTIN: Partial<Record<Op, Executor>> = {
   'device.release': (cmd, ctx) => stateChange('release', cmd, ctx),
   'inventory.report': async (_cmd, ctx) => {
     const gw = ctx.gw
-    const devices = [...gw.registry.values()].map((d) => ({
-      id: d.spec.id,
-      state: d.state,
-      criticality: d.spec.criticality ?? 'medium',
-      credentialExpiresAt: d.credentialExpiresAt,
-      pendingActions: gw.actions.pending(d.spec.id).length,
-    }))
+    const devices = [...gw.registry.values()].map((d) => {
+      const seen = ctx.enforcer.inventoryOf(d.spec.id)
+      return {
+        id: d.spec.id,
+        state: d.state,
+        criticality: d.spec.criticality ?? 'medium',
+        credentialKind: 'publicKey',
+        credentialExpiresAt: d.credentialExpiresAt,
+        pendingActions: gw.actions.pending(d.spec.id).length,
+        ...(seen ? { seen } : {}),
+      }
+    })
     // A JWS is at most 16 KiB (PROTOCOL §1): a large fleet is reported in
-    // parts, each event naming its part and the total.
-    const PER_EVENT = 50
-    const parts = Math.max(1, Math.ceil(devices.length / PER_EVENT))
+    // parts of at most 50 devices, each event naming its part and the total;
+    // a part also closes at ~10 KB of JSON (base64url adds a third).
+    const chunks: (typeof devices)[] = [[]]
+    let bytes = 0
+    for (const d of devices) {
+      const size = JSON.stringify(d).length
+      if (chunks.at(-1)!.length >= 50 || (bytes + size > 10_000 && chunks.at(-1)!.length > 0)) {
+        chunks.push([])
+        bytes = 0
+      }
+      chunks.at(-1)!.push(d)
+      bytes += size
+    }
+    const parts = chunks.length
     for (let i = 0; i < parts; i++) {
-      await gw.commit({
-        events: [{ type: 'inventory', data: { devices: devices.slice(i * PER_EVENT, (i + 1) * PER_EVENT), part: i + 1, parts, jti: ctx.actor.jti } }],
-      })
+      await gw.commit({ events: [{ type: 'inventory', data: { devices: chunks[i]!, part: i + 1, parts, jti: ctx.actor.jti } }] })
     }
     return { evidence: { devices: devices.length, parts } }
   },

@@ -45,13 +45,16 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'modbusPort', flag: 'modbus-port', type: 'port', doc: 'port of the Modbus TCP proxy for SCADA and HMI clients; the proxy runs only when this is set (0: pick a free port)' },
   { key: 'modbusHost', flag: 'modbus-host', type: 'string', default: '0.0.0.0', doc: 'address the Modbus TCP proxy listens on' },
   { key: 'modbusTimeoutMs', flag: 'modbus-timeout', type: 'int', default: 1000, doc: 'how long the proxy and the hook relay wait for a Modbus device to answer, milliseconds' },
+  { key: 'modbusMaxClients', flag: 'modbus-max-clients', type: 'int', default: 128, min: 1, doc: 'connections the Modbus proxy holds at once; when full, a new one takes the place of the longest-idle connection no device has answered yet, or is refused (a connection being served is never displaced)' },
+  { key: 'modbusMaxClientsPerAddress', flag: 'modbus-max-clients-per-address', type: 'int', default: 32, min: 1, doc: 'connections to the Modbus proxy at once from one source address (an IPv6 source by its /64); more are refused' },
+  { key: 'modbusIdleTimeoutMs', flag: 'modbus-idle-timeout', type: 'int', default: 120000, min: 100, doc: 'a Modbus proxy connection that sends nothing, has no answer to read and none awaited for this long is closed, milliseconds' },
   { key: 'quarantine', flag: 'quarantine', type: 'enum', values: ['none', 'nftables'], default: 'none', doc: 'network quarantine backend: none (applies nothing, says so in every evidence) or nftables (needs root and nft)' },
   { key: 'httpPort', flag: 'http-port', type: 'port', doc: 'port of the HTTP endpoint (Prometheus /metrics, /healthz, /readyz, status page); off when unset (0: pick a free port)' },
   { key: 'httpHost', flag: 'http-host', type: 'string', default: '127.0.0.1', doc: 'address of the HTTP endpoint (localhost by default: put a reverse proxy in front to expose it)' },
-  { key: 'authFailuresPerClient', flag: 'auth-failures-per-client', type: 'int', default: 10, min: 1, doc: 'failed connects allowed per client id per authThrottleWindowS before that id is refused for authBlockS' },
-  { key: 'authFailuresPerAddress', flag: 'auth-failures-per-address', type: 'int', default: 100, min: 1, doc: 'failed connects allowed per source address per authThrottleWindowS before that address is refused for authBlockS' },
+  { key: 'authFailuresPerClient', flag: 'auth-failures-per-client', type: 'int', default: 10, min: 1, doc: 'failed connects with a token naming one client id per authThrottleWindowS before that id is blocked for authBlockS (blocked: garbage refused unparsed, a valid token still admitted)' },
+  { key: 'authFailuresPerAddress', flag: 'auth-failures-per-address', type: 'int', default: 100, min: 1, doc: 'failed connects per source address (IPv6: per /64) per authThrottleWindowS before that address is blocked for authBlockS (blocked: garbage refused unparsed, a valid token still admitted)' },
   { key: 'authThrottleWindowS', flag: 'auth-throttle-window', type: 'int', default: 60, min: 1, doc: 'window over which failed connects are counted, seconds' },
-  { key: 'authBlockS', flag: 'auth-block', type: 'int', default: 60, doc: 'how long a throttled client id or address is refused, seconds' },
+  { key: 'authBlockS', flag: 'auth-block', type: 'int', default: 60, doc: 'how long a client id or address stays blocked, seconds' },
   { key: 'connectTimeoutMs', flag: 'connect-timeout', type: 'int', default: 10000, min: 100, doc: 'a connection that has not completed MQTT CONNECT by then is closed (half-open connections), milliseconds' },
   { key: 'maxPacketBytes', flag: 'max-packet-bytes', type: 'int', default: 65536, min: 1024, doc: 'largest MQTT packet the site broker accepts from a device, bytes' },
   { key: 'uplink', flag: 'uplink', type: 'string', doc: 'central broker URL (mqtt:// or mqtts://); without it the agent runs standalone' },
@@ -64,6 +67,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'uplinkBackoffMaxMs', flag: 'uplink-backoff-max', type: 'int', default: 30000, doc: 'longest delay between reconnect attempts to the central broker, milliseconds' },
   { key: 'cpKey', flag: 'cp-key', type: 'list', doc: 'pinned control-plane key KID=PUBKEY; repeat (or comma-separate) to pin several for rotation' },
   { key: 'outboxMax', flag: 'outbox-max', type: 'int', default: 100000, doc: 'events kept for the control plane while the uplink is down; see docs/configuration.md for what happens at the bound' },
+  { key: 'rejectReportIntervalS', flag: 'reject-report-interval', type: 'int', default: 10, min: 1, doc: 'messages on the command topic without a valid signature: the first 10 of each such interval are answered one by one, the rest in one cmd.rejected with a count at its end, seconds' },
   { key: 'residualAlertIntervalS', flag: 'residual-alert-interval', type: 'int', default: 60, doc: 'at most one alert.residual-use event per device per this many seconds; the rest are counted into the next one' },
   { key: 'credentialLifetimeS', flag: 'credential-lifetime', type: 'int', default: 31536000, doc: 'lifetime given to a device credential at enrollment or renewal when none is named, seconds (365 days)' },
   { key: 'renewGraceS', flag: 'renew-grace', type: 'int', default: 2592000, doc: 'how long after its credential expired a device may still connect renew-only, seconds (30 days)' },
@@ -88,6 +92,8 @@ export interface AgentConfig {
   /** the Modbus TCP proxy, when configured */
   modbus: { host: string; port: number } | null
   modbusTimeoutMs: number
+  /** admission and idle bounds of the Modbus proxy's client connections */
+  modbusClients: { maxClients: number; maxClientsPerAddress: number; idleTimeoutMs: number }
   quarantine: 'none' | 'nftables'
   /** the HTTP endpoint (metrics, health, status page), when configured */
   http: { host: string; port: number } | null
@@ -108,6 +114,7 @@ export interface AgentConfig {
   cpKeys: Record<string, string>
   outboxMax: number
   residualAlertIntervalS: number
+  rejectReportIntervalS: number
   credentialLifetimeS: number
   renewGraceS: number
   renewOverlapS: number
@@ -154,9 +161,29 @@ function readConfigFile(path: string, problems: string[]): Raw {
   return raw
 }
 
+/**
+ * A URL's user name and password as `[redacted]`: everything between the
+ * scheme's `//` (or the start, when there is none) and the last `@`, so a
+ * malformed URL is covered too. Over-redacting a path with an `@` in a
+ * problem message costs less than printing a password.
+ */
+export function redactUserinfo(s: string): string {
+  const at = s.lastIndexOf('@')
+  if (at < 0) return s
+  const scheme = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//.exec(s)?.[0] ?? ''
+  const start = scheme.length <= at ? scheme.length : 0
+  return `${s.slice(0, start)}[redacted]${s.slice(at)}`
+}
+
+/** A value as a problem message may show it: never a secret option's value, never a URL's credentials. */
+function shown(o: OptionSpec, value: unknown): string {
+  if (o.secret) return '(secret, not shown)'
+  return JSON.stringify(value, (_k, v: unknown) => (typeof v === 'string' ? redactUserinfo(v) : v)) ?? String(value)
+}
+
 function coerce(o: OptionSpec, value: unknown, from: string, problems: string[]): unknown {
   const bad = (what: string): undefined => {
-    problems.push(`${o.key} (from ${from}): ${JSON.stringify(value)} ${what}`)
+    problems.push(`${o.key} (from ${from}): ${shown(o, value)} ${what}`)
     return undefined
   }
   switch (o.type) {
@@ -180,6 +207,8 @@ function coerce(o: OptionSpec, value: unknown, from: string, problems: string[])
       return list
     }
     case 'string':
+      // YAML reads an unquoted 12345 or yes as a number or a boolean
+      if (typeof value === 'number' || typeof value === 'boolean') return bad('is not a non-empty string (quote it in the config file)')
       if (typeof value !== 'string' || value.length === 0) return bad('is not a non-empty string')
       return value
   }
@@ -234,7 +263,7 @@ export function loadConfig({ flags, env, cwd = process.cwd() }: ConfigSources): 
     try {
       url = new URL(v.uplink as string)
     } catch {}
-    if (!url || !['mqtt:', 'mqtts:'].includes(url.protocol)) problems.push(`uplink: "${String(v.uplink)}" is not an mqtt:// or mqtts:// URL`)
+    if (!url || !['mqtt:', 'mqtts:'].includes(url.protocol)) problems.push(`uplink: "${redactUserinfo(String(v.uplink))}" is not an mqtt:// or mqtts:// URL`)
     if (Object.keys(cpKeys).length === 0) problems.push('uplink is set but no control-plane key is pinned (cpKey KID=PUBKEY): every command would be refused')
   }
   if ((v.uplinkCert === undefined) !== (v.uplinkKey === undefined)) problems.push('uplinkCert and uplinkKey go together')
@@ -261,6 +290,7 @@ export function loadConfig({ flags, env, cwd = process.cwd() }: ConfigSources): 
     },
     modbus: v.modbusPort === undefined ? null : { host: v.modbusHost as string, port: v.modbusPort as number },
     modbusTimeoutMs: v.modbusTimeoutMs as number,
+    modbusClients: { maxClients: v.modbusMaxClients as number, maxClientsPerAddress: v.modbusMaxClientsPerAddress as number, idleTimeoutMs: v.modbusIdleTimeoutMs as number },
     http: v.httpPort === undefined ? null : { host: v.httpHost as string, port: v.httpPort as number },
     authThrottle: {
       perClient: v.authFailuresPerClient as number,
@@ -286,6 +316,7 @@ export function loadConfig({ flags, env, cwd = process.cwd() }: ConfigSources): 
     cpKeys,
     outboxMax: v.outboxMax as number,
     residualAlertIntervalS: v.residualAlertIntervalS as number,
+    rejectReportIntervalS: v.rejectReportIntervalS as number,
     credentialLifetimeS: v.credentialLifetimeS as number,
     renewGraceS: v.renewGraceS as number,
     renewOverlapS: v.renewOverlapS as number,

@@ -128,7 +128,11 @@ export class DeviceActions {
       const op = gw.actions.remove(a.deviceId, a.id)
       if (!op) continue
       this.#dispatcher.forget(a.id)
-      await gw.commit({ ops: [op], audit: [{ actor: 'gateway', action: 'action.expired', subject: a.deviceId, data: { actionId: a.id, act: a.act, deadline: a.deadline } }] })
+      await gw.commit({
+        ops: [op],
+        audit: [{ actor: 'gateway', action: 'action.expired', subject: a.deviceId, data: { actionId: a.id, act: a.act, deadline: a.deadline } }],
+        events: [{ type: 'action.expired', data: { deviceId: a.deviceId, actionId: a.id, act: a.act } }],
+      })
       this.#log.warn({ deviceId: a.deviceId, actionId: a.id, act: a.act }, 'action reached its deadline unacknowledged and was removed')
     }
     return expired

@@ -38,6 +38,8 @@ export const deviceSpecSchema = z
         port: port.default(502),
         unitId: z.number().int().min(0).max(255),
         hookBase: z.number().int().min(0).max(65535).nullable().optional(),
+        // absent means true: an answer from another unit id fails that request (0x0B); false accepts it (devices that answer with a fixed unit id)
+        strictUnitId: z.boolean().optional(),
       })
       .strict()
       .optional(),

@@ -2,6 +2,7 @@
 // protocol adapter is closed at once (before the change is even on disk),
 // and the network level its new state calls for is applied.
 import type { Protocol, ProtocolAdapter } from './adapter.ts'
+import type { DeviceRecord } from './device.ts'
 import type { DeviceChange, Gateway } from './gateway.ts'
 import type { Logger } from './logger.ts'
 import { levelFor, NoneQuarantine, type QuarantineBackend, type QuarantineResult } from './quarantine.ts'
@@ -37,6 +38,22 @@ export class AccessEnforcer {
     this.#quarantine = opts.quarantine ?? new NoneQuarantine()
     this.#log = opts.log
     gw.onDeviceChange((c) => this.#onChange(c))
+    gw.onRecordChange((before, after) => {
+      // A change of state is #onChange's; one within a state (key, acl,
+      // renewed credential) closes what the new record would not admit.
+      if (before && before.state === after.state) this.#review(before, after)
+    })
+  }
+
+  #review(before: DeviceRecord, after: DeviceRecord): void {
+    const closed = noSessions()
+    let any = 0
+    for (const a of this.#adapters) {
+      const n = a.reviewSessions?.(before, after) ?? 0
+      closed[a.protocol] += n
+      any += n
+    }
+    if (any) this.#log?.info({ deviceId: after.spec.id, sessionsClosed: closed }, 'sessions closed: the changed record no longer admits them')
   }
 
   get backend(): string {
@@ -61,6 +78,16 @@ export class AccessEnforcer {
         doneAt: performance.now(),
       })),
     )
+  }
+
+  /** What the protocols learned of a device on the wire (e.g. Modbus device identification), by protocol; undefined when nothing. */
+  inventoryOf(deviceId: string): Record<string, Record<string, unknown>> | undefined {
+    let out: Record<string, Record<string, unknown>> | undefined
+    for (const a of this.#adapters) {
+      const info = a.inventory?.(deviceId)
+      if (info) (out ??= {})[a.protocol] = info
+    }
+    return out
   }
 
   /** Close every session of a device on every protocol; returns the counts. */

@@ -5,6 +5,8 @@ export const ErrorCodes = {
   KEY_FILE: 'key file cannot be used',
   STORE_LOCKED: 'data dir is in use by another agent',
   STORE_OPEN: 'store cannot be opened',
+  PORT_IN_USE: 'a port the agent listens on is taken',
+  PORT_DENIED: 'a port the agent listens on may not be bound by this user',
   ILLEGAL_TRANSITION: 'state transition not allowed',
   UNKNOWN_DEVICE: 'no such device',
   INVALID_DEVICE: 'device record is invalid',

@@ -4,7 +4,7 @@
 // and events are written in one atomic batch, in the order changes were made.
 import { existsSync } from 'node:fs'
 import { ActionQueue, type Act, type QueuedAction } from './action-queue.ts'
-import { AuditChain, type AuditInput } from './audit.ts'
+import { AuditChain, IDENTITY_KEY, type AuditInput } from './audit.ts'
 import { nowSeconds, systemClock, type Clock } from './clock.ts'
 import type { AgentConfig } from './config.ts'
 import { parseDeviceSpec, type DeviceRecord, type DeviceSpec, type DeviceState } from './device.ts'
@@ -17,7 +17,6 @@ import { applyTransition, type FromState, type Transition } from './state-machin
 import { Store, type WriteOp } from './store.ts'
 
 export const VERSION = '0.1.0'
-const IDENTITY_KEY = 'meta!identity'
 const DEFAULT_ACTION_DEADLINE_S = 30 * 24 * 3600
 /** Event types that only inform; at the outbox bound they are counted instead of queued. */
 const DROPPABLE_AT_BOUND = new Set(['alert.residual-use', 'credential.expiring', 'action.delivered', 'inventory'])
@@ -28,6 +27,8 @@ export interface Actor {
   reason?: string
   /** the command's jti, where a command caused it */
   jti?: string
+  /** a name the local client gave that the admin socket could not confirm (recorded beside the actor, never as it) */
+  claimedBy?: string
 }
 
 export interface DeviceChange {
@@ -44,6 +45,8 @@ export interface Change {
 }
 
 export type DeviceListener = (change: DeviceChange) => void
+/** Any replacement of a device record (state or not); `before` is undefined for a new device. */
+export type RecordListener = (before: DeviceRecord | undefined, after: DeviceRecord) => void
 
 /**
  * More to write in the same batch as a device change. As a function it is
@@ -80,9 +83,12 @@ export class Gateway {
   readonly #audit: AuditChain
   readonly #log: Logger
   readonly #deviceListeners = new Set<DeviceListener>()
+  readonly #recordListeners = new Set<RecordListener>()
   readonly #eventListeners = new Set<(events: StoredEvent[]) => void>()
   readonly #commitListeners = new Set<(change: Change) => void>()
   #droppedAtBound = 0
+  /** the event seq and audit head as far as they are on disk (…/status, PROTOCOL §3) */
+  #durable: { seq: number; audit: { seq: number; hash: string } }
   readonly #seenDirty = new Set<string>()
   #overBoundLogged = false
 
@@ -108,6 +114,7 @@ export class Gateway {
     this.outbox = init.outbox
     this.#audit = init.audit
     this.#log = init.log
+    this.#durable = { seq: init.outbox.lastSeq, audit: init.audit.head }
   }
 
   static async open(config: AgentConfig, opts: { log: Logger; clock?: Clock }): Promise<Gateway> {
@@ -147,9 +154,34 @@ export class Gateway {
     return nowSeconds(this.clock)
   }
 
+  /**
+   * The last event seq and the audit head as far as they are on disk: what
+   * `…/status` publishes (PROTOCOL §3). Both only grow; a control plane that
+   * sees either go back talks to a gateway restored from an old copy.
+   */
+  get durableHead(): { seq: number; audit: { seq: number; hash: string } } {
+    return this.#durable
+  }
+
+  /** The audit log's head (last entry's seq and hash) as far as appended in memory. */
+  get auditHead(): { seq: number; hash: string } {
+    return this.#audit.head
+  }
+
   onDeviceChange(listener: DeviceListener): () => void {
     this.#deviceListeners.add(listener)
     return () => this.#deviceListeners.delete(listener)
+  }
+
+  /**
+   * Called whenever a device record is replaced in memory (enrollment, a
+   * transition, a key or credential change), before the write, with the
+   * record before and after: PROTOCOL §4, every change of credential,
+   * rights or acl applies to live sessions at once.
+   */
+  onRecordChange(listener: RecordListener): () => void {
+    this.#recordListeners.add(listener)
+    return () => this.#recordListeners.delete(listener)
   }
 
   /**
@@ -198,7 +230,14 @@ export class Gateway {
       events.push(r.event)
       ops.push(...r.ops)
     }
-    await this.store.write(ops, opts)
+    // One signed head per batch that holds entries or events (see AuditChain.headOp).
+    if (change.audit?.length || events.length) ops.push(this.#audit.headOp(this.outbox.lastSeq))
+    const mark = { seq: this.outbox.lastSeq, audit: this.#audit.head }
+    // Events are always synced: a seq the control plane saw must never be
+    // handed out again after a power cut (§3: seq grows by exactly one).
+    await this.store.write(ops, { sync: opts.sync || events.length > 0 })
+    // Writes complete in order: what this batch made is now on disk.
+    if (mark.seq >= this.#durable.seq && mark.audit.seq >= this.#durable.audit.seq) this.#durable = mark
     if (events.length) for (const l of this.#eventListeners) l(events)
     for (const l of this.#commitListeners) {
       try {
@@ -213,6 +252,19 @@ export class Gateway {
   /** Commit a change built by a collaborator (command processor, protocol adapters via the core). */
   commit(change: Change, opts?: { sync: boolean }): Promise<StoredEvent[]> {
     return this.#commit(change, opts)
+  }
+
+  /** Replace a record in memory (the returned op persists it) and tell record listeners. */
+  #setRecord(before: DeviceRecord | undefined, record: DeviceRecord): WriteOp {
+    const op = this.registry.set(record)
+    for (const l of this.#recordListeners) {
+      try {
+        l(before, record)
+      } catch (err) {
+        this.#log.error({ err, deviceId: record.spec.id }, 'record change listener failed')
+      }
+    }
+    return op
   }
 
   #emit(change: DeviceChange): void {
@@ -261,14 +313,14 @@ export class Gateway {
     if (before?.lastSeenAt !== undefined) record.lastSeenAt = before.lastSeenAt
     // A TOFU pin survives an update of the record, not re-admission nor a move to another endpoint.
     if (before?.opcuaPin && before.state !== 'revoked' && before.spec.opcua?.endpoint === spec.opcua?.endpoint) record.opcuaPin = before.opcuaPin
-    const op = this.registry.set(record)
+    const op = this.#setRecord(before, record)
     const cause: Transition = 'enroll'
     this.#emit({ record, from, to, cause })
     const extra = resolveExtra(extraFn, record)
     const ops = [op, ...(extra.ops ?? [])]
     await this.#commit({
       ops,
-      audit: [{ actor: who.actor, action: 'device.enroll', subject: spec.id, data: { from, to, publicKey: spec.publicKey, jti: who.jti } }, ...(extra.audit ?? [])],
+      audit: [{ actor: who.actor, action: 'device.enroll', subject: spec.id, data: { from, to, publicKey: spec.publicKey, jti: who.jti, claimedBy: who.claimedBy } }, ...(extra.audit ?? [])],
       events: [...(from !== to ? [{ type: 'device.state', data: { deviceId: spec.id, from, to, cause } }] : []), ...(extra.events ?? [])],
     })
     return record
@@ -298,13 +350,13 @@ export class Gateway {
     const record: DeviceRecord = { ...before, state: to, updatedAt: now, stateChangedAt: to === before.state ? before.stateChangedAt : now }
     if (who.reason !== undefined) record.stateReason = who.reason
     else delete record.stateReason
-    const op = this.registry.set(record)
+    const op = this.#setRecord(before, record)
     const change = { record, from: before.state as FromState, to, cause: t }
     if (to !== before.state) this.#emit(change)
     const extra = resolveExtra(extraFn, record)
     await this.#commit({
       ops: [op, ...(extra.ops ?? [])],
-      audit: [{ actor: who.actor, action: `device.${t}`, subject: id, data: { from: before.state, to, reason: who.reason, jti: who.jti } }, ...(extra.audit ?? [])],
+      audit: [{ actor: who.actor, action: `device.${t}`, subject: id, data: { from: before.state, to, reason: who.reason, jti: who.jti, claimedBy: who.claimedBy } }, ...(extra.audit ?? [])],
       events: [...(to !== before.state ? [{ type: 'device.state', data: { deviceId: id, from: before.state, to, cause: t } }] : []), ...(extra.events ?? [])],
     })
     return { record, from: before.state, changed: to !== before.state }
@@ -315,9 +367,10 @@ export class Gateway {
    * with more to write in the same batch.
    */
   async updateDevice(id: string, mutate: (r: DeviceRecord) => DeviceRecord, extra: Change = {}, opts?: { sync: boolean }): Promise<DeviceRecord> {
-    const record = mutate(structuredClone(this.requireDevice(id)))
+    const before = this.requireDevice(id)
+    const record = mutate(structuredClone(before))
     record.updatedAt = this.nowS()
-    const op = this.registry.set(record)
+    const op = this.#setRecord(before, record)
     await this.#commit({ ...extra, ops: [op, ...(extra.ops ?? [])] }, opts)
     return record
   }
@@ -337,7 +390,7 @@ export class Gateway {
     await this.#commit({
       ops,
       audit: [
-        { actor: who.actor, action: 'action.queued', subject: id, data: { actionId: action.id, act, seq: action.seq, reason: who.reason, jti: who.jti, superseded: superseded.map((a) => a.id) } },
+        { actor: who.actor, action: 'action.queued', subject: id, data: { actionId: action.id, act, seq: action.seq, reason: who.reason, jti: who.jti, claimedBy: who.claimedBy, superseded: superseded.map((a) => a.id) } },
       ],
       events: [{ type: 'action.queued', data: { deviceId: id, actionId: action.id, act } }],
     })

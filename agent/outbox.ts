@@ -4,11 +4,11 @@
 // uplink publishes from here in seq order and deletes only after PUBACK.
 import type { KeyObject } from 'node:crypto'
 import { newJti } from '../firmware-hooks/wire/ids.ts'
+import { EVENT_SEQ_KEY } from './audit.ts'
 import { signJws } from './jws.ts'
 import { seqKey, type Store, type WriteOp } from './store.ts'
 
 export const EVENT_PREFIX = 'evt!'
-const EVENT_SEQ_KEY = 'meta!evt-seq'
 
 export interface EventInput {
   type: string

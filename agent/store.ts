@@ -6,6 +6,9 @@ import { join } from 'node:path'
 import { Level } from 'level'
 import { EdgewardenError } from './errors.ts'
 
+/** An explicit LevelDB snapshot: reads that name it see the store as it was when it was taken. */
+export type Snapshot = ReturnType<Level<string, string>['snapshot']>
+
 export type WriteOp = { type: 'put'; key: string; value: string } | { type: 'del'; key: string }
 
 interface Pending {
@@ -50,14 +53,14 @@ export class Store {
     return v === undefined ? undefined : (JSON.parse(v) as T)
   }
 
-  /** All entries whose key starts with `prefix`, in key order. */
-  async *scan(prefix: string): AsyncGenerator<[string, string]> {
-    for await (const batch of this.scanBatches(prefix)) yield* batch
+  /** All entries whose key starts with `prefix`, in key order (from `snapshot` where given). */
+  async *scan(prefix: string, opts: { snapshot?: Snapshot } = {}): AsyncGenerator<[string, string]> {
+    for await (const batch of this.scanBatches(prefix, 1000, opts)) yield* batch
   }
 
   /** The same, `size` entries at a time: one read from LevelDB per batch, not per entry (a 100,000-device registry loads at start). */
-  async *scanBatches(prefix: string, size = 1000): AsyncGenerator<[string, string][]> {
-    const it = this.db.iterator({ gte: prefix, lt: `${prefix}\xff` })
+  async *scanBatches(prefix: string, size = 1000, opts: { snapshot?: Snapshot } = {}): AsyncGenerator<[string, string][]> {
+    const it = this.db.iterator({ gte: prefix, lt: `${prefix}\xff`, ...(opts.snapshot ? { snapshot: opts.snapshot } : {}) })
     try {
       for (;;) {
         const batch = await it.nextv(size)

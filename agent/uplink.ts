@@ -12,6 +12,8 @@ export interface UplinkHandlers {
   onCommand(payload: Uint8Array): Promise<void>
   onUp(): void
   onDown(): void
+  /** What `…/status` says beside `online` and `version` (PROTOCOL §3: last event seq, audit head). */
+  status(): Record<string, unknown>
 }
 
 export interface UplinkTransport {
@@ -19,12 +21,16 @@ export interface UplinkTransport {
   start(handlers: UplinkHandlers): void
   /** Publish one event, QoS 1; resolves on PUBACK (the transport resends across reconnects until then). */
   publishEvent(payload: string): Promise<void>
+  /** Publish the retained status again (handlers.status() changed). */
+  publishStatus(): void
   stop(): Promise<void>
 }
 
 /** Events published but not yet acknowledged, at most. */
 const WINDOW = 256
 const BATCH = 512
+/** The retained status is refreshed at most this often while seq or the audit head move. */
+const STATUS_EVERY_MS = 1000
 
 export class Uplink {
   readonly #gw: Gateway
@@ -42,6 +48,10 @@ export class Uplink {
   #acked: number[] = []
   #flushTimer: NodeJS.Timeout | null = null
   #unsubscribe: (() => void) | null = null
+  #unsubscribeStatus: (() => void) | null = null
+  #statusTimer: NodeJS.Timeout | null = null
+  /** the status last handed to the transport */
+  #statusSent = ''
   readonly #drainWaiters: (() => void)[] = []
 
   constructor(gw: Gateway, transport: UplinkTransport, commands: CommandProcessor, log: Logger) {
@@ -56,9 +66,30 @@ export class Uplink {
     return this.#transport.connected
   }
 
+  /** PROTOCOL §3 status: the last event seq and the audit head, as far as on disk. */
+  #status(): Record<string, unknown> {
+    const h = this.#gw.durableHead
+    const status = { seq: h.seq, audit: { seq: h.audit.seq, hash: h.audit.hash } }
+    this.#statusSent = JSON.stringify(status)
+    return status
+  }
+
+  #scheduleStatus(): void {
+    if (this.#statusTimer || this.#stopped) return
+    this.#statusTimer = setTimeout(() => {
+      this.#statusTimer = null
+      const h = this.#gw.durableHead
+      if (!this.#transport.connected || JSON.stringify({ seq: h.seq, audit: h.audit }) === this.#statusSent) return
+      this.#transport.publishStatus()
+    }, STATUS_EVERY_MS)
+    this.#statusTimer.unref()
+  }
+
   start(): void {
     this.#unsubscribe = this.#gw.onEventsStored(() => this.#pump())
+    this.#unsubscribeStatus = this.#gw.onCommitted(() => this.#scheduleStatus())
     this.#transport.start({
+      status: () => this.#status(),
       onCommand: (payload) => this.#commands.handle(payload),
       onUp: () => {
         this.#log.info('uplink connected')
@@ -158,6 +189,8 @@ export class Uplink {
   async stop(): Promise<void> {
     this.#stopped = true
     this.#unsubscribe?.()
+    this.#unsubscribeStatus?.()
+    if (this.#statusTimer) clearTimeout(this.#statusTimer)
     if (this.#flushTimer) clearImmediate(this.#flushTimer as unknown as NodeJS.Immediate)
     await this.#flushAcks()
     await this.#transport.stop()

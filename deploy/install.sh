@@ -8,8 +8,9 @@
 # What it does (docs/operations.md explains each step):
 #   - checks Node.js >= 20.10 (and nft, for `quarantine: nftables`)
 #   - creates the system user and group `edgewarden` (no login, no home)
-#   - copies the agent to /opt/edgewarden and installs its runtime
-#     dependencies there (npm ci --omit=dev)
+#   - installs to /opt/edgewarden what the package ships (deploy/stage.sh:
+#     the files of `npm pack`, never keys, data dirs or exports lying in the
+#     checkout) and its runtime dependencies (npm ci --omit=dev)
 #   - puts an `edgewarden` command in /usr/local/bin that talks to the
 #     service's data dir
 #   - installs /etc/edgewarden/config.yaml from the example if there is none
@@ -44,9 +45,7 @@ fi
 # upgrade that fails half way leaves the running version intact.
 STAGE=$(mktemp -d "${PREFIX}.new.XXXXXX")
 trap 'rm -rf "$STAGE"' EXIT
-tar -C "$SRC" --exclude=./node_modules --exclude=./.git --exclude=./test --exclude=./bench \
-  --exclude='./edgewarden-data*' -cf - . | tar -C "$STAGE" -xf -
-(cd "$STAGE" && npm ci --omit=dev --no-audit --no-fund --loglevel=error)
+bash "$SRC/deploy/stage.sh" "$STAGE"
 chown -R root:root "$STAGE"
 chmod -R u=rwX,go=rX "$STAGE"
 if [ -d "$PREFIX" ]; then rm -rf "${PREFIX}.old" && mv "$PREFIX" "${PREFIX}.old"; fi

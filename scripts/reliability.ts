@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util'
 export const DEFAULT_SCALE = 4
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const DIRS = ['test/reliability', 'test/fuzz']
-const AREAS = ['fuzzing', 'crash consistency', 'uplink chaos', 'brute force', 'secrets']
+const AREAS = ['fuzzing', 'crash consistency', 'uplink chaos', 'uplink abuse', 'brute force', 'denial of service', 'secrets']
 
 export interface FigureRow {
   area: string

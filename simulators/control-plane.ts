@@ -1,6 +1,8 @@
 // A control plane for operators' tools, tests and demos: signs commands with
-// a CP key, publishes them to a gateway's command topic, and follows the
-// gateway's events, verifying each signature and watching for seq gaps.
+// a CP key, publishes them to a gateway's command topic (many at once through
+// a bounded window, re-sending what gets no answer), and follows the
+// gateway's events and retained status, verifying each signature, watching
+// for seq gaps and for a history that goes back (a restored gateway).
 // Built on the shared wire code; imports nothing from agent/.
 import { createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 'node:crypto'
 import { readFileSync } from 'node:fs'
@@ -36,9 +38,189 @@ export interface ControlPlaneOptions {
   password?: string
   /** TLS material for mqtts:// brokers */
   tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer }
+  /** connect() gives up after this long (a refused login or handshake fails sooner); default 30 s */
+  connectTimeoutMs?: number
 }
 
 export const TERMINAL = new Set(['cmd.completed', 'cmd.failed', 'cmd.rejected', 'cmd.duplicate'])
+
+/** The gateway's retained `…/status` (PROTOCOL §3); seq and audit are absent from the will and from older gateways. */
+export interface GatewayStatus {
+  online: boolean
+  version?: string
+  /** the gateway's last event seq */
+  seq?: number
+  /** the gateway's audit head */
+  audit?: { seq: number; hash: string }
+}
+
+/** Not JSON of that shape: null. */
+export function parseStatus(payload: string): GatewayStatus | null {
+  let v: unknown
+  try {
+    v = JSON.parse(payload)
+  } catch {
+    return null
+  }
+  if (!v || typeof v !== 'object' || typeof (v as { online?: unknown }).online !== 'boolean') return null
+  const o = v as Record<string, unknown>
+  const count = (n: unknown): n is number => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0
+  const a = o.audit as Record<string, unknown> | undefined
+  return {
+    online: o.online as boolean,
+    ...(typeof o.version === 'string' ? { version: o.version } : {}),
+    ...(count(o.seq) ? { seq: o.seq } : {}),
+    ...(a && typeof a === 'object' && count(a.seq) && typeof a.hash === 'string' ? { audit: { seq: a.seq, hash: a.hash } } : {}),
+  }
+}
+
+/** Unanswered commands at most: well below Mosquitto's default per-client queue of 1000 (PROTOCOL §3). */
+export const DEFAULT_WINDOW = 200
+export const DEFAULT_RESEND_AFTER_MS = 10_000
+export const DEFAULT_RESEND_MAX_MS = 60_000
+
+export interface SendAllOptions {
+  /** unanswered commands at most (default 200) */
+  window?: number
+  /** first re-send after this long without an answer (default 10 s); doubles each time up to resendMaxMs (default 60 s) */
+  resendAfterMs?: number
+  resendMaxMs?: number
+  /** the whole run: what is open then is reported as `accepted` or `unanswered` */
+  timeoutMs: number
+  /** settle at the answer (cmd.accepted, or cmd.duplicate saying accepted) instead of waiting for the outcome */
+  untilAccepted?: boolean
+  onSettled?(r: CommandResult, index: number): void
+  onResend?(jti: string, sentBefore: number): void
+}
+
+export interface CommandResult {
+  jti: string
+  /**
+   * completed, failed, rejected: the gateway's verdict (from its event, or a
+   * cmd.duplicate naming that state); accepted: taken, no outcome in time;
+   * unanswered: no answer at all in time
+   */
+  outcome: 'completed' | 'failed' | 'rejected' | 'accepted' | 'unanswered'
+  reason?: string
+  /** the event that settled it */
+  event?: GatewayEvent
+  /** times published (1: never re-sent) */
+  sends: number
+}
+
+export interface SendAllReport {
+  /** in the order given */
+  results: CommandResult[]
+  /** publications beyond the first of each command */
+  resends: number
+  /** cmd.duplicate answers received */
+  duplicates: number
+}
+
+/**
+ * What a control plane remembers of one gateway's history: the last event
+ * (seq, jti, iat) and the last status (seq, audit head). JSON as it is.
+ */
+export interface GatewayHistory {
+  seq: number
+  jti?: string
+  iat?: number
+  statusSeq?: number
+  audit?: { seq: number; hash: string }
+}
+
+export interface Rollback {
+  /** which number went back: an event's seq, the status' seq, or the status' audit head */
+  what: 'event-seq' | 'status-seq' | 'audit-head'
+  remembered: { seq: number; hash?: string }
+  seen: { seq: number; hash?: string }
+  detail: string
+}
+
+/** Events remembered by seq in this run, to tell a re-delivery from a new event at a seq already seen. */
+const RECENT_EVENTS = 4096
+
+/**
+ * PROTOCOL §3: a gateway's event seq and audit head only grow; seeing either
+ * go back means it was restored from an old copy of its data, and every
+ * decision sent to it since must be sent again. Fed every verified event
+ * and status, it returns a Rollback when that happens, then takes the
+ * gateway's new history as the baseline (one warning per restore, not one
+ * per event until the old numbers are passed again).
+ *
+ * Events are re-delivered by design (the gateway re-sends what its broker
+ * did not acknowledge; a persistent session re-sends what we did not), so
+ * an old seq alone is no proof: it is a rollback when the event at that seq
+ * is not the one seen before (another jti), or, for a seq not seen in this
+ * run, when it was signed after the last event remembered (a new event, not
+ * an old one again). A retained status is the last one the gateway
+ * published, maybe before events seen since: its seq is compared with the
+ * last status, a live one's with the last event too.
+ */
+export class HistoryGuard {
+  #h: GatewayHistory
+  readonly #recent = new Map<number, string>()
+
+  constructor(remembered: GatewayHistory = { seq: 0 }) {
+    this.#h = structuredClone(remembered)
+  }
+
+  get history(): GatewayHistory {
+    return structuredClone(this.#h)
+  }
+
+  event(e: { seq: number; jti: string; iat: number }): Rollback | null {
+    const h = this.#h
+    if (e.seq > h.seq) {
+      this.#advance(e)
+      return null
+    }
+    const before = this.#recent.get(e.seq) ?? (e.seq === h.seq ? h.jti : undefined)
+    if (before === e.jti) return null
+    if (before === undefined && !(h.iat !== undefined && e.iat > h.iat)) return null
+    const r: Rollback = {
+      what: 'event-seq',
+      remembered: { seq: h.seq },
+      seen: { seq: e.seq },
+      detail: before === undefined ? `event seq ${e.seq}, signed after event ${h.seq}, is a new event at a seq already passed` : `event seq ${e.seq} is not the event seen at that seq before`,
+    }
+    this.#recent.clear()
+    this.#h = { ...h, seq: e.seq, jti: e.jti, iat: e.iat, ...(h.statusSeq !== undefined ? { statusSeq: Math.min(h.statusSeq, e.seq) } : {}) }
+    this.#recent.set(e.seq, e.jti)
+    return r
+  }
+
+  status(s: GatewayStatus, retained: boolean): Rollback | null {
+    const h = this.#h
+    let r: Rollback | null = null
+    if (s.audit && h.audit) {
+      if (s.audit.seq < h.audit.seq) r = { what: 'audit-head', remembered: h.audit, seen: s.audit, detail: `audit head went back from entry ${h.audit.seq} to ${s.audit.seq}` }
+      else if (s.audit.seq === h.audit.seq && s.audit.hash !== h.audit.hash) r = { what: 'audit-head', remembered: h.audit, seen: s.audit, detail: `audit entry ${s.audit.seq} has another hash than before` }
+    }
+    if (!r && s.seq !== undefined) {
+      const floor = retained ? (h.statusSeq ?? 0) : Math.max(h.seq, h.statusSeq ?? 0)
+      if (s.seq < floor) r = { what: 'status-seq', remembered: { seq: floor }, seen: { seq: s.seq }, detail: `status says last event ${s.seq}, ${floor} was seen before` }
+    }
+    if (s.audit) h.audit = { ...s.audit }
+    if (s.seq !== undefined) h.statusSeq = s.seq
+    if (r && s.seq !== undefined && s.seq < h.seq) {
+      // The restored gateway numbers its next events from s.seq again: those are new, not a second warning.
+      this.#recent.clear()
+      h.seq = s.seq
+      delete h.jti
+      delete h.iat
+    }
+    return r
+  }
+
+  #advance(e: { seq: number; jti: string; iat: number }): void {
+    this.#h = { ...this.#h, seq: e.seq, jti: e.jti, iat: e.iat }
+    this.#recent.set(e.seq, e.jti)
+    if (this.#recent.size > RECENT_EVENTS) this.#recent.delete(this.#recent.keys().next().value!)
+  }
+}
+
+const times = (n: number): string => (n === 1 ? 'once' : `${n} times`)
 
 export function readPrivateKey(path: string): KeyObject {
   return createPrivateKey({ key: readFileSync(path, 'utf8'), format: 'pem' })
@@ -56,6 +238,8 @@ export class ControlPlane {
   readonly #gwKey: KeyObject | null
   #client: MqttClient | null = null
   readonly #listeners = new Set<(e: GatewayEvent) => void>()
+  readonly #statusListeners = new Set<(s: GatewayStatus, retained: boolean) => void>()
+  #status: GatewayStatus | null = null
   #lastSeq = 0
   readonly gaps: { from: number; to: number }[] = []
   readonly invalid: string[] = []
@@ -71,7 +255,16 @@ export class ControlPlane {
     return { cmd: `${this.#root}cmd`, evt: `${this.#root}evt`, status: `${this.#root}status` }
   }
 
-  /** Connect and subscribe to the gateway's events. */
+  /** The gateway's last status seen, null before any. */
+  get status(): GatewayStatus | null {
+    return this.#status
+  }
+
+  /**
+   * Connect and subscribe to the gateway's status and events. Rejects (and
+   * stops reconnecting) when the broker refuses the login or the TLS
+   * handshake fails, or after connectTimeoutMs.
+   */
   async connect(): Promise<void> {
     const o = this.#o
     const client = mqtt.connect(o.broker, {
@@ -86,14 +279,44 @@ export class ControlPlane {
     this.#client = client
     // Commands are small and latency matters: no Nagle delay behind unacknowledged PUBACKs.
     client.on('connect', () => (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true))
-    client.on('message', (topic, payload) => {
+    // What the status said is known again only once this connection got it
+    // (re-delivered as retained on resubscribe): a broker that restarted may
+    // have lost what it held for us meanwhile, so "online" must be fresh.
+    client.on('close', () => (this.#status = null))
+    client.on('message', (topic, payload, packet) => {
       if (topic === this.topics.evt) this.#onEvent(payload.toString('utf8'))
+      else if (topic === this.topics.status) this.#onStatus(payload.toString('utf8'), packet.retain)
     })
-    await new Promise<void>((resolve, reject) => {
-      client.once('connect', () => resolve())
-      client.once('error', reject)
-    })
-    await client.subscribeAsync(this.topics.evt, { qos: 1 })
+    const timeoutMs = o.connectTimeoutMs ?? 30_000
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no connection to ${o.broker} within ${timeoutMs} ms`)), timeoutMs)
+        client.once('connect', () => (clearTimeout(timer), resolve()))
+        client.once('error', (err) => (clearTimeout(timer), reject(err)))
+      })
+      // Status first: a broker that sends the retained status right after
+      // its SUBACK (Mosquitto does) has delivered it before the second
+      // SUBACK, so `status` is known once connect() resolves.
+      await client.subscribeAsync(this.topics.status, { qos: 1 })
+      await client.subscribeAsync(this.topics.evt, { qos: 1 })
+    } catch (err) {
+      this.#client = null
+      client.end(true)
+      throw err
+    }
+  }
+
+  #onStatus(raw: string, retained: boolean): void {
+    const s = parseStatus(raw)
+    if (!s) return
+    this.#status = s
+    for (const l of this.#statusListeners) l(s, retained)
+  }
+
+  /** Every status as it arrives; `retained` when the broker replayed its stored one (it may be older than events seen since). */
+  onStatus(listener: (s: GatewayStatus, retained: boolean) => void): () => void {
+    this.#statusListeners.add(listener)
+    return () => this.#statusListeners.delete(listener)
   }
 
   #onEvent(raw: string): void {
@@ -129,25 +352,16 @@ export class ControlPlane {
 
   /** Resolves once the gateway's retained status says online (its command subscription is in place by then). */
   async waitOnline(timeoutMs = 15_000): Promise<void> {
-    const client = this.#client
-    if (!client) throw new TypeError('ControlPlane: not connected')
-    const topic = this.topics.status
+    if (!this.#client) throw new TypeError('ControlPlane: not connected')
+    if (this.#status?.online === true && this.#client.connected) return
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => (client.off('message', onMessage), reject(new Error(`gateway not online within ${timeoutMs} ms`))), timeoutMs)
-      const onMessage = (t: string, p: Buffer): void => {
-        if (t !== topic) return
-        try {
-          if ((JSON.parse(p.toString()) as { online?: boolean }).online !== true) return
-        } catch {
-          return
-        }
+      const timer = setTimeout(() => (off(), reject(new Error(`gateway not online within ${timeoutMs} ms`))), timeoutMs)
+      const off = this.onStatus((s) => {
+        if (!s.online) return
         clearTimeout(timer)
-        client.off('message', onMessage)
-        void client.unsubscribeAsync(topic)
+        off()
         resolve()
-      }
-      client.on('message', onMessage)
-      client.subscribe(topic, { qos: 1 })
+      })
     })
   }
 
@@ -195,6 +409,138 @@ export class ControlPlane {
     const done = this.waitFor((e) => TERMINAL.has(e.type) && e.data.jti === jti, opts.timeoutMs)
     await this.publishRaw(jws)
     return done
+  }
+
+  /**
+   * Send many commands through a bounded window and resolve with each one's
+   * outcome (PROTOCOL §3). At most `window` are unanswered at once, so the
+   * broker's per-client queue (Mosquitto: max_queued_messages, 1000 by
+   * default) never overflows and drops them. One that gets no cmd.accepted,
+   * cmd.rejected or cmd.duplicate within its delay is published again, same
+   * jti, the delay doubling each time; so is an accepted one whose outcome
+   * does not come (its cmd.completed may have been lost on the way to us),
+   * which the gateway answers with cmd.duplicate and its current state.
+   * Re-sending is safe: the gateway runs a jti once. Nothing is re-sent
+   * while the gateway's status says offline: its persistent session holds
+   * what was sent, and copies would only fill that queue.
+   */
+  sendAll(commands: readonly { jti: string; jws: string }[], o: SendAllOptions): Promise<SendAllReport> {
+    if (!this.#client) throw new TypeError('ControlPlane: not connected')
+    const window = o.window ?? DEFAULT_WINDOW
+    const firstDelay = o.resendAfterMs ?? DEFAULT_RESEND_AFTER_MS
+    const maxDelay = Math.max(firstDelay, o.resendMaxMs ?? DEFAULT_RESEND_MAX_MS)
+    if (!(window >= 1) || !(firstDelay > 0) || !(o.timeoutMs > 0)) throw new TypeError('ControlPlane.sendAll: window, resendAfterMs and timeoutMs must be positive')
+    type Slot = {
+      i: number
+      jti: string
+      jws: string
+      /** queued: not sent yet, or an accepted one due for a check; sent: unanswered, in the window */
+      state: 'queued' | 'sent' | 'accepted' | 'done'
+      sends: number
+      delayMs: number
+      timer: NodeJS.Timeout | null
+      result: CommandResult | null
+    }
+    const slots: Slot[] = commands.map((c, i) => ({ i, jti: c.jti, jws: c.jws, state: 'queued', sends: 0, delayMs: firstDelay, timer: null, result: null }))
+    const byJti = new Map(slots.map((s) => [s.jti, s]))
+    if (byJti.size !== slots.length) throw new TypeError('ControlPlane.sendAll: a jti appears twice')
+    const due: Slot[] = [] // accepted ones whose check waits for room in the window
+    let next = 0
+    let unanswered = 0
+    let open = slots.length
+    let resends = 0
+    let duplicates = 0
+    return new Promise<SendAllReport>((resolve) => {
+      const finish = (): void => {
+        clearTimeout(overall)
+        off()
+        for (const s of slots) {
+          if (s.timer) clearTimeout(s.timer)
+          s.timer = null
+          if (s.result) continue
+          const accepted = s.state === 'accepted' || (s.state === 'queued' && s.sends > 0)
+          s.result = accepted
+            ? { jti: s.jti, outcome: 'accepted', reason: `accepted, no outcome within ${o.timeoutMs} ms`, sends: s.sends }
+            : { jti: s.jti, outcome: 'unanswered', reason: s.sends ? `no answer within ${o.timeoutMs} ms (sent ${times(s.sends)})` : `not sent within ${o.timeoutMs} ms`, sends: s.sends }
+        }
+        resolve({ results: slots.map((s) => s.result!), resends, duplicates })
+      }
+      const arm = (s: Slot): void => {
+        if (s.timer) clearTimeout(s.timer)
+        s.timer = setTimeout(() => onTimer(s), s.delayMs)
+      }
+      const publish = (s: Slot): void => {
+        if (s.sends > 0) {
+          resends++
+          o.onResend?.(s.jti, s.sends)
+        }
+        s.sends++
+        // A publish the client could not hand over is no different from one the broker dropped: the timer covers both.
+        this.publishRaw(s.jws).catch(() => {})
+        arm(s)
+      }
+      const fill = (): void => {
+        while (unanswered < window) {
+          const s = due.shift() ?? slots[next++]
+          if (!s) {
+            next = slots.length
+            return
+          }
+          if (s.state !== 'queued') continue
+          s.state = 'sent'
+          unanswered++
+          publish(s)
+        }
+      }
+      const onTimer = (s: Slot): void => {
+        s.timer = null
+        // While the gateway is away, or we are, a copy would only queue behind the original.
+        if (this.#status?.online === false || !this.#client?.connected) return arm(s)
+        s.delayMs = Math.min(maxDelay, s.delayMs * 2)
+        if (s.state === 'sent') publish(s)
+        else if (s.state === 'accepted') {
+          s.state = 'queued'
+          due.push(s)
+          fill()
+        }
+      }
+      const settle = (s: Slot, r: CommandResult): void => {
+        if (s.state === 'sent') unanswered--
+        if (s.timer) clearTimeout(s.timer)
+        s.timer = null
+        s.state = 'done'
+        s.result = r
+        o.onSettled?.(r, s.i)
+        if (--open === 0) finish()
+        else fill()
+      }
+      const off = this.onEvent((e) => {
+        const jti = e.data.jti
+        const s = typeof jti === 'string' ? byJti.get(jti) : undefined
+        // An event that fails its signature check settles nothing.
+        if (!s || e.verified === false) return
+        if (e.type === 'cmd.duplicate') duplicates++
+        if (s.state === 'done') return
+        const state = e.type === 'cmd.duplicate' ? String(e.data.state) : e.type.replace('cmd.', '')
+        // PROTOCOL §3: a duplicate that says accepted is an acceptance; its outcome is still to come.
+        if (state === 'accepted') {
+          if (o.untilAccepted) return settle(s, { jti: s.jti, outcome: 'accepted', event: e, sends: s.sends })
+          if (s.state === 'sent') {
+            unanswered--
+            s.state = 'accepted'
+            arm(s)
+            fill()
+          }
+          return
+        }
+        if (state !== 'completed' && state !== 'failed' && state !== 'rejected') return
+        const reason = typeof e.data.reason === 'string' ? e.data.reason : e.type === 'cmd.duplicate' ? `answered cmd.duplicate: ${state}` : undefined
+        settle(s, { jti: s.jti, outcome: state, event: e, sends: s.sends, ...(reason !== undefined ? { reason } : {}) })
+      })
+      const overall = setTimeout(finish, o.timeoutMs)
+      if (open === 0) return finish()
+      fill()
+    })
   }
 
   async close(): Promise<void> {

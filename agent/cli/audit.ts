@@ -1,9 +1,10 @@
 // `edgewarden audit verify|export`: straight from the store when the agent
 // is stopped, through the admin socket when it holds the store.
 import { join } from 'node:path'
-import { AUDIT_HEAD_KEY, AUDIT_PREFIX, exportAuditLog, verifyAuditLog, type AuditVerdict } from '../audit.ts'
+import { existsSync } from 'node:fs'
+import { AUDIT_HEAD_KEY, AUDIT_PREFIX, exportAuditLog, IDENTITY_KEY, verifyAuditLog, type AuditVerdict } from '../audit.ts'
 import { isEdgewardenError } from '../errors.ts'
-import { readKeyFile } from '../keys.ts'
+import { rawPublicKey, readKeyFile } from '../keys.ts'
 import { Store } from '../store.ts'
 import { adminRequest, expectOk } from './admin-client.ts'
 import { palette } from './colour.ts'
@@ -36,8 +37,8 @@ async function withProgress(store: Store, label: string, show: boolean): Promise
   if (!show || process.stderr.isTTY !== true) return { store, bar: null }
   const head = await store.getJson<{ seq?: number }>(AUDIT_HEAD_KEY)
   const bar = new ProgressBar(typeof head?.seq === 'number' ? head.seq : null, label)
-  async function* scan(prefix: string): AsyncGenerator<[string, string]> {
-    for await (const kv of store.scan(prefix)) {
+  async function* scan(prefix: string, opts?: Parameters<Store['scan']>[1]): AsyncGenerator<[string, string]> {
+    for await (const kv of store.scan(prefix, opts)) {
       if (prefix === AUDIT_PREFIX) bar.tick()
       yield kv
     }
@@ -52,6 +53,28 @@ async function withProgress(store: Store, label: string, show: boolean): Promise
   return { store: counted, bar }
 }
 
+export interface TrustedKey {
+  key: string
+  source: string
+}
+
+const SAME_PLACE = 'kept with the data it vouches for, so it proves less than a key pinned with --trust-key'
+
+/**
+ * The public keys a verify trusts, and where each came from: the pinned
+ * --trust-key ones where given; else the public half of --key or of the data
+ * dir's gateway key; else the key the store recorded at its first start.
+ * Verifying needs no private key.
+ */
+async function trustedKeys(store: Store, dataDir: string, pinned: string[], keyFile: string | undefined): Promise<TrustedKey[]> {
+  if (pinned.length) return pinned.map((key) => ({ key, source: 'pinned with --trust-key' }))
+  const file = keyFile ?? join(dataDir, 'gateway.key')
+  if (existsSync(file)) return [{ key: readKeyFile(file).publicKeyB64, source: `the public half of ${file}, ${SAME_PLACE}` }]
+  const identity = await store.getJson<{ publicKey?: string }>(IDENTITY_KEY)
+  if (identity?.publicKey) return [{ key: identity.publicKey, source: `recorded in the store itself at its first start, ${SAME_PLACE}` }]
+  throw new UsageError(`no key to verify with: no ${file}; give the gateway's public key with --trust-key (\`edgewarden identity\` prints it)`)
+}
+
 export async function runAudit(args: string[]): Promise<number> {
   const [sub, ...rest] = args
   const { values, positionals } = parseVerbArgs(rest, { key: { type: 'string' }, 'trust-key': { type: 'string', multiple: true }, json: { type: 'boolean' } })
@@ -59,23 +82,28 @@ export async function runAudit(args: string[]): Promise<number> {
   const dataDir = dataDirOf(values['data-dir'])
   const trust = (values['trust-key'] as string[] | undefined) ?? []
   if (sub === 'verify') {
-    let verdict = await withStore(dataDir, async (s) => {
-      const key = readKeyFile(typeof values.key === 'string' ? values.key : join(dataDir, 'gateway.key'))
+    for (const k of trust) if (!rawPublicKey(k)) throw new UsageError(`--trust-key ${k} is not a public key (base64url of 32 bytes, as \`edgewarden identity\` prints it)`)
+    let result = await withStore(dataDir, async (s) => {
+      const trusted = await trustedKeys(s, dataDir, trust, typeof values.key === 'string' ? values.key : undefined)
       const { store, bar } = await withProgress(s, 'verifying', true)
       try {
-        return await verifyAuditLog(store, [key.publicKeyB64, ...trust])
+        return { ...(await verifyAuditLog(store, trusted.map((k) => k.key))), trusted }
       } finally {
         bar?.finish()
       }
     })
-    if (verdict === null) {
+    if (result === null) {
       const q = trust.map((k) => `trust=${encodeURIComponent(k)}`).join('&')
-      verdict = expectOk(await adminRequest(dataDir, 'GET', `/v1/audit/verify${q ? `?${q}` : ''}`)) as unknown as AuditVerdict
+      result = expectOk(await adminRequest(dataDir, 'GET', `/v1/audit/verify${q ? `?${q}` : ''}`)) as unknown as AuditVerdict & { trusted: TrustedKey[] }
     }
     const p = palette()
+    const verdict = result
     if (values.json) out(JSON.stringify(verdict))
-    else if (verdict.ok) out(`${p.green('audit log verifies')}: ${verdict.entries} entries, head ${verdict.head}`)
-    else out(`${p.red(`audit log BROKEN at entry ${verdict.seq}`)}: ${verdict.problem} (${verdict.entries} entries verified before it)`)
+    else {
+      if (verdict.ok) out(`${p.green('audit log verifies')}: ${verdict.entries} entries, head ${verdict.head}`)
+      else out(`${p.red(`audit log BROKEN at entry ${verdict.seq}`)}: ${verdict.problem} (${verdict.entries} entries verified before it)`)
+      for (const k of verdict.trusted ?? []) out(`trusted key ${k.key} (${k.source})`)
+    }
     return verdict.ok ? 0 : 1
   }
   if (sub === 'export') {

@@ -42,6 +42,8 @@ async function add(args: string[]): Promise<number> {
     'opcua-tofu': { type: 'boolean' },
     ip: { type: 'string' },
     mac: { type: 'string' },
+    'acl-publish': { type: 'string', multiple: true },
+    'acl-subscribe': { type: 'string', multiple: true },
     reason: { type: 'string' },
     json: { type: 'boolean' },
   })
@@ -50,6 +52,9 @@ async function add(args: string[]): Promise<number> {
   if (values.criticality !== undefined && !(CRITICALITIES as readonly string[]).includes(values.criticality as string)) {
     throw new UsageError(`--criticality must be one of ${CRITICALITIES.join(', ')}`)
   }
+  // each qualifies a target: without it, it would be dropped without a word
+  if (values['modbus-legacy'] && typeof values.modbus !== 'string') throw new UsageError('--modbus-legacy goes with --modbus HOST:PORT/UNIT')
+  for (const f of ['opcua-cert-sha256', 'opcua-tofu'] as const) if (values[f] !== undefined && typeof values.opcua !== 'string') throw new UsageError(`--${f} goes with --opcua URL`)
   const device: Record<string, unknown> = { id, publicKey: values['public-key'] }
   if (values.criticality !== undefined) device.criticality = values.criticality
   if (values.owner !== undefined) device.owner = values.owner
@@ -63,6 +68,12 @@ async function add(args: string[]): Promise<number> {
   }
   if (values.ip !== undefined || values.mac !== undefined) {
     device.network = { ...(values.ip !== undefined ? { ip: values.ip } : {}), ...(values.mac !== undefined ? { mac: values.mac } : {}) }
+  }
+  // topic filters beyond the device's own namespace (PROTOCOL §5); the agent validates each
+  const aclPublish = values['acl-publish'] as string[] | undefined
+  const aclSubscribe = values['acl-subscribe'] as string[] | undefined
+  if (aclPublish !== undefined || aclSubscribe !== undefined) {
+    device.acl = { ...(aclPublish !== undefined ? { publish: aclPublish } : {}), ...(aclSubscribe !== undefined ? { subscribe: aclSubscribe } : {}) }
   }
   if (device.modbus === undefined && device.opcua === undefined) device.mqtt = {}
   const body = expectOk(await adminRequest(dataDirOf(values['data-dir']), 'POST', '/v1/devices', { device, ...(values.reason ? { reason: values.reason } : {}) }))
@@ -109,6 +120,8 @@ async function show(args: string[]): Promise<number> {
     `criticality   ${d.criticality}`,
     ...(d.owner ? [`owner         ${d.owner}`] : []),
     `protocols     ${d.protocols.join(', ')}`,
+    ...(d.spec.acl?.publish?.length ? [`acl publish   ${d.spec.acl.publish.join(' ')}`] : []),
+    ...(d.spec.acl?.subscribe?.length ? [`acl subscribe ${d.spec.acl.subscribe.join(' ')}`] : []),
     `public key    ${d.publicKey}`,
     `credential    expires ${fmtTime(d.credentialExpiresAt)}`,
     `last seen     ${fmtTime(d.lastSeenAt)}`,

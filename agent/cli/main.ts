@@ -72,12 +72,33 @@ function report(err: unknown): number {
   return 1
 }
 
+/**
+ * `--name VALUE` as `--name=VALUE` for every option that takes a value, as
+ * getopt does: parseArgs refuses a value that starts with a dash as
+ * ambiguous, and one base64url key in 64 does (`--public-key -Xy…`).
+ */
+export function bindValues(args: string[], options: Record<string, { type: 'string' | 'boolean' }>): string[] {
+  const out: string[] = []
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!
+    if (a === '--') {
+      out.push(...args.slice(i))
+      break
+    }
+    const name = a.startsWith('--') && !a.includes('=') ? a.slice(2) : null
+    if (name !== null && options[name]?.type === 'string' && i + 1 < args.length) out.push(`${a}=${args[++i]!}`)
+    else out.push(a)
+  }
+  return out
+}
+
 /** parseArgs for the small verbs: --data-dir everywhere, strict flags. */
 export function parseVerbArgs<T extends Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }>>(
   args: string[],
   options: T,
 ) {
-  return parseArgs({ args, options: { 'data-dir': { type: 'string' }, ...options }, strict: true, allowPositionals: true })
+  const all = { 'data-dir': { type: 'string' as const }, ...options }
+  return parseArgs({ args: bindValues(args, all), options: all, strict: true, allowPositionals: true })
 }
 
 export { EdgewardenError }

@@ -45,18 +45,24 @@ crosses the bound.
 
 ## Authentication throttling
 
-Failed MQTT connects are counted per client id and per source address (an
-IPv6 source by its /64) over \`authThrottleWindowS\`. Only credential
-failures count (bad or reused token, wrong key or audience, unknown device);
-refusals because of a device's state (revoked, quarantined, retired, lapsed
-credential) do not, and are reported as residual use instead. Past
-\`authFailuresPerClient\` a client id, past \`authFailuresPerAddress\` an
-address, is refused with CONNACK 5 for \`authBlockS\` before any signature
-is checked. One id's failures never block another id, and a device admitted
-in the last 30 days still gets through a blocked address (its own per-id
-limit applies), so a device behind the same NAT as an attacker keeps
-working. At most 10,000 ids and addresses are tracked (least recently used
-dropped).
+Failed MQTT connects are counted per source address (an IPv6 source by its
+/64) and per client id over \`authThrottleWindowS\`. Against the address
+counts every credential failure, garbage passwords included; against an id
+only a token that named that id and failed (wrong key, replayed, expired,
+wrong audience). Refusals because of a device's state (revoked,
+quarantined, retired, lapsed credential) count nowhere and are reported as
+residual use instead. Past \`authFailuresPerAddress\` an address, past
+\`authFailuresPerClient\` an id, is blocked for \`authBlockS\`.
+
+A block never locks out a valid credential: it decides how much work an
+attempt gets. While blocked, an attempt whose password does not have the
+shape of a token (three base64url parts) is refused with CONNACK 5 before
+anything is parsed, which makes a storm of garbage cost almost nothing; an
+attempt with a token's shape is checked in full, so a device with a valid
+token gets in from a blocked address (a NAT or LAN /64 it shares with an
+attacker) and under a blocked id (someone who knows its id), and a forged
+token costs one signature check. At most 10,000 ids and addresses are
+tracked (least recently used dropped).
 
 ## A commented file with every option
 

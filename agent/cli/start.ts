@@ -28,6 +28,8 @@ import { createMetrics } from '../metrics.ts'
 import { createLogger, type Logger } from '../logger.ts'
 import { openQuarantine, quarantineReport, registrySource } from '../quarantine-setup.ts'
 import type { QuarantineBackend } from '../quarantine.ts'
+import { bindValues } from './main.ts'
+import { describeStartFailure, snapshotDataDir } from './start-failure.ts'
 
 export interface RunningAgent {
   gateway: Gateway
@@ -94,6 +96,7 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
       tls: config.mqtt.tls,
       log: log.child({ component: 'site-broker' }),
       policy: mqttPolicy.handlers(),
+      sessions: mqttPolicy,
       connectTimeoutMs: config.connectTimeoutMs,
       maxPacketBytes: config.maxPacketBytes,
     })
@@ -117,7 +120,7 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
     // Modbus (PROTOCOL §7): one serialized link per device, shared by the SCADA proxy and the hook relay.
     const modbusIndex = new ModbusDeviceIndex(gateway, { timeoutMs: config.modbusTimeoutMs, log: log.child({ component: 'modbus' }) })
     stack.push(async () => modbusIndex.stop())
-    const modbusProxy = new ModbusProxy(modbusIndex, { listen: config.modbus, log: log.child({ component: 'modbus-proxy' }) })
+    const modbusProxy = new ModbusProxy(modbusIndex, { listen: config.modbus, ...config.modbusClients, log: log.child({ component: 'modbus-proxy' }) })
     await modbusProxy.start()
     stack.push(() => modbusProxy.stop())
     adapters.push(modbusProxy)
@@ -160,7 +163,10 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
     const commands = await CommandProcessor.create(gateway, enforcer, log.child({ component: 'commands' }))
     registerActionCommands(commands, { actions, retirements })
     await retirements.resumeClosing()
-    stack.push(() => commands.idle())
+    stack.push(async () => {
+      await commands.idle()
+      await commands.flushUnauthenticated()
+    })
     let uplink: Uplink | null = null
     if (config.uplink) {
       const transport = new MqttUplinkTransport({
@@ -218,11 +224,28 @@ export function flagsToKeys(values: Record<string, unknown>): Record<string, unk
   return out
 }
 
+/** The uplink URL as the ready line shows it: a password may contain `@`, which a pattern on the text gets wrong. */
+function withoutCredentials(url: string): string {
+  const u = new URL(url)
+  u.username = ''
+  u.password = ''
+  return u.href
+}
+
 export async function runStart(args: string[]): Promise<number> {
-  const { values } = parseArgs({ args, options: startFlagOptions(), strict: true, allowPositionals: false })
+  const options = startFlagOptions()
+  const { values } = parseArgs({ args: bindValues(args, options as Record<string, { type: 'string' | 'boolean' }>), options, strict: true, allowPositionals: false })
   const config = loadConfig({ flags: flagsToKeys(values), env: process.env })
   const log = createLogger(config.logLevel)
-  const agent = await startAgent(config, { log })
+  const before = snapshotDataDir(config.dataDir)
+  let agent: RunningAgent
+  try {
+    agent = await startAgent(config, { log })
+  } catch (err) {
+    // startAgent has stopped every part it started: the store is closed
+    before.undo(err)
+    throw describeStartFailure(err, config)
+  }
   const gw = agent.gateway
   // Handlers go in before `ready` is announced: a supervisor may signal the
   // moment it reads that line, and an unhandled SIGTERM kills without a clean stop.
@@ -246,7 +269,7 @@ export async function runStart(args: string[]): Promise<number> {
       http: agent.http ? { host: agent.http.host, port: agent.http.port } : null,
       modbus: agent.modbus.proxy.port,
       quarantine: agent.quarantine.name,
-      uplink: config.uplink ? config.uplink.url.replace(/\/\/[^@/]*@/, '//') : null,
+      uplink: config.uplink ? withoutCredentials(config.uplink.url) : null,
       cpKeys: Object.keys(config.cpKeys),
       devices: gw.registry.size,
     },

@@ -1,3 +1,4 @@
+import { FORWARDED_FUNCTIONS } from '../../protocols/modbus/mbap.ts'
 import { OPTIONS } from '../config.ts'
 
 export class UsageError extends Error {
@@ -7,7 +8,12 @@ export class UsageError extends Error {
   }
 }
 
-const startFlags = OPTIONS.map((o) => `  --${o.flag.padEnd(14)} ${o.doc}${o.default !== undefined ? ` (default ${typeof o.default === 'function' ? 'host name' : o.default})` : ''}`).join('\n')
+// Under --modbus-port: what the proxy forwards, from the list it checks requests against.
+const modbusNote = [
+  `proxy forwards FC ${[...FORWARDED_FUNCTIONS].map((f) => (f === 43 ? '43/14' : String(f))).join(', ')} to the device of the unit id;`,
+  'it answers 0x01 other functions, 0x02 hook writes, 0x03 malformed, 0x0A no active device, 0x0B no answer',
+].map((l) => `${' '.repeat(19)}${l}`).join('\n')
+const startFlags = OPTIONS.map((o) => `  --${o.flag.padEnd(14)} ${o.doc}${o.default !== undefined ? ` (default ${typeof o.default === 'function' ? 'host name' : o.default})` : ''}${o.key === 'modbusPort' ? `\n${modbusNote}` : ''}`).join('\n')
 
 export const USAGE = `edgewarden: the site gateway agent for device trust, quarantine and offboarding
 
@@ -19,7 +25,10 @@ Usage:
   edgewarden token --key FILE --device ID --gateway GW [--lifetime S] [--json]
                                          print a fresh device token (the MQTT password; default 300 s, at most 3600)
   edgewarden device add ID --public-key KEY [--criticality low|medium|high|safety] [--owner O]
-                        [--modbus HOST:PORT/UNIT] [--opcua URL] [--ip ADDR] [--mac MAC]
+                        [--modbus HOST:PORT/UNIT [--modbus-legacy]] [--opcua URL [--opcua-cert-sha256 HEX | --opcua-tofu]]
+                        [--ip ADDR] [--mac MAC] [--acl-publish FILTER]... [--acl-subscribe FILTER]... [--reason TEXT] [--json]
+                                         enroll a device; --modbus-legacy: it has no hook registers (nothing can be
+                                         relayed to it); --acl-*: MQTT topic filters granted beyond its own dev/ID/
   edgewarden device ls [--json]          list devices
   edgewarden device show ID [--json]     one device in full
   edgewarden device quarantine|release|revoke|retire|wipe|reenroll|renew ID [--reason TEXT]
@@ -39,12 +48,21 @@ Usage:
 
   edgewarden ctl keygen --out FILE       a control-plane key (pin its public key with --cp-key KID=KEY)
   edgewarden ctl send --broker URL --site S --gateway G --key FILE --kid ID OP [ARGS-JSON] [--wait]
-                      [--gateway-key KEY] [--timeout S] [--json]
-                                         sign and publish a command; --wait prints its events and outcome
-  edgewarden ctl watch --broker URL --site S --gateway G [--gateway-key KEY] [--count N] [--json]
-                                         print the gateway's events, verifying signatures, flagging seq gaps
+                      [--gateway-key KEY] [--timeout S] [--resend-after S] [--json]
+                                         sign and publish a command, re-sent (same jti) until the gateway answers;
+                                         --wait prints its events and outcome
+  edgewarden ctl watch --broker URL --site S --gateway G [--gateway-key KEY] [--count N] [--state FILE] [--json]
+                                         print the gateway's events, verifying signatures, flagging seq gaps; exit 1
+                                         and ROLLBACK when its seq or audit head goes back (restored from an old copy;
+                                         remembered in --state, default $XDG_STATE_HOME/edgewarden/watch.json)
   edgewarden ctl bulk --broker URL --site S --gateway G --key FILE --kid ID OP [--file F] [--args JSON] [--json]
-                                         one command per device id (from --file or stdin), with progress
+                      [--window N] [--resend-after S] [--timeout S]
+                                         one command per device id (from --file or stdin; JSON device records, one a
+                                         line, for device.enroll), with progress; at most N unanswered (default 200),
+                                         re-sent after S s (default 10, doubling); names every device not completed
+  ctl send, watch, bulk also take [--username U] [--password P | EDGEWARDEN_CTL_PASSWORD] [--ca FILE]
+                      [--cert FILE --cert-key FILE]
+                                         broker login, and TLS for mqtts:// (--key stays the signing key)
 
 Device and audit verbs talk to the running agent through <data-dir>/admin.sock
 (audit verbs open the store directly when the agent is not running).

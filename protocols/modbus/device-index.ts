@@ -2,10 +2,19 @@
 // each Modbus device. Kept coherent with the registry through device changes
 // (enrollment, re-enrollment with a new target, state changes); the state
 // itself is always read live from the registry, never cached here.
+//
+// It also keeps what each device says it is (Read Device Identification,
+// Modbus App Proto §6.21), for the inventory: read through the device's own
+// link, after the link's first answer, once per device and target. A device
+// that refuses the function, answers it badly or not at all is not asked
+// again until its target changes (asking again would hold up the link, and
+// a timeout would drop its connection, every time); one whose link went
+// down before it answered is asked again after the next answer.
 import type { DeviceRecord } from '../../agent/device.ts'
 import type { Gateway } from '../../agent/gateway.ts'
 import type { Logger } from '../../agent/logger.ts'
-import { DeviceLink, type ModbusTarget } from './device-link.ts'
+import { DeviceLink, ModbusLinkError, type ModbusTarget } from './device-link.ts'
+import { DeviceIdRefused, readBasicIdentification, type BasicIdentification } from './identification.ts'
 
 /** PROTOCOL §7: holding registers from hookBase; absent means the default. */
 export const DEFAULT_HOOK_BASE = 61440
@@ -34,7 +43,12 @@ export interface ModbusDeviceIndexOptions {
 
 type ReachabilityListener = (deviceId: string, up: boolean) => void
 
-const sameTarget = (a: ModbusTarget, b: ModbusTarget): boolean => a.host === b.host && a.port === b.port && a.unitId === b.unitId
+/** A device's target as a link sees it (strictUnitId defaults to true). */
+const targetOf = (m: NonNullable<DeviceRecord['spec']['modbus']>): Required<ModbusTarget> => ({ host: m.host, port: m.port, unitId: m.unitId, strictUnitId: m.strictUnitId ?? true })
+const sameTarget = (a: ModbusTarget, b: ModbusTarget): boolean => a.host === b.host && a.port === b.port && a.unitId === b.unitId && (a.strictUnitId ?? true) === (b.strictUnitId ?? true)
+
+/** What the gateway knows of a device's identification: being read, read (seconds since the epoch), or not to be asked again. */
+type Identity = { status: 'reading' } | { status: 'known'; info: BasicIdentification; atS: number } | { status: 'unsupported' }
 
 export class ModbusDeviceIndex {
   readonly #gw: Gateway
@@ -46,6 +60,7 @@ export class ModbusDeviceIndex {
   readonly #links = new Map<string, DeviceLink>()
   readonly #reachability = new Set<ReachabilityListener>()
   readonly #warnedAmbiguous = new Set<number>()
+  readonly #identity = new Map<string, Identity>()
   #unsubscribe: (() => void) | null = null
   #stopped = false
 
@@ -58,9 +73,11 @@ export class ModbusDeviceIndex {
       const link = this.#links.get(id)
       const m = record.spec.modbus
       // A new target (or no Modbus any more) replaces the link; cut-off is the adapter's closeSessions.
-      if (link && (!m || !sameTarget(link.target, m))) {
+      if (link && (!m || !sameTarget(link.target, targetOf(m)))) {
         link.destroy()
         this.#links.delete(id)
+        // another target may well be another device
+        this.#identity.delete(id)
       }
       // Only a change of a Modbus device (or of one that was) can change the
       // index: rebuilding on every change would cost O(registry) per change.
@@ -116,17 +133,16 @@ export class ModbusDeviceIndex {
     if (this.#stopped) return null
     const m = this.#gw.registry.get(deviceId)?.spec.modbus
     if (!m) return null
-    const link = new DeviceLink(
-      { host: m.host, port: m.port, unitId: m.unitId },
-      {
-        timeoutMs: this.#opts.timeoutMs,
-        log: this.#opts.log,
-        ...(this.#opts.maxQueue !== undefined ? { maxQueue: this.#opts.maxQueue } : {}),
-        onReachability: (up) => {
-          for (const l of this.#reachability) l(deviceId, up)
-        },
+    const link: DeviceLink = new DeviceLink(targetOf(m), {
+      timeoutMs: this.#opts.timeoutMs,
+      log: this.#opts.log,
+      ...(this.#opts.maxQueue !== undefined ? { maxQueue: this.#opts.maxQueue } : {}),
+      onReachability: (up) => {
+        for (const l of this.#reachability) l(deviceId, up)
+        // after the listeners: an action the relay delivers now goes before the inventory's read
+        if (up) this.#identify(deviceId, link)
       },
-    )
+    })
     this.#links.set(deviceId, link)
     return link
   }
@@ -138,6 +154,36 @@ export class ModbusDeviceIndex {
 
   sessionCount(deviceId: string): number {
     return this.#links.get(deviceId)?.connections ?? 0
+  }
+
+  /** The device's basic identification as it answered it, and when (seconds since the epoch); undefined until known. */
+  identification(deviceId: string): { info: BasicIdentification; atS: number } | undefined {
+    const id = this.#identity.get(deviceId)
+    return id?.status === 'known' ? { info: id.info, atS: id.atS } : undefined
+  }
+
+  /** Read the identification of an active device through its link, unless known, being read, or refused. */
+  #identify(deviceId: string, link: DeviceLink): void {
+    if (this.#stopped || this.#identity.has(deviceId) || this.#links.get(deviceId) !== link) return
+    // Only a device in use: a cut-off device's link is for its wipe alone.
+    if (this.#gw.registry.get(deviceId)?.state !== 'active') return
+    this.#identity.set(deviceId, { status: 'reading' })
+    const current = (): boolean => this.#links.get(deviceId) === link && this.#identity.get(deviceId)?.status === 'reading'
+    void readBasicIdentification((pdu) => link.request(pdu, 'gateway')).then(
+      (info) => {
+        if (!current()) return
+        this.#identity.set(deviceId, { status: 'known', info, atS: this.#gw.nowS() })
+        this.#opts.log.info({ deviceId, ...info }, 'modbus device identified')
+      },
+      (err: unknown) => {
+        if (!current()) return
+        // The device answered, or had its chance to: do not ask again. The link went: ask after the next answer.
+        const answered = err instanceof DeviceIdRefused || (err instanceof ModbusLinkError && (err.kind === 'timeout' || err.kind === 'bad-response' || err.kind === 'wrong-unit'))
+        if (answered) this.#identity.set(deviceId, { status: 'unsupported' })
+        else this.#identity.delete(deviceId)
+        this.#opts.log.debug({ deviceId, err, again: !answered }, 'modbus device identification not read')
+      },
+    )
   }
 
   stop(): void {

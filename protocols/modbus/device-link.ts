@@ -4,6 +4,18 @@
 // the relay's envelope writes must not interleave with anything). The
 // connection is always opened by the gateway, so it keeps working under the
 // wipe-only network rule set.
+//
+// One request is outstanding per connection, so an answer that fits the
+// request (isResponseTo) is its answer even when its transaction id is not
+// the one sent: some devices answer with a constant or their own counter.
+// What the device did with the first answer on a connection decides: one
+// that echoed the transaction id has told us its ids mean something, and
+// an answer from it with another id is a stale repeat of an earlier answer
+// (some serial gateways repeat themselves), skipped so it is never taken
+// for the next request's data. An answer whose unit id is
+// not the device's is accepted (`strictUnitId: false`: devices that answer
+// with a fixed unit id) or fails that one request at once (the default);
+// either way the connection stays up, since nothing is out of step.
 import { connect, type Socket } from 'node:net'
 import type { Logger } from '../../agent/logger.ts'
 import { encodeFrame, isResponseTo, MbapReader } from './mbap.ts'
@@ -12,15 +24,19 @@ export interface ModbusTarget {
   host: string
   port: number
   unitId: number
+  /** false: accept an answer whatever its unit id (device `modbus.strictUnitId`, default true) */
+  strictUnitId?: boolean
 }
 
 /**
  * Why a request got no answer from the device: `closed` (the gateway cut
  * the device off, closeSessions), `unreachable` (no connection, or it broke),
  * `timeout` (no answer within the bound), `bad-response` (an answer that
- * does not fit the request), `busy` (the queue for this device is full).
+ * does not fit the request), `wrong-unit` (an answer that fits, from another
+ * unit id, to a link with strictUnitId), `busy` (the queue for this device
+ * is full).
  */
-export type LinkFailure = 'closed' | 'unreachable' | 'timeout' | 'bad-response' | 'busy'
+export type LinkFailure = 'closed' | 'unreachable' | 'timeout' | 'bad-response' | 'wrong-unit' | 'busy'
 
 export class ModbusLinkError extends Error {
   readonly kind: LinkFailure
@@ -31,7 +47,8 @@ export class ModbusLinkError extends Error {
   }
 }
 
-export type RequestOrigin = 'proxy' | 'relay'
+/** who asked: a SCADA client through the proxy, the hook relay, or the gateway itself (the inventory's identification read) */
+export type RequestOrigin = 'proxy' | 'relay' | 'gateway'
 
 interface Job {
   pdu: Buffer
@@ -62,8 +79,11 @@ export class DeviceLink {
   #connected = false
   #reader = new MbapReader()
   #tid = 0
+  /** on this connection, the device's first answer carried the transaction id sent (echoes) or not (own) */
+  #tids: 'unknown' | 'echoes' | 'own' = 'unknown'
+  #toldTid = false
   /** the answer the current request waits for */
-  #waiting: { tid: number; fc: number; finish: (err: ModbusLinkError | null, pdu?: Buffer) => void } | null = null
+  #waiting: { tid: number; request: Buffer; finish: (err: ModbusLinkError | null, pdu?: Buffer) => void } | null = null
   /** ends the exchange in progress */
   #abort: ((err: ModbusLinkError) => void) | null = null
   #destroyed = false
@@ -169,8 +189,9 @@ export class DeviceLink {
         if (done) return
         const sock = this.#socket
         if (!sock || !this.#connected) return finish(new ModbusLinkError('unreachable', 'connection lost'))
-        this.#tid = (this.#tid + 1) & 0xffff
-        this.#waiting = { tid: this.#tid, fc: job.pdu[0]!, finish }
+        // 1..65535: a device that answers with transaction id 0 never looks like a duplicate
+        this.#tid = (this.#tid % 0xffff) + 1
+        this.#waiting = { tid: this.#tid, request: job.pdu, finish }
         sock.write(encodeFrame(this.#tid, this.target.unitId, job.pdu))
       }
       if (this.#connected && this.#socket && !this.#socket.destroyed) send()
@@ -184,6 +205,7 @@ export class DeviceLink {
       const sock = connect({ host: this.target.host, port: this.target.port })
       this.#socket = sock
       this.#reader = new MbapReader()
+      this.#tids = 'unknown'
       sock.setNoDelay(true)
       sock.once('connect', () => {
         this.#connected = true
@@ -209,12 +231,26 @@ export class DeviceLink {
     const { frames, error } = this.#reader.push(chunk)
     for (const f of frames) {
       const w = this.#waiting
-      // Answers to a request that already timed out, or for another unit, are not ours.
-      if (!w || f.transactionId !== w.tid || f.unitId !== this.target.unitId) continue
-      if (!isResponseTo(w.fc, f.pdu)) {
-        w.finish(new ModbusLinkError('bad-response', `answer with function ${f.pdu[0]} to a request with function ${w.fc}`))
+      // An answer with no request waiting (to one that already failed) is nobody's.
+      if (!w) continue
+      const fits = isResponseTo(w.request, f.pdu)
+      if (f.transactionId !== w.tid) {
+        if (!fits || this.#tids === 'echoes') continue
+        this.#tids = 'own'
+        if (!this.#toldTid) {
+          this.#toldTid = true
+          this.#opts.log.debug({ target: this.#name, sent: w.tid, answered: f.transactionId }, 'modbus device answers with another transaction id: answers taken by their fit to the one request outstanding')
+        }
+      }
+      if (!fits) {
+        w.finish(new ModbusLinkError('bad-response', `answer with function ${f.pdu[0]} to a request with function ${w.request[0]}`))
         this.#dropSocket()
         return
+      }
+      if (this.#tids === 'unknown') this.#tids = 'echoes'
+      if (f.unitId !== this.target.unitId && this.target.strictUnitId !== false) {
+        w.finish(new ModbusLinkError('wrong-unit', `answer from unit id ${f.unitId} to a request for unit id ${this.target.unitId} (strictUnitId)`))
+        continue
       }
       w.finish(null, f.pdu)
     }
@@ -222,6 +258,10 @@ export class DeviceLink {
       this.#waiting?.finish(new ModbusLinkError('bad-response', `device stream is not MBAP (${error})`))
       this.#dropSocket()
     }
+  }
+
+  get #name(): string {
+    return `${this.target.host}:${this.target.port}`
   }
 
   #dropSocket(): void {

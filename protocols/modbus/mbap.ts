@@ -3,6 +3,7 @@
 // The proxy owns this rather than modbus-serial's ServerTCP, which can
 // neither answer gateway exceptions 0x0A/0x0B nor hold up under a length
 // field that lies. Pure: bytes in, frames or a verdict out.
+import { FC_MEI, MEI_READ_DEVICE_ID, parseDeviceIdAnswer, READ_DEVICE_ID_CODES } from './identification.ts'
 
 /** MBAP header: transaction id, protocol id, length, unit id. */
 export const MBAP_HEADER_LEN = 7
@@ -52,16 +53,18 @@ export function exceptionPdu(functionCode: number, code: ExceptionCode | number)
 /**
  * Incremental MBAP reader for one TCP stream: push() whatever arrived, get
  * the complete frames out; a frame split over segments waits for the rest,
- * several in one segment come out together. It never holds more than one
- * incomplete frame (at most MAX_ADU_LEN - 1 bytes). A header that cannot be
- * MBAP (protocol id not 0, length field outside 2..254) is a FramingError:
- * the stream is lost and the caller closes it.
+ * several in one segment come out together. A reader that must not take
+ * more frames than it can answer (the proxy, under backpressure) feed()s
+ * the bytes and takes frames one by one with next(): what it holds is then
+ * what was fed and not yet taken, at most one read of the socket. A header
+ * that cannot be MBAP (protocol id not 0, length field outside 2..254) is a
+ * FramingError: the stream is lost and the caller closes it.
  */
 export class MbapReader {
   #buf: Buffer = Buffer.alloc(0)
   #error: FramingError | null = null
 
-  /** Bytes held for a frame not yet complete. */
+  /** Bytes held: an incomplete frame, and frames fed but not yet taken. */
   get pending(): number {
     return this.#buf.length
   }
@@ -71,39 +74,52 @@ export class MbapReader {
   }
 
   push(chunk: Uint8Array): { frames: MbapFrame[]; error: FramingError | null } {
+    this.feed(chunk)
     const frames: MbapFrame[] = []
-    if (this.#error) return { frames, error: this.#error }
-    this.#buf = this.#buf.length === 0 ? Buffer.from(chunk) : Buffer.concat([this.#buf, chunk])
-    while (this.#buf.length >= 6) {
-      const protocolId = this.#buf.readUInt16BE(2)
-      const length = this.#buf.readUInt16BE(4)
-      // The header is checked as soon as its first six bytes are in, so a
-      // lying length field is caught before anything is waited for.
-      if (protocolId !== 0) return this.#fail('bad-protocol-id', frames)
-      if (length < 2 || length > MAX_LENGTH_FIELD) return this.#fail('bad-length', frames)
-      const total = 6 + length
-      if (this.#buf.length < total) break
-      frames.push({
-        transactionId: this.#buf.readUInt16BE(0),
-        unitId: this.#buf.readUInt8(6),
-        pdu: Buffer.from(this.#buf.subarray(MBAP_HEADER_LEN, total)),
-      })
-      this.#buf = this.#buf.subarray(total)
-    }
-    return { frames, error: null }
+    for (let f = this.next(); f; f = this.next()) frames.push(f)
+    return { frames, error: this.#error }
   }
 
-  #fail(error: FramingError, frames: MbapFrame[]): { frames: MbapFrame[]; error: FramingError } {
+  feed(chunk: Uint8Array): void {
+    if (this.#error) return
+    this.#buf = this.#buf.length === 0 ? Buffer.from(chunk) : Buffer.concat([this.#buf, chunk])
+  }
+
+  /** The next complete frame, or null: more bytes are needed, or the stream is lost (see `error`). */
+  next(): MbapFrame | null {
+    if (this.#error || this.#buf.length < 6) return null
+    const protocolId = this.#buf.readUInt16BE(2)
+    const length = this.#buf.readUInt16BE(4)
+    // The header is checked as soon as its first six bytes are in, so a
+    // lying length field is caught before anything is waited for.
+    if (protocolId !== 0) return this.#fail('bad-protocol-id')
+    if (length < 2 || length > MAX_LENGTH_FIELD) return this.#fail('bad-length')
+    const total = 6 + length
+    if (this.#buf.length < total) return null
+    const frame = {
+      transactionId: this.#buf.readUInt16BE(0),
+      unitId: this.#buf.readUInt8(6),
+      pdu: Buffer.from(this.#buf.subarray(MBAP_HEADER_LEN, total)),
+    }
+    this.#buf = this.#buf.subarray(total)
+    return frame
+  }
+
+  #fail(error: FramingError): null {
     this.#error = error
     this.#buf = Buffer.alloc(0)
-    return { frames, error }
+    return null
   }
 }
 
 // --- requests ---------------------------------------------------------------
 
-/** The function codes the proxy forwards; anything else is answered 0x01 by the gateway. */
-export const FORWARDED_FUNCTIONS = new Set([1, 2, 3, 4, 5, 6, 15, 16, 22, 23])
+/**
+ * The function codes the proxy forwards; anything else is answered 0x01 by
+ * the gateway. 17 (Report Server ID) and 43 (only MEI type 14, Read Device
+ * Identification) are read-only: what SCADA and asset-inventory tools ask.
+ */
+export const FORWARDED_FUNCTIONS = new Set([1, 2, 3, 4, 5, 6, 15, 16, 17, 22, 23, 43])
 
 export interface RequestShape {
   functionCode: number
@@ -173,15 +189,75 @@ export function checkRequest(pdu: Buffer): RequestCheck {
       if (!range(readStart, readQty) || !range(writeStart, writeQty)) return bad(ModbusException.ILLEGAL_DATA_ADDRESS)
       return { ok: true, request: { functionCode: fc, writes: [{ start: writeStart, quantity: writeQty }] } }
     }
+    case 17: {
+      // §6.13 Report Server ID: the function code alone
+      if (pdu.length !== 1) return bad(ModbusException.ILLEGAL_DATA_VALUE)
+      return { ok: true, request: { functionCode: fc, writes: [] } }
+    }
+    case FC_MEI: {
+      // §6.19: other MEI types (13, CANopen General Reference) are not forwarded
+      if (pdu.length >= 2 && pdu[1] !== MEI_READ_DEVICE_ID) return bad(ModbusException.ILLEGAL_FUNCTION)
+      // §6.21: MEI type, Read Device ID code 1..4, object id; a bad code is 0x03
+      if (pdu.length !== 4 || !(READ_DEVICE_ID_CODES as readonly number[]).includes(pdu[2]!)) return bad(ModbusException.ILLEGAL_DATA_VALUE)
+      return { ok: true, request: { functionCode: fc, writes: [] } }
+    }
     default:
       return bad(ModbusException.ILLEGAL_FUNCTION)
   }
 }
 
-/** Does a device's answer fit the request it answers: same function, or its exception, and a sane length? */
-export function isResponseTo(requestFc: number, pdu: Buffer): boolean {
+/**
+ * Does a device's answer fit the request it answers (Modbus App Proto §6,
+ * the response of each function)? Its exception (function | 0x80 and one
+ * code byte), or the same function with the length that function's answer
+ * has. Given the request PDU rather than only its function code, the answer
+ * must also match it: the byte count of a read is that of the quantity
+ * asked, a write echoes the address (and value or quantity) written, Read
+ * Device Identification echoes the Read Device ID code. The link keeps one
+ * request outstanding per connection, so an answer that fits is the answer.
+ */
+export function isResponseTo(request: Buffer | number, pdu: Buffer): boolean {
+  const req = typeof request === 'number' ? null : request
+  const requestFc = typeof request === 'number' ? request : request[0]!
   if (pdu.length < 2 || pdu.length > MAX_PDU_LEN) return false
   const fc = pdu[0]!
   if (fc === (requestFc | 0x80)) return pdu.length === 2
-  return fc === requestFc
+  if (fc !== requestFc) return false
+  const byteCount = pdu[1]!
+  const counted = byteCount === pdu.length - 2
+  const qty = (at: number): number | null => (req && req.length >= at + 2 ? u16(req, at) : null)
+  switch (fc) {
+    case 1:
+    case 2: {
+      const q = qty(3)
+      return counted && byteCount >= 1 && (q === null || byteCount === Math.ceil(q / 8))
+    }
+    case 3:
+    case 4: {
+      const q = qty(3)
+      return counted && byteCount >= 2 && byteCount % 2 === 0 && (q === null || byteCount === q * 2)
+    }
+    case 23: {
+      const q = qty(3)
+      return counted && byteCount >= 2 && byteCount % 2 === 0 && (q === null || byteCount === q * 2)
+    }
+    case 5:
+    case 6:
+      // the answer is the request echoed
+      return pdu.length === 5 && (req === null || pdu.equals(req))
+    case 15:
+    case 16:
+      return pdu.length === 5 && (req === null || pdu.subarray(1, 5).equals(req.subarray(1, 5)))
+    case 22:
+      return pdu.length === 7 && (req === null || pdu.equals(req))
+    case 17:
+      // byte count, then the server id and the run indicator, then device-specific data
+      return counted && byteCount >= 1
+    case FC_MEI: {
+      const answer = parseDeviceIdAnswer(pdu)
+      return answer !== null && (req === null || (req[1] === MEI_READ_DEVICE_ID && answer.code === req[2]))
+    }
+    default:
+      return true
+  }
 }

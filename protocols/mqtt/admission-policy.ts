@@ -3,15 +3,18 @@
 // residual-use reporting (§4). Decisions come from the core (DeviceAdmission,
 // the registry); this file only speaks aedes.
 import type { AedesOptions, AuthenticateError, Client } from 'aedes'
-import { currentRights, DeviceAdmission, type AdmissionRefusal } from '../../agent/admission.ts'
-import { AuthThrottle } from '../../agent/auth-throttle.ts'
+import { currentRights, DeviceAdmission, grantHolds, keysRemoved, type AdmissionRefusal, type SessionGrant } from '../../agent/admission.ts'
+import { AuthThrottle, hasTokenShape } from '../../agent/auth-throttle.ts'
+import type { DeviceRecord } from '../../agent/device.ts'
 import type { Gateway } from '../../agent/gateway.ts'
 import type { Logger } from '../../agent/logger.ts'
 import { ResidualUseMonitor } from '../../agent/residual-use.ts'
-import { mayPublish, mayReceive, maySubscribe } from './topic-rules.ts'
+import { aclCovers, mayPublish, mayReceive, maySubscribe, type TopicAcl } from './topic-rules.ts'
 
 /** Refusals that say nothing about the credentials (the device's state, our store): never throttled. */
 const NOT_GUESSING: ReadonlySet<AdmissionRefusal> = new Set<AdmissionRefusal>(['quarantined', 'revoked', 'retired', 'credential-expired', 'unavailable'])
+/** Refusals of a password that named no enrolled identity: they count against the source only. */
+const NAMES_NO_ID: ReadonlySet<AdmissionRefusal> = new Set<AdmissionRefusal>(['malformed-token', 'bad-alg', 'unknown-device'])
 /** Longest topic or filter a device may use; longer ones are refused like any unauthorized one. */
 export const MAX_TOPIC_LENGTH = 1024
 
@@ -22,6 +25,8 @@ export class MqttAdmissionPolicy {
   readonly throttle: AuthThrottle
   readonly #gw: Gateway
   readonly #log: Logger
+  /** what each live session was admitted with, and the acl it was last judged under */
+  readonly #grants = new WeakMap<Client, SessionGrant & { acl: TopicAcl | undefined }>()
 
   private constructor(gw: Gateway, admission: DeviceAdmission, residual: ResidualUseMonitor, log: Logger) {
     this.#gw = gw
@@ -38,8 +43,19 @@ export class MqttAdmissionPolicy {
   }
 
   /** The aedes handlers. */
-  handlers(): Pick<AedesOptions, 'authenticate' | 'authorizePublish' | 'authorizeSubscribe' | 'authorizeForward'> {
+  handlers(): Pick<AedesOptions, 'preConnect' | 'authenticate' | 'authorizePublish' | 'authorizeSubscribe' | 'authorizeForward'> {
     return {
+      preConnect: (client, packet, done) => {
+        // [MQTT-3.1.3-8]: a zero-byte client id with clean session off gets
+        // CONNACK 0x02 (identifier rejected). aedes would make one up and go on.
+        const p = packet as { clientId?: string; clean?: boolean; protocolVersion?: number }
+        if (p.protocolVersion === 4 && !p.clientId && p.clean === false) {
+          const conn = client.conn as { write(b: Buffer, cb: () => void): boolean; destroyed?: boolean }
+          if (conn.destroyed) return done(new Error('identifier rejected'), false)
+          return void conn.write(Buffer.from([0x20, 0x02, 0x00, 0x02]), () => done(new Error('identifier rejected'), false))
+        }
+        done(null, true)
+      },
       authenticate: (client, username, password, done) => this.#authenticate(client, username, password, done),
       authorizePublish: (client, packet, done) => this.#authorizePublish(client, packet, done),
       authorizeSubscribe: (client, sub, done) => {
@@ -51,8 +67,12 @@ export class MqttAdmissionPolicy {
         if (rights === 'wipe-only') this.#residual(client, id, `subscribe to ${sub.topic} beyond wipe-only rights`)
         done(null, null) // SUBACK 0x80 [MQTT-3.9.3]
       },
-      // A granted wildcard (acl `#`, `dev/+/#`) never carries another identity's commands, retained ones included.
-      authorizeForward: (client, packet) => (mayReceive(client.id, packet.topic) ? packet : null),
+      // The receiver's rights now (PROTOCOL §4), for live, queued and retained messages alike.
+      authorizeForward: (client, packet) => {
+        const record = this.#gw.registry.get(client.id)
+        const rights = currentRights(this.#gw, record)
+        return rights && mayReceive(client.id, rights, record?.spec.acl, packet.topic) ? packet : null
+      },
     }
   }
 
@@ -64,9 +84,14 @@ export class MqttAdmissionPolicy {
   ): void {
     const remote = remoteOf(client)
     const block = this.throttle.check(client.id, remote)
-    if (block) {
-      // Refused before any token work. A cut identity's attempt is still residual use (PROTOCOL §4).
+    if (block && !hasTokenShape(password)) {
+      // Refused before anything is parsed: a storm of garbage costs a map
+      // lookup each. A password with the shape of a token is checked in full
+      // below, so a valid one gets in whoever else failed here (auth-throttle.ts).
+      this.throttle.refusedBy(block)
+      this.throttle.failure(client.id, remote, 'garbage')
       this.#log.debug({ deviceId: client.id, remote, scope: block.scope, untilS: block.untilS }, 'connect refused: authentication throttled')
+      // A cut identity's attempt is still residual use (PROTOCOL §4).
       this.admission.reportRefused({ protocol: 'mqtt', clientId: client.id, username, ...(remote ? { remote } : {}) }, 'throttled')
       return done(Object.assign(new Error('connect refused: throttled'), { returnCode: 5 } as const), false)
     }
@@ -75,11 +100,12 @@ export class MqttAdmissionPolicy {
       .then(
         (d) => {
           if (!d.ok) {
-            if (!NOT_GUESSING.has(d.reason)) this.throttle.failure(client.id, remote)
+            if (!NOT_GUESSING.has(d.reason)) this.throttle.failure(client.id, remote, NAMES_NO_ID.has(d.reason) ? 'garbage' : 'credential')
             // [MQTT-3.2.2-5]: 4 bad user name or password (not a JWS), 5 not authorized (every other refusal)
             return done(Object.assign(new Error(`connect refused: ${d.reason}`), { returnCode: d.reason === 'malformed-token' ? 4 : 5 } as const), false)
           }
           this.throttle.success(client.id)
+          this.#grants.set(client, { key: d.key, rights: d.rights, acl: this.#gw.registry.get(client.id)?.spec.acl })
           // aedes registers the session a moment after this: a cut landing in
           // between would find no session to close, so check once more when
           // the connect completes (the enforcer covers every later cut).
@@ -110,6 +136,28 @@ export class MqttAdmissionPolicy {
     if (rights === 'wipe-only') this.#residual(client, id, `${what} to ${packet.topic} beyond wipe-only rights`)
     // PROTOCOL §5: never delivered nor retained; aedes closes the connection [MQTT-3.3.5-2]
     done(new Error(`${what} to ${packet.topic} not authorized`))
+  }
+
+  /**
+   * PROTOCOL §4: whether a live session stays after its device's record
+   * changed: the new record still admits it (its key valid, rights no fewer)
+   * and grants at least the acl it was judged under. A kept session is then
+   * judged under the new record.
+   */
+  keeps(client: Client, after: DeviceRecord): boolean {
+    const g = this.#grants.get(client)
+    if (!g) return false
+    const rights = grantHolds(this.#gw, g, after)
+    if (rights === null || !aclCovers(after.spec.acl, g.acl)) return false
+    g.rights = rights
+    g.acl = after.spec.acl
+    return true
+  }
+
+  /** Whether a record change takes anything away (a key, full rights, acl filters): a stored session of the old record must go. */
+  narrowed(before: DeviceRecord, after: DeviceRecord): boolean {
+    const nowS = this.#gw.nowS()
+    return keysRemoved(before, after, nowS) || currentRights(this.#gw, after) !== currentRights(this.#gw, before) || !aclCovers(after.spec.acl, before.spec.acl)
   }
 
   #residual(client: Client | null, deviceId: string, detail: string): void {

@@ -5,7 +5,24 @@ import { createServer as createTcpServer, type AddressInfo, type Server, type So
 import { createServer as createTlsServer } from 'node:tls'
 import { Aedes, type AedesOptions, type Client } from 'aedes'
 import type { ProtocolAdapter } from '../../agent/adapter.ts'
+import type { DeviceRecord } from '../../agent/device.ts'
 import type { Logger } from '../../agent/logger.ts'
+
+/** The part of aedes' persistence (aedes-persistence) that holds a client's session between connections. */
+interface StoredSessions {
+  cleanSubscriptions(client: { id: string }): Promise<void>
+  outgoingStream(client: { id: string }): AsyncIterable<unknown>
+  outgoingClearMessageId(client: { id: string }, packet: unknown): Promise<unknown>
+  delWill(client: { id: string }): Promise<unknown>
+  cleanIncoming?(client: { id: string }): Promise<void>
+}
+const persistenceOf = (aedes: Aedes): StoredSessions => (aedes as unknown as { persistence: StoredSessions }).persistence
+
+/** How live sessions follow a change of their device's record (PROTOCOL §4): the admission policy's. */
+export interface SessionReview {
+  keeps(client: Client, after: DeviceRecord): boolean
+  narrowed(before: DeviceRecord, after: DeviceRecord): boolean
+}
 
 export interface SiteBrokerOptions {
   host: string
@@ -18,6 +35,9 @@ export interface SiteBrokerOptions {
   connectTimeoutMs?: number
   /** a packet whose fixed header announces more is refused and its connection closed */
   maxPacketBytes?: number
+  /** a client that stops reading is disconnected once this much waits unsent for it (default 16 × maxPacketBytes, at least 1 MiB) */
+  maxClientBufferBytes?: number
+  sessions?: SessionReview
 }
 
 export class SiteBroker implements ProtocolAdapter {
@@ -28,6 +48,8 @@ export class SiteBroker implements ProtocolAdapter {
   /** live clients by device id (client id = device id, PROTOCOL §5) */
   readonly #clients = new Map<string, Set<Client>>()
   #ports: { mqtt?: number; mqtts?: number } = {}
+  /** stored sessions being forgotten */
+  readonly #forgetting = new Set<Promise<void>>()
 
   constructor(opts: SiteBrokerOptions) {
     this.#opts = opts
@@ -55,16 +77,28 @@ export class SiteBroker implements ProtocolAdapter {
     })
     aedes.on('connectionError', (_c, err) => log.debug({ err: err.message }, 'mqtt connection error'))
     const max = this.#opts.maxPacketBytes
-    const handle = max === undefined ? aedes.handle : (conn: Socket): void => guardPacketSize(aedes.handle(conn).conn as Socket, max, log)
-    // Small packets (CONNACK, SUBACK, actions, PUBACKs): sent at once, not held by Nagle.
-    const plain = createTcpServer({ noDelay: true }, handle)
-    this.#ports.mqtt = await listen(plain, this.#opts.port, this.#opts.host)
-    this.#servers.push(plain)
-    const tls = this.#opts.tls
-    if (tls) {
-      const secure = createTlsServer({ cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile), minVersion: 'TLSv1.2', noDelay: true }, handle)
-      this.#ports.mqtts = await listen(secure, tls.port, this.#opts.host)
-      this.#servers.push(secure)
+    const maxBuffered = this.#opts.maxClientBufferBytes ?? Math.max(1 << 20, 16 * (max ?? 65536))
+    const handle = (conn: Socket): void => {
+      const c = aedes.handle(conn).conn as Socket
+      if (max !== undefined) guardPacketSize(c, max, log)
+      guardWriteBuffer(c, maxBuffered, log)
+    }
+    try {
+      // Small packets (CONNACK, SUBACK, actions, PUBACKs): sent at once, not held by Nagle.
+      const plain = createTcpServer({ noDelay: true }, handle)
+      this.#ports.mqtt = await listen(plain, this.#opts.port, this.#opts.host)
+      this.#servers.push(plain)
+      const tls = this.#opts.tls
+      if (tls) {
+        const secure = createTlsServer({ cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile), minVersion: 'TLSv1.2', noDelay: true }, handle)
+        this.#ports.mqtts = await listen(secure, tls.port, this.#opts.host)
+        this.#servers.push(secure)
+      }
+    } catch (err) {
+      // A port taken: the aedes instance (its timers) and a listener already
+      // bound would keep the process alive after a failed start.
+      await this.stop()
+      throw err
     }
   }
 
@@ -75,12 +109,65 @@ export class SiteBroker implements ProtocolAdapter {
     if (set.size === 0) this.#clients.delete(c.id)
   }
 
+  /**
+   * Close every live session of a device, and forget its stored session
+   * (subscriptions, messages queued for it, will): PROTOCOL §4, a device
+   * that leaves `active` keeps nothing on the broker, so nothing published
+   * while it was cut reaches it later, and nothing piles up for it.
+   */
   closeSessions(deviceId: string): number {
     const set = this.#clients.get(deviceId)
-    if (!set) return 0
-    const n = set.size
-    for (const c of set) c.close()
+    const n = set?.size ?? 0
+    if (set) for (const c of set) c.close()
     this.#clients.delete(deviceId)
+    this.#forgetStored(deviceId)
+    return n
+  }
+
+  /** PROTOCOL §4: close the sessions a changed record no longer admits (key, rights, acl); returns how many. */
+  reviewSessions(before: DeviceRecord, after: DeviceRecord): number {
+    const review = this.#opts.sessions
+    if (!review) return 0
+    const id = after.spec.id
+    const set = this.#clients.get(id)
+    let closed = 0
+    for (const c of set ?? []) {
+      if (review.keeps(c, after)) continue
+      set!.delete(c)
+      c.close()
+      closed++
+    }
+    if (set?.size === 0) this.#clients.delete(id)
+    if (closed > 0 || (!this.#clients.has(id) && review.narrowed(before, after))) this.#forgetStored(id)
+    return closed
+  }
+
+  /** Drop what aedes keeps for a client id between connections. */
+  #forgetStored(deviceId: string): void {
+    if (!this.#aedes) return
+    const p = persistenceOf(this.#aedes)
+    const c = { id: deviceId }
+    const done: Promise<void> = (async () => {
+      await p.cleanSubscriptions(c)
+      // No call empties a client's queue at once: clear its packets one by one (a snapshot of the queue).
+      for await (const packet of p.outgoingStream(c)) await p.outgoingClearMessageId(c, packet)
+      await p.delWill(c)
+      await p.cleanIncoming?.(c)
+    })()
+      .catch((err: unknown) => this.#opts.log.error({ err, deviceId }, 'forgetting a stored MQTT session failed'))
+      .finally(() => this.#forgetting.delete(done))
+    this.#forgetting.add(done)
+  }
+
+  /** Resolves once every stored session asked to be forgotten so far is gone. */
+  async storedSessionsSettled(): Promise<void> {
+    while (this.#forgetting.size) await Promise.all([...this.#forgetting])
+  }
+
+  /** Messages queued in the stored session of a client id (tests, metrics). */
+  async storedQueueLength(deviceId: string): Promise<number> {
+    let n = 0
+    for await (const _ of persistenceOf(this.aedes).outgoingStream({ id: deviceId })) n++
     return n
   }
 
@@ -145,6 +232,26 @@ function guardPacketSize(conn: Socket, max: number, log: Logger): void {
       }
     }
   })
+}
+
+/**
+ * Disconnect a client that stops reading once `max` bytes wait unsent for
+ * it: aedes writes without looking at backpressure, so a slow or stalled
+ * subscriber would otherwise grow the agent's memory without bound.
+ */
+function guardWriteBuffer(conn: Socket, max: number, log: Logger): void {
+  const write = conn.write.bind(conn) as (...a: unknown[]) => boolean
+  let cut = false
+  conn.write = ((...args: unknown[]): boolean => {
+    const ok = write(...args)
+    if (!ok && !cut && conn.writableLength > max) {
+      cut = true
+      log.info({ remote: conn.remoteAddress, buffered: conn.writableLength, max }, 'mqtt client stopped reading; connection closed')
+      // Not in the middle of aedes' write: the packet being written finishes first.
+      setImmediate(() => conn.destroy())
+    }
+    return ok
+  }) as typeof conn.write
 }
 
 function listen(server: Server, port: number, host: string): Promise<number> {

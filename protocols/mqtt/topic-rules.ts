@@ -48,9 +48,13 @@ export function filterCovers(outer: string, inner: string): boolean {
   return o.length === n.length
 }
 
+/** [MQTT-4.7.3-2], PROTOCOL §5: a topic name or filter holding U+0000 is refused. */
+const hasNul = (s: string): boolean => s.includes('\u0000')
+
 /** PROTOCOL §5 publish rule for a concrete topic (the will included). */
 export function mayPublish(deviceId: string, rights: Rights, acl: TopicAcl | undefined, topic: string): boolean {
   if (topic.startsWith('$')) return false // no filter ever grants $SYS
+  if (hasNul(topic)) return false
   if (cmdTopicOwner(topic) !== null) return false // nobody publishes a command but the gateway (its own cmd included)
   if (rights !== 'full') return topic === `dev/${deviceId}/ack` // renew-only, wipe-only
   const own = `dev/${deviceId}/`
@@ -61,6 +65,7 @@ export function mayPublish(deviceId: string, rights: Rights, acl: TopicAcl | und
 /** PROTOCOL §5 subscribe rule for a filter; SUBACK 0x80 when false. */
 export function maySubscribe(deviceId: string, rights: Rights, acl: TopicAcl | undefined, filter: string): boolean {
   if (filter === `dev/${deviceId}/cmd`) return true
+  if (hasNul(filter)) return false
   if (rights !== 'full') return false
   if (filter.startsWith('$')) return false // $SYS (and $share) are never granted to devices
   const owner = cmdTopicOwner(filter)
@@ -69,11 +74,22 @@ export function maySubscribe(deviceId: string, rights: Rights, acl: TopicAcl | u
 }
 
 /**
- * Delivery rule: a wildcard subscription granted by an acl (`#`, `dev/+/cmd`,
- * `dev/+/#`) never carries another identity's commands. Checked on each
- * concrete topic as it is delivered, retained messages included.
+ * Delivery rule, judged on each concrete topic as it is delivered (live,
+ * queued for a stored session, retained) with the receiver's rights now, not
+ * those it had when it subscribed (PROTOCOL §4): its own commands always,
+ * anything else only with full rights and an acl filter that still matches;
+ * a wildcard granted by an acl (`#`, `dev/+/cmd`, `dev/+/#`) never carries
+ * another identity's commands.
  */
-export function mayReceive(deviceId: string, topic: string): boolean {
+export function mayReceive(deviceId: string, rights: Rights, acl: TopicAcl | undefined, topic: string): boolean {
   const owner = cmdTopicOwner(topic)
-  return owner === null || owner === deviceId
+  if (owner !== null) return owner === deviceId
+  if (rights !== 'full') return false
+  return acl?.subscribe?.some((f) => topicMatches(f, topic)) ?? false
+}
+
+/** Whether acl `outer` grants at least what `inner` grants (each filter of inner covered by one of outer). */
+export function aclCovers(outer: TopicAcl | undefined, inner: TopicAcl | undefined): boolean {
+  const covers = (o: readonly string[] | undefined, i: readonly string[] | undefined): boolean => (i ?? []).every((f) => (o ?? []).some((g) => filterCovers(g, f)))
+  return covers(outer?.publish, inner?.publish) && covers(outer?.subscribe, inner?.subscribe)
 }

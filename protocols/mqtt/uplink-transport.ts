@@ -99,9 +99,7 @@ export class MqttUplinkTransport implements UplinkTransport {
       client.subscribe(cmdTopic, { qos: 1 }, (err) => {
         if (err) o.log.error({ err: err.message }, 'subscribing to the command topic failed')
       })
-      client.publish(`${this.#root}status`, JSON.stringify({ online: true, version: o.version }), { qos: 1, retain: true }, (err) => {
-        if (err) o.log.warn({ err: err.message }, 'publishing the online status failed')
-      })
+      this.publishStatus()
       this.#up = true
       handlers.onUp()
     })
@@ -131,6 +129,16 @@ export class MqttUplinkTransport implements UplinkTransport {
     }, delay)
   }
 
+  /** The retained status: online, version, and what the core adds (PROTOCOL §3: last event seq, audit head). */
+  publishStatus(): void {
+    const client = this.#client
+    if (!client?.connected || this.#stopping) return
+    const status = { online: true, version: this.#opts.version, ...this.#handlers?.status() }
+    client.publish(`${this.#root}status`, JSON.stringify(status), { qos: 1, retain: true }, (err) => {
+      if (err) this.#opts.log.warn({ err: err.message }, 'publishing the status failed')
+    })
+  }
+
   publishEvent(payload: string): Promise<void> {
     const client = this.#client
     if (!client?.connected) return Promise.reject(new Error('uplink not connected'))
@@ -152,7 +160,7 @@ export class MqttUplinkTransport implements UplinkTransport {
       await within(
         2000,
         new Promise<void>((resolve) =>
-          client.publish(`${this.#root}status`, JSON.stringify({ online: false, version: this.#opts.version }), { qos: 1, retain: true }, () => resolve()),
+          client.publish(`${this.#root}status`, JSON.stringify({ online: false, version: this.#opts.version, ...this.#handlers?.status() }), { qos: 1, retain: true }, () => resolve()),
         ),
       )
     }

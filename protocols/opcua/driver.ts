@@ -7,6 +7,8 @@
 import { X509Certificate } from 'node:crypto'
 import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
+// before node-opcua: see log-bridge.ts
+import { routeOpcuaLogs } from './log-bridge.ts'
 import {
   DataType,
   makeBrowsePath,
@@ -18,6 +20,7 @@ import {
   type NodeId,
   type SecurityPolicy,
 } from 'node-opcua'
+import type { Logger } from '../../agent/logger.ts'
 import { certificateSha256, type EndpointInfo, type SecurityModeName } from './security.ts'
 
 export const HOOK_NAMESPACE = 'urn:edgewarden:hooks'
@@ -56,6 +59,8 @@ export interface DriverOptions {
   pkiDir: string
   applicationName: string
   applicationUri: string
+  /** where node-opcua's own warnings, errors and debug lines go */
+  log: Logger
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string, onTimeout: () => void): Promise<T> {
@@ -88,6 +93,7 @@ async function readDer(file: string): Promise<Buffer | null> {
 }
 
 export async function createDriver(opts: DriverOptions): Promise<OpcuaDriver> {
+  routeOpcuaLogs(opts.log)
   const cm = new OPCUACertificateManager({ rootFolder: opts.pkiDir, automaticallyAcceptUnknownCertificate: false, disableFileWatchers: true, keySize: 2048 })
   await cm.initialize()
   const base = {

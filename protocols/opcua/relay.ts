@@ -261,6 +261,7 @@ export class OpcuaRelay implements ProtocolAdapter, ActionChannel {
         pkiDir: this.pkiDir,
         applicationName: `edgewarden-${gw.site}-${gw.id}`,
         applicationUri: `urn:edgewarden:gateway:${gw.site}:${gw.id}`,
+        log: this.#log,
       })
       this.#driver.then(
         () => this.#log.info({ ms: Math.round(performance.now() - t0), pki: this.pkiDir }, 'OPC UA relay loaded'),

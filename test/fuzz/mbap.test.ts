@@ -7,6 +7,9 @@ import { test } from 'node:test'
 import fc from 'fast-check'
 import { checkRequest, encodeFrame, isResponseTo, MAX_ADU_LEN, MAX_PDU_LEN, MbapReader, type MbapFrame } from '../../protocols/modbus/mbap.ts'
 
+/** The answer's function code: mostly the request's (or its exception), sometimes any. */
+const pick = (random: number, fn: number): number => (random % 3 === 0 ? fn : random % 3 === 1 ? fn | 0x80 : random)
+
 /** Cut `bytes` at the given points (each taken modulo the length). */
 function split(bytes: Buffer, cuts: number[]): Buffer[] {
   const at = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort((a, b) => a - b)
@@ -74,6 +77,30 @@ test('valid frames come out exactly as encoded however the stream is split', () 
   )
 })
 
+test('frames taken one by one (feed, then next) are those push gives, and the reader holds what was not taken', () => {
+  fc.assert(
+    fc.property(fc.array(chunk, { maxLength: 8 }), fc.array(fc.nat({ max: 4 }), { maxLength: 8 }), (chunks, takes) => {
+      const all = new MbapReader()
+      const lazy = new MbapReader()
+      const want: MbapFrame[] = []
+      const got: MbapFrame[] = []
+      chunks.forEach((c, i) => {
+        want.push(...all.push(c).frames)
+        lazy.feed(c)
+        for (let n = takes[i] ?? 1; n > 0; n--) {
+          const f = lazy.next()
+          if (f) got.push(f)
+        }
+      })
+      for (let f = lazy.next(); f; f = lazy.next()) got.push(f)
+      assert.deepEqual(got.map((f) => [f.transactionId, f.unitId, [...f.pdu]]), want.map((f) => [f.transactionId, f.unitId, [...f.pdu]]))
+      assert.equal(lazy.error, all.error)
+      assert.equal(lazy.pending, all.pending)
+    }),
+    { numRuns: 1000 },
+  )
+})
+
 test('a lying header (protocol id not 0, length outside 2..254) is a framing error as soon as its six bytes are in', () => {
   fc.assert(
     fc.property(fc.integer({ min: 0, max: 0xffff }), fc.integer({ min: 0, max: 0xffff }), fc.integer({ min: 0, max: 0xffff }), (tid, proto, length) => {
@@ -100,6 +127,15 @@ test('checkRequest and isResponseTo never throw on random PDUs; an accepted requ
         if (b[0]! <= 6) assert.equal(b.length, 5)
       } else assert.ok([1, 2, 3].includes(r.exception))
       assert.equal(typeof isResponseTo(fc0, b), 'boolean')
+    }),
+    { numRuns: 3000 },
+  )
+  // Answers checked against a request PDU, both random (a short request included): a verdict, never a throw.
+  fc.assert(
+    fc.property(fc.uint8Array({ minLength: 1, maxLength: 12 }), fc.uint8Array({ minLength: 0, maxLength: MAX_PDU_LEN + 2 }), fc.constantFrom(1, 2, 3, 4, 5, 6, 15, 16, 17, 22, 23, 43), (req, answer, fn) => {
+      const request = Buffer.from([fn, ...req.subarray(1)])
+      const pdu = Buffer.from(answer.length > 0 ? [pick(answer[0]!, fn), ...answer.subarray(1)] : [])
+      assert.equal(typeof isResponseTo(request, pdu), 'boolean')
     }),
     { numRuns: 3000 },
   )

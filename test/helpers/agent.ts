@@ -107,16 +107,24 @@ export async function spawnAgent(args: string[], opts: { env?: NodeJS.ProcessEnv
   }
 }
 
-/** Run the CLI to completion: exit code, stdout, stderr. */
-export function runCli(args: string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string; input?: string } = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+/** Run the CLI to completion: exit code, stdout, stderr. With timeoutMs, a process still running then is killed (code null, timedOut). */
+export function runCli(
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; cwd?: string; input?: string; timeoutMs?: number } = {},
+): Promise<{ code: number | null; stdout: string; stderr: string; timedOut: boolean }> {
   return new Promise((resolve, reject) => {
     const proc = spawn(process.execPath, [BIN, ...args], { cwd: opts.cwd ?? ROOT, env: { ...process.env, ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'] })
     let stdout = ''
     let stderr = ''
+    let timedOut = false
+    const timer = opts.timeoutMs === undefined ? undefined : setTimeout(() => ((timedOut = true), proc.kill('SIGKILL')), opts.timeoutMs)
     proc.stdout.on('data', (c: Buffer) => (stdout += c.toString()))
     proc.stderr.on('data', (c: Buffer) => (stderr += c.toString()))
     proc.on('error', reject)
-    proc.on('exit', (code) => resolve({ code, stdout, stderr }))
+    proc.on('exit', (code) => {
+      clearTimeout(timer)
+      resolve({ code, stdout, stderr, timedOut })
+    })
     proc.stdin.end(opts.input ?? '')
   })
 }

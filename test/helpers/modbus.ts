@@ -51,12 +51,15 @@ export class RawModbusClient {
   readonly #reader = new MbapReader()
   readonly #waiting = new Map<number, (f: MbapFrame) => void>()
   readonly closed: Promise<void>
+  /** every answer, in the order it arrived */
+  readonly received: MbapFrame[] = []
 
   private constructor(socket: Socket) {
     this.socket = socket
     socket.setNoDelay(true)
     socket.on('data', (c: Buffer) => {
       for (const f of this.#reader.push(c).frames) {
+        this.received.push(f)
         const w = this.#waiting.get(f.transactionId)
         this.#waiting.delete(f.transactionId)
         w?.(f)
@@ -66,9 +69,10 @@ export class RawModbusClient {
     this.closed = new Promise((resolve) => socket.once('close', () => resolve()))
   }
 
-  static open(port: number): Promise<RawModbusClient> {
+  /** Connect from `localAddress` (any of 127/8 on Linux) when given. */
+  static open(port: number, localAddress?: string): Promise<RawModbusClient> {
     return new Promise((resolve, reject) => {
-      const s = connect({ host: '127.0.0.1', port }, () => resolve(new RawModbusClient(s)))
+      const s = connect({ host: '127.0.0.1', port, ...(localAddress ? { localAddress } : {}) }, () => resolve(new RawModbusClient(s)))
       s.once('error', reject)
     })
   }

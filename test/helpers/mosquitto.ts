@@ -19,30 +19,42 @@ export class Mosquitto {
     this.dir = dir
   }
 
-  /** `listener` lines are replaced by `extra` when it names its own (e.g. a TLS listener with client certificates). */
-  static async start(t: { after(fn: () => Promise<void> | void): void }, extra: string[] = []): Promise<Mosquitto> {
+  /**
+   * `extra` (listener options: TLS, password file, allow_anonymous) replaces
+   * `allow_anonymous true`. `settings` replace the default line of the same
+   * name, e.g. `max_queued_messages 100` to get the per-client queue limit
+   * a production broker has (unlimited here by default).
+   */
+  static async start(t: { after(fn: () => Promise<void> | void): void }, extra: string[] = [], opts: { settings?: string[] } = {}): Promise<Mosquitto> {
     const dir = tempDir(t)
     const m = new Mosquitto(await freePort(), dir)
     const secured = extra.length > 0
+    const settings = opts.settings ?? []
+    const name = (line: string): string => line.trim().split(/\s+/)[0]!
+    const overridden = new Set(settings.map(name))
+    const defaults = [
+      // As root Mosquitto would drop to its own user, which cannot write the
+      // persistence file in this private temp dir: queued messages would
+      // then not survive a restart. (Ignored when not run as root.)
+      'user root',
+      'persistence true',
+      `persistence_location ${dir}/`,
+      'autosave_interval 0',
+      'max_queued_messages 0',
+      'max_inflight_messages 0',
+      'log_dest stderr',
+      'log_type error',
+      'log_type warning',
+      'log_type notice',
+      'log_type information',
+    ]
     writeFileSync(
       join(dir, 'mosquitto.conf'),
       [
         `listener ${m.port} 127.0.0.1`,
         ...(secured ? extra : ['allow_anonymous true']),
-        // As root Mosquitto would drop to its own user, which cannot write the
-        // persistence file in this private temp dir: queued messages would
-        // then not survive a restart. (Ignored when not run as root.)
-        'user root',
-        'persistence true',
-        `persistence_location ${dir}/`,
-        'autosave_interval 0',
-        'max_queued_messages 0',
-        'max_inflight_messages 0',
-        'log_dest stderr',
-        'log_type error',
-        'log_type warning',
-        'log_type notice',
-        'log_type information',
+        ...defaults.filter((l) => !overridden.has(name(l))),
+        ...settings,
         '',
       ].join('\n'),
     )

@@ -1,13 +1,17 @@
 // The operator's CLI against a real agent process: device verbs go through
 // admin.sock, are audited as local:<user>, and illegal ones change nothing.
 import assert from 'node:assert/strict'
-import { statSync } from 'node:fs'
+import { readFileSync, statSync } from 'node:fs'
 import { userInfo } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
+import type { MqttClient } from 'mqtt'
 import type { AuditEntry } from '../../agent/audit.ts'
 import type { DeviceView } from '../../agent/views.ts'
-import { runCli, spawnAgent, tempDir } from '../helpers/agent.ts'
+import { keygen, publicKeyToB64 } from '../../firmware-hooks/crypto.ts'
+import { mintToken } from '../../firmware-hooks/token.ts'
+import { ROOT, runCli, spawnAgent, tempDir } from '../helpers/agent.ts'
+import { closed, Inbox, mqttConnect } from '../helpers/mqtt-devices.ts'
 
 const NO_STACK = /\n\s+at \S/
 
@@ -142,4 +146,101 @@ test('edgewarden device/audit/identity verbs against a running agent', { timeout
     assert.equal(idStopped.code, 0, idStopped.stderr)
     assert.deepEqual(JSON.parse(idStopped.stdout), running)
   })
+})
+
+test('device add --acl-publish/--acl-subscribe grant topics through the running agent; --modbus-legacy; a $ publish closes the connection', { timeout: 90_000 }, async (t) => {
+  const dataDir = join(tempDir(t), 'data')
+  const agent = await spawnAgent(['--data-dir', dataDir, '--mqtt-port', '0', '--mqtt-host', '127.0.0.1', '--gateway', 'gw1'])
+  t.after(async () => void (await agent.stop('SIGKILL')))
+  const cli = (...args: string[]) => runCli([...args, '--data-dir', dataDir])
+  const [historian, pump, plc] = await Promise.all([keygen(), keygen(), keygen()])
+  const key = (k: { publicKey: Uint8Array }): string => `--public-key=${publicKeyToB64(k.publicKey)}`
+
+  const [add, addPump, addPlc, badFilter, legacyAlone] = await Promise.all([
+    cli('device', 'add', 'historian', key(historian), '--acl-subscribe', 'dev/+/tele/#', '--acl-subscribe', 'site/alarms/#', '--acl-publish', 'site/alarms/historian', '--json'),
+    cli('device', 'add', 'pump-7', key(pump)),
+    cli('device', 'add', 'plc-3', key(plc), '--modbus', '127.0.0.1:5020/1', '--modbus-legacy'),
+    cli('device', 'add', 'bad-acl', key(pump), '--acl-subscribe', 'a/#/b'),
+    cli('device', 'add', 'lonely', key(plc), '--modbus-legacy'),
+  ])
+  assert.equal(add.code, 0, add.stderr)
+  assert.deepEqual((JSON.parse(add.stdout) as DeviceView).spec.acl, { publish: ['site/alarms/historian'], subscribe: ['dev/+/tele/#', 'site/alarms/#'] })
+  assert.equal(addPump.code, 0, addPump.stderr)
+  assert.equal(addPlc.code, 0, addPlc.stderr)
+
+  await t.test('the acl and hookBase: null are in the record (device show --json), and in device show', async () => {
+    const [showJson, show, plcJson] = await Promise.all([cli('device', 'show', 'historian', '--json'), cli('device', 'show', 'historian'), cli('device', 'show', 'plc-3', '--json')])
+    assert.equal(showJson.code, 0, showJson.stderr)
+    assert.deepEqual((JSON.parse(showJson.stdout) as DeviceView).spec.acl, { publish: ['site/alarms/historian'], subscribe: ['dev/+/tele/#', 'site/alarms/#'] })
+    assert.match(show.stdout, /^acl publish\s+site\/alarms\/historian$/m)
+    assert.match(show.stdout, /^acl subscribe\s+dev\/\+\/tele\/# site\/alarms\/#$/m)
+    assert.equal(plcJson.code, 0, plcJson.stderr)
+    assert.deepEqual((JSON.parse(plcJson.stdout) as DeviceView).spec.modbus, { host: '127.0.0.1', port: 5020, unitId: 1, hookBase: null })
+  })
+
+  await t.test('an invalid filter is refused by the agent; --modbus-legacy without --modbus is a usage error', () => {
+    assert.equal(badFilter.code, 1)
+    assert.match(badFilter.stderr, /not a valid MQTT topic filter/)
+    assert.doesNotMatch(badFilter.stderr, NO_STACK)
+    assert.equal(legacyAlone.code, 2)
+    assert.match(legacyAlone.stderr, /--modbus-legacy goes with --modbus/)
+  })
+
+  await t.test('--help lists the flags', async () => {
+    const help = await runCli(['device', 'add', '--help'])
+    for (const f of ['--acl-publish FILTER', '--acl-subscribe FILTER', '--modbus-legacy', '--opcua-tofu']) assert.ok(help.stdout.includes(f), `${f} in --help`)
+  })
+
+  await t.test('the grant works on the broker; a publish to a $ topic closes the connection (docs/operations.md says so)', async () => {
+    const port = (agent.ready.mqtt as { mqtt: number }).mqtt
+    const connect = async (id: string, secretKey: Uint8Array): Promise<MqttClient> => {
+      const r = await mqttConnect(port, { clientId: id, username: id, password: await mintToken({ deviceId: id, gatewayId: 'gw1', secretKey }) })
+      assert.ok(r.ok, `${id} admitted${r.ok ? '' : `: ${r.message}`}`)
+      t.after(() => r.client.endAsync(true))
+      return r.client
+    }
+    const h = await connect('historian', historian.secretKey)
+    const p = await connect('pump-7', pump.secretKey)
+    const inbox = new Inbox(h)
+    const granted = await h.subscribeAsync('dev/+/tele/#', { qos: 1 })
+    assert.deepEqual(granted.map((g) => g.qos), [1], 'granted by the acl')
+    // not in the acl: SUBACK 0x80, which mqtt.js reports as a failed subscribe; the connection stays
+    await assert.rejects(h.subscribeAsync('plant/other/#', { qos: 1 }), /Subscribe error/)
+    assert.ok(h.connected)
+    await p.publishAsync('dev/pump-7/tele/temp', '21.5', { qos: 1 })
+    await inbox.waitFor((m) => m.topic === 'dev/pump-7/tele/temp' && m.payload === '21.5')
+    const gone = closed(p)
+    p.publish('$SYS/edgewarden/hello', 'x', { qos: 1 })
+    await gone
+    const ops = readFileSync(join(ROOT, 'docs', 'operations.md'), 'utf8')
+    const section = ops.slice(ops.indexOf('## Site broker topic rules'))
+    assert.ok(ops.includes('## Site broker topic rules'), 'docs/operations.md has the topic rules')
+    for (const s of ['`$`', 'closes the connection', 'U+0000', 'maxPacketBytes', '--acl-subscribe']) assert.ok(section.includes(s), `the topic rules mention ${s}`)
+  })
+  assert.equal(await agent.stop(), 0)
+})
+
+test('the audit actor is the admin socket owner, not a name the client sends (kept as an unconfirmed claim)', async (t) => {
+  const { startTestAgent } = await import('../helpers/agent.ts')
+  const { request } = await import('node:http')
+  const agent = await startTestAgent(t)
+  const post = (path: string, body: unknown, actorHeader: string): Promise<number> =>
+    new Promise((resolve, reject) => {
+      const payload = JSON.stringify(body)
+      const req = request({ socketPath: agent.adminPath, method: 'POST', path, headers: { 'content-type': 'application/json', 'x-edgewarden-actor': actorHeader, 'content-length': Buffer.byteLength(payload) } }, (res) => {
+        res.resume()
+        res.on('end', () => resolve(res.statusCode ?? 0))
+      })
+      req.on('error', reject)
+      req.end(payload)
+    })
+  const key = publicKeyToB64((await keygen()).publicKey)
+  assert.equal(await post('/v1/devices', { device: { id: 'd9', publicKey: key } }, 'ceo'), 200)
+  assert.equal(await post('/v1/devices/d9/quarantine', { reason: 'odd' }, 'root-impersonator'), 200)
+  const { exportAuditLog } = await import('../../agent/audit.ts')
+  const entries: AuditEntry[] = []
+  for await (const e of exportAuditLog(agent.gateway.store)) entries.push(e)
+  const mine = entries.filter((e) => e.subject === 'd9')
+  assert.deepEqual(mine.map((e) => e.actor), [`local:${userInfo().username}`, `local:${userInfo().username}`])
+  assert.deepEqual(mine.map((e) => (e.data as { claimedBy?: string }).claimedBy), ['ceo', 'root-impersonator'])
 })

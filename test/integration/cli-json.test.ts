@@ -119,7 +119,7 @@ test('every listing verb with --json prints valid JSON; without a terminal no AN
   // Real processes, started first (they run while the in-process checks do):
   // ctl watch --json, which must print the events of one command; ctl bulk
   // and device ls without --json and without a terminal; device ls with FORCE_COLOR=1.
-  const watch = spawn(process.execPath, [BIN, 'ctl', 'watch', ...link, '--gateway-key', gw.key.publicKeyB64, '--count', '2', '--json'], { cwd: ROOT, env: { ...process.env, ...PLAIN }, stdio: ['ignore', 'pipe', 'pipe'] })
+  const watch = spawn(process.execPath, [BIN, 'ctl', 'watch', ...link, '--gateway-key', gw.key.publicKeyB64, '--count', '2', '--json', '--state', join(tempDir(t), 'watch.json')], { cwd: ROOT, env: { ...process.env, ...PLAIN }, stdio: ['ignore', 'pipe', 'pipe'] })
   t.after(() => void watch.kill())
   let watchOut = ''
   let watchErr = ''

@@ -3,14 +3,21 @@
 // (simulators/modbus-device.ts) behind it, with and without the hook. Trust
 // is enforced at the proxy (0x0A for every non-active state, 0x02 for hook
 // writes, 0x0B for a dead device); actions are relayed through the hook
-// registers; legacy devices can only be cut off.
+// registers; legacy devices can only be cut off. Report Server ID and Read
+// Device Identification pass through, and the gateway reads the latter for
+// the inventory; answers with a fixed unit id or a wrong transaction id are
+// taken (or refused) without losing the device's connection; answers go
+// back in request order.
 import assert from 'node:assert/strict'
 import { createServer, type AddressInfo, type Socket } from 'node:net'
 import { describe, test } from 'node:test'
 import { exportAuditLog } from '../../agent/audit.ts'
 import { ManualClock } from '../../agent/clock.ts'
+import modbusSerial from 'modbus-serial'
 import type { RelayOutcome } from '../../protocols/modbus/hook-relay.ts'
-import { createHookedModbusDevice, createLegacyModbusDevice, type SimulatedModbusDevice } from '../../simulators/modbus-device.ts'
+import { parseDeviceIdAnswer } from '../../protocols/modbus/identification.ts'
+import { encodeFrame, MbapReader } from '../../protocols/modbus/mbap.ts'
+import { createHookedModbusDevice, createLegacyModbusDevice, DEFAULT_IDENTIFICATION, DEFAULT_SERVER_ID, type SimulatedModbusDevice } from '../../simulators/modbus-device.ts'
 import { freePort, startTestAgent } from '../helpers/agent.ts'
 import { eventsOf, eventWhere, MBPOLL_EXCEPTION, mbpoll, RawModbusClient, readHoldingPdu } from '../helpers/modbus.ts'
 
@@ -407,7 +414,9 @@ describe('hostile framing never crashes the proxy nor disturbs another client', 
     assert.deepEqual([...(await q.request(2, 3, Buffer.from([1, 0, 0, 0x07, 0xd1]))).pdu], [0x81, 0x03], 'FC1 2001 coils')
     assert.deepEqual([...(await q.request(3, 3, Buffer.from([16, 0, 0, 0, 124, 2, 0, 1]))).pdu], [0x90, 0x03], 'FC16 claiming 124 registers')
     assert.deepEqual([...(await q.request(4, 3, Buffer.from([16, 0, 0, 0, 2, 4, 0, 1]))).pdu], [0x90, 0x03], 'FC16 byte count lies')
-    assert.deepEqual([...(await q.request(5, 3, Buffer.from([0x2b, 0x0e, 1, 0]))).pdu], [0xab, 0x01], 'FC43 not forwarded')
+    assert.deepEqual([...(await q.request(5, 3, Buffer.from([0x2b, 0x0d, 0, 0]))).pdu], [0xab, 0x01], 'FC43 with MEI type 13 (CANopen) not forwarded')
+    assert.deepEqual([...(await q.request(8, 3, Buffer.from([0x2b, 0x0e, 1]))).pdu], [0xab, 0x03], 'FC43/14 without its object id')
+    assert.deepEqual([...(await q.request(9, 3, Buffer.from([0x11, 0]))).pdu], [0x91, 0x03], 'FC17 with a byte too many')
     assert.deepEqual([...(await q.request(6, 3, Buffer.from([23, 0, 0, 0, 1, 0xf0, 0, 0, 1, 2, 0, 1]))).pdu], [0x97, 0x02], 'FC23 writing the hook')
     assert.deepEqual([...(await q.request(7, 3, Buffer.from([22, 0xf0, 0, 0, 0, 0xff, 0xff]))).pdu], [0x96, 0x02], 'FC22 on cmd')
     // a frame split over many segments, and two frames in one
@@ -434,5 +443,190 @@ describe('hostile framing never crashes the proxy nor disturbs another client', 
     assert.equal(device.hook?.status, 0)
     assert.ok(agent.modbus.proxy.stats.framingErrors >= 3)
     liar.end()
+  })
+})
+
+describe('identification: Report Server ID (17) and Read Device Identification (43/14)', () => {
+  test('both pass through the proxy to the device: a modbus-serial client and a raw client get the device\'s answers', async (t) => {
+    const agent = await agentWithProxy(t)
+    const { device } = await hooked(t, agent, 'plc-1', 3)
+    const { device: old } = await createLegacyModbusDevice({ identification: null, serverId: null })
+    await started(t, old)
+    await agent.gateway.enroll({ id: 'old-plc', publicKey: (await createLegacyModbusDevice()).publicKey, modbus: { host: '127.0.0.1', port: old.port, unitId: 4, hookBase: null } }, WHO)
+
+    // modbus-serial's own client (its FC 43 parser, not ours), through the proxy
+    // the package is CommonJS whose module.exports is the client class, also as its .default
+    const client = new modbusSerial.default()
+    await client.connectTCP('127.0.0.1', { port: agent.port })
+    client.setID(3)
+    client.setTimeout(5000)
+    // closed here, not in an after hook: its close() waits forever on a socket the agent's stop already closed
+    const id = await client.readDeviceIdentification(1, 0).finally(() => new Promise<void>((r) => client.close(() => r())))
+    assert.deepEqual(id.data, { 0: DEFAULT_IDENTIFICATION.vendorName, 1: DEFAULT_IDENTIFICATION.productCode, 2: DEFAULT_IDENTIFICATION.majorMinorRevision })
+
+    const raw = await RawModbusClient.open(agent.port)
+    t.after(() => raw.end())
+    // §6.13: byte count, server id, run indicator 0xFF, then the device's text
+    const sid = await raw.request(1, 3, Buffer.from([17]))
+    const text = DEFAULT_SERVER_ID.additional!
+    assert.deepEqual([...sid.pdu.subarray(0, 4)], [17, 2 + text.length, DEFAULT_SERVER_ID.id, 0xff])
+    assert.equal(sid.pdu.subarray(4).toString('latin1'), text)
+    assert.equal(device.serverIdReads, 1)
+    // individual access (code 4) to one object
+    const one = await raw.request(2, 3, Buffer.from([0x2b, 0x0e, 4, 1]))
+    const parsed = parseDeviceIdAnswer(one.pdu)
+    assert.deepEqual(parsed?.objects.map((o) => [o.id, o.value.toString()]), [[1, DEFAULT_IDENTIFICATION.productCode]])
+    // a device without either function answers 0x01 itself; the proxy passes that through
+    assert.deepEqual([...(await raw.request(3, 4, Buffer.from([17]))).pdu], [0x91, 0x01])
+    assert.deepEqual([...(await raw.request(4, 4, Buffer.from([0x2b, 0x0e, 1, 0]))).pdu], [0xab, 0x01])
+    assert.equal(old.requestsByFunction.get(17), 1, 'forwarded, not answered by the gateway')
+    // still refused by the gateway for a device that is not active
+    await agent.gateway.transition('plc-1', 'quarantine', WHO)
+    assert.deepEqual([...(await raw.request(5, 3, Buffer.from([17]))).pdu], [0x91, 0x0a])
+    assert.deepEqual([...(await raw.request(6, 3, Buffer.from([0x2b, 0x0e, 1, 0]))).pdu], [0xab, 0x0a])
+  })
+
+  test('the gateway reads a device\'s identification once, after its link first answers, for inventory(); not again after a reconnect, nor from a device that refused it', async (t) => {
+    const agent = await agentWithProxy(t)
+    const proxy = agent.modbus.proxy
+    const { device } = await hooked(t, agent, 'plc-1', 3)
+    const { device: old } = await createLegacyModbusDevice({ identification: null })
+    await started(t, old)
+    await agent.gateway.enroll({ id: 'old-plc', publicKey: (await createLegacyModbusDevice()).publicKey, modbus: { host: '127.0.0.1', port: old.port, unitId: 4, hookBase: null } }, WHO)
+    assert.equal(proxy.inventory('plc-1'), undefined, 'nothing known before the device first answered')
+    assert.equal(device.requestsByFunction.get(43), undefined)
+
+    const read = (unit: number) => mbpoll(agent.port, unit, { table: 4, ref: 0 })
+    assert.equal((await read(3)).code, 0)
+    // The identification read went into the link's queue behind that answer; a second read queues behind it.
+    assert.equal((await read(3)).code, 0)
+    const inv = proxy.inventory('plc-1')
+    assert.deepEqual({ ...inv, identifiedAt: 0 }, { ...DEFAULT_IDENTIFICATION, identifiedAt: 0 })
+    assert.ok(typeof inv?.identifiedAt === 'number' && Math.abs(inv.identifiedAt - agent.gateway.nowS()) < 5)
+    assert.equal(device.requestsByFunction.get(43), 1)
+    // the device goes down and comes back: a new connection, but the identification is known
+    await device.stop()
+    assert.equal((await read(3)).failure, MBPOLL_EXCEPTION[0x0b])
+    await device.start()
+    assert.equal((await read(3)).code, 0)
+    assert.equal((await read(3)).code, 0)
+    assert.ok(device.connections >= 2, 'the gateway reconnected')
+    assert.equal(device.requestsByFunction.get(43), 1, 'not asked again')
+
+    // a device that answers 0x01: asked once, not after each answer, and nothing in the inventory
+    for (let i = 0; i < 3; i++) assert.equal((await read(4)).code, 0)
+    assert.equal(old.requestsByFunction.get(43), 1)
+    assert.equal(proxy.inventory('old-plc'), undefined)
+    assert.equal(proxy.inventory('no-such-device'), undefined)
+  })
+})
+
+describe('answers from field devices that bend the rules', () => {
+  test('an answer under a fixed unit id: accepted with strictUnitId false; with the default, 0x0B for that request at once, and the device connection stays up', async (t) => {
+    const agent = await agentWithProxy(t)
+    const lax = await createLegacyModbusDevice({ quirks: { unitId: 1 } })
+    const strict = await createLegacyModbusDevice({ quirks: { unitId: 1 } })
+    await started(t, lax.device)
+    await started(t, strict.device)
+    lax.device.holding.set([31, 32], 0)
+    await agent.gateway.enroll({ id: 'fixed-lax', publicKey: lax.publicKey, modbus: { host: '127.0.0.1', port: lax.device.port, unitId: 7, hookBase: null, strictUnitId: false } }, WHO)
+    await agent.gateway.enroll({ id: 'fixed-strict', publicKey: strict.publicKey, modbus: { host: '127.0.0.1', port: strict.device.port, unitId: 8, hookBase: null } }, WHO)
+
+    for (let i = 0; i < 3; i++) assert.deepEqual((await mbpoll(agent.port, 7, { table: 4, ref: 0, count: 2 })).values, [31, 32])
+    assert.equal(lax.device.connections, 1)
+
+    const raw = await RawModbusClient.open(agent.port)
+    t.after(() => raw.end())
+    for (let tid = 1; tid <= 3; tid++) {
+      const t0 = performance.now()
+      const a = await raw.request(tid, 8, readHoldingPdu(0, 2))
+      const ms = performance.now() - t0
+      assert.deepEqual([a.transactionId, a.unitId, ...a.pdu], [tid, 8, 0x83, 0x0b])
+      assert.ok(ms < TIMEOUT_MS, `0x0B after ${ms.toFixed(0)} ms, not after the ${TIMEOUT_MS} ms timeout`)
+    }
+    assert.equal(strict.device.connections, 1, 'one connection to the device for all of it')
+    assert.equal(agent.modbus.proxy.sessionCount('fixed-strict'), 1)
+    assert.equal(strict.device.requestsByFunction.get(3), 3, 'each request reached the device, which answered it')
+  })
+
+  test('an answer with another transaction id: each request answered at once with its data, under the client\'s own transaction id', async (t) => {
+    const agent = await agentWithProxy(t)
+    const odd = await createLegacyModbusDevice({ quirks: { transactionId: (tid) => tid + 1000 } })
+    await started(t, odd.device)
+    odd.device.holding.set([10, 11, 12, 13, 14], 0)
+    await agent.gateway.enroll({ id: 'odd-tid', publicKey: odd.publicKey, modbus: { host: '127.0.0.1', port: odd.device.port, unitId: 9, hookBase: null } }, WHO)
+    const raw = await RawModbusClient.open(agent.port)
+    t.after(() => raw.end())
+    const t0 = performance.now()
+    for (let i = 0; i < 5; i++) {
+      const a = await raw.request(500 + i, 9, readHoldingPdu(i, 1))
+      assert.deepEqual([a.transactionId, ...a.pdu], [500 + i, 3, 2, 0, 10 + i], `request ${i}: its own answer`)
+    }
+    const ms = performance.now() - t0
+    assert.ok(ms < TIMEOUT_MS, `five answers in ${ms.toFixed(0)} ms, none waited for the ${TIMEOUT_MS} ms timeout`)
+    assert.deepEqual(raw.received.map((f) => f.transactionId), [500, 501, 502, 503, 504], 'no stray 0x0B between them')
+    assert.deepEqual((await mbpoll(agent.port, 9, { table: 4, ref: 2, count: 3 })).values, [12, 13, 14], 'libmodbus checks transaction ids: it gets its own')
+    assert.equal(odd.device.connections, 1)
+  })
+
+  test('a device that repeats each answer: the repeat, arriving while the next request waits, is not taken for its answer', async (t) => {
+    const agent = await agentWithProxy(t)
+    // Each request is answered with its registers' addresses as values; before each answer, the previous answer again.
+    const conns: Socket[] = []
+    const echo = createServer((s) => {
+      conns.push(s)
+      const reader = new MbapReader()
+      let last: Buffer | null = null
+      s.on('data', (c: Buffer) => {
+        for (const f of reader.push(c).frames) {
+          // FC 3 only (the gateway's identification read gets 0x01)
+          if (f.pdu[0] !== 3 || f.pdu.length !== 5) {
+            s.write(encodeFrame(f.transactionId, f.unitId, Buffer.from([f.pdu[0]! | 0x80, 1])))
+            continue
+          }
+          const start = f.pdu.readUInt16BE(1)
+          const qty = f.pdu.readUInt16BE(3)
+          const pdu = Buffer.alloc(2 + 2 * qty)
+          pdu[0] = 3
+          pdu[1] = 2 * qty
+          for (let i = 0; i < qty; i++) pdu.writeUInt16BE(start + i, 2 + 2 * i)
+          if (last) s.write(last)
+          last = encodeFrame(f.transactionId, f.unitId, pdu)
+          s.write(last)
+        }
+      })
+    })
+    await new Promise<void>((r) => echo.listen(0, '127.0.0.1', r))
+    t.after(() => new Promise<void>((r) => (conns.forEach((s) => s.destroy()), echo.close(() => r()))))
+    await agent.gateway.enroll({ id: 'echo', publicKey: (await createLegacyModbusDevice()).publicKey, modbus: { host: '127.0.0.1', port: (echo.address() as AddressInfo).port, unitId: 5, hookBase: null } }, WHO)
+    const raw = await RawModbusClient.open(agent.port)
+    t.after(() => raw.end())
+    for (const reg of [40, 41, 42, 43]) assert.deepEqual([...(await raw.request(reg, 5, readHoldingPdu(reg, 1))).pdu], [3, 2, 0, reg], `register ${reg}`)
+  })
+
+  test('answers to one connection go out in request order: a slow unit\'s 0x0B before a fast unit\'s data', async (t) => {
+    const agent = await agentWithProxy(t)
+    const { device } = await hooked(t, agent, 'plc-1', 3)
+    device.holding[0] = 77
+    const held: Socket[] = []
+    const silent = createServer((s) => void held.push(s))
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r))
+    t.after(() => new Promise<void>((r) => (held.forEach((s) => s.destroy()), silent.close(() => r()))))
+    await agent.gateway.enroll({ id: 'mute', publicKey: (await createLegacyModbusDevice()).publicKey, modbus: { host: '127.0.0.1', port: (silent.address() as AddressInfo).port, unitId: 12, hookBase: null } }, WHO)
+    const raw = await RawModbusClient.open(agent.port)
+    t.after(() => raw.end())
+    const slow = raw.answer(1)
+    const fast = raw.answer(2)
+    raw.write(Buffer.concat([encodeFrame(1, 12, readHoldingPdu(0, 1)), encodeFrame(2, 3, readHoldingPdu(0, 1))]))
+    assert.deepEqual([...(await slow).pdu], [0x83, 0x0b])
+    assert.deepEqual([...(await fast).pdu], [3, 2, 0, 77])
+    assert.deepEqual(raw.received.map((f) => f.transactionId), [1, 2], 'in the order asked')
+    // A client that sends its requests and then its FIN (a script piping into nc) still gets every answer.
+    const scripted = await RawModbusClient.open(agent.port)
+    t.after(() => scripted.end())
+    const answers = [scripted.answer(7), scripted.answer(8)]
+    scripted.socket.end(Buffer.concat([encodeFrame(7, 3, readHoldingPdu(0, 1)), encodeFrame(8, 99, readHoldingPdu(0, 1))]))
+    assert.deepEqual((await Promise.all(answers)).map((a) => [...a.pdu]), [[3, 2, 0, 77], [0x83, 0x0a]])
+    await scripted.closed
   })
 })

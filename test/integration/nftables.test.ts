@@ -231,7 +231,9 @@ test('nftables quarantine on the wire: quarantine, release, retire, kill, restar
 
   // Deleted by hand: back within seconds.
   await must('nft', 'delete', 'table', ...TABLE)
-  assert.deepEqual((await reach()).d1, BOTH, 'while the table is gone the device gets through (this is what the re-check heals)')
+  const whileGone = await reach()
+  // The re-check (every 2 s) may heal it while the probe runs on a loaded machine: only a probe that ended with the table still gone says anything.
+  if (!(await tableExists())) assert.deepEqual(whileGone.d1, BOTH, 'while the table is gone the device gets through (this is what the re-check heals)')
   const healMs = await pollKernel('table re-created', async () => (await ruleCount()) > 0)
   t.diagnostic(`table deleted by hand: re-created ${healMs.toFixed(0)} ms later (re-check every 2 s)`)
   assert.deepEqual(await reach(), EXPECTED_LIVE, 'after the table was deleted by hand')

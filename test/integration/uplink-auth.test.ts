@@ -4,28 +4,15 @@
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { generateKeyPairSync } from 'node:crypto'
-import { chmodSync, readFileSync, writeFileSync } from 'node:fs'
+import { chmodSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { ControlPlane, publicKeyB64 } from '../../simulators/control-plane.ts'
 import { startTestAgent, tempDir } from '../helpers/agent.ts'
 import { Mosquitto } from '../helpers/mosquitto.ts'
+import { makeTestPki } from '../helpers/test-pki.ts'
 
-function makePki(dir: string): void {
-  const ssl = (...args: string[]): void => void execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' })
-  ssl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=test central CA')
-  for (const [name, ext] of [
-    ['server', 'subjectAltName=IP:127.0.0.1'],
-    ['client', 'extendedKeyUsage=clientAuth'],
-  ] as const) {
-    ssl('req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`)
-    writeFileSync(join(dir, `${name}.ext`), `${ext}\n`)
-    ssl('x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.pem', '-CAkey', 'ca.key', '-CAcreateserial', '-out', `${name}.pem`, '-days', '2', '-extfile', `${name}.ext`)
-  }
-  // Mosquitto started as root drops to its own user before reading these: test material, readable.
-  chmodSync(dir, 0o755)
-  chmodSync(join(dir, 'server.key'), 0o644)
-}
+const makePki = (dir: string): void => makeTestPki(dir, { server: 'subjectAltName=IP:127.0.0.1', client: 'extendedKeyUsage=clientAuth' })
 
 test('uplink over mqtts with a client certificate and a password; a wrong password is refused and retried, never logged', async (t) => {
   const pki = tempDir(t)

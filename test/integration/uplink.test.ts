@@ -277,7 +277,7 @@ test('edgewarden ctl send --wait and ctl watch against a live gateway', async (t
   const agent = await startTestAgent(t, { flags: { uplink: m.url, cpKey: [`ops=${cpPub}`] } })
   const gwKey = agent.gateway.key.publicKeyB64
   const link = ['--broker', m.url, '--site', 'site1', '--gateway', 'gw1']
-  const watchProc = spawn(process.execPath, [BIN, 'ctl', 'watch', ...link, '--gateway-key', gwKey, '--count', '3', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const watchProc = spawn(process.execPath, [BIN, 'ctl', 'watch', ...link, '--gateway-key', gwKey, '--count', '3', '--json', '--state', join(tempDir(t), 'watch.json')], { stdio: ['ignore', 'pipe', 'pipe'] })
   t.after(() => void watchProc.kill('SIGKILL'))
   let watchOut = ''
   watchProc.stdout.on('data', (c: Buffer) => (watchOut += c.toString()))
@@ -307,4 +307,47 @@ test('edgewarden ctl send --wait and ctl watch against a live gateway', async (t
   assert.equal(bulk.code, 0, bulk.stderr)
   assert.deepEqual(JSON.parse(bulk.stdout.trim().split('\n').at(-1)!), { completed: 3, failed: 0, rejected: 0, duplicate: 0, unanswered: 0 })
   for (const id of ['b1', 'b2', 'b3']) assert.equal(agent.gateway.getDevice(id)?.state, 'quarantined')
+})
+
+test('the retained status carries the last event seq and the audit head as on disk, follows them, and never goes back across a restart', async (t) => {
+  const m = await Mosquitto.start(t)
+  const dataDir = tempDir(t)
+  const flags = { uplink: m.url, cpKey: [pin('cp1', cp1)] }
+  let agent = await startTestAgent(t, { dataDir, flags })
+  const cp = await controlPlane(t, m.url, agent.gateway.key.publicKeyB64)
+  const mqtt = (await import('mqtt')).default
+  const watcher = await mqtt.connectAsync(m.url, { protocolVersion: 4 })
+  t.after(() => watcher.endAsync())
+  const statuses: { online: boolean; seq?: number; audit?: { seq: number; hash: string } }[] = []
+  const waiters: (() => void)[] = []
+  watcher.on('message', (_topic, payload) => {
+    statuses.push(JSON.parse(payload.toString()) as (typeof statuses)[number])
+    for (const w of waiters.splice(0)) w()
+  })
+  await watcher.subscribeAsync(cp.topics.status, { qos: 1 })
+  const statusWhere = async (pred: (s: (typeof statuses)[number]) => boolean, timeoutMs = 10_000): Promise<(typeof statuses)[number]> => {
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      const hit = statuses.find(pred)
+      if (hit) return hit
+      if (Date.now() > deadline) throw new Error(`no such status; got ${JSON.stringify(statuses)}`)
+      await new Promise<void>((resolve) => {
+        waiters.push(resolve)
+        setTimeout(resolve, deadline - Date.now()).unref()
+      })
+    }
+  }
+  const done = await cp.run('device.enroll', { device: { id: 'valve-1', publicKey: devKey() } })
+  const head = () => agent.gateway.durableHead
+  const s1 = await statusWhere((s) => s.online && (s.seq ?? 0) >= done.seq)
+  assert.equal(typeof s1.audit?.hash, 'string')
+  await statusWhere((s) => s.online && s.seq === head().seq && s.audit?.seq === head().audit.seq && s.audit.hash === head().audit.hash)
+  const before = head()
+  await agent.stop()
+  const offline = await statusWhere((s) => !s.online)
+  assert.equal(offline.seq, before.seq, 'a clean stop says offline, with the head it stopped at')
+  statuses.length = 0
+  agent = await startTestAgent(t, { dataDir, flags })
+  const back = await statusWhere((s) => s.online)
+  assert.ok((back.seq ?? 0) >= before.seq && (back.audit?.seq ?? 0) >= before.audit.seq, `after a restart the status does not go back: ${JSON.stringify(back)} vs ${JSON.stringify(before)}`)
 })

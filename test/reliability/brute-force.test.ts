@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict'
 import { generateKeyPairSync } from 'node:crypto'
 import { test } from 'node:test'
-import { addressKey, AuthThrottle } from '../../agent/auth-throttle.ts'
+import { addressKey, AuthThrottle, hasTokenShape } from '../../agent/auth-throttle.ts'
 import { ManualClock } from '../../agent/clock.ts'
 import { signJws } from '../../agent/jws.ts'
 import { newJti } from '../../firmware-hooks/wire/ids.ts'
@@ -16,15 +16,19 @@ import { enrollDevice, pool, tokenFor, WHO, type TestDevice } from '../helpers/m
 import { closedWithin, connectPacket, publishPacket, rawExchange, subscribePacket, varint } from '../fuzz/mqtt-wire.ts'
 import { MAX_TOPIC_LENGTH } from '../../protocols/mqtt/admission-policy.ts'
 
-test('AuthThrottle: per id and per address (IPv6 by /64), windows and blocks expire, known-good ids pass an address block, memory bounded', () => {
+test('AuthThrottle: per address (IPv6 by /64) and per id, garbage counts against the source only, windows and blocks expire, memory bounded', () => {
   let now = 1_000_000
   const th = new AuthThrottle({ perClient: 3, perAddress: 5, windowS: 60, blockS: 30 }, () => now)
-  // per client id: 3 failures block that id only
+  // per client id: 3 credential failures block that id (a blocked attempt then needs a token-shaped password)
   for (let i = 0; i < 3; i++) assert.equal(th.check('dev-a', '10.0.0.1'), null), th.failure('dev-a', '10.0.0.1')
-  assert.deepEqual(th.check('dev-a', '10.0.0.9'), { scope: 'client', untilS: now + 30 }, 'the id is blocked from any address')
+  assert.deepEqual(th.check('dev-a', '10.0.0.9'), { scope: 'client', untilS: now + 30 })
   assert.equal(th.check('dev-b', '10.0.0.1'), null, 'another id from the same address is not blocked by dev-a failures')
   now += 30
   assert.equal(th.check('dev-a', '10.0.0.1'), null, 'the block expires')
+  // garbage counts against the source, never against the id it named
+  const g = new AuthThrottle({ perClient: 2, perAddress: 100, windowS: 60, blockS: 30 }, () => now)
+  for (let i = 0; i < 50; i++) g.failure('victim', '10.0.0.7', 'garbage')
+  assert.equal(g.check('victim', '10.0.0.8'), null, 'garbage naming an id does not block it')
   // failures spread over more than the window do not add up
   const spread = new AuthThrottle({ perClient: 3, perAddress: 0, windowS: 10, blockS: 30 }, () => now)
   for (let i = 0; i < 10; i++) {
@@ -39,11 +43,9 @@ test('AuthThrottle: per id and per address (IPv6 by /64), windows and blocks exp
   s.success('d')
   s.failure('d', undefined)
   assert.equal(s.check('d', undefined), null)
-  // per address: 5 failures of 5 ids block new ids from it, not known-good ones, not other addresses
-  th.success('good-1')
-  for (let i = 0; i < 5; i++) th.failure(`guess-${i}`, '10.0.0.2')
+  // per address: 5 failures block every id from it (the block only decides how much work an attempt gets), not other addresses
+  for (let i = 0; i < 5; i++) th.failure(`guess-${i}`, '10.0.0.2', 'garbage')
   assert.equal(th.check('newcomer', '10.0.0.2')?.scope, 'address')
-  assert.equal(th.check('good-1', '10.0.0.2'), null, 'an id admitted before is exempt from the address block')
   assert.equal(th.check('newcomer', '10.0.0.3'), null)
   now += 31
   assert.equal(th.check('newcomer', '10.0.0.2'), null)
@@ -54,15 +56,19 @@ test('AuthThrottle: per id and per address (IPv6 by /64), windows and blocks exp
   for (let i = 0; i < 5; i++) th.failure(`v6-${i}`, `2001:db8:0:1::${i + 1}`)
   assert.equal(th.check('newcomer', '2001:db8:0:1:ffff::9')?.scope, 'address', 'another address of the same /64 is blocked')
   assert.equal(th.check('newcomer', '2001:db8:0:2::1'), null)
-  assert.deepEqual(th.refused, { client: 1, address: 2 })
   now += 31
   // bounded: a flood of distinct ids and addresses keeps at most maxKeys of each
   const b = new AuthThrottle({ perClient: 3, perAddress: 3, windowS: 60, blockS: 30, maxKeys: 100 }, () => now)
-  for (let i = 0; i < 10_000; i++) {
-    b.failure(`id-${i}`, `a-${i}`)
-    b.success(`ok-${i}`)
-  }
-  assert.deepEqual(b.size, { clients: 100, addresses: 100, good: 100 })
+  for (let i = 0; i < 10_000; i++) b.failure(`id-${i}`, `a-${i}`)
+  assert.deepEqual(b.size, { clients: 100, addresses: 100 })
+})
+
+test('hasTokenShape: what a blocked attempt must look like before anything is parsed', async () => {
+  const key = generateKeyPairSync('ed25519').privateKey
+  const jws = signJws(key, 'dev-1', { iss: 'dev-1', aud: 'gw', iat: 1, exp: 2, jti: 'j' })
+  assert.ok(hasTokenShape(jws))
+  assert.ok(hasTokenShape(Buffer.from(jws)))
+  for (const bad of [undefined, '', 'guess-1', 'a.b.c', `${jws}.x`, jws.replace('.', '+'), 'x'.repeat(20_000)]) assert.ok(!hasTokenShape(bad), String(bad).slice(0, 30))
 })
 
 /** A valid connect of `dev` from `localAddress`: the CONNACK code. */
@@ -72,7 +78,7 @@ async function admitFrom(agent: Awaited<ReturnType<typeof startTestAgent>>, dev:
   return r.connack
 }
 
-test('a storm of bad-credential connects: throttled per id and per address, legitimate devices keep being admitted, blocks expire', async (t) => {
+test('a storm of bad-credential connects: throttled per address and per id, garbage refused unparsed, valid tokens always admitted, blocks expire', async (t) => {
   const clock = new ManualClock(Date.now())
   const agent = await startTestAgent(t, {
     clock,
@@ -114,33 +120,44 @@ test('a storm of bad-credential connects: throttled per id and per address, legi
   const stormMs = performance.now() - started
   assert.equal(codes.get('0'), undefined, 'no bad credential got in')
   assert.equal(legitOk, legitTried, 'every legitimate connect during the storm was admitted')
-  assert.ok(throttle.refused.address >= storm - 100, `most of the storm refused by the address throttle without token work (${throttle.refused.address})`)
+  // the garbage two thirds of the storm (not token-shaped) refused unparsed once the address was blocked
+  assert.ok(throttle.refused.address >= (storm * 2) / 3 - 100, `most garbage refused by the address throttle without token work (${throttle.refused.address})`)
 
-  // The address block: a device never admitted is refused from 127.0.0.2, a known-good one is not, another address is not.
-  assert.equal(await admitFrom(agent, newcomer, '127.0.0.2'), 5)
+  // The address block never keeps out a valid token: a device never admitted before gets in from 127.0.0.2 too.
+  const verifies = agent.mqttPolicy.admission.stats.verifies
+  const refusedBefore = throttle.refused.address
+  for (let i = 0; i < 20; i++) {
+    const r = await rawExchange(agent.mqttPort, connectPacket({ clientId: `late-${i}`, username: `late-${i}`, password: `guess-${i}` }), { localAddress: '127.0.0.2' })
+    assert.equal(r.connack, 5)
+  }
+  assert.equal(throttle.refused.address, refusedBefore + 20, 'garbage from a blocked address is refused before parsing')
+  assert.equal(agent.mqttPolicy.admission.stats.verifies, verifies, 'and costs no signature check')
+  assert.equal(await admitFrom(agent, newcomer, '127.0.0.2'), 0)
   assert.equal(await admitFrom(agent, legit[3]!, '127.0.0.2'), 0)
   assert.equal(await admitFrom(agent, newcomer, '127.0.0.5'), 0)
 
-  // Per client id: 5 wrong-key connects for `victim` from 127.0.0.3 block the id, even from elsewhere and with its valid token.
+  // Per client id: 5 wrong-key connects for `victim` from 127.0.0.3 block the id, but its valid token still gets in, from anywhere.
   for (let i = 0; i < 5; i++) {
     const r = await rawExchange(agent.mqttPort, connectPacket({ clientId: victim.id, username: victim.id, password: forged(victim.id) }), { localAddress: '127.0.0.3' })
     assert.equal(r.connack, 5)
   }
-  const signaturesBefore = throttle.refused.client
-  assert.equal(await admitFrom(agent, victim, '127.0.0.4'), 5, 'the id is throttled')
-  assert.equal(throttle.refused.client, signaturesBefore + 1)
+  assert.equal(throttle.check(victim.id, '127.0.0.4')?.scope, 'client', 'the id is throttled')
+  const garbageForVictim = await rawExchange(agent.mqttPort, connectPacket({ clientId: victim.id, username: victim.id, password: 'guess' }), { localAddress: '127.0.0.4' })
+  assert.equal(garbageForVictim.connack, 5, 'garbage for a blocked id is refused unparsed')
+  assert.equal(await admitFrom(agent, victim, '127.0.0.4'), 0, "the victim's own token gets in through its id's block")
   assert.equal(await admitFrom(agent, legit[1]!, '127.0.0.3'), 0, 'another id from the same address still gets in')
 
   // A cut identity that is throttled still counts as residual use (PROTOCOL §4).
   for (let i = 0; i < 5; i++) await rawExchange(agent.mqttPort, connectPacket({ clientId: gone.id, username: gone.id, password: forged(gone.id) }), { localAddress: '127.0.0.6' })
   const residualBefore = agent.mqttPolicy.residual.attempts(gone.id)
-  assert.equal(await admitFrom(agent, gone, '127.0.0.6'), 5)
+  const r = await rawExchange(agent.mqttPort, connectPacket({ clientId: gone.id, username: gone.id, password: 'guess' }), { localAddress: '127.0.0.6' })
+  assert.equal(r.connack, 5)
   assert.equal(agent.mqttPolicy.residual.attempts(gone.id), residualBefore + 1, 'the throttled attempt of a revoked device is recorded')
 
   // Blocks expire.
   clock.advance(31_000)
-  assert.equal(await admitFrom(agent, victim, '127.0.0.4'), 0, 'the per-id block expired')
-  assert.equal(await admitFrom(agent, newcomer, '127.0.0.2'), 0, 'the per-address block expired')
+  assert.equal(throttle.check(victim.id, '127.0.0.3'), null, 'the per-id block expired')
+  assert.equal(throttle.check('anyone', '127.0.0.2'), null, 'the per-address block expired')
 
   const byCode = [...codes].map(([k, n]) => `${n} CONNACK ${k}`).join(', ')
   recordFigure(t, {
@@ -148,6 +165,50 @@ test('a storm of bad-credential connects: throttled per id and per address, legi
     test: 'bad-credential connect storm from one address while legitimate devices connect',
     size: `${storm.toLocaleString('en')} bad connects, ${legitTried} legitimate`,
     result: `${byCode}; ${throttle.refused.address} refused by the address throttle; ${legitOk}/${legitTried} legitimate admitted; ${Math.round((storm * 1000) / stormMs)} connects/s; blocks expired after 30 s`,
+    pass: true,
+  })
+})
+
+test('lock-out barrage: bad connects from one address with no key, naming every device, then the whole fleet reconnects at once', async (t) => {
+  // Default throttle settings: the barrage trips both the address and every id it names.
+  const agent = await startTestAgent(t)
+  const gw = agent.gateway
+  const fleet = await Promise.all(Array.from({ length: 150 }, (_, i) => enrollDevice(gw, `fleet-${i}`)))
+  // every device admitted once before (the old throttle exempted such ids from the address block, which the barrage exploited)
+  await pool(fleet, 32, async (d) => assert.equal(await admitFrom(agent, d, '127.0.0.1'), 0))
+  const forger = generateKeyPairSync('ed25519').privateKey
+  const forged = (id: string): string => signJws(forger, id, { iss: id, aud: gw.id, iat: gw.nowS(), exp: gw.nowS() + 60, jti: newJti() })
+  const barrage = scaled(1500)
+  const verifies0 = agent.mqttPolicy.admission.stats.verifies
+  const t0 = performance.now()
+  let tokenShaped = 0
+  await pool(Array.from({ length: barrage }, (_, i) => i), 64, async (i) => {
+    const d = fleet[i % fleet.length]!
+    const kind = i % 3
+    if (kind === 0) tokenShaped++
+    const password = kind === 0 ? forged(d.id) : kind === 1 ? `guess-${i}` : undefined
+    const r = await rawExchange(agent.mqttPort, connectPacket({ clientId: d.id, username: d.id, ...(password !== undefined ? { password } : {}) }), { localAddress: '127.0.0.9' })
+    assert.notEqual(r.connack, 0)
+  })
+  const barrageMs = performance.now() - t0
+  const verifies = agent.mqttPolicy.admission.stats.verifies - verifies0
+  assert.ok(verifies <= tokenShaped, `only token-shaped attempts cost a signature check (${verifies} checks, ${tokenShaped} forged tokens)`)
+  const blockedIds = fleet.filter((d) => agent.mqttPolicy.throttle.check(d.id, '127.0.0.1')?.scope === 'client').length
+  assert.ok(blockedIds > 0, 'the barrage did trip per-id blocks')
+  assert.equal(agent.mqttPolicy.throttle.check('x', '127.0.0.9')?.scope, 'address', 'and the address block')
+
+  // Every device at once, from another address, then from the attacker's own address (a shared NAT, one /64).
+  const t1 = performance.now()
+  const elsewhere = await pool(fleet, 150, (d) => admitFrom(agent, d, '127.0.0.1'))
+  const fromAttacker = await pool(fleet, 150, (d) => admitFrom(agent, d, '127.0.0.9'))
+  const reconnectMs = performance.now() - t1
+  assert.equal(elsewhere.filter((c) => c === 0).length, fleet.length, 'every device reconnects from another address')
+  assert.equal(fromAttacker.filter((c) => c === 0).length, fleet.length, "every device reconnects from the attacker's address")
+  recordFigure(t, {
+    area: 'brute force',
+    test: 'lock-out barrage from one address naming every device, then the fleet reconnects at once',
+    size: `${barrage.toLocaleString('en')} bad connects (garbage, no password, forged tokens) against ${fleet.length} devices; ${fleet.length * 2} reconnects`,
+    result: `${blockedIds} ids and the address blocked; ${verifies} signature checks for ${barrage} attempts (${Math.round((barrage * 1000) / barrageMs)}/s); ${fleet.length}/${fleet.length} reconnected from another address and ${fleet.length}/${fleet.length} from the attacker's, in ${Math.round(reconnectMs)} ms`,
     pass: true,
   })
 })

@@ -242,3 +242,93 @@ test('edgewarden audit verify: exit 0 on a good log, 1 naming the entry on a tam
   assert.match(broken.stdout, /edited/)
   assert.doesNotMatch(broken.stdout + broken.stderr, /\n\s+at /, 'no stack trace')
 })
+
+/** A gateway's data dir with some history; `mid` is the head record as it was halfway (an old signed head an attacker kept). */
+async function withHistory(t: T): Promise<{ dataDir: string; gatewayKey: string; mid: { head: string; seq: number } }> {
+  const dataDir = tempDir(t)
+  const gw = await Gateway.open(testConfig(dataDir), { log: createLogger('silent') })
+  for (const id of ['d1', 'd2', 'd3']) await gw.enroll({ id, publicKey: generateKeyPair().publicKeyB64 }, who('install'))
+  await gw.store.flush()
+  const mid = { head: (await gw.store.get(AUDIT_HEAD_KEY))!, seq: gw.auditHead.seq }
+  await gw.transition('d2', 'revoke', who('stolen'))
+  await gw.transition('d3', 'quarantine', who('scan'))
+  const gatewayKey = gw.key.publicKeyB64
+  await gw.close()
+  return { dataDir, gatewayKey, mid }
+}
+
+test('a log cut back to an older signed head is caught: the head is anchored to the event counter, which only grows', async (t) => {
+  const { dataDir, gatewayKey, mid } = await withHistory(t)
+  const store = await Store.open(dataDir)
+  t.after(() => store.close())
+  assert.equal((await verifyAuditLog(store, [gatewayKey])).ok, true)
+  // The revoke and the quarantine are erased, the old (genuinely signed) head put back.
+  for (let s = mid.seq + 1; ; s++) {
+    if ((await store.db.get(key(s))) === undefined) break
+    await store.db.del(key(s))
+  }
+  await store.db.put(AUDIT_HEAD_KEY, mid.head)
+  const v = await verifyAuditLog(store, [gatewayKey])
+  assertBrokenAt(v, mid.seq + 1, /cut back to an older head/, mid.seq)
+})
+
+test('a used store whose whole log and head were deleted is caught; a new empty store verifies', async (t) => {
+  const { dataDir, gatewayKey } = await withHistory(t)
+  const store = await Store.open(dataDir)
+  t.after(() => store.close())
+  for await (const [k] of store.scan(AUDIT_PREFIX)) await store.db.del(k)
+  await store.db.del(AUDIT_HEAD_KEY)
+  assertBrokenAt(await verifyAuditLog(store, [gatewayKey]), 1, /has been in use/, 0)
+  const fresh = await Store.open(tempDir(t))
+  t.after(() => fresh.close())
+  assert.equal((await verifyAuditLog(fresh, [gatewayKey])).ok, true)
+})
+
+test('verify against a gateway writing as fast as it can never reports a healthy log broken (one snapshot)', async (t) => {
+  const dataDir = tempDir(t)
+  const gw = await Gateway.open(testConfig(dataDir), { log: createLogger('silent') })
+  t.after(() => gw.close())
+  await gw.enroll({ id: 'd1', publicKey: generateKeyPair().publicKeyB64 }, who('install'))
+  let writing = true
+  const writers = Array.from({ length: 8 }, async (_, w) => {
+    for (let i = 0; writing; i++) {
+      await gw.commit({ audit: [{ actor: 'test', action: 'burst', data: { w, i } }], events: i % 2 ? [{ type: 'inventory', data: { w, i } }] : [] }, { sync: false })
+    }
+  })
+  let runs = 0
+  try {
+    for (; runs < 60; runs++) {
+      const v = await verifyAuditLog(gw.store, [gw.key.publicKeyB64])
+      assert.equal(v.ok, true, `run ${runs}: ${JSON.stringify(v)}`)
+    }
+  } finally {
+    writing = false
+    await Promise.all(writers)
+  }
+  assert.ok(gw.auditHead.seq > 100, `the log grew meanwhile (${gw.auditHead.seq} entries)`)
+})
+
+test('edgewarden audit verify needs only a public key: --trust-key with the private key elsewhere, and says which key it trusted', async (t) => {
+  const { dataDir, gatewayKey } = await withHistory(t)
+  // the private key moved away (e.g. --key /etc/edgewarden/gateway.key): verifying must not need it
+  const elsewhere = join(tempDir(t), 'gateway.key')
+  cpSync(join(dataDir, 'gateway.key'), elsewhere)
+  ;(await import('node:fs')).rmSync(join(dataDir, 'gateway.key'))
+  const pinned = await runCli(['audit', 'verify', '--data-dir', dataDir, '--trust-key', gatewayKey])
+  assert.equal(pinned.code, 0, pinned.stderr)
+  assert.match(pinned.stdout, new RegExp(`trusted key ${gatewayKey} \\(pinned with --trust-key\\)`))
+  const fromStore = await runCli(['audit', 'verify', '--data-dir', dataDir, '--json'])
+  assert.equal(fromStore.code, 0, fromStore.stderr)
+  const v = JSON.parse(fromStore.stdout) as { ok: boolean; trusted: { key: string; source: string }[] }
+  assert.equal(v.trusted[0]!.key, gatewayKey)
+  assert.match(v.trusted[0]!.source, /recorded in the store itself.*proves less/)
+  const keyFile = await runCli(['audit', 'verify', '--data-dir', dataDir, '--key', elsewhere])
+  assert.equal(keyFile.code, 0, keyFile.stderr)
+  assert.match(keyFile.stdout, /the public half of .*gateway\.key, kept with the data/)
+  const wrong = await runCli(['audit', 'verify', '--data-dir', dataDir, '--trust-key', generateKeyPair().publicKeyB64])
+  assert.equal(wrong.code, 1)
+  assert.match(wrong.stdout, /not a trusted gateway key/)
+  const bad = await runCli(['audit', 'verify', '--data-dir', dataDir, '--trust-key', 'nope'])
+  assert.equal(bad.code, 2)
+  assert.match(bad.stderr, /not a public key/)
+})

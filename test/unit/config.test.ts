@@ -164,3 +164,29 @@ test('edgewarden start with a bad port and a bad site: exit 2, one message namin
   assert.doesNotMatch(r.stderr, /\n\s+at \S/, 'no stack trace')
   assert.doesNotMatch(r.stdout, /ready/)
 })
+
+test('config problems never echo a secret: a non-string uplinkPassword, credentials in an uplink URL', async (t) => {
+  const cwd = tempDir(t)
+  const NUMERIC_PASSWORD = '98765432123'
+  const URL_PASSWORD = 'Sup3rS3cret-url-pw'
+  const BARE_PASSWORD = 'Bare-S3cret-pw-x9'
+  writeFileSync(join(cwd, 'c.yaml'), `uplinkPassword: ${NUMERIC_PASSWORD}\nuplink: http://gw-user:${URL_PASSWORD}@central:1883\n`)
+  const fromFile = await runCli(['start', '--config', 'c.yaml', '--data-dir', join(cwd, 'data')], { cwd, env: { EDGEWARDEN_LOG_LEVEL: 'silent' } })
+  assert.equal(fromFile.code, 2, fromFile.stderr)
+  assert.match(fromFile.stderr, /uplinkPassword \(from .*c\.yaml: uplinkPassword\): \(secret, not shown\) is not a non-empty string \(quote it/)
+  assert.match(fromFile.stderr, /uplink: "http:\/\/\[redacted\]@central:1883" is not an mqtt:\/\/ or mqtts:\/\/ URL/)
+  // a URL with no scheme: what looks like user:password is redacted all the same
+  const bare = await runCli(['start', '--uplink', `gw-user:${BARE_PASSWORD}@central:1883`, '--uplink-password', '', '--data-dir', join(cwd, 'data')], { cwd, env: { EDGEWARDEN_LOG_LEVEL: 'silent' } })
+  assert.equal(bare.code, 2, bare.stderr)
+  assert.match(bare.stderr, /uplink: "\[redacted\]@central:1883" is not an mqtt/)
+  for (const [r, secrets] of [[fromFile, [NUMERIC_PASSWORD, URL_PASSWORD, 'gw-user']], [bare, [BARE_PASSWORD, 'gw-user']]] as const) {
+    for (const s of secrets) {
+      assert.ok(!r.stderr.includes(s), `${s} in stderr:\n${r.stderr}`)
+      assert.ok(!r.stdout.includes(s), `${s} in stdout`)
+    }
+  }
+  // the same in the ConfigError itself, for a caller that prints its problems
+  const err = configError(() => loadConfig({ flags: { uplinkPassword: '', uplink: `mqtt//u:${URL_PASSWORD}@h` }, env: {}, cwd }))
+  assert.ok(!err.message.includes(URL_PASSWORD), err.message)
+  assert.match(err.message, /uplinkPassword \(from --uplink-password\): \(secret, not shown\)/)
+})

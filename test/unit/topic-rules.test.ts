@@ -1,7 +1,7 @@
 // PROTOCOL §5 topic rules as pure functions: wildcards reasoned level by level.
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
-import { cmdTopicOwner, filterCovers, mayPublish, mayReceive, maySubscribe, topicMatches } from '../../protocols/mqtt/topic-rules.ts'
+import { aclCovers, cmdTopicOwner, filterCovers, mayPublish, mayReceive, maySubscribe, topicMatches } from '../../protocols/mqtt/topic-rules.ts'
 
 test('topicMatches follows MQTT 3.1.1 §4.7', () => {
   assert.ok(topicMatches('#', 'a/b'))
@@ -52,7 +52,32 @@ test('subscribe: own cmd always; acl filters for full rights; a named other cmd 
 test('delivery strips other identities commands from wildcard subscriptions', () => {
   assert.equal(cmdTopicOwner('dev/x/cmd'), 'x')
   assert.equal(cmdTopicOwner('dev/x/y/cmd'), null)
-  assert.ok(mayReceive('x', 'dev/x/cmd'))
-  assert.ok(!mayReceive('h', 'dev/x/cmd'))
-  assert.ok(mayReceive('h', 'dev/x/cmd/more'))
+  const all = { subscribe: ['#'] }
+  assert.ok(mayReceive('x', 'full', undefined, 'dev/x/cmd'))
+  assert.ok(!mayReceive('h', 'full', all, 'dev/x/cmd'))
+  assert.ok(mayReceive('h', 'full', all, 'dev/x/cmd/more'))
+})
+
+test('delivery follows the receiver\'s rights and acl now (PROTOCOL §4), not those it subscribed with', () => {
+  const hist = { subscribe: ['dev/+/tele/#'] }
+  assert.ok(mayReceive('h', 'full', hist, 'dev/p/tele/t'))
+  assert.ok(!mayReceive('h', 'wipe-only', hist, 'dev/p/tele/t'), 'a retiring historian gets its own commands only')
+  assert.ok(mayReceive('h', 'wipe-only', hist, 'dev/h/cmd'))
+  assert.ok(!mayReceive('h', 'renew-only', hist, 'dev/p/tele/t'))
+  assert.ok(!mayReceive('h', 'full', { subscribe: ['dev/q/#'] }, 'dev/p/tele/t'), 'an acl narrowed since the subscription')
+  assert.ok(!mayReceive('h', 'full', undefined, 'dev/p/tele/t'))
+})
+
+test('acl coverage: narrowing is seen filter by filter', () => {
+  assert.ok(aclCovers({ subscribe: ['dev/#'] }, { subscribe: ['dev/+/tele/#'] }))
+  assert.ok(aclCovers({ subscribe: ['dev/+/tele/#'] }, undefined))
+  assert.ok(!aclCovers(undefined, { subscribe: ['dev/+/tele/#'] }))
+  assert.ok(!aclCovers({ subscribe: ['dev/+/tele/a'] }, { subscribe: ['dev/+/tele/#'] }))
+  assert.ok(!aclCovers({ subscribe: ['dev/#'] }, { publish: ['app/x'] }))
+})
+
+test('U+0000 in a topic name or filter is refused (MQTT 3.1.1 §4.7.3, PROTOCOL §5)', () => {
+  assert.ok(!mayPublish('a', 'full', undefined, 'dev/a/te\u0000le'))
+  assert.ok(!mayPublish('a', 'full', { publish: ['#'] }, 'x\u0000'))
+  assert.ok(!maySubscribe('a', 'full', { subscribe: ['#'] }, 'dev/\u0000/#'))
 })

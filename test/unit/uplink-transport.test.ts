@@ -32,7 +32,7 @@ test('a CONNACK arriving while the uplink stops publishes nothing and throws not
         version: 'test',
         log: pino({ level: 'silent' }),
       } as ConstructorParameters<typeof MqttUplinkTransport>[0])
-      transport.start({ onUp: () => ups++, onDown: () => {}, onCommand: async () => {} })
+      transport.start({ onUp: () => ups++, onDown: () => {}, onCommand: async () => {}, status: () => ({}) })
     })
   })
   let transport!: MqttUplinkTransport

@@ -1,0 +1,178 @@
+// PROTOCOL §3, re-sends and the window: a central broker drops QoS 1
+// messages beyond its per-client queue (Mosquitto's max_queued_messages).
+// Published all at once, most of a large bulk is lost there; through
+// `ctl bulk`'s bounded window, with re-sends of what got no answer (same
+// jti), every command completes, and the gateway runs each one once.
+// A real Mosquitto with a small queue, a real agent as its uplink client.
+import assert from 'node:assert/strict'
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { test, type TestContext } from 'node:test'
+import { generateKeyPair, writeKeyFile } from '../../agent/keys.ts'
+import { ControlPlane } from '../../simulators/control-plane.ts'
+import { runCli, startTestAgent, tempDir } from '../helpers/agent.ts'
+import { Mosquitto } from '../helpers/mosquitto.ts'
+
+const N = 2000
+/** Small enough that a burst overflows it at once; Mosquitto's default is 1000. */
+const QUEUE = 100
+
+/** What the gateway itself committed, per command and per device: the ground truth of "ran once", whatever reached us. */
+function ledger(agent: Awaited<ReturnType<typeof startTestAgent>>): {
+  accepted: Map<string, number>
+  completed: Map<string, number>
+  duplicate: Map<string, string[]>
+  /** device id -> jtis accepted for it */
+  jtisOf: Map<string, Set<string>>
+  stateChanges: Map<string, number>
+} {
+  const l = { accepted: new Map<string, number>(), completed: new Map<string, number>(), duplicate: new Map<string, string[]>(), jtisOf: new Map<string, Set<string>>(), stateChanges: new Map<string, number>() }
+  const bump = (m: Map<string, number>, k: string): void => void m.set(k, (m.get(k) ?? 0) + 1)
+  agent.gateway.onCommitted((change) => {
+    for (const e of change.events ?? []) {
+      const jti = String(e.data.jti)
+      if (e.type === 'cmd.accepted') bump(l.accepted, jti)
+      else if (e.type === 'cmd.completed') {
+        bump(l.completed, jti)
+        const id = String(e.data.deviceId)
+        l.jtisOf.set(id, (l.jtisOf.get(id) ?? new Set()).add(jti))
+      } else if (e.type === 'cmd.duplicate') l.duplicate.set(jti, [...(l.duplicate.get(jti) ?? []), String(e.data.state)])
+      else if (e.type === 'device.state') bump(l.stateChanges, String(e.data.deviceId))
+    }
+  })
+  return l
+}
+
+async function setup(t: TestContext) {
+  const m = await Mosquitto.start(t, [], { settings: [`max_queued_messages ${QUEUE}`, 'max_inflight_messages 20'] })
+  const dir = tempDir(t)
+  const cpKey = generateKeyPair()
+  const keyFile = join(dir, 'cp.key')
+  writeKeyFile(keyFile, cpKey)
+  const agent = await startTestAgent(t, { flags: { uplink: m.url, cpKey: [`ops=${cpKey.publicKeyB64}`] } })
+  const l = ledger(agent)
+  const cp = new ControlPlane({ broker: m.url, site: 'site1', gateway: 'gw1', key: keyFile, kid: 'ops', gatewayKey: agent.gateway.key.publicKeyB64 })
+  await cp.connect()
+  t.after(() => cp.close())
+  await cp.waitOnline()
+  const link = ['--broker', m.url, '--site', 'site1', '--gateway', 'gw1', '--key', keyFile, '--kid', 'ops', '--gateway-key', agent.gateway.key.publicKeyB64]
+  return { m, dir, agent, l, cp, link, devicePublicKey: generateKeyPair().publicKeyB64 }
+}
+
+const ids = (prefix: string): string[] => Array.from({ length: N }, (_, i) => `${prefix}-${i}`)
+
+test(`ctl bulk: ${N} enrolls through a broker queue of ${QUEUE} all complete, each run once; published at once, most are lost`, async (t) => {
+  const { dir, agent, l, cp, link, devicePublicKey } = await setup(t)
+  const completedFor = (prefix: string): number => [...l.jtisOf.keys()].filter((id) => id.startsWith(`${prefix}-`)).length
+
+  // Without the window, as ctl bulk did: every command published at once.
+  const burst = ids('a').map((id) => cp.sign('device.enroll', { device: { id, publicKey: devicePublicKey } }))
+  await Promise.all(burst.map((c) => cp.publishRaw(c.jws)))
+  // Commands run in arrival order: once a later one completes, every burst
+  // command the broker kept has run too. (It is re-sent until it gets in.)
+  const sentinel = cp.sign('inventory.report', {})
+  const s = await cp.sendAll([sentinel], { window: 1, resendAfterMs: 500, timeoutMs: 30_000 })
+  assert.equal(s.results[0]!.outcome, 'completed')
+  const lost = N - completedFor('a')
+  t.diagnostic(`published at once: ${completedFor('a')} of ${N} completed, ${lost} lost at the broker (queue ${QUEUE})`)
+  assert.ok(lost > N / 2, `most of the burst is lost at the broker: ${lost}`)
+
+  // Through the window, below the queue: nothing is lost, nothing needs re-sending.
+  const bFile = join(dir, 'b.txt')
+  writeFileSync(bFile, ids('b').join('\n'))
+  const tmpl = JSON.stringify({ device: { publicKey: devicePublicKey } })
+  const b = await runCli(['ctl', 'bulk', ...link, '--file', bFile, '--args', tmpl, '--window', '50', '--json', 'device.enroll'])
+  assert.equal(b.code, 0, b.stderr + b.stdout)
+  const bOut = JSON.parse(b.stdout.trim()) as Record<string, unknown>
+  assert.equal(bOut.completed, N)
+  assert.equal(bOut.unanswered, 0)
+  t.diagnostic(`window 50: ${N} completed, ${bOut.resent ?? 0} re-sent`)
+
+  // The default window (200) is above this small queue: some are dropped, and re-sent with their jti until answered.
+  const cFile = join(dir, 'c.txt')
+  writeFileSync(cFile, ids('c').join('\n'))
+  const c = await runCli(['ctl', 'bulk', ...link, '--file', cFile, '--args', tmpl, '--resend-after', '0.5', '--json', 'device.enroll'])
+  assert.equal(c.code, 0, c.stderr + c.stdout)
+  const cOut = JSON.parse(c.stdout.trim()) as Record<string, unknown>
+  assert.equal(cOut.completed, N)
+  assert.ok(Number(cOut.resent) > 0, `the dropped ones were re-sent: ${c.stdout}`)
+  t.diagnostic(`window 200 over a queue of ${QUEUE}: ${N} completed, ${cOut.resent} re-sent, ${cOut.duplicate} answered cmd.duplicate`)
+
+  // Once each, on the gateway: one jti per device (a re-send is the same command), accepted once, completed once, one state change.
+  for (const prefix of ['b', 'c']) {
+    const devices = ids(prefix)
+    assert.equal(completedFor(prefix), N)
+    for (const id of devices) {
+      const jtis = [...l.jtisOf.get(id)!]
+      assert.equal(jtis.length, 1, `${id}: one command`)
+      assert.equal(l.accepted.get(jtis[0]!), 1, `${id}: accepted once`)
+      assert.equal(l.completed.get(jtis[0]!), 1, `${id}: completed once`)
+      assert.equal(l.stateChanges.get(id), 1, `${id}: enrolled once`)
+      assert.equal(agent.gateway.getDevice(id)?.state, 'active')
+    }
+  }
+  const cDuplicates = [...l.jtisOf.entries()].filter(([id]) => id.startsWith('c-')).flatMap(([, j]) => l.duplicate.get([...j][0]!) ?? [])
+  assert.ok(cDuplicates.every((state) => state === 'accepted' || state === 'completed'), 'a copy that got in as well is answered cmd.duplicate')
+})
+
+test('a re-send is harmless: answered cmd.duplicate with the state, run once; an accepted one is waited for; a refused one stays refused', async (t) => {
+  const { agent, l, cp, link, devicePublicKey } = await setup(t)
+
+  // Completed, then sent again by hand: cmd.duplicate "completed", nothing runs again.
+  const enroll = cp.sign('device.enroll', { device: { id: 'pump-1', publicKey: devicePublicKey, mqtt: {} } })
+  const first = await cp.sendAll([enroll], { timeoutMs: 15_000 })
+  assert.equal(first.results[0]!.outcome, 'completed')
+  const dup = cp.waitFor((e) => e.type === 'cmd.duplicate' && e.data.jti === enroll.jti)
+  await cp.publishRaw(enroll.jws)
+  assert.equal((await dup).data.state, 'completed')
+  const again = await cp.sendAll([enroll], { timeoutMs: 15_000 })
+  assert.deepEqual([again.results[0]!.outcome, again.results[0]!.reason], ['completed', 'answered cmd.duplicate: completed'])
+  assert.equal(l.accepted.get(enroll.jti), 1)
+  assert.equal(l.completed.get(enroll.jti), 1)
+  assert.equal(l.stateChanges.get('pump-1'), 1)
+
+  // Accepted, its outcome far off (a retirement waits for the device's wipe ack): re-sends are answered
+  // cmd.duplicate "accepted", which is not an outcome; ctl keeps waiting, and says so at its timeout.
+  const r = await runCli(['ctl', 'send', ...link, '--wait', '--json', '--resend-after', '0.2', '--timeout', '2', 'device.retire', '{"deviceId":"pump-1"}'])
+  assert.equal(r.code, 1, r.stderr)
+  assert.match(r.stderr, /accepted, but no outcome within 2 s/)
+  const out = JSON.parse(r.stdout.trim()) as { jti: string; outcome: string; sends: number }
+  assert.equal(out.outcome, 'accepted')
+  assert.ok(out.sends >= 2, `re-sent while waiting: ${r.stdout}`)
+  assert.equal(l.accepted.get(out.jti), 1, 'accepted once')
+  assert.ok((l.duplicate.get(out.jti) ?? []).every((s) => s === 'accepted') && (l.duplicate.get(out.jti) ?? []).length >= 1)
+  assert.equal(agent.gateway.getDevice('pump-1')?.state, 'retiring')
+  assert.equal(l.stateChanges.get('pump-1'), 2, 'one transition, to retiring')
+
+  // Refused, then re-sent: still refused (state "rejected"), never run.
+  const bad = cp.sign('device.release', { deviceId: 'nobody' })
+  const refused = await cp.sendAll([bad], { timeoutMs: 15_000 })
+  assert.deepEqual([refused.results[0]!.outcome, refused.results[0]!.reason], ['rejected', 'unknown-device'])
+  const replay = await cp.sendAll([bad], { timeoutMs: 15_000 })
+  assert.deepEqual([replay.results[0]!.outcome, replay.results[0]!.reason], ['rejected', 'answered cmd.duplicate: rejected'])
+  assert.equal(l.accepted.get(bad.jti), undefined)
+})
+
+test('ctl bulk names every device that did not complete: in text one line each with outcome and reason, with --json in arrays', async (t) => {
+  const { dir, agent, link, devicePublicKey } = await setup(t)
+  for (const id of ['q-1', 'q-2']) await agent.gateway.enroll({ id, publicKey: devicePublicKey }, { actor: 'test' })
+  const file = join(dir, 'ids.txt')
+  writeFileSync(file, 'q-1\nghost-1\nq-2\nghost-2\n')
+  const text = await runCli(['ctl', 'bulk', ...link, '--file', file, 'device.quarantine'])
+  assert.equal(text.code, 1, text.stderr + text.stdout)
+  const lines = text.stdout.trim().split('\n')
+  assert.deepEqual(lines.slice(0, -1).sort(), ['ghost-1: rejected (unknown-device: no device ghost-1 is enrolled)', 'ghost-2: rejected (unknown-device: no device ghost-2 is enrolled)'])
+  assert.equal(lines.at(-1), '2 completed, 2 failed, 0 duplicate')
+
+  // Gateway gone (status offline): its queue at the broker keeps what was sent, nothing is re-sent into it, the rest is unanswered.
+  await agent.stop()
+  const json = await runCli(['ctl', 'bulk', ...link, '--file', file, '--window', '1', '--resend-after', '0.2', '--timeout', '2', '--json', 'device.release'])
+  assert.equal(json.code, 1)
+  const v = JSON.parse(json.stdout.trim()) as { completed: number; unanswered: number; unansweredDevices: { id: string; outcome: string; reason: string }[]; resent?: number }
+  assert.equal(v.completed, 0)
+  assert.equal(v.unanswered, 4)
+  assert.deepEqual(v.unansweredDevices.map((d) => [d.id, d.outcome]), [['q-1', 'unanswered'], ['ghost-1', 'unanswered'], ['q-2', 'unanswered'], ['ghost-2', 'unanswered']])
+  assert.match(v.unansweredDevices[0]!.reason, /no answer within 2000 ms \(sent once\)/)
+  assert.match(v.unansweredDevices[1]!.reason, /not sent within 2000 ms/)
+  assert.equal(v.resent, undefined, 'nothing re-sent while the gateway is offline')
+})
