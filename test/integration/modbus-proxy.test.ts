@@ -504,6 +504,8 @@ describe('identification: Report Server ID (17) and Read Device Identification (
     assert.deepEqual({ ...inv, identifiedAt: 0 }, { ...DEFAULT_IDENTIFICATION, identifiedAt: 0 })
     assert.ok(typeof inv?.identifiedAt === 'number' && Math.abs(inv.identifiedAt - agent.gateway.nowS()) < 5)
     assert.equal(device.requestsByFunction.get(43), 1)
+    // what the core puts in the inventory event (PROTOCOL §3 inventory, `seen` by protocol)
+    assert.deepEqual(agent.enforcer.inventoryOf('plc-1'), { modbus: inv })
     // the device goes down and comes back: a new connection, but the identification is known
     await device.stop()
     assert.equal((await read(3)).failure, MBPOLL_EXCEPTION[0x0b])
