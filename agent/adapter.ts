@@ -2,7 +2,7 @@
 // core defines the contract; protocols/ implements it; the composition root
 // (agent/cli/start.ts) wires them together. One conformance suite in
 // test/conformance runs against each implementation.
-import type { DeviceRecord } from './device.ts'
+import type { DeviceRecord } from './devices/device.ts'
 
 export type Protocol = 'mqtt' | 'opcua' | 'modbus'
 

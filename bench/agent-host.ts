@@ -8,9 +8,10 @@
 // - {op:'waitAcks', count, timeoutMs}: answers once `count` acks are recorded.
 // Memory is answered by bench/probe.mjs (preloaded by the benchmark).
 import { parseArgs } from 'node:util'
-import { flagsToKeys, startAgent, startFlagOptions } from '../agent/cli/start.ts'
-import { loadConfig } from '../agent/config.ts'
-import { createLogger } from '../agent/logger.ts'
+import { startAgent } from '../agent/compose.ts'
+import { flagsToKeys, startFlagOptions } from '../agent/cli/start.ts'
+import { loadConfig } from '../agent/runtime/config.ts'
+import { createLogger } from '../agent/observe/logger.ts'
 
 export type HostRequest = { op: 'retire'; ids: string[] } | { op: 'acks' } | { op: 'waitAcks'; count: number; timeoutMs: number }
 

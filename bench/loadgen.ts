@@ -10,9 +10,9 @@ import { createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 
 import { connect as tcpConnect, type Socket } from 'node:net'
 import { performance } from 'node:perf_hooks'
 import { ControlPlane } from '../simulators/control-plane.ts'
-import { utf8 } from '../firmware-hooks/wire/base64url.ts'
-import { newJti } from '../firmware-hooks/wire/ids.ts'
-import { assembleJws, jwsSigningInput, parseJws } from '../firmware-hooks/wire/jws.ts'
+import { utf8 } from '../wire/base64url.ts'
+import { newJti } from '../wire/ids.ts'
+import { assembleJws, jwsSigningInput, parseJws } from '../wire/jws.ts'
 import { CONNACK, connectPacket, DISCONNECT, PacketReader, PUBACK, PUBLISH, publishPacket, pubackPacket, readPublish, SUBACK, subscribePacket } from './mqtt-wire.ts'
 
 export interface LoadDevice {

@@ -1,12 +1,12 @@
 // Benchmark fixtures: device keys, and a data dir with a registry already
 // written (see prepareDataDir), so a run does not spend its time enrolling.
 import { randomBytes } from 'node:crypto'
-import { ed25519FromSeed, publicKeyToB64 } from '../agent/keys.ts'
+import { ed25519FromSeed, publicKeyToB64 } from '../agent/store/keys.ts'
 import { Gateway } from '../agent/gateway.ts'
-import { loadConfig } from '../agent/config.ts'
-import { createLogger } from '../agent/logger.ts'
-import type { DeviceRecord } from '../agent/device.ts'
-import type { WriteOp } from '../agent/store.ts'
+import { loadConfig } from '../agent/runtime/config.ts'
+import { createLogger } from '../agent/observe/logger.ts'
+import type { DeviceRecord } from '../agent/devices/device.ts'
+import type { WriteOp } from '../agent/store/store.ts'
 
 export interface BenchDevice {
   id: string

@@ -10,7 +10,7 @@
 // its own process so its core and its memory are its own. All are killed on
 // the way out, whatever happened; everything listens on 127.0.0.1 on ports
 // chosen free at run time.
-import { generateKeyPair } from '../agent/keys.ts'
+import { generateKeyPair } from '../agent/store/keys.ts'
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { cpus } from 'node:os'

@@ -7,16 +7,14 @@
 //
 // Plain JS (noble, WebCrypto): no node: imports, so it runs in any runtime.
 import { keygen, publicKeyFromB64, publicKeyOf, publicKeyToB64, sign, verify } from './crypto.ts'
-import { b64urlDecode, b64urlEncode, utf8 } from './wire/base64url.ts'
-import { isId, isJti, newJti } from './wire/ids.ts'
-import { assembleJws, JwsFormatError, jwsSigningInput, parseJws, type Claims, type ParsedJws } from './wire/jws.ts'
+import { b64urlDecode, b64urlEncode, utf8 } from '../wire/base64url.ts'
+import { isId, isJti, newJti } from '../wire/ids.ts'
+import { assembleJws, JwsFormatError, jwsSigningInput, parseJws, type Claims, type ParsedJws } from '../wire/jws.ts'
+import { isAct, type Act, type AckStatus } from '../wire/protocol.ts'
 
 /** PROTOCOL §5 `act` values. */
-export const ACTS = ['wipe', 'reenroll', 'renew', 'revoke-notice'] as const
-export type Act = (typeof ACTS)[number]
-export type AckStatus = 'done' | 'failed' | 'unsupported'
+export { ACTS, type Act, type AckStatus } from '../wire/protocol.ts'
 
-const isAct = (v: unknown): v is Act => typeof v === 'string' && (ACTS as readonly string[]).includes(v)
 
 /** How many handled action ids are remembered (oldest forgotten first). */
 export const DEFAULT_HANDLED_LIMIT = 1024

@@ -3,7 +3,7 @@
 // WebCrypto's SHA-512). Only the async API is used: it needs no extra hash
 // dependency. Every input is checked for type and length before any crypto.
 import * as ed from '@noble/ed25519'
-import { b64urlDecode, b64urlEncode } from './wire/base64url.ts'
+import { b64urlDecode, b64urlEncode } from '../wire/base64url.ts'
 
 export interface DeviceKeyPair {
   /** the 32-byte seed (RFC 8032 private key) */

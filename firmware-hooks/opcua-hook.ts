@@ -7,8 +7,9 @@
 // same action id and gets the stored ack back, nothing run twice.
 import { DataType, MessageSecurityMode, StatusCodes, Variant, type AddressSpace, type CallMethodResultOptions, type ISessionContext, type StatusCode, type UAMethod, type UAObject, type VariantLike } from 'node-opcua'
 import type { HandleResult, IgnoreReason } from './action-runtime.ts'
+import { OPCUA_HOOK_NAMESPACE } from '../wire/protocol.ts'
 
-export const HOOK_NAMESPACE = 'urn:edgewarden:hooks'
+export const HOOK_NAMESPACE = OPCUA_HOOK_NAMESPACE
 
 /** What Execute needs: ActionRuntime, or a wrapper of it. */
 export interface EnvelopeHandler {

@@ -1,13 +1,14 @@
 // PROTOCOL §5: the password a device presents to the site broker, a JWS
 // signed by its device key. A token is good for one connect, so a device
 // mints a fresh one (fresh jti) for every connect.
-import { assembleJws, jwsSigningInput } from './wire/jws.ts'
-import { utf8 } from './wire/base64url.ts'
-import { isId, newJti } from './wire/ids.ts'
+import { assembleJws, jwsSigningInput } from '../wire/jws.ts'
+import { utf8 } from '../wire/base64url.ts'
+import { isId, newJti } from '../wire/ids.ts'
 import { sign } from './crypto.ts'
+import { MAX_TOKEN_LIFETIME_S } from '../wire/protocol.ts'
 
 /** PROTOCOL §5: `exp - iat` at most 3600 s. */
-export const MAX_TOKEN_LIFETIME_S = 3600
+export { MAX_TOKEN_LIFETIME_S }
 export const DEFAULT_TOKEN_LIFETIME_S = 300
 
 export interface MintTokenOptions {

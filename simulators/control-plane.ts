@@ -7,9 +7,10 @@
 import { createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import mqtt, { type MqttClient } from 'mqtt'
-import { utf8 } from '../firmware-hooks/wire/base64url.ts'
-import { newJti } from '../firmware-hooks/wire/ids.ts'
-import { assembleJws, jwsSigningInput, parseJws, type Claims } from '../firmware-hooks/wire/jws.ts'
+import { utf8 } from '../wire/base64url.ts'
+import { newJti } from '../wire/ids.ts'
+import { assembleJws, jwsSigningInput, parseJws, type Claims } from '../wire/jws.ts'
+import { TERMINAL_EVENTS, topicRoot } from '../wire/protocol.ts'
 
 export interface GatewayEvent {
   seq: number
@@ -42,7 +43,7 @@ export interface ControlPlaneOptions {
   connectTimeoutMs?: number
 }
 
-export const TERMINAL = new Set(['cmd.completed', 'cmd.failed', 'cmd.rejected', 'cmd.duplicate'])
+export const TERMINAL = TERMINAL_EVENTS
 
 /** The gateway's retained `…/status` (PROTOCOL §3); seq and audit are absent from the will and from older gateways. */
 export interface GatewayStatus {
@@ -246,7 +247,7 @@ export class ControlPlane {
 
   constructor(o: ControlPlaneOptions) {
     this.#o = o
-    this.#root = `edgewarden/v1/${o.site}/${o.gateway}/`
+    this.#root = topicRoot(o.site, o.gateway)
     this.#key = o.key === undefined ? null : typeof o.key === 'string' ? readPrivateKey(o.key) : o.key
     this.#gwKey = o.gatewayKey ? createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: o.gatewayKey }, format: 'jwk' }) : null
   }

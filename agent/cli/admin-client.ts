@@ -2,8 +2,8 @@
 import { request } from 'node:http'
 import { userInfo } from 'node:os'
 import { join } from 'node:path'
-import { ADMIN_SOCKET } from '../admin-server.ts'
-import { EdgewardenError } from '../errors.ts'
+import { ADMIN_SOCKET } from '../observe/admin-server.ts'
+import { EdgewardenError } from '../runtime/errors.ts'
 
 export interface AdminReply {
   status: number

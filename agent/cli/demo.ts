@@ -8,7 +8,7 @@
 // only be cut off and is closed by an operator's `"wipe": false`; each step
 // is printed as it happens with its evidence, from the gateway's signed
 // events. Then it stops everything and removes the folder (unless --keep).
-import { generateKeyPair } from '../keys.ts'
+import { generateKeyPair } from '../store/keys.ts'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -18,11 +18,11 @@ import { MqttDevice } from '../../firmware-hooks/mqtt-device.ts'
 import { ControlPlane, publicKeyB64, TERMINAL, type GatewayEvent } from '../../simulators/control-plane.ts'
 import { startCentralBroker, type CentralBroker } from '../../simulators/demo-broker.ts'
 import type { DemoFleet } from '../../simulators/demo-fleet.ts'
-import { verifyAuditLog } from '../audit.ts'
-import { loadConfig } from '../config.ts'
-import { createLogger } from '../logger.ts'
+import { verifyAuditLog } from '../store/audit.ts'
+import { loadConfig } from '../runtime/config.ts'
+import { createLogger } from '../observe/logger.ts'
 import { palette, type Palette } from './colour.ts'
-import { startAgent, type RunningAgent } from './start.ts'
+import { startAgent, type RunningAgent } from '../compose.ts'
 import { UsageError } from './usage.ts'
 import { freePort } from '../../simulators/ports.ts'
 

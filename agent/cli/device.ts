@@ -1,7 +1,7 @@
 // `edgewarden device …`: every verb goes through the running agent's admin
 // socket, so it is validated, applied and audited exactly as a command is.
-import { CRITICALITIES } from '../device.ts'
-import type { DeviceView } from '../views.ts'
+import { CRITICALITIES } from '../devices/device.ts'
+import type { DeviceView } from '../observe/views.ts'
 import { adminRequest, expectOk } from './admin-client.ts'
 import { dataDirOf, out, table } from './common.ts'
 import { parseVerbArgs } from './main.ts'

@@ -1,9 +1,9 @@
 // `edgewarden identity` and `edgewarden keygen`.
 import { existsSync } from 'node:fs'
 import { join, resolve } from 'node:path'
-import { isEdgewardenError } from '../errors.ts'
-import { generateKeyPair, readKeyFile, writeKeyFile } from '../keys.ts'
-import { Store } from '../store.ts'
+import { isEdgewardenError } from '../runtime/errors.ts'
+import { generateKeyPair, readKeyFile, writeKeyFile } from '../store/keys.ts'
+import { Store } from '../store/store.ts'
 import { adminRequest, expectOk } from './admin-client.ts'
 import { dataDirOf, out } from './common.ts'
 import { parseVerbArgs } from './main.ts'

@@ -1,7 +1,7 @@
 // The `edgewarden` command: parse the verb, run it, turn any error into one
 // clear line and an exit code (0 ok, 1 failed, 2 usage or config).
 import { parseArgs } from 'node:util'
-import { ConfigError, EdgewardenError, isEdgewardenError } from '../errors.ts'
+import { ConfigError, EdgewardenError, isEdgewardenError } from '../runtime/errors.ts'
 import { VERSION } from '../gateway.ts'
 import { runAudit } from './audit.ts'
 import { runCtl } from './ctl.ts'

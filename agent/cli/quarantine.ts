@@ -3,11 +3,11 @@
 // level, and why. Through the admin socket while the agent runs; straight
 // from the store and the kernel when it is stopped (its rules stay in force).
 import { existsSync } from 'node:fs'
-import { isEdgewardenError } from '../errors.ts'
-import { NftablesQuarantine } from '../quarantine-nftables.ts'
-import { quarantineReport, type QuarantineReport } from '../quarantine-setup.ts'
-import { Registry } from '../registry.ts'
-import { Store } from '../store.ts'
+import { isEdgewardenError } from '../runtime/errors.ts'
+import { NftablesQuarantine } from '../quarantine/nftables.ts'
+import { quarantineReport, type QuarantineReport } from '../quarantine/setup.ts'
+import { Registry } from '../devices/registry.ts'
+import { Store } from '../store/store.ts'
 import { adminRequest, expectOk } from './admin-client.ts'
 import { dataDirOf, out, table } from './common.ts'
 import { parseVerbArgs } from './main.ts'

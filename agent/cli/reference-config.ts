@@ -1,6 +1,6 @@
 // docs/configuration.md is generated from the OPTIONS table, so the
 // reference cannot drift from what the agent accepts (a test checks it).
-import { OPTIONS, envName } from '../config.ts'
+import { OPTIONS, envName } from '../runtime/config.ts'
 
 const shown = (d: unknown): string => (d === undefined ? '(none)' : typeof d === 'function' ? '(host name)' : String(d))
 

@@ -4,8 +4,8 @@
 // this gateway's identity.
 import { existsSync, readdirSync, rmSync } from 'node:fs'
 import { dirname, join } from 'node:path'
-import type { AgentConfig } from '../config.ts'
-import { EdgewardenError, isEdgewardenError } from '../errors.ts'
+import type { AgentConfig } from '../runtime/config.ts'
+import { EdgewardenError, isEdgewardenError } from '../runtime/errors.ts'
 
 export interface DataDirSnapshot {
   /** Remove what the failed start added to the data dir (or the data dir itself if the start made it). */

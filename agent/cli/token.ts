@@ -1,10 +1,10 @@
 // `edgewarden token`: a fresh device token (PROTOCOL §5), so an operator can
 // try a device identity with any MQTT client (mosquitto_pub -P "$(…)").
 import { resolve } from 'node:path'
-import { isId, newJti } from '../../firmware-hooks/wire/ids.ts'
-import { MAX_TOKEN_LIFETIME_S } from '../admission.ts'
-import { signJws } from '../jws.ts'
-import { readKeyFile } from '../keys.ts'
+import { isId, newJti } from '../../wire/ids.ts'
+import { MAX_TOKEN_LIFETIME_S } from '../trust/admission.ts'
+import { signJws } from '../store/jws.ts'
+import { readKeyFile } from '../store/keys.ts'
 import { out } from './common.ts'
 import { parseVerbArgs } from './main.ts'
 import { UsageError } from './usage.ts'

@@ -1,5 +1,5 @@
-import { FORWARDED_FUNCTIONS } from '../../protocols/modbus/mbap.ts'
-import { OPTIONS } from '../config.ts'
+import { MODBUS_FORWARDED_FUNCTIONS as FORWARDED_FUNCTIONS } from '../../wire/protocol.ts'
+import { OPTIONS } from '../runtime/config.ts'
 
 export class UsageError extends Error {
   constructor(message: string) {

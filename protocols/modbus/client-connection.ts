@@ -21,7 +21,7 @@
 // the connection too. A client that breaks MBAP framing is answered what it
 // sent before, then closed.
 import type { Socket } from 'node:net'
-import type { Logger } from '../../agent/logger.ts'
+import type { Logger } from '../../agent/observe/logger.ts'
 import { encodeFrame, MAX_ADU_LEN, MbapReader, type MbapFrame } from './mbap.ts'
 
 /** An answer PDU, and whether a device answered it (the client was served) or the gateway refused. */

@@ -10,16 +10,17 @@
 // again until its target changes (asking again would hold up the link, and
 // a timeout would drop its connection, every time); one whose link went
 // down before it answered is asked again after the next answer.
-import type { DeviceRecord } from '../../agent/device.ts'
+import type { DeviceRecord } from '../../agent/devices/device.ts'
 import type { Gateway } from '../../agent/gateway.ts'
-import type { Logger } from '../../agent/logger.ts'
+import type { Logger } from '../../agent/observe/logger.ts'
 import { DeviceLink, ModbusLinkError, type ModbusTarget } from './device-link.ts'
 import { DeviceIdRefused, readBasicIdentification, type BasicIdentification } from './identification.ts'
+import { DEFAULT_HOOK_BASE, HOOK_REGISTERS } from '../../wire/protocol.ts'
 
 /** PROTOCOL §7: holding registers from hookBase; absent means the default. */
-export const DEFAULT_HOOK_BASE = 61440
+export { DEFAULT_HOOK_BASE, HOOK_REGISTERS }
 /** PROTOCOL §7 map: cmd, actionSeq (2), status, envLen, then the envelope of at most 16 KiB (§1) at two bytes a register. */
-export const HOOK_REGISTERS = 5 + Math.ceil(16384 / 2)
+
 
 /** The device's hook base, or null for a legacy device (`hookBase: null`) or a device without Modbus. */
 export function hookBaseOf(r: DeviceRecord): number | null {

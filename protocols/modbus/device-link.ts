@@ -17,7 +17,7 @@
 // with a fixed unit id) or fails that one request at once (the default);
 // either way the connection stays up, since nothing is out of step.
 import { connect, type Socket } from 'node:net'
-import type { Logger } from '../../agent/logger.ts'
+import type { Logger } from '../../agent/observe/logger.ts'
 import { encodeFrame, isResponseTo, MbapReader } from './mbap.ts'
 
 export interface ModbusTarget {

@@ -16,20 +16,21 @@
 // carry the new public key and its proof (§5), so for a Modbus-only device
 // the gateway answers them `unsupported` itself, without writing anything;
 // a device that also speaks MQTT or OPC UA gets them there.
-import type { ActionChannel } from '../../agent/action-dispatcher.ts'
-import type { Act, QueuedAction } from '../../agent/action-queue.ts'
-import type { VerifiedAck } from '../../agent/ack.ts'
-import type { DeviceActions } from '../../agent/device-actions.ts'
-import type { DeviceRecord } from '../../agent/device.ts'
+import type { ActionChannel } from '../../agent/actions/action-dispatcher.ts'
+import type { Act, QueuedAction } from '../../agent/actions/action-queue.ts'
+import type { VerifiedAck } from '../../agent/actions/ack.ts'
+import type { DeviceActions } from '../../agent/actions/device-actions.ts'
+import type { DeviceRecord } from '../../agent/devices/device.ts'
 import type { Gateway } from '../../agent/gateway.ts'
-import type { Logger } from '../../agent/logger.ts'
+import type { Logger } from '../../agent/observe/logger.ts'
 import { hookBaseOf, HOOK_REGISTERS, type ModbusDeviceIndex } from './device-index.ts'
 import { ModbusLinkError, type DeviceLink } from './device-link.ts'
+import { HOOK_CMD, HOOK_STATUS } from '../../wire/protocol.ts'
 
-/** PROTOCOL §7 `cmd`. */
-export const CMD: Record<Act, number> = { wipe: 1, reenroll: 2, renew: 3, 'revoke-notice': 4 }
-/** PROTOCOL §7 `status`. */
-export const STATUS = { idle: 0, working: 1, done: 2, failed: 3, unsupported: 4 } as const
+/** PROTOCOL §7 `cmd` and `status` (wire/protocol.ts). */
+export { HOOK_CMD as CMD, HOOK_STATUS as STATUS }
+const CMD = HOOK_CMD
+const STATUS = HOOK_STATUS
 const OUTCOME: Record<number, 'done' | 'failed' | 'unsupported'> = { 2: 'done', 3: 'failed', 4: 'unsupported' }
 const MAX_WRITE_REGISTERS = 123 // FC 16 limit
 

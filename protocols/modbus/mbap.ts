@@ -4,6 +4,7 @@
 // neither answer gateway exceptions 0x0A/0x0B nor hold up under a length
 // field that lies. Pure: bytes in, frames or a verdict out.
 import { FC_MEI, MEI_READ_DEVICE_ID, parseDeviceIdAnswer, READ_DEVICE_ID_CODES } from './identification.ts'
+import { MODBUS_FORWARDED_FUNCTIONS } from '../../wire/protocol.ts'
 
 /** MBAP header: transaction id, protocol id, length, unit id. */
 export const MBAP_HEADER_LEN = 7
@@ -114,12 +115,8 @@ export class MbapReader {
 
 // --- requests ---------------------------------------------------------------
 
-/**
- * The function codes the proxy forwards; anything else is answered 0x01 by
- * the gateway. 17 (Report Server ID) and 43 (only MEI type 14, Read Device
- * Identification) are read-only: what SCADA and asset-inventory tools ask.
- */
-export const FORWARDED_FUNCTIONS = new Set([1, 2, 3, 4, 5, 6, 15, 16, 17, 22, 23, 43])
+/** The function codes the proxy forwards (wire/protocol.ts, PROTOCOL §7); anything else is answered 0x01. */
+export const FORWARDED_FUNCTIONS = MODBUS_FORWARDED_FUNCTIONS
 
 export interface RequestShape {
   functionCode: number

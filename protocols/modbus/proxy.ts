@@ -38,8 +38,8 @@
 // is never displaced.
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import type { ProtocolAdapter } from '../../agent/adapter.ts'
-import { addressKey } from '../../agent/auth-throttle.ts'
-import type { Logger } from '../../agent/logger.ts'
+import { addressKey } from '../../agent/trust/auth-throttle.ts'
+import type { Logger } from '../../agent/observe/logger.ts'
 import { bufferBound, ClientConnection, type Answer } from './client-connection.ts'
 import { hookBaseOf, touchesHook, type ModbusDeviceIndex } from './device-index.ts'
 import { ModbusLinkError } from './device-link.ts'

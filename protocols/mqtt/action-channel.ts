@@ -3,9 +3,9 @@
 // `dev/<id>/ack` (the topic rules already let only <id> publish there, and
 // the ack's signature is checked by the core all the same).
 import type { Client, Subscription } from 'aedes'
-import type { ActionChannel } from '../../agent/action-dispatcher.ts'
-import type { QueuedAction } from '../../agent/action-queue.ts'
-import type { Logger } from '../../agent/logger.ts'
+import type { ActionChannel } from '../../agent/actions/action-dispatcher.ts'
+import type { QueuedAction } from '../../agent/actions/action-queue.ts'
+import type { Logger } from '../../agent/observe/logger.ts'
 import type { SiteBroker } from './site-broker.ts'
 
 export interface MqttActionHooks {

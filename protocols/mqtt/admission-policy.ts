@@ -3,12 +3,12 @@
 // residual-use reporting (§4). Decisions come from the core (DeviceAdmission,
 // the registry); this file only speaks aedes.
 import type { AedesOptions, AuthenticateError, Client } from 'aedes'
-import { currentRights, DeviceAdmission, grantHolds, keysRemoved, type AdmissionRefusal, type SessionGrant } from '../../agent/admission.ts'
-import { AuthThrottle, hasTokenShape } from '../../agent/auth-throttle.ts'
-import type { DeviceRecord } from '../../agent/device.ts'
+import { currentRights, DeviceAdmission, grantHolds, keysRemoved, type AdmissionRefusal, type SessionGrant } from '../../agent/trust/admission.ts'
+import { AuthThrottle, hasTokenShape } from '../../agent/trust/auth-throttle.ts'
+import type { DeviceRecord } from '../../agent/devices/device.ts'
 import type { Gateway } from '../../agent/gateway.ts'
-import type { Logger } from '../../agent/logger.ts'
-import { ResidualUseMonitor } from '../../agent/residual-use.ts'
+import type { Logger } from '../../agent/observe/logger.ts'
+import { ResidualUseMonitor } from '../../agent/trust/residual-use.ts'
 import { aclCovers, mayPublish, mayReceive, maySubscribe, type TopicAcl } from './topic-rules.ts'
 
 /** Refusals that say nothing about the credentials (the device's state, our store): never throttled. */

@@ -5,8 +5,8 @@ import { createServer as createTcpServer, type AddressInfo, type Server, type So
 import { createServer as createTlsServer } from 'node:tls'
 import { Aedes, type AedesOptions, type Client } from 'aedes'
 import type { ProtocolAdapter } from '../../agent/adapter.ts'
-import type { DeviceRecord } from '../../agent/device.ts'
-import type { Logger } from '../../agent/logger.ts'
+import type { DeviceRecord } from '../../agent/devices/device.ts'
+import type { Logger } from '../../agent/observe/logger.ts'
 
 /** The part of aedes' persistence (aedes-persistence) that holds a client's session between connections. */
 interface StoredSessions {

@@ -4,9 +4,10 @@
 // with a will, and reconnects with capped exponential backoff and jitter.
 import { readFileSync } from 'node:fs'
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
-import type { UplinkHandlers, UplinkTransport } from '../../agent/uplink.ts'
-import type { AgentConfig } from '../../agent/config.ts'
-import type { Logger } from '../../agent/logger.ts'
+import type { UplinkHandlers, UplinkTransport } from '../../agent/uplink/uplink.ts'
+import type { AgentConfig } from '../../agent/runtime/config.ts'
+import type { Logger } from '../../agent/observe/logger.ts'
+import { topicRoot } from '../../wire/protocol.ts'
 
 export type MqttUplinkOptions = NonNullable<AgentConfig['uplink']> & {
   site: string
@@ -16,7 +17,7 @@ export type MqttUplinkOptions = NonNullable<AgentConfig['uplink']> & {
   backoff?: { minMs: number; maxMs: number }
 }
 
-export const topicRoot = (site: string, gateway: string): string => `edgewarden/v1/${site}/${gateway}/`
+export { topicRoot }
 
 export class MqttUplinkTransport implements UplinkTransport {
   readonly #opts: MqttUplinkOptions

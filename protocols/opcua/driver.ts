@@ -20,10 +20,11 @@ import {
   type NodeId,
   type SecurityPolicy,
 } from 'node-opcua'
-import type { Logger } from '../../agent/logger.ts'
+import type { Logger } from '../../agent/observe/logger.ts'
 import { certificateSha256, type EndpointInfo, type SecurityModeName } from './security.ts'
+import { OPCUA_HOOK_NAMESPACE } from '../../wire/protocol.ts'
 
-export const HOOK_NAMESPACE = 'urn:edgewarden:hooks'
+export const HOOK_NAMESPACE = OPCUA_HOOK_NAMESPACE
 
 export type TrustStatus = 'trusted' | 'rejected' | 'unknown'
 

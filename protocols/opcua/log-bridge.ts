@@ -7,7 +7,7 @@
 // node-opcua's modules, and nothing they print at load escapes.
 import { format, stripVTControlCharacters } from 'node:util'
 import { setDebugLogger, setErrorLogger, setTraceLogger, setWarningLogger } from 'node-opcua-debug'
-import type { Logger } from '../../agent/logger.ts'
+import type { Logger } from '../../agent/observe/logger.ts'
 
 type Level = 'error' | 'warn' | 'debug' | 'trace'
 

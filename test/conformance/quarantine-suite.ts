@@ -5,7 +5,7 @@
 // addresses the devices' states call for.
 import assert from 'node:assert/strict'
 import type { TestContext } from 'node:test'
-import { levelFor, type QuarantineBackend, type QuarantineDevice, type QuarantineLevel, type QuarantineState } from '../../agent/quarantine.ts'
+import { levelFor, type QuarantineBackend, type QuarantineDevice, type QuarantineLevel, type QuarantineState } from '../../agent/quarantine/quarantine.ts'
 
 export interface QuarantineHarness {
   backend: QuarantineBackend

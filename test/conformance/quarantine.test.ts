@@ -3,8 +3,8 @@
 // backend's nft prefix): nothing reaches the host's ruleset, and deleting the
 // namespace removes every table the suite made.
 import { test } from 'node:test'
-import { NftablesQuarantine } from '../../agent/quarantine-nftables.ts'
-import { NoneQuarantine } from '../../agent/quarantine.ts'
+import { NftablesQuarantine } from '../../agent/quarantine/nftables.ts'
+import { NoneQuarantine } from '../../agent/quarantine/quarantine.ts'
 import { addNamespace, must, rootOnlySkip } from '../helpers/netns.ts'
 import { quarantineConformance } from './quarantine-suite.ts'
 

@@ -6,10 +6,10 @@ import assert from 'node:assert/strict'
 import { generateKeyPairSync } from 'node:crypto'
 import { test } from 'node:test'
 import fc from 'fast-check'
-import { ACK_STATUSES, verifyAck, type AckVerdict } from '../../agent/ack.ts'
-import type { QueuedAction } from '../../agent/action-queue.ts'
+import { ACK_STATUSES, verifyAck, type AckVerdict } from '../../agent/actions/ack.ts'
+import type { QueuedAction } from '../../agent/actions/action-queue.ts'
 import type { Gateway } from '../../agent/gateway.ts'
-import { PublicKeyCache } from '../../agent/keys.ts'
+import { PublicKeyCache } from '../../agent/store/keys.ts'
 import { ackFor, rekeyProof, signAs, testKey } from '../helpers/device-keys.ts'
 
 const NOW = Math.floor(Date.now() / 1000)

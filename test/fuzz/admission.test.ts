@@ -5,8 +5,8 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import fc from 'fast-check'
-import type { AdmissionDecision } from '../../agent/admission.ts'
-import { signJws } from '../../agent/jws.ts'
+import type { AdmissionDecision } from '../../agent/trust/admission.ts'
+import { signJws } from '../../agent/store/jws.ts'
 import { startTestAgent } from '../helpers/agent.ts'
 import { testKey } from '../helpers/device-keys.ts'
 

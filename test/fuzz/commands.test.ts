@@ -5,9 +5,9 @@ import assert from 'node:assert/strict'
 import { generateKeyPairSync } from 'node:crypto'
 import { test } from 'node:test'
 import fc from 'fast-check'
-import { OPS, REJECT_REASONS, verifyCommand, type Verification, type VerifyContext } from '../../agent/commands.ts'
-import { signJws } from '../../agent/jws.ts'
-import { publicKeyFromB64, publicKeyToB64 } from '../../agent/keys.ts'
+import { OPS, REJECT_REASONS, verifyCommand, type Verification, type VerifyContext } from '../../agent/commands/processor.ts'
+import { signJws } from '../../agent/store/jws.ts'
+import { publicKeyFromB64, publicKeyToB64 } from '../../agent/store/keys.ts'
 
 const cp = generateKeyPairSync('ed25519')
 const NOW = 1_800_000_000

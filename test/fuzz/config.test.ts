@@ -7,8 +7,8 @@ import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import fc from 'fast-check'
-import { envName, loadConfig, OPTIONS, type AgentConfig } from '../../agent/config.ts'
-import { ConfigError } from '../../agent/errors.ts'
+import { envName, loadConfig, OPTIONS, type AgentConfig } from '../../agent/runtime/config.ts'
+import { ConfigError } from '../../agent/runtime/errors.ts'
 import { runCli, tempDir } from '../helpers/agent.ts'
 
 const settable = OPTIONS.filter((o) => o.key !== 'config')

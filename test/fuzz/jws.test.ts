@@ -5,9 +5,9 @@ import assert from 'node:assert/strict'
 import { generateKeyPairSync } from 'node:crypto'
 import { test } from 'node:test'
 import fc from 'fast-check'
-import { signJws, verifyParsed } from '../../agent/jws.ts'
-import { b64urlDecode, b64urlEncode, utf8 } from '../../firmware-hooks/wire/base64url.ts'
-import { checkTimeClaims, JwsFormatError, MAX_JWS_BYTES, parseJws } from '../../firmware-hooks/wire/jws.ts'
+import { signJws, verifyParsed } from '../../agent/store/jws.ts'
+import { b64urlDecode, b64urlEncode, utf8 } from '../../wire/base64url.ts'
+import { checkTimeClaims, JwsFormatError, MAX_JWS_BYTES, parseJws } from '../../wire/jws.ts'
 
 const key = generateKeyPairSync('ed25519')
 const RUNS = 1000

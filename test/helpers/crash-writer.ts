@@ -5,12 +5,12 @@
 // merges them, and prints one line `ack <index>` per write once the Gateway
 // has acknowledged it (durably written). The parent kills it with SIGKILL.
 import { pathToFileURL } from 'node:url'
-import type { DeviceState } from '../../agent/device.ts'
-import { loadConfig } from '../../agent/config.ts'
+import type { DeviceState } from '../../agent/devices/device.ts'
+import { loadConfig } from '../../agent/runtime/config.ts'
 import { Gateway } from '../../agent/gateway.ts'
-import { generateKeyPair } from '../../agent/keys.ts'
-import { createLogger } from '../../agent/logger.ts'
-import type { Transition } from '../../agent/state-machine.ts'
+import { generateKeyPair } from '../../agent/store/keys.ts'
+import { createLogger } from '../../agent/observe/logger.ts'
+import type { Transition } from '../../agent/trust/state-machine.ts'
 
 export const DEVICES = 100
 /** Each device's life; every step changes its state, so every write is a real one. */

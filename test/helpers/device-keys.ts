@@ -1,9 +1,9 @@
 // A device played by the test with node:crypto: its key, tokens-free acks.
 import { sign, type KeyObject } from 'node:crypto'
-import { generateKeyPair } from '../../agent/keys.ts'
-import { b64urlEncode, utf8 } from '../../firmware-hooks/wire/base64url.ts'
-import { newJti } from '../../firmware-hooks/wire/ids.ts'
-import { assembleJws, jwsSigningInput } from '../../firmware-hooks/wire/jws.ts'
+import { generateKeyPair } from '../../agent/store/keys.ts'
+import { b64urlEncode, utf8 } from '../../wire/base64url.ts'
+import { newJti } from '../../wire/ids.ts'
+import { assembleJws, jwsSigningInput } from '../../wire/jws.ts'
 
 export interface TestKey {
   privateKey: KeyObject

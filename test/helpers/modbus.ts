@@ -2,9 +2,9 @@
 // socket for what no well-behaved client sends; waiting on device states.
 import { execFile } from 'node:child_process'
 import { connect, type Socket } from 'node:net'
-import type { DeviceState } from '../../agent/device.ts'
+import type { DeviceState } from '../../agent/devices/device.ts'
 import type { Gateway } from '../../agent/gateway.ts'
-import { parseJws } from '../../firmware-hooks/wire/jws.ts'
+import { parseJws } from '../../wire/jws.ts'
 import { encodeFrame, MbapReader, type MbapFrame } from '../../protocols/modbus/mbap.ts'
 
 export interface MbpollResult {

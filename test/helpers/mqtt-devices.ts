@@ -6,7 +6,7 @@ import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import { keygen, publicKeyToB64 } from '../../firmware-hooks/crypto.ts'
 import { mintToken, type MintTokenOptions } from '../../firmware-hooks/token.ts'
 import type { Gateway } from '../../agent/gateway.ts'
-import type { DeviceSpec } from '../../agent/device.ts'
+import type { DeviceSpec } from '../../agent/devices/device.ts'
 
 export interface TestDevice {
   id: string

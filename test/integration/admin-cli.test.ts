@@ -6,8 +6,8 @@ import { userInfo } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import type { MqttClient } from 'mqtt'
-import type { AuditEntry } from '../../agent/audit.ts'
-import type { DeviceView } from '../../agent/views.ts'
+import type { AuditEntry } from '../../agent/store/audit.ts'
+import type { DeviceView } from '../../agent/observe/views.ts'
 import { keygen, publicKeyToB64 } from '../../firmware-hooks/crypto.ts'
 import { mintToken } from '../../firmware-hooks/token.ts'
 import { ROOT, runCli, spawnAgent, tempDir } from '../helpers/agent.ts'
@@ -237,7 +237,7 @@ test('the audit actor is the admin socket owner, not a name the client sends (ke
   const key = publicKeyToB64((await keygen()).publicKey)
   assert.equal(await post('/v1/devices', { device: { id: 'd9', publicKey: key } }, 'ceo'), 200)
   assert.equal(await post('/v1/devices/d9/quarantine', { reason: 'odd' }, 'root-impersonator'), 200)
-  const { exportAuditLog } = await import('../../agent/audit.ts')
+  const { exportAuditLog } = await import('../../agent/store/audit.ts')
   const entries: AuditEntry[] = []
   for await (const e of exportAuditLog(agent.gateway.store)) entries.push(e)
   const mine = entries.filter((e) => e.subject === 'd9')

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict'
 import { rmSync } from 'node:fs'
 import { after, describe, test } from 'node:test'
-import type { VerifiedAck } from '../../agent/ack.ts'
+import type { VerifiedAck } from '../../agent/actions/ack.ts'
 import { Fleet, nextPeriod, seededRandom, splitMix, type FleetEnrollment } from '../../simulators/fleet.ts'
 import { ManualSimClock } from '../../simulators/mqtt-device.ts'
 import { startTestAgent, tempDir } from '../helpers/agent.ts'

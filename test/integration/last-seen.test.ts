@@ -2,7 +2,7 @@
 // kept across a restart.
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
-import { ManualClock } from '../../agent/clock.ts'
+import { ManualClock } from '../../agent/runtime/clock.ts'
 import { startTestAgent, tempDir } from '../helpers/agent.ts'
 import type { Client } from 'aedes'
 import { connectDevice, enrollDevice, eventWhere } from '../helpers/mqtt-devices.ts'

@@ -5,10 +5,10 @@
 // with a real device coming up on its port at the test's moment.
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
-import { ActionDispatcher } from '../../agent/action-dispatcher.ts'
-import { DeviceActions } from '../../agent/device-actions.ts'
+import { ActionDispatcher } from '../../agent/actions/action-dispatcher.ts'
+import { DeviceActions } from '../../agent/actions/device-actions.ts'
 import { Gateway } from '../../agent/gateway.ts'
-import { createLogger } from '../../agent/logger.ts'
+import { createLogger } from '../../agent/observe/logger.ts'
 import { ModbusDeviceIndex } from '../../protocols/modbus/device-index.ts'
 import { ModbusHookRelay, type RelayOutcome, type Timers } from '../../protocols/modbus/hook-relay.ts'
 import { createHookedModbusDevice } from '../../simulators/modbus-device.ts'

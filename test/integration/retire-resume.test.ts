@@ -3,8 +3,8 @@
 // at the next start: evidence audited, keys ended, nothing left open.
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
-import { exportAuditLog, verifyAuditLog } from '../../agent/audit.ts'
-import { RETIRE_PREFIX } from '../../agent/retirement.ts'
+import { exportAuditLog, verifyAuditLog } from '../../agent/store/audit.ts'
+import { RETIRE_PREFIX } from '../../agent/actions/retirement.ts'
 import { startTestAgent, tempDir } from '../helpers/agent.ts'
 import { enrollDevice, WHO } from '../helpers/mqtt-devices.ts'
 

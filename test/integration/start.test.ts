@@ -7,7 +7,7 @@ import { generateKeyPairSync, sign } from 'node:crypto'
 import { connect } from 'node:net'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import { readKeyFile } from '../../agent/keys.ts'
+import { readKeyFile } from '../../agent/store/keys.ts'
 // MQTT remaining length [MQTT-2.2.3]: the load generator's encoder, shared with the fuzz tests
 import { varint as remainingLength } from '../../bench/mqtt-wire.ts'
 import { freePort, runCli, spawnAgent, tempDir, type SpawnedAgent } from '../helpers/agent.ts'

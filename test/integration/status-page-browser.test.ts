@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs'
 import { test } from 'node:test'
 import { chromium } from 'playwright-core'
 import { adminRequest } from '../../agent/cli/admin-client.ts'
-import { STATUS_REFRESH_MS } from '../../agent/status-page.ts'
+import { STATUS_REFRESH_MS } from '../../agent/observe/status-page.ts'
 import { keygen, publicKeyToB64 } from '../../firmware-hooks/crypto.ts'
 import { startTestAgent } from '../helpers/agent.ts'
 

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict'
 import { generateKeyPairSync } from 'node:crypto'
 import { test } from 'node:test'
-import { UNAUTHENTICATED_ANSWERED } from '../../agent/commands.ts'
+import { UNAUTHENTICATED_ANSWERED } from '../../agent/commands/processor.ts'
 import { ControlPlane, publicKeyB64, type GatewayEvent } from '../../simulators/control-plane.ts'
 import { startTestAgent, tempDir } from '../helpers/agent.ts'
 import { recordFigure, scaled } from '../helpers/figures.ts'

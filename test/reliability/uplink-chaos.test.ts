@@ -5,7 +5,7 @@
 // Afterwards every event has arrived (seq gapless, redeliveries identical),
 // every command ran exactly once, and the reconnect backoff stayed bounded.
 import assert from 'node:assert/strict'
-import { generateKeyPair } from '../../agent/keys.ts'
+import { generateKeyPair } from '../../agent/store/keys.ts'
 import { test } from 'node:test'
 import { ControlPlane, publicKeyB64, TERMINAL, type GatewayEvent } from '../../simulators/control-plane.ts'
 import { startTestAgent } from '../helpers/agent.ts'

@@ -1,0 +1,71 @@
+// Delivery of queued actions (PROTOCOL §5): sent when the device is
+// connected and listening, again after each reconnect, until an ack removes
+// them. Protocol adapters provide channels and say when a device is ready;
+// the dispatcher knows no wire protocol.
+import type { Protocol } from '../adapter.ts'
+import type { QueuedAction } from './action-queue.ts'
+import type { Gateway } from '../gateway.ts'
+import type { Logger } from '../observe/logger.ts'
+
+export interface ActionChannel {
+  readonly protocol: Protocol
+  /** Is the device listening on this channel right now? */
+  ready(deviceId: string): boolean
+  /** Hand an action to the device; rejects when it could not be sent. */
+  send(action: QueuedAction): Promise<void>
+}
+
+export class ActionDispatcher {
+  readonly #gw: Gateway
+  readonly #log: Logger
+  readonly #channels: ActionChannel[] = []
+  /** actions already reported as delivered (action.delivered is sent once per action) */
+  readonly #reported = new Set<string>()
+
+  constructor(gw: Gateway, log: Logger) {
+    this.#gw = gw
+    this.#log = log
+  }
+
+  addChannel(channel: ActionChannel): void {
+    this.#channels.push(channel)
+  }
+
+  /** A channel reports the device connected and listening: send everything pending, in order. */
+  deviceReady(deviceId: string): void {
+    void this.#deliver(deviceId, this.#gw.actions.pending(deviceId))
+  }
+
+  /** A new action was queued: send it now if the device is listening. */
+  queued(action: QueuedAction): void {
+    void this.#deliver(action.deviceId, [action])
+  }
+
+  isReachable(deviceId: string): boolean {
+    return this.#channels.some((c) => c.ready(deviceId))
+  }
+
+  async #deliver(deviceId: string, actions: readonly QueuedAction[]): Promise<void> {
+    const channel = this.#channels.find((c) => c.ready(deviceId))
+    if (!channel || actions.length === 0) return
+    for (const a of [...actions]) {
+      try {
+        await channel.send(a)
+      } catch (err) {
+        this.#log.debug({ err, deviceId, actionId: a.id }, 'action not delivered; it stays queued')
+        return
+      }
+      if (this.#reported.has(a.id)) continue
+      this.#reported.add(a.id)
+      await this.#gw.commit(
+        { events: [{ type: 'action.delivered', data: { deviceId, actionId: a.id, act: a.act, protocol: channel.protocol } }] },
+        { sync: false },
+      )
+    }
+  }
+
+  /** Forget delivery reports of actions that are gone (acked, superseded, expired). */
+  forget(actionId: string): void {
+    this.#reported.delete(actionId)
+  }
+}

@@ -1,0 +1,145 @@
+// Actions for devices, end to end on the gateway side: queue (durable,
+// audited), hand to the dispatcher, and settle on the device's signed ack
+// (PROTOCOL §5): remove the action, report it, and apply what the ack
+// proves (a new key after reenroll or renew). Deadlines expire actions.
+import { verifyAck, type VerifiedAck } from './ack.ts'
+import type { ActionDispatcher } from './action-dispatcher.ts'
+import type { Act, QueuedAction } from './action-queue.ts'
+import type { DeviceRecord } from '../devices/device.ts'
+import type { Actor, Change, Gateway } from '../gateway.ts'
+import { PublicKeyCache } from '../store/keys.ts'
+import type { Logger } from '../observe/logger.ts'
+
+export type AckListener = (ack: VerifiedAck) => Promise<void> | void
+
+export class DeviceActions {
+  readonly #gw: Gateway
+  readonly #dispatcher: ActionDispatcher
+  readonly #log: Logger
+  readonly #keys: PublicKeyCache
+  readonly #ackListeners: AckListener[] = []
+  /** ack jtis seen recently, so a repeated ack is recognised as such (harmless) */
+  readonly #recentAcks = new Map<string, number>()
+  strayAcks = 0
+
+  constructor(gw: Gateway, dispatcher: ActionDispatcher, log: Logger, keys = new PublicKeyCache()) {
+    this.#gw = gw
+    this.#dispatcher = dispatcher
+    this.#log = log
+    this.#keys = keys
+  }
+
+  get dispatcher(): ActionDispatcher {
+    return this.#dispatcher
+  }
+
+  onAck(listener: AckListener): void {
+    this.#ackListeners.push(listener)
+  }
+
+  /** Queue an action (stored and synced first) and send it at once if the device is listening. */
+  async queue(deviceId: string, act: Act, who: Actor, opts: { args?: Record<string, unknown>; deadlineS?: number } = {}): Promise<QueuedAction> {
+    const action = await this.#gw.queueAction(deviceId, act, who, opts)
+    this.#dispatcher.queued(action)
+    return action
+  }
+
+  /** An ack arrived from `deviceId` over `protocol`. A bad, stray or repeated ack changes nothing. */
+  async ack(deviceId: string, payload: string | Uint8Array, protocol: string): Promise<{ ok: boolean; reason?: string }> {
+    const v = verifyAck(this.#gw, deviceId, payload, this.#keys)
+    if (!v.ok) {
+      const repeated = v.ref !== undefined && this.#recentAcks.has(`${deviceId}/${v.ref}`)
+      if (repeated) this.#log.debug({ deviceId, ref: v.ref, protocol }, 'repeated ack for an action already settled')
+      else {
+        this.strayAcks++
+        this.#log.warn({ deviceId, protocol, reason: v.reason, ref: v.ref }, 'ack refused: nothing changed')
+      }
+      return { ok: false, reason: repeated ? 'repeated' : v.reason }
+    }
+    await this.settle(v.ack, protocol)
+    return { ok: true }
+  }
+
+  /**
+   * Apply a verified ack: remove the action, record the outcome, install a
+   * proven new key, all in one batch; then tell listeners (retirement).
+   */
+  async settle(ack: VerifiedAck, protocol: string, evidence?: Record<string, unknown>): Promise<void> {
+    const gw = this.#gw
+    const { action, deviceId, status } = ack
+    const remove = gw.actions.remove(deviceId, action.id)
+    if (!remove) return // settled by a concurrent ack
+    this.#dispatcher.forget(action.id)
+    this.#remember(`${deviceId}/${action.id}`)
+    const change: Change = {
+      ops: [remove],
+      audit: [
+        {
+          actor: `device:${deviceId}`,
+          action: 'action.acked',
+          subject: deviceId,
+          data: { actionId: action.id, act: action.act, status, detail: ack.detail, ackJti: ack.jti, protocol, newPublicKey: ack.newPublicKey, ...evidence },
+        },
+      ],
+      events: [{ type: 'action.acked', data: { deviceId, actionId: action.id, act: action.act, status } }],
+    }
+    if (status === 'done' && ack.newPublicKey) {
+      await gw.updateDevice(deviceId, (r) => this.#installKey(r, action.act, ack.newPublicKey!), change)
+    } else {
+      await gw.commit(change)
+    }
+    for (const l of this.#ackListeners) await l(ack)
+  }
+
+  /**
+   * Re-enrollment replaces the old key at once; renewal keeps it valid for
+   * the overlap window. Either way the credential starts a new lifetime.
+   */
+  #installKey(r: DeviceRecord, act: Act, newKey: string): DeviceRecord {
+    const now = this.#gw.nowS()
+    const overlapEnd = now + this.#gw.config.renewOverlapS
+    r.keys =
+      act === 'reenroll'
+        ? [{ publicKey: newKey, notBefore: now, notAfter: null }]
+        : [
+            ...r.keys.map((k) => ({ ...k, notAfter: k.notAfter === null ? overlapEnd : Math.min(k.notAfter, overlapEnd) })).filter((k) => k.notAfter > now),
+            { publicKey: newKey, notBefore: now, notAfter: null },
+          ]
+    r.spec = { ...r.spec, publicKey: newKey }
+    delete r.spec.credentialExpiresAt
+    r.credentialIssuedAt = now
+    r.credentialExpiresAt = now + this.#gw.config.credentialLifetimeS
+    delete r.credentialNotice
+    return r
+  }
+
+  /** Drop keys whose overlap window has passed, and actions past their deadline. */
+  async sweep(nowS: number): Promise<QueuedAction[]> {
+    const gw = this.#gw
+    for (const r of [...gw.registry.values()]) {
+      if (r.keys.some((k) => k.notAfter !== null && k.notAfter <= nowS)) {
+        await gw.updateDevice(r.spec.id, (d) => ({ ...d, keys: d.keys.filter((k) => k.notAfter === null || k.notAfter > nowS) }), {
+          audit: [{ actor: 'gateway', action: 'device.key-expired', subject: r.spec.id, data: { keys: r.keys.filter((k) => k.notAfter !== null && k.notAfter <= nowS).map((k) => k.publicKey) } }],
+        })
+      }
+    }
+    const expired = [...gw.actions.all()].filter((a) => a.deadline <= nowS)
+    for (const a of expired) {
+      const op = gw.actions.remove(a.deviceId, a.id)
+      if (!op) continue
+      this.#dispatcher.forget(a.id)
+      await gw.commit({
+        ops: [op],
+        audit: [{ actor: 'gateway', action: 'action.expired', subject: a.deviceId, data: { actionId: a.id, act: a.act, deadline: a.deadline } }],
+        events: [{ type: 'action.expired', data: { deviceId: a.deviceId, actionId: a.id, act: a.act } }],
+      })
+      this.#log.warn({ deviceId: a.deviceId, actionId: a.id, act: a.act }, 'action reached its deadline unacknowledged and was removed')
+    }
+    return expired
+  }
+
+  #remember(key: string): void {
+    this.#recentAcks.set(key, Date.now())
+    if (this.#recentAcks.size > 10_000) this.#recentAcks.delete(this.#recentAcks.keys().next().value as string)
+  }
+}

@@ -1,0 +1,498 @@
+// Control-plane commands (PROTOCOL §3): verification in the order the spec
+// gives, replay protection by jti, durable acceptance, then execution in
+// arrival order, each outcome answered by a signed event.
+import type { KeyObject } from 'node:crypto'
+import { z } from 'zod'
+import { JwsFormatError, parseJws, checkTimeClaims, type Claims } from '../../wire/jws.ts'
+import { ID_PATTERN, isJti } from '../../wire/ids.ts'
+import { parseDeviceSpec } from '../devices/device.ts'
+import { accessRemovedMs, noSessions, type AccessEnforcer } from '../trust/enforcer.ts'
+import { isEdgewardenError } from '../runtime/errors.ts'
+import type { Gateway } from '../gateway.ts'
+import { verifyParsed } from '../store/jws.ts'
+import { JtiStore } from '../store/jti-store.ts'
+import type { WriteOp } from '../store/store.ts'
+import { publicKeyFromB64 } from '../store/keys.ts'
+import type { Logger } from '../observe/logger.ts'
+import type { Transition } from '../trust/state-machine.ts'
+import { MAX_COMMAND_LIFETIME_S, REJECT_REASONS, type RejectReason } from '../../wire/protocol.ts'
+
+export { MAX_COMMAND_LIFETIME_S, REJECT_REASONS, type RejectReason }
+
+const deviceId = z.string().regex(ID_PATTERN, 'must be a device id')
+const reason = z.string().max(1024)
+const ARGS = {
+  'device.enroll': z.object({ device: z.unknown() }).strict(),
+  'device.revoke': z.object({ deviceId, reason: reason.optional() }).strict(),
+  'device.quarantine': z.object({ deviceId, reason: reason.optional() }).strict(),
+  'device.release': z.object({ deviceId }).strict(),
+  'device.wipe': z.object({ deviceId }).strict(),
+  'device.reenroll': z.object({ deviceId }).strict(),
+  'device.renew': z.object({ deviceId }).strict(),
+  'device.retire': z
+    .object({ deviceId, reason: reason.optional(), wipe: z.boolean().optional(), deadlineS: z.number().int().positive().max(10 * 365 * 86400).optional() })
+    .strict(),
+  'inventory.report': z.object({}).strict(),
+} as const
+export type Op = keyof typeof ARGS
+export const OPS = Object.keys(ARGS) as Op[]
+
+export interface Command {
+  jti: string
+  iss: string
+  iat: number
+  exp: number
+  op: Op
+  args: Record<string, unknown>
+}
+
+export type Verification =
+  | { ok: true; cmd: Command }
+  | { ok: false; reason: RejectReason; detail: string; jti?: string; /** the signature verified */ signed: boolean; /** the claim, where it is a number */ exp?: number }
+
+export interface VerifyContext {
+  gatewayId: string
+  cpKeys: ReadonlyMap<string, KeyObject>
+  nowS: number
+  skewS: number
+  deviceExists(id: string): boolean
+}
+
+/** PROTOCOL §3 checks, in its order. Pure: no state is touched. */
+export function verifyCommand(input: string | Uint8Array, ctx: VerifyContext): Verification {
+  let jws
+  try {
+    jws = parseJws(input)
+  } catch (err) {
+    if (err instanceof JwsFormatError) return { ok: false, reason: err.reason, detail: err.message, signed: false }
+    throw err
+  }
+  const claims: Claims = jws.payload
+  const jti = isJti(claims.jti) ? claims.jti : undefined
+  const exp = typeof claims.exp === 'number' ? claims.exp : undefined
+  const reject = (reason: RejectReason, detail: string, signed: boolean): Verification => ({ ok: false, reason, detail, signed, ...(jti ? { jti } : {}), ...(signed && exp !== undefined ? { exp } : {}) })
+  const key = ctx.cpKeys.get(jws.header.kid)
+  if (!key) return reject('unknown-key', `kid ${JSON.stringify(jws.header.kid)} is not a pinned control-plane key`, false)
+  if (!verifyParsed(jws, key)) return reject('bad-signature', 'signature does not verify with the pinned key', false)
+  if (typeof claims.iss !== 'string' || claims.iss.length === 0 || claims.iss.length > 128) return reject('malformed', 'iss is missing', true)
+  if (claims.aud !== ctx.gatewayId) return reject('wrong-audience', `aud ${JSON.stringify(claims.aud ?? null)} is not this gateway (${ctx.gatewayId})`, true)
+  const time = checkTimeClaims(claims, ctx.nowS, { skewS: ctx.skewS, maxLifetimeS: MAX_COMMAND_LIFETIME_S })
+  if (time) return reject(time.reason, time.detail, true)
+  const op = claims.op
+  // Own keys only: `in` would take '__proto__' or 'constructor' for an op and throw below.
+  if (typeof op !== 'string' || !Object.hasOwn(ARGS, op)) return reject('unknown-op', `op ${JSON.stringify(op ?? null)} is not known`, true)
+  const parsed = ARGS[op as Op].safeParse(claims.args ?? undefined)
+  if (!parsed.success) {
+    return reject('invalid-args', parsed.error.issues.map((i) => `${i.path.join('.') || 'args'}: ${i.message}`).join('; '), true)
+  }
+  const args = parsed.data as Record<string, unknown>
+  if (op === 'device.enroll') {
+    const d = parseDeviceSpec(args.device)
+    if (!d.ok) return reject('invalid-args', d.problems.join('; '), true)
+    args.device = d.spec
+  } else if (typeof args.deviceId === 'string' && !ctx.deviceExists(args.deviceId)) {
+    return reject('unknown-device', `no device ${args.deviceId} is enrolled`, true)
+  }
+  return { ok: true, cmd: { jti: jti!, iss: claims.iss, iat: claims.iat as number, exp: claims.exp as number, op: op as Op, args } }
+}
+
+export type CommandState = 'accepted' | 'completed' | 'failed' | 'rejected'
+
+/** The device a `device.*` command changes (PROTOCOL §3 `superseded`), or null for other ops. */
+export function deviceOf(cmd: Pick<Command, 'op' | 'args'>): string | null {
+  if (cmd.op === 'device.enroll') return (cmd.args.device as { id: string }).id
+  return cmd.op.startsWith('device.') && typeof cmd.args.deviceId === 'string' ? cmd.args.deviceId : null
+}
+
+/** Store prefix of the `iat` of the last device command accepted per device. */
+const LAST_IAT_PREFIX = 'cmd-iat!'
+/**
+ * Messages that fail before their signature verifies: the first few of a
+ * window (config rejectReportIntervalS) are answered one by one, the rest of
+ * it in one report at its end.
+ */
+export const UNAUTHENTICATED_ANSWERED = 10
+const SWEEP_EVERY_S = 60
+
+interface Remembered {
+  state: CommandState
+  op?: Op
+  /** kept while accepted, so a restart can finish the command */
+  cmd?: Command
+  /** arrival order (the seq of its cmd.accepted event): a restart resumes accepted commands in this order */
+  order?: number
+  reason?: string
+}
+
+export interface ExecutionContext {
+  gw: Gateway
+  enforcer: AccessEnforcer
+  actor: { actor: string; jti: string; reason?: string }
+  /** performance.now() when the command arrived */
+  receivedAt: number
+  /** seconds since the epoch when it arrived */
+  receivedAtS: number
+}
+
+/** What running a command produced; thrown CommandFailure means cmd.failed. */
+export interface Outcome {
+  deviceId?: string
+  evidence?: Record<string, unknown>
+  /** the command finishes later (retire waits for a wipe ack); its executor writes cmd.completed */
+  pending?: boolean
+}
+
+export class CommandFailure extends Error {
+  constructor(readonly reason: string, message: string) {
+    super(message)
+  }
+}
+
+export type Executor = (cmd: Command, ctx: ExecutionContext) => Promise<Outcome>
+
+/**
+ * How long the jti of a signed but refused command is remembered: as long
+ * as the command could still be taken (its exp plus the skew, at most a
+ * command's lifetime from now); an expired command can never run, so it is
+ * not kept at all. null: nothing to keep.
+ */
+function keepRejectedUntil(v: Extract<Verification, { ok: false }>, nowS: number, skewS: number): number | null {
+  if (!v.jti || v.reason === 'expired') return null
+  const exp = typeof v.exp === 'number' ? v.exp : nowS + MAX_COMMAND_LIFETIME_S
+  return Math.min(exp, nowS + MAX_COMMAND_LIFETIME_S) + skewS
+}
+
+export class CommandProcessor {
+  readonly #gw: Gateway
+  readonly #enforcer: AccessEnforcer
+  readonly #log: Logger
+  readonly #jtis: JtiStore<Remembered>
+  readonly #cpKeys = new Map<string, KeyObject>()
+  readonly #executors = new Map<Op, Executor>()
+  #chain: Promise<void> = Promise.resolve()
+  /** iat of the last device command accepted, by device (PROTOCOL §3 superseded) */
+  readonly #lastIat: Map<string, number>
+  /** unauthenticated rejections since the last report, by reason */
+  #junk: { answered: number; count: number; reasons: Record<string, number>; timer: NodeJS.Timeout | null } | null = null
+  #junkReported: Promise<unknown> = Promise.resolve()
+  #lastSweepS = 0
+  /** what was refused and what was folded into burst reports so far */
+  readonly stats = { unauthenticated: 0, unauthenticatedReports: 0 }
+
+  private constructor(gw: Gateway, enforcer: AccessEnforcer, jtis: JtiStore<Remembered>, lastIat: Map<string, number>, log: Logger) {
+    this.#gw = gw
+    this.#enforcer = enforcer
+    this.#jtis = jtis
+    this.#lastIat = lastIat
+    this.#log = log
+    for (const [kid, b64] of Object.entries(gw.config.cpKeys)) {
+      const key = publicKeyFromB64(b64)
+      if (key) this.#cpKeys.set(kid, key)
+    }
+    for (const [op, ex] of Object.entries(BUILTIN)) this.#executors.set(op as Op, ex)
+  }
+
+  static async create(gw: Gateway, enforcer: AccessEnforcer, log: Logger): Promise<CommandProcessor> {
+    const lastIat = new Map<string, number>()
+    for await (const [k, v] of gw.store.scan(LAST_IAT_PREFIX)) lastIat.set(k.slice(LAST_IAT_PREFIX.length), Number(v))
+    return new CommandProcessor(gw, enforcer, await JtiStore.load<Remembered>(gw.store, 'cmd'), lastIat, log)
+  }
+
+  /** Later issues plug in the ops they build (wipe, retire, …). */
+  register(op: Op, executor: Executor): void {
+    this.#executors.set(op, executor)
+  }
+
+  /**
+   * Take one command off the wire. Resolves once its fate is durable (the
+   * rejection, the duplicate answer, or the acceptance), which is when the
+   * uplink may PUBACK it; execution goes on in arrival order after that.
+   */
+  async handle(payload: string | Uint8Array): Promise<void> {
+    const receivedAt = performance.now()
+    const gw = this.#gw
+    const nowS = gw.nowS()
+    const v = verifyCommand(payload, {
+      gatewayId: gw.id,
+      cpKeys: this.#cpKeys,
+      nowS,
+      skewS: gw.config.clockSkewS,
+      deviceExists: (id) => gw.registry.get(id) !== undefined,
+    })
+    this.#maybeSweep(nowS)
+    if (!v.ok) {
+      // A replay of a signed command we already answered is a duplicate,
+      // whatever it would be refused for now.
+      const seen = v.signed && v.jti ? this.#jtis.get(v.jti, nowS) : undefined
+      if (seen) return this.#duplicate(v.jti!, seen.data.state)
+      if (!v.signed) return this.#unauthenticated(v)
+      return this.#reject(v.reason, v.detail, v.jti, nowS, keepRejectedUntil(v, nowS, gw.config.clockSkewS))
+    }
+    const cmd = v.cmd
+    const seen = this.#jtis.get(cmd.jti, nowS)
+    if (seen) return this.#duplicate(cmd.jti, seen.data.state)
+    const keepUntil = cmd.exp + gw.config.clockSkewS
+    // PROTOCOL §3: a device command older than the last one accepted for
+    // the same device was held back on the way; running it now would undo a
+    // newer decision. (Commands run in arrival order: the last accepted is
+    // the last that will have been applied.)
+    const target = deviceOf(cmd)
+    const last = target === null ? undefined : this.#lastIat.get(target)
+    if (last !== undefined && cmd.iat < last) {
+      return this.#reject('superseded', `issued at ${cmd.iat}, before the last command for device ${target} (issued at ${last})`, cmd.jti, nowS, keepUntil)
+    }
+    const ops: WriteOp[] = [this.#jtis.remember(cmd.jti, keepUntil, { state: 'accepted', op: cmd.op, cmd, order: gw.outbox.lastSeq + 1 })]
+    if (target !== null && (last === undefined || cmd.iat > last)) {
+      this.#lastIat.set(target, cmd.iat)
+      ops.push({ type: 'put', key: LAST_IAT_PREFIX + target, value: String(cmd.iat) })
+    }
+    // The seq its cmd.accepted event gets (the `order` above): commit() takes
+    // it in this same synchronous step, and the event is never dropped at the outbox bound.
+    const accepted = gw.commit({
+      ops,
+      audit: [{ actor: `cp:${cmd.iss}`, action: 'command.accepted', data: { jti: cmd.jti, op: cmd.op, args: cmd.args } }],
+      events: [{ type: 'cmd.accepted', data: { jti: cmd.jti, op: cmd.op } }],
+    })
+    // Run it now, without waiting for the fsync: the acceptance is queued
+    // first, so on disk it precedes whatever the command changes, and access
+    // is cut as soon as the command is verified.
+    this.#enqueueExecution(cmd, receivedAt, nowS)
+    await accepted
+  }
+
+  /** A signed command refused: audited and answered, its jti remembered so a replay cannot run once the refusal no longer applies. */
+  async #reject(reason: RejectReason, detail: string, jti: string | undefined, nowS: number, keepUntil: number | null): Promise<void> {
+    this.#log.warn({ reason, detail, jti }, 'command rejected')
+    const ops: WriteOp[] = []
+    if (jti && keepUntil !== null && keepUntil >= nowS) ops.push(this.#jtis.remember(jti, keepUntil, { state: 'rejected', reason }))
+    await this.#gw.commit({
+      ops,
+      audit: [{ actor: 'uplink', action: 'command.rejected', data: { jti, reason, detail } }],
+      events: [{ type: 'cmd.rejected', data: { ...(jti ? { jti } : {}), reason, detail } }],
+    })
+  }
+
+  /**
+   * A message whose signature did not verify (junk, a key we do not pin):
+   * anyone who can publish to the command topic can send them, so each must
+   * cost next to nothing. The first few of a window are answered at once (a
+   * control plane with a wrong key sees why); the rest of the burst are
+   * counted and reported in one audit entry and one event when the window
+   * ends. Nothing of them is kept beyond that report.
+   */
+  #unauthenticated(v: Extract<Verification, { ok: false }>): Promise<void> {
+    this.stats.unauthenticated++
+    let junk = this.#junk
+    if (!junk) {
+      junk = { answered: 0, count: 0, reasons: {}, timer: null }
+      junk.timer = setTimeout(() => void this.flushUnauthenticated().catch((err: unknown) => this.#log.error({ err }, 'cannot report rejected commands')), this.#gw.config.rejectReportIntervalS * 1000)
+      junk.timer.unref()
+      this.#junk = junk
+    }
+    if (junk.answered >= UNAUTHENTICATED_ANSWERED) {
+      junk.count++
+      junk.reasons[v.reason] = (junk.reasons[v.reason] ?? 0) + 1
+      return Promise.resolve()
+    }
+    junk.answered++
+    this.stats.unauthenticatedReports++
+    this.#log.warn({ reason: v.reason, detail: v.detail, jti: v.jti }, 'command rejected')
+    const p = this.#gw.commit(
+      {
+        audit: [{ actor: 'uplink', action: 'command.rejected', data: { jti: v.jti, reason: v.reason, detail: v.detail } }],
+        events: [{ type: 'cmd.rejected', data: { ...(v.jti ? { jti: v.jti } : {}), reason: v.reason, detail: v.detail } }],
+      },
+      { sync: false },
+    )
+    this.#junkReported = p.catch(() => {})
+    return p.then(() => {})
+  }
+
+  /** Report the unauthenticated messages folded since the last report (the window's timer calls this; so does stop). */
+  async flushUnauthenticated(): Promise<void> {
+    const junk = this.#junk
+    if (!junk) return this.#junkReported.then(() => {})
+    this.#junk = null
+    if (junk.timer) clearTimeout(junk.timer)
+    if (junk.count === 0) return this.#junkReported.then(() => {})
+    this.stats.unauthenticatedReports++
+    const top = Object.entries(junk.reasons).sort((a, b) => b[1] - a[1])[0]![0]
+    const detail = `${junk.count} more messages without a valid signature in ${this.#gw.config.rejectReportIntervalS} s (${Object.entries(junk.reasons).map(([r, n]) => `${r} ${n}`).join(', ')})`
+    this.#log.warn({ count: junk.count, reasons: junk.reasons }, 'commands rejected (burst)')
+    const p = this.#gw.commit(
+      {
+        audit: [{ actor: 'uplink', action: 'command.rejected', data: { reason: top, detail, count: junk.count, reasons: junk.reasons } }],
+        events: [{ type: 'cmd.rejected', data: { reason: top, detail, count: junk.count } }],
+      },
+      { sync: false },
+    )
+    this.#junkReported = p.catch(() => {})
+    await p
+  }
+
+  #maybeSweep(nowS: number): void {
+    if (nowS - this.#lastSweepS < SWEEP_EVERY_S) return
+    this.#lastSweepS = nowS
+    const ops = this.#jtis.sweep(nowS)
+    if (ops.length) this.#gw.store.write(ops, { sync: false }).catch((err: unknown) => this.#log.error({ err }, 'cannot sweep expired command jtis'))
+  }
+
+  async #duplicate(jti: string, state: CommandState): Promise<void> {
+    await this.#gw.commit({ events: [{ type: 'cmd.duplicate', data: { jti, state } }] })
+  }
+
+  #enqueueExecution(cmd: Command, receivedAt: number, receivedAtS: number): Promise<void> {
+    const run = this.#chain.then(() => this.#execute(cmd, receivedAt, receivedAtS))
+    this.#chain = run.catch(() => {})
+    return run
+  }
+
+  async #execute(cmd: Command, receivedAt: number, receivedAtS: number): Promise<void> {
+    const gw = this.#gw
+    // Answered while it waited its turn (a resumed retire whose retirement
+    // another command closed first): running it again would answer it twice.
+    const state = this.#jtis.get(cmd.jti, gw.nowS())?.data.state
+    if (state !== undefined && state !== 'accepted') return
+    const keepUntil = cmd.exp + gw.config.clockSkewS
+    const executor = this.#executors.get(cmd.op)
+    const reason = typeof cmd.args.reason === 'string' ? cmd.args.reason : undefined
+    const ctx: ExecutionContext = {
+      gw,
+      enforcer: this.#enforcer,
+      actor: { actor: `cp:${cmd.iss}`, jti: cmd.jti, ...(reason !== undefined ? { reason } : {}) },
+      receivedAt,
+      receivedAtS,
+    }
+    try {
+      if (!executor) throw new CommandFailure('not-supported', `${cmd.op} is not supported by this gateway yet`)
+      const outcome = await executor(cmd, ctx)
+      if (outcome.pending) return
+      await this.complete(cmd, outcome)
+    } catch (err) {
+      const failure =
+        err instanceof CommandFailure
+          ? err
+          : isEdgewardenError(err, 'ILLEGAL_TRANSITION')
+            ? new CommandFailure('illegal-transition', err.message)
+            : isEdgewardenError(err, 'UNKNOWN_DEVICE')
+              ? new CommandFailure('unknown-device', err.message)
+              : null
+      if (!failure) {
+        this.#log.error({ err, jti: cmd.jti, op: cmd.op }, 'command execution failed')
+      }
+      const f = failure ?? new CommandFailure('internal-error', (err as Error).message)
+      await gw.commit({
+        ops: [this.#jtis.remember(cmd.jti, keepUntil, { state: 'failed', op: cmd.op, reason: f.reason })],
+        audit: [{ actor: ctx.actor.actor, action: 'command.failed', data: { jti: cmd.jti, op: cmd.op, reason: f.reason, detail: f.message } }],
+        events: [{ type: 'cmd.failed', data: { jti: cmd.jti, op: cmd.op, reason: f.reason } }],
+      })
+    }
+  }
+
+  /** Record a command as completed, with its evidence (executors of pending commands call this later). */
+  async complete(cmd: Command, outcome: Outcome): Promise<void> {
+    const gw = this.#gw
+    await gw.commit({
+      ops: [this.#jtis.remember(cmd.jti, cmd.exp + gw.config.clockSkewS, { state: 'completed', op: cmd.op })],
+      audit: [{ actor: `cp:${cmd.iss}`, action: 'command.completed', ...(outcome.deviceId ? { subject: outcome.deviceId } : {}), data: { jti: cmd.jti, op: cmd.op, evidence: outcome.evidence } }],
+      events: [
+        {
+          type: 'cmd.completed',
+          data: { jti: cmd.jti, op: cmd.op, ...(outcome.deviceId ? { deviceId: outcome.deviceId } : {}), ...(outcome.evidence ? { evidence: outcome.evidence } : {}) },
+        },
+      ],
+    })
+  }
+
+  /** After a restart: finish every command that was accepted but not answered; forget expired jtis. */
+  async resume(): Promise<number> {
+    const gw = this.#gw
+    const nowS = gw.nowS()
+    const sweep = this.#jtis.sweep(nowS)
+    if (sweep.length) await gw.store.write(sweep, { sync: false })
+    let n = 0
+    // In arrival order, as they would have run (the store keeps them by jti).
+    const waiting = [...this.#jtis.entries()].filter(([, e]) => e.data.state === 'accepted' && e.data.cmd).sort(([, a], [, b]) => (a.data.order ?? 0) - (b.data.order ?? 0))
+    for (const [jti, e] of waiting) {
+      if (!e.data.cmd) continue
+      this.#log.info({ jti, op: e.data.op }, 'resuming a command accepted before the restart')
+      void this.#enqueueExecution(e.data.cmd, performance.now(), nowS)
+      n++
+    }
+    await this.#chain
+    return n
+  }
+
+  /** Resolves when every command received so far has run. */
+  idle(): Promise<void> {
+    return this.#chain
+  }
+
+  /** The state the gateway holds for a jti, if any. */
+  stateOf(jti: string): CommandState | undefined {
+    return this.#jtis.get(jti, this.#gw.nowS())?.data.state
+  }
+}
+
+async function stateChange(t: Transition, cmd: Command, ctx: ExecutionContext): Promise<Outcome> {
+  const id = cmd.args.deviceId as string
+  const r = await ctx.gw.transition(id, t, ctx.actor)
+  const enforcement = await ctx.enforcer.settled(id)
+  const evidence: Record<string, unknown> = {
+    deviceId: id,
+    from: r.from,
+    state: r.record.state,
+    changed: r.changed,
+    receivedAt: ctx.receivedAtS,
+    network: enforcement.network,
+  }
+  if (r.record.state !== 'active') {
+    evidence.accessRemovedMs = r.changed ? accessRemovedMs(enforcement, ctx.receivedAt) : 0
+    evidence.sessionsClosed = r.changed ? enforcement.sessionsClosed : noSessions()
+  }
+  return { deviceId: id, evidence }
+}
+
+const BUILTIN: Partial<Record<Op, Executor>> = {
+  'device.enroll': async (cmd, ctx) => {
+    const record = await ctx.gw.enroll(cmd.args.device, ctx.actor)
+    return { deviceId: record.spec.id, evidence: { deviceId: record.spec.id, state: record.state, credentialExpiresAt: record.credentialExpiresAt } }
+  },
+  'device.revoke': (cmd, ctx) => stateChange('revoke', cmd, ctx),
+  'device.quarantine': (cmd, ctx) => stateChange('quarantine', cmd, ctx),
+  'device.release': (cmd, ctx) => stateChange('release', cmd, ctx),
+  'inventory.report': async (_cmd, ctx) => {
+    const gw = ctx.gw
+    const devices = [...gw.registry.values()].map((d) => {
+      const seen = ctx.enforcer.inventoryOf(d.spec.id)
+      return {
+        id: d.spec.id,
+        state: d.state,
+        criticality: d.spec.criticality ?? 'medium',
+        credentialKind: 'publicKey',
+        credentialExpiresAt: d.credentialExpiresAt,
+        pendingActions: gw.actions.pending(d.spec.id).length,
+        ...(seen ? { seen } : {}),
+      }
+    })
+    // A JWS is at most 16 KiB (PROTOCOL §1): a large fleet is reported in
+    // parts of at most 50 devices, each event naming its part and the total;
+    // a part also closes at ~10 KB of JSON (base64url adds a third).
+    const chunks: (typeof devices)[] = [[]]
+    let bytes = 0
+    for (const d of devices) {
+      const size = JSON.stringify(d).length
+      if (chunks.at(-1)!.length >= 50 || (bytes + size > 10_000 && chunks.at(-1)!.length > 0)) {
+        chunks.push([])
+        bytes = 0
+      }
+      chunks.at(-1)!.push(d)
+      bytes += size
+    }
+    const parts = chunks.length
+    for (let i = 0; i < parts; i++) {
+      await gw.commit({ events: [{ type: 'inventory', data: { devices: chunks[i]!, part: i + 1, parts, jti: ctx.actor.jti } }] })
+    }
+    return { evidence: { devices: devices.length, parts } }
+  },
+}

@@ -1,0 +1,71 @@
+// Credential lifecycle (issue 5): each device credential has an expiry; the
+// agent renews on its own when a device crosses its renewal threshold (by
+// criticality), and reports `credential.expiring` and `credential.expired`
+// once each per credential. Driven by the injected clock through tick().
+import type { DeviceActions } from '../actions/device-actions.ts'
+import { protocolsOf, type DeviceRecord } from './device.ts'
+import type { Gateway } from '../gateway.ts'
+import type { Logger } from '../observe/logger.ts'
+
+/**
+ * A Modbus-only device holds no credential the gateway checks (Modbus has
+ * no authentication, PROTOCOL §7) and cannot carry a new key through its
+ * hook registers: renewing it would only fail, so it is not tracked.
+ */
+const renewable = (r: DeviceRecord): boolean => protocolsOf(r.spec).some((p) => p !== 'modbus')
+
+export class CredentialLifecycle {
+  readonly #gw: Gateway
+  readonly #actions: DeviceActions
+  readonly #log: Logger
+
+  constructor(gw: Gateway, actions: DeviceActions, log: Logger) {
+    this.#gw = gw
+    this.#actions = actions
+    this.#log = log
+  }
+
+  /** The notice a record calls for at `nowS`, or null while its credential is comfortably valid. */
+  noticeFor(r: DeviceRecord, nowS: number): NonNullable<DeviceRecord['credentialNotice']> | null {
+    const expires = r.credentialExpiresAt
+    if (nowS >= expires + this.#gw.config.renewGraceS) return 'expired'
+    if (nowS >= expires) return 'expired-grace'
+    const issued = r.credentialIssuedAt ?? r.createdAt
+    const fraction = this.#gw.config.renewAt[r.spec.criticality ?? 'medium']
+    return expires - nowS <= fraction * Math.max(0, expires - issued) ? 'expiring' : null
+  }
+
+  async tick(nowS: number): Promise<void> {
+    for (const r of [...this.#gw.registry.values()]) {
+      if (r.state !== 'active' || !renewable(r)) continue
+      const notice = this.noticeFor(r, nowS)
+      if (notice === null || notice === r.credentialNotice) continue
+      await this.#report(r, notice, nowS)
+    }
+  }
+
+  /** A device just connected: a credential that lapsed while it was away is renewed now, not at the next pass. */
+  async deviceReady(deviceId: string): Promise<void> {
+    const r = this.#gw.registry.get(deviceId)
+    if (!r || r.state !== 'active' || !renewable(r)) return
+    const notice = this.noticeFor(r, this.#gw.nowS())
+    if (notice !== null && notice !== r.credentialNotice) await this.#report(r, notice, this.#gw.nowS())
+  }
+
+  async #report(r: DeviceRecord, notice: NonNullable<DeviceRecord['credentialNotice']>, nowS: number): Promise<void> {
+    const id = r.spec.id
+    const event =
+      notice === 'expiring'
+        ? { type: 'credential.expiring', data: { deviceId: id, expiresAt: r.credentialExpiresAt } }
+        : { type: 'credential.expired', data: { deviceId: id, expiresAt: r.credentialExpiresAt, withinGrace: notice === 'expired-grace' } }
+    await this.#gw.updateDevice(id, (d) => ({ ...d, credentialNotice: notice }), {
+      audit: [{ actor: 'gateway', action: event.type, subject: id, data: event.data }],
+      events: [event],
+    })
+    this.#log.info({ deviceId: id, notice, expiresAt: r.credentialExpiresAt, nowS }, 'credential notice')
+    // Renew while it can still be done: before expiry, or renew-only within the grace.
+    if (notice !== 'expired' && !this.#gw.actions.pending(id).some((a) => a.act === 'renew' || a.act === 'reenroll' || a.act === 'wipe')) {
+      await this.#actions.queue(id, 'renew', { actor: 'gateway', reason: notice })
+    }
+  }
+}

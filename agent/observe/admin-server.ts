@@ -1,0 +1,165 @@
+// Local admin API: HTTP over a unix socket, mode 0600, so only the agent's
+// own user (and root) can reach it. The CLI's device verbs go through here,
+// audited with the local operator as actor.
+import { chmodSync, rmSync } from 'node:fs'
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { userInfo } from 'node:os'
+import { join } from 'node:path'
+import { ACTS, type Act } from '../actions/action-queue.ts'
+import { exportAuditLog, verifyAuditLog } from '../store/audit.ts'
+import { isEdgewardenError, type ErrorCode } from '../runtime/errors.ts'
+import type { Actor, Gateway } from '../gateway.ts'
+import type { Logger } from './logger.ts'
+import { describeDevice } from './views.ts'
+
+export const ADMIN_SOCKET = 'admin.sock'
+const MAX_BODY = 64 * 1024
+
+const STATUS: Partial<Record<ErrorCode, number>> = {
+  UNKNOWN_DEVICE: 404,
+  ILLEGAL_TRANSITION: 409,
+  INVALID_DEVICE: 400,
+  ADMIN_REQUEST: 400,
+}
+
+export type AdminVerb = 'quarantine' | 'release' | 'revoke' | 'retire' | Act
+
+/** What a device verb does; the retire workflow is the Gateway's (or a later workflow's) to define. */
+export interface AdminHooks {
+  deviceVerb(gw: Gateway, id: string, verb: AdminVerb, who: Actor): Promise<unknown>
+  /** `GET /v1/quarantine`: the network rules in force joined with the registry */
+  quarantine?(gw: Gateway): Promise<unknown>
+}
+
+class RequestError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message)
+  }
+}
+
+async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+  let size = 0
+  const chunks: Buffer[] = []
+  for await (const c of req as AsyncIterable<Buffer>) {
+    size += c.length
+    if (size > MAX_BODY) throw new RequestError(413, `request body over ${MAX_BODY} bytes`)
+    chunks.push(c)
+  }
+  if (size === 0) return {}
+  try {
+    const v = JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown
+    if (v && typeof v === 'object' && !Array.isArray(v)) return v as Record<string, unknown>
+  } catch {}
+  throw new RequestError(400, 'request body is not a JSON object')
+}
+
+/** The name of the user the agent runs as: the owner of the socket it creates. */
+function ownerName(): string {
+  try {
+    return userInfo().username
+  } catch {
+    return `uid-${process.getuid?.() ?? 'unknown'}`
+  }
+}
+
+const send = (res: ServerResponse, status: number, body: unknown): void => {
+  res.writeHead(status, { 'content-type': 'application/json' })
+  res.end(JSON.stringify(body))
+}
+
+export async function startAdminServer(gw: Gateway, hooks: AdminHooks, log: Logger): Promise<{ server: Server; path: string; close(): Promise<void> }> {
+  const path = join(gw.config.dataDir, ADMIN_SOCKET)
+  // The store lock proves no other agent owns this dir: a socket file left
+  // here is stale (kill -9) and safe to replace.
+  rmSync(path, { force: true })
+  const owner = ownerName()
+  const actor = `local:${owner}`
+  const server = createServer((req, res) => {
+    handle(req, res).catch((err: unknown) => {
+      if (err instanceof RequestError) return send(res, err.status, { error: { code: 'ADMIN_REQUEST', message: err.message } })
+      if (isEdgewardenError(err)) return send(res, STATUS[err.code] ?? 500, { error: { code: err.code, message: err.message } })
+      log.error({ err }, 'admin request failed')
+      send(res, 500, { error: { code: 'INTERNAL', message: (err as Error).message } })
+    })
+  })
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://admin')
+    const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent)
+    // The actor is who can reach the socket, not what the client says: the
+    // socket is mode 0600, so only its owner (or root) connects. Node has no
+    // SO_PEERCRED, so the owner is recorded; a name the client sends that
+    // differs is kept beside it as a claim, never as the actor.
+    const claim = req.headers['x-edgewarden-actor']
+    const claimedBy = typeof claim === 'string' && /^[\w.@-]{1,64}$/.test(claim) && claim !== owner ? claim : undefined
+    const who = { actor, ...(claimedBy !== undefined ? { claimedBy } : {}) }
+    const route = `${req.method} /${parts.slice(0, 2).join('/')}`
+    if (route === 'GET /v1/identity') {
+      return send(res, 200, { site: gw.site, gateway: gw.id, publicKey: gw.key.publicKeyB64 })
+    }
+    if (route === 'GET /v1/devices' && parts.length === 2) {
+      const list = [...gw.registry.values()].sort((a, b) => a.spec.id.localeCompare(b.spec.id)).map((d) => describeDevice(gw, d))
+      return send(res, 200, { devices: list })
+    }
+    if (route === 'GET /v1/devices' && parts.length === 3) {
+      return send(res, 200, { device: describeDevice(gw, gw.requireDevice(parts[2]!)) })
+    }
+    if (route === 'POST /v1/devices' && parts.length === 2) {
+      const body = await readJson(req)
+      const reason = typeof body.reason === 'string' ? body.reason : undefined
+      const record = await gw.enroll(body.device, { ...who, ...(reason !== undefined ? { reason } : {}) })
+      return send(res, 200, { device: describeDevice(gw, record) })
+    }
+    if (route === 'POST /v1/devices' && parts.length === 4) {
+      const verb = parts[3] as AdminVerb
+      if (!['quarantine', 'release', 'revoke', 'retire', ...ACTS].includes(verb)) throw new RequestError(404, `unknown device verb ${verb}`)
+      const body = await readJson(req)
+      const reason = typeof body.reason === 'string' ? body.reason.slice(0, 1024) : undefined
+      const result = await hooks.deviceVerb(gw, parts[2]!, verb, { ...who, ...(reason !== undefined ? { reason } : {}) })
+      return send(res, 200, { result, device: describeDevice(gw, gw.requireDevice(parts[2]!)) })
+    }
+    if (route === 'GET /v1/quarantine' && parts.length === 2 && hooks.quarantine) {
+      return send(res, 200, await hooks.quarantine(gw))
+    }
+    if (route === 'GET /v1/audit' && parts[2] === 'verify') {
+      const pinned = url.searchParams.getAll('trust')
+      const trusted = pinned.length
+        ? pinned.map((key) => ({ key, source: 'pinned with --trust-key' }))
+        : [{ key: gw.key.publicKeyB64, source: "the running agent's own key, kept with the data it vouches for, so it proves less than a key pinned with --trust-key" }]
+      return send(res, 200, { ...(await verifyAuditLog(gw.store, trusted.map((k) => k.key))), trusted })
+    }
+    if (route === 'GET /v1/audit' && parts[2] === 'export') {
+      res.writeHead(200, { 'content-type': 'application/x-ndjson' })
+      for await (const e of exportAuditLog(gw.store)) res.write(`${JSON.stringify(e)}\n`)
+      res.end()
+      return
+    }
+    throw new RequestError(404, `no route ${req.method} ${url.pathname}`)
+  }
+
+  const oldMask = process.umask(0o177)
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(path, () => {
+        server.off('error', reject)
+        resolve()
+      })
+    })
+  } finally {
+    process.umask(oldMask)
+  }
+  chmodSync(path, 0o600)
+  return {
+    server,
+    path,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve())
+        server.closeAllConnections()
+      }),
+  }
+}

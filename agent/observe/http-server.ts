@@ -1,0 +1,121 @@
+// The HTTP endpoint (--http-port): Prometheus /metrics, /healthz, /readyz,
+// the status page and its /api/status. Read-only: GET (and HEAD) only,
+// everything else 405. Bound to 127.0.0.1 by default; on a loopback address
+// it also refuses Host names other than localhost and loopback literals, so a
+// web page the operator opens cannot reach it through DNS rebinding.
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import type { Registry } from 'prom-client'
+import type { Gateway } from '../gateway.ts'
+import type { Logger } from './logger.ts'
+import { STATUS_PAGE_CSP, STATUS_PAGE_HTML, statusSnapshot, type StatusSources } from './status-page.ts'
+
+export type Readiness = 'starting' | 'ready' | 'stopping'
+
+export interface HttpEndpoint {
+  host: string
+  port: number
+  /** /readyz answers 200 only in `ready` */
+  setReadiness(r: Readiness): void
+  close(): Promise<void>
+}
+
+export interface HttpEndpointOptions extends StatusSources {
+  host: string
+  port: number
+  metrics: Registry
+  log: Logger
+}
+
+const COMMON_HEADERS = {
+  'cache-control': 'no-store',
+  'x-content-type-options': 'nosniff',
+  'referrer-policy': 'no-referrer',
+  'cross-origin-resource-policy': 'same-origin',
+}
+
+const LOOPBACK_NAMES = new Set(['localhost', '127.0.0.1', '[::1]'])
+const isLoopbackAddress = (host: string): boolean => host === 'localhost' || host === '::1' || /^127\.\d+\.\d+\.\d+$/.test(host)
+
+/** The Host header's name without its port; loopback IPv4 literals of the whole 127/8 count as loopback. */
+function hostAllowed(header: string | undefined): boolean {
+  if (!header) return false
+  const name = header.startsWith('[') ? header.slice(0, header.indexOf(']') + 1) : header.split(':')[0]!
+  return LOOPBACK_NAMES.has(name.toLowerCase()) || /^127\.\d+\.\d+\.\d+$/.test(name)
+}
+
+function send(res: ServerResponse, status: number, type: string, body: string | Buffer, extra: Record<string, string> = {}): void {
+  res.writeHead(status, { ...COMMON_HEADERS, 'content-type': type, 'content-length': Buffer.byteLength(body), ...extra })
+  res.end(body)
+}
+
+const sendJson = (res: ServerResponse, status: number, body: unknown): void => send(res, status, 'application/json; charset=utf-8', JSON.stringify(body))
+
+export async function startHttpEndpoint(gw: Gateway, opts: HttpEndpointOptions): Promise<HttpEndpoint> {
+  let readiness: Readiness = 'starting'
+  const checkHost = isLoopbackAddress(opts.host)
+  const { log } = opts
+
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    if (checkHost && !hostAllowed(req.headers.host)) return sendJson(res, 403, { error: 'Host must be localhost or a loopback address' })
+    if (req.method !== 'GET' && req.method !== 'HEAD') return sendJson(res, 405, { error: `${req.method} is not allowed: this endpoint is read-only` })
+    const path = new URL(req.url ?? '/', 'http://localhost').pathname
+    switch (path) {
+      case '/metrics': {
+        const body = await opts.metrics.metrics()
+        return send(res, 200, opts.metrics.contentType, body)
+      }
+      case '/healthz': {
+        // Alive, and the store can still be read and written.
+        const storeOpen = gw.store.db.status === 'open'
+        return sendJson(res, storeOpen ? 200 : 503, { status: storeOpen ? 'ok' : 'store not open', store: gw.store.db.status })
+      }
+      case '/readyz': {
+        // Ready once every part started and until a stop begins. A site runs
+        // on without its uplink (decisions are local), so the uplink is
+        // reported here but never makes the agent not ready.
+        const uplink = !opts.uplink ? 'not configured' : opts.uplink.connected ? 'connected' : 'down'
+        const ready = readiness === 'ready' && gw.store.db.status === 'open'
+        return sendJson(res, ready ? 200 : 503, { status: ready ? 'ready' : readiness === 'ready' ? 'store not open' : readiness, uplink })
+      }
+      case '/api/status':
+        return sendJson(res, 200, await statusSnapshot(opts))
+      case '/':
+      case '/index.html':
+        return send(res, 200, 'text/html; charset=utf-8', STATUS_PAGE_HTML, { 'content-security-policy': STATUS_PAGE_CSP, 'x-frame-options': 'DENY' })
+      default:
+        return sendJson(res, 404, { error: `no page ${path}` })
+    }
+  }
+
+  const server = createServer((req, res) => {
+    handle(req, res).catch((err: unknown) => {
+      log.error({ err, url: req.url }, 'HTTP request failed')
+      if (!res.headersSent) sendJson(res, 500, { error: 'internal error' })
+      else res.destroy()
+    })
+  })
+  server.requestTimeout = 10_000
+  server.headersTimeout = 5_000
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err) => reject(new Error(`HTTP endpoint cannot listen on ${opts.host}:${opts.port}: ${err.message}`, { cause: err })))
+    server.listen(opts.port, opts.host, () => {
+      server.removeAllListeners('error')
+      server.on('error', (err) => log.error({ err }, 'HTTP endpoint error'))
+      resolve()
+    })
+  })
+  const addr = server.address() as AddressInfo
+  return {
+    host: addr.address,
+    port: addr.port,
+    setReadiness(r) {
+      readiness = r
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve())
+        server.closeAllConnections()
+      }),
+  }
+}

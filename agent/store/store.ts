@@ -1,0 +1,131 @@
+// The agent's one LevelDB. Writes go through a group-commit queue: every
+// batch queued while a write is in flight is merged into the next one, so
+// many small durable changes share one fsync while each keeps its order.
+import { mkdirSync } from 'node:fs'
+import { join } from 'node:path'
+import { Level } from 'level'
+import { EdgewardenError } from '../runtime/errors.ts'
+
+/** An explicit LevelDB snapshot: reads that name it see the store as it was when it was taken. */
+export type Snapshot = ReturnType<Level<string, string>['snapshot']>
+
+export type WriteOp = { type: 'put'; key: string; value: string } | { type: 'del'; key: string }
+
+interface Pending {
+  ops: WriteOp[]
+  sync: boolean
+  resolve: () => void
+  reject: (err: unknown) => void
+}
+
+export class Store {
+  readonly db: Level<string, string>
+  #queue: Pending[] = []
+  #writing = false
+  #failed: unknown = null
+
+  private constructor(db: Level<string, string>) {
+    this.db = db
+  }
+
+  /** Open `<dataDir>/db`. A second agent on the same dir fails with STORE_LOCKED. */
+  static async open(dataDir: string): Promise<Store> {
+    mkdirSync(dataDir, { recursive: true, mode: 0o700 })
+    const db = new Level<string, string>(join(dataDir, 'db'), { valueEncoding: 'utf8', keyEncoding: 'utf8' })
+    try {
+      await db.open()
+    } catch (err) {
+      const cause = (err as { cause?: { code?: string } }).cause
+      if (cause?.code === 'LEVEL_LOCKED') {
+        throw new EdgewardenError('STORE_LOCKED', `data dir ${dataDir} is in use by another edgewarden agent (its store is locked)`, { cause: err })
+      }
+      throw new EdgewardenError('STORE_OPEN', `cannot open the store in ${dataDir}: ${(err as Error).message}`, { cause: err })
+    }
+    return new Store(db)
+  }
+
+  get(key: string): Promise<string | undefined> {
+    return this.db.get(key)
+  }
+
+  async getJson<T>(key: string): Promise<T | undefined> {
+    const v = await this.db.get(key)
+    return v === undefined ? undefined : (JSON.parse(v) as T)
+  }
+
+  /** All entries whose key starts with `prefix`, in key order (from `snapshot` where given). */
+  async *scan(prefix: string, opts: { snapshot?: Snapshot } = {}): AsyncGenerator<[string, string]> {
+    for await (const batch of this.scanBatches(prefix, 1000, opts)) yield* batch
+  }
+
+  /** The same, `size` entries at a time: one read from LevelDB per batch, not per entry (a 100,000-device registry loads at start). */
+  async *scanBatches(prefix: string, size = 1000, opts: { snapshot?: Snapshot } = {}): AsyncGenerator<[string, string][]> {
+    const it = this.db.iterator({ gte: prefix, lt: `${prefix}\xff`, ...(opts.snapshot ? { snapshot: opts.snapshot } : {}) })
+    try {
+      for (;;) {
+        const batch = await it.nextv(size)
+        if (batch.length === 0) return
+        yield batch
+      }
+    } finally {
+      await it.close()
+    }
+  }
+
+  /**
+   * Write ops atomically, in the order write() was called. With sync, the
+   * promise resolves only once the batch is on disk (fsync): it survives
+   * power loss. A failed write poisons the store: later writes fail too, so
+   * nothing is ever acknowledged out of order.
+   */
+  write(ops: WriteOp[], opts: { sync: boolean }): Promise<void> {
+    if (this.#failed) return Promise.reject(this.#failed)
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ ops, sync: opts.sync, resolve, reject })
+      if (!this.#writing) void this.#drain()
+    })
+  }
+
+  async #drain(): Promise<void> {
+    this.#writing = true
+    while (this.#queue.length > 0) {
+      const group = this.#queue
+      this.#queue = []
+      const ops = lastPerKey(group.length === 1 ? group[0]!.ops : group.flatMap((p) => p.ops))
+      const sync = group.some((p) => p.sync)
+      try {
+        if (this.#failed) throw this.#failed
+        await this.db.batch(ops, { sync })
+        for (const p of group) p.resolve()
+      } catch (err) {
+        this.#failed ??= new EdgewardenError('STORE_OPEN', `store write failed: ${(err as Error).message}`, { cause: err })
+        for (const p of group) p.reject(this.#failed)
+      }
+    }
+    this.#writing = false
+  }
+
+  /** Resolves when every queued write has been attempted. */
+  async flush(): Promise<void> {
+    await this.write([], { sync: false }).catch(() => {})
+  }
+
+  async close(): Promise<void> {
+    await this.flush()
+    await this.db.close()
+  }
+}
+
+/** Zero-padded decimal so that key order is numeric order. */
+export const seqKey = (prefix: string, seq: number): string => `${prefix}${String(seq).padStart(16, '0')}`
+
+/**
+ * The ops of one atomic batch with only the last op on each key, in the
+ * order of those last ops: the same end state, and a value that is computed
+ * when read (the audit head's signature) is computed once per batch.
+ */
+function lastPerKey(ops: WriteOp[]): WriteOp[] {
+  const last = new Map<string, number>()
+  for (let i = 0; i < ops.length; i++) last.set(ops[i]!.key, i)
+  return last.size === ops.length ? ops : ops.filter((o, i) => last.get(o.key) === i)
+}

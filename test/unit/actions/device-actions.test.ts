@@ -1,0 +1,159 @@
+// Gateway side of actions (PROTOCOL §5, §6), driven without a network:
+// acks (forged, stray, repeated), re-keying with and without overlap,
+// deadlines, and the credential lifecycle across months on a ManualClock.
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+import { ManualClock } from '../../../agent/runtime/clock.ts'
+import { parseJws } from '../../../wire/jws.ts'
+import { startTestAgent } from '../../helpers/agent.ts'
+import { ackFor, rekeyProof, testKey } from '../../helpers/device-keys.ts'
+
+const DAY = 86400
+type Agent = Awaited<ReturnType<typeof startTestAgent>>
+
+async function events(agent: Agent): Promise<{ type: string; data: Record<string, unknown> }[]> {
+  const stored = await agent.gateway.outbox.pending(agent.gateway.store, 0, 100_000)
+  return stored.map((e) => {
+    const p = parseJws(e.jws).payload
+    return { type: p.type as string, data: p.data as Record<string, unknown> }
+  })
+}
+
+test('acks: forged, misaddressed and stray acks change nothing; a valid one settles the action once; a repeat is harmless', async (t) => {
+  const agent = await startTestAgent(t)
+  const gw = agent.gateway
+  const dev = testKey()
+  const other = testKey()
+  await gw.enroll({ id: 'd1', publicKey: dev.publicKey }, { actor: 'test' })
+  await gw.enroll({ id: 'd2', publicKey: other.publicKey }, { actor: 'test' })
+  const wipe = await agent.actions.queue('d1', 'wipe', { actor: 'test' })
+  const refused = async (payload: string, as = 'd1'): Promise<string | undefined> => {
+    const r = await agent.actions.ack(as, payload, 'test')
+    assert.equal(r.ok, false)
+    assert.equal(gw.actions.pending('d1').length, 1, 'the action is still pending')
+    return r.reason
+  }
+  assert.match((await refused(ackFor(other.privateKey, 'd1', 'gw1', wipe.id, 'done')))!, /signature/)
+  assert.match((await refused(ackFor(dev.privateKey, 'd1', 'gw-other', wipe.id, 'done')))!, /aud/)
+  assert.match((await refused(ackFor(dev.privateKey, 'd1', 'gw1', 'act.nope', 'done')))!, /not an action pending/)
+  assert.match((await refused(ackFor(other.privateKey, 'd2', 'gw1', wipe.id, 'done'), 'd2'))!, /not an action pending/)
+  assert.match((await refused(ackFor(dev.privateKey, 'd1', 'gw1', wipe.id, 'done'), 'd2'))!, /kid and iss/)
+  assert.match((await refused(ackFor(dev.privateKey, 'd1', 'gw1', wipe.id, 'finished')))!, /status/)
+  assert.match((await refused('not.a.jws'))!, /malformed/)
+  assert.equal(agent.actions.strayAcks, 7)
+
+  const good = ackFor(dev.privateKey, 'd1', 'gw1', wipe.id, 'done')
+  assert.deepEqual(await agent.actions.ack('d1', good, 'test'), { ok: true })
+  assert.equal(gw.actions.pending('d1').length, 0)
+  const again = await agent.actions.ack('d1', good, 'test')
+  assert.deepEqual(again, { ok: false, reason: 'repeated' })
+  const acked = (await events(agent)).filter((e) => e.type === 'action.acked')
+  assert.deepEqual(acked.map((e) => e.data), [{ deviceId: 'd1', actionId: wipe.id, act: 'wipe', status: 'done' }])
+})
+
+test('re-enrollment replaces the key at once; a bad proof of the new key is refused', async (t) => {
+  const clock = new ManualClock(Date.UTC(2026, 0, 1))
+  const agent = await startTestAgent(t, { clock })
+  const gw = agent.gateway
+  const old = testKey()
+  await gw.enroll({ id: 'r1', publicKey: old.publicKey }, { actor: 'test' })
+  const a = await agent.actions.queue('r1', 'reenroll', { actor: 'test' })
+  const fresh = testKey()
+  const wrongProof = { ...rekeyProof(fresh, 'some-other-id') }
+  assert.equal((await agent.actions.ack('r1', ackFor(old.privateKey, 'r1', 'gw1', a.id, 'done', wrongProof), 'test')).ok, false)
+  assert.equal((await agent.actions.ack('r1', ackFor(old.privateKey, 'r1', 'gw1', a.id, 'done'), 'test')).ok, false, 'done without the new key')
+  assert.equal(gw.getDevice('r1')!.keys[0]!.publicKey, old.publicKey)
+  assert.deepEqual(await agent.actions.ack('r1', ackFor(old.privateKey, 'r1', 'gw1', a.id, 'done', rekeyProof(fresh, a.id)), 'test'), { ok: true })
+  const r = gw.getDevice('r1')!
+  assert.deepEqual(r.keys.map((k) => k.publicKey), [fresh.publicKey], 'only the new key remains')
+  assert.equal(r.spec.publicKey, fresh.publicKey)
+  assert.equal(r.credentialExpiresAt, gw.nowS() + gw.config.credentialLifetimeS)
+})
+
+test('renewal keeps the old key for the overlap window, then drops it', async (t) => {
+  const clock = new ManualClock(Date.UTC(2026, 0, 1))
+  const agent = await startTestAgent(t, { clock, flags: { renewOverlapS: String(2 * DAY) } })
+  const gw = agent.gateway
+  const old = testKey()
+  await gw.enroll({ id: 'n1', publicKey: old.publicKey }, { actor: 'test' })
+  const a = await agent.actions.queue('n1', 'renew', { actor: 'test' })
+  const fresh = testKey()
+  assert.deepEqual(await agent.actions.ack('n1', ackFor(old.privateKey, 'n1', 'gw1', a.id, 'done', rekeyProof(fresh, a.id)), 'test'), { ok: true })
+  const now = gw.nowS()
+  assert.deepEqual(
+    gw.getDevice('n1')!.keys.map((k) => [k.publicKey, k.notAfter]),
+    [
+      [old.publicKey, now + 2 * DAY],
+      [fresh.publicKey, null],
+    ],
+  )
+  // Within the overlap the old key still signs valid acks (a device that missed the switch).
+  const b = await agent.actions.queue('n1', 'wipe', { actor: 'test' })
+  assert.deepEqual(await agent.actions.ack('n1', ackFor(old.privateKey, 'n1', 'gw1', b.id, 'failed', { detail: 'test' }), 'test'), { ok: true })
+  clock.advance(2 * DAY * 1000 + 1000)
+  await agent.maintenance.tick()
+  assert.deepEqual(gw.getDevice('n1')!.keys.map((k) => k.publicKey), [fresh.publicKey])
+})
+
+test('credential lifecycle: renewal thresholds by criticality, expiring and expired notices once each, over months', async (t) => {
+  const clock = new ManualClock(Date.UTC(2026, 0, 1))
+  const agent = await startTestAgent(t, { clock, flags: { credentialLifetimeS: String(100 * DAY), renewGraceS: String(10 * DAY) } })
+  const gw = agent.gateway
+  for (const [id, criticality] of [
+    ['safety-1', 'safety'],
+    ['low-1', 'low'],
+  ] as const) {
+    await gw.enroll({ id, publicKey: testKey().publicKey, criticality }, { actor: 'test' })
+  }
+  const at = async (days: number): Promise<void> => {
+    clock.set(Date.UTC(2026, 0, 1) + days * DAY * 1000)
+    await agent.maintenance.tick()
+  }
+  const notices = async (): Promise<string[]> =>
+    (await events(agent)).filter((e) => e.type.startsWith('credential.')).map((e) => `${e.type}:${e.data.deviceId}${e.data.withinGrace === undefined ? '' : `:${e.data.withinGrace}`}`)
+  await at(60)
+  assert.deepEqual(await notices(), [])
+  await at(71) // safety renews with 30% left: day 70
+  assert.deepEqual(await notices(), ['credential.expiring:safety-1'])
+  assert.deepEqual(gw.actions.pending('safety-1').map((a) => a.act), ['renew'])
+  assert.equal(gw.actions.pending('low-1').length, 0)
+  await at(75)
+  assert.equal((await notices()).length, 1, 'reported once')
+  await at(91) // low renews with 10% left: day 90
+  assert.deepEqual((await notices()).slice(1), ['credential.expiring:low-1'])
+  await at(101) // both expired, within the grace: reported, renew still pending (not queued twice)
+  assert.deepEqual((await notices()).slice(2), ['credential.expired:safety-1:true', 'credential.expired:low-1:true'])
+  assert.equal(gw.actions.pending('safety-1').filter((a) => a.act === 'renew').length, 1)
+  await at(111) // beyond the grace
+  assert.deepEqual((await notices()).slice(4), ['credential.expired:safety-1:false', 'credential.expired:low-1:false'])
+})
+
+test('actions past their deadline are removed and audited', async (t) => {
+  const clock = new ManualClock(Date.UTC(2026, 0, 1))
+  const agent = await startTestAgent(t, { clock })
+  const gw = agent.gateway
+  await gw.enroll({ id: 'x1', publicKey: testKey().publicKey }, { actor: 'test' })
+  const a = await agent.actions.queue('x1', 'renew', { actor: 'test' })
+  clock.advance(29 * DAY * 1000)
+  await agent.maintenance.tick()
+  assert.ok(gw.actions.find('x1', a.id), 'still pending before its deadline')
+  clock.advance(2 * DAY * 1000)
+  await agent.maintenance.tick()
+  assert.equal(gw.actions.find('x1', a.id), undefined)
+  const { exportAuditLog } = await import('../../../agent/store/audit.ts')
+  const expired = []
+  for await (const e of exportAuditLog(gw.store)) if (e.action === 'action.expired') expired.push(e.data)
+  assert.deepEqual(expired, [{ actionId: a.id, act: 'renew', deadline: a.deadline }])
+})
+
+test('a Modbus-only device is not renewed (it holds no credential the gateway checks)', async (t) => {
+  const clock = new ManualClock(Date.UTC(2026, 0, 1))
+  const agent = await startTestAgent(t, { clock, flags: { credentialLifetimeS: String(10 * DAY) } })
+  const gw = agent.gateway
+  await gw.enroll({ id: 'plc-1', publicKey: testKey().publicKey, modbus: { host: '127.0.0.1', port: 5020, unitId: 3 } }, { actor: 'test' })
+  await gw.enroll({ id: 'both-1', publicKey: testKey().publicKey, mqtt: {}, modbus: { host: '127.0.0.1', port: 5021, unitId: 4 } }, { actor: 'test' })
+  clock.advance(9 * DAY * 1000)
+  await agent.maintenance.tick()
+  assert.equal(gw.actions.pending('plc-1').length, 0)
+  assert.deepEqual(gw.actions.pending('both-1').map((a) => a.act), ['renew'])
+})
