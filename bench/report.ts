@@ -1,5 +1,5 @@
 // The benchmark's results: their shape (bench/results.json), the goals of
-// issue 9 checked against them, the table printed and written into
+// the product checked against them, the table printed and written into
 // docs/performance.md between two marker comments, so a rerun refreshes it.
 import { readFileSync, renameSync, writeFileSync } from 'node:fs'
 

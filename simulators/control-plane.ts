@@ -4,7 +4,7 @@
 // gateway's events and retained status, verifying each signature, watching
 // for seq gaps and for a history that goes back (a restored gateway).
 // Built on the shared wire code; imports nothing from agent/.
-import { createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 'node:crypto'
+import { createPrivateKey, createPublicKey, randomBytes, sign, verify, type KeyObject } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import mqtt, { type MqttClient } from 'mqtt'
 import { utf8 } from '../wire/base64url.ts'
@@ -225,6 +225,19 @@ const times = (n: number): string => (n === 1 ? 'once' : `${n} times`)
 
 export function readPrivateKey(path: string): KeyObject {
   return createPrivateKey({ key: readFileSync(path, 'utf8'), format: 'pem' })
+}
+
+/** PKCS#8 DER of an Ed25519 private key, up to its 32-byte seed (RFC 8410). */
+const PKCS8_ED25519_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex')
+
+/**
+ * A new CP key, from 32 random bytes rather than generateKeyPairSync: on
+ * Node 20 a key-generation job collected by the GC while a key is exported
+ * as JWK (publicKeyB64) can deadlock the process (agent/store/keys.ts makes
+ * the gateway's keys the same way).
+ */
+export function newPrivateKey(): KeyObject {
+  return createPrivateKey({ key: Buffer.concat([PKCS8_ED25519_PREFIX, randomBytes(32)]), format: 'der', type: 'pkcs8' })
 }
 
 export function publicKeyB64(key: KeyObject): string {

@@ -8,6 +8,7 @@ import { JwsFormatError, parseJws } from '../../wire/jws.ts'
 import type { QueuedAction } from './action-queue.ts'
 import type { Gateway } from '../gateway.ts'
 import { type PublicKeyCache, publicKeyFromB64, verifyBytes } from '../store/keys.ts'
+import { signingKey } from '../trust/rights.ts'
 import { ACK_STATUSES, type AckStatus } from '../../wire/protocol.ts'
 
 export { ACK_STATUSES, type AckStatus }
@@ -44,11 +45,8 @@ export function verifyAck(gw: Gateway, deviceId: string, input: string | Uint8Ar
   const record = gw.registry.get(deviceId)
   if (!record) return fail('unknown device')
   const nowS = gw.nowS()
-  const signedByDevice = record.keys.some((k) => {
-    if (k.notBefore > nowS + gw.config.clockSkewS || (k.notAfter !== null && nowS >= k.notAfter)) return false
-    const key = keys.get(k.publicKey)
-    return key !== null && verifyBytes(key, jws.signingInput, jws.signature)
-  })
+  // the clock skew on a key's notBefore, as on the ack's own times
+  const signedByDevice = signingKey(record, jws, nowS, keys, { earlyS: gw.config.clockSkewS }) !== null
   if (!signedByDevice) return fail('signature is not by a currently valid key of the device')
   if (c.aud !== gw.id) return fail(`aud ${JSON.stringify(c.aud ?? null)} is not this gateway`)
   if (!isJti(c.jti)) return fail('jti missing or malformed')

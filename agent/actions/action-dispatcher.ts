@@ -2,18 +2,12 @@
 // connected and listening, again after each reconnect, until an ack removes
 // them. Protocol adapters provide channels and say when a device is ready;
 // the dispatcher knows no wire protocol.
-import type { Protocol } from '../adapter.ts'
+import type { ActionChannel } from '../adapter.ts'
 import type { QueuedAction } from './action-queue.ts'
 import type { Gateway } from '../gateway.ts'
 import type { Logger } from '../observe/logger.ts'
 
-export interface ActionChannel {
-  readonly protocol: Protocol
-  /** Is the device listening on this channel right now? */
-  ready(deviceId: string): boolean
-  /** Hand an action to the device; rejects when it could not be sent. */
-  send(action: QueuedAction): Promise<void>
-}
+export type { ActionChannel }
 
 export class ActionDispatcher {
   readonly #gw: Gateway

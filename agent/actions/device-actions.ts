@@ -2,6 +2,8 @@
 // audited), hand to the dispatcher, and settle on the device's signed ack
 // (PROTOCOL §5): remove the action, report it, and apply what the ack
 // proves (a new key after reenroll or renew). Deadlines expire actions.
+// It is the ActionSink of every protocol's channel: readiness and acks from
+// MQTT, OPC UA and Modbus all come back here.
 import { verifyAck, type VerifiedAck } from './ack.ts'
 import type { ActionDispatcher } from './action-dispatcher.ts'
 import type { Act, QueuedAction } from './action-queue.ts'
@@ -9,15 +11,17 @@ import type { DeviceRecord } from '../devices/device.ts'
 import type { Actor, Change, Gateway } from '../gateway.ts'
 import { PublicKeyCache } from '../store/keys.ts'
 import type { Logger } from '../observe/logger.ts'
+import type { ActionSink, Protocol } from '../adapter.ts'
 
 export type AckListener = (ack: VerifiedAck) => Promise<void> | void
 
-export class DeviceActions {
+export class DeviceActions implements ActionSink {
   readonly #gw: Gateway
   readonly #dispatcher: ActionDispatcher
   readonly #log: Logger
   readonly #keys: PublicKeyCache
   readonly #ackListeners: AckListener[] = []
+  readonly #readyHooks: ((deviceId: string) => Promise<void>)[] = []
   /** ack jtis seen recently, so a repeated ack is recognised as such (harmless) */
   readonly #recentAcks = new Map<string, number>()
   strayAcks = 0
@@ -35,6 +39,23 @@ export class DeviceActions {
 
   onAck(listener: AckListener): void {
     this.#ackListeners.push(listener)
+  }
+
+  /** Work to do when a device becomes ready, before its pending actions go out (a lapsed credential's renewal is queued first). */
+  beforeDelivery(hook: (deviceId: string) => Promise<void>): void {
+    this.#readyHooks.push(hook)
+  }
+
+  /** ActionSink: the device is listening on a channel; it was seen, and what is pending goes out. */
+  ready(deviceId: string): void {
+    this.#gw.seen(deviceId)
+    const hooks = this.#readyHooks.map((h) => h(deviceId).catch((err: unknown) => this.#log.error({ err, deviceId }, 'work before delivery failed')))
+    void Promise.all(hooks).finally(() => this.#dispatcher.deviceReady(deviceId))
+  }
+
+  /** ActionSink: an outcome the gateway vouches for (no device signature): settled as any ack, with its evidence. */
+  vouch(ack: VerifiedAck, protocol: Protocol, evidence: Record<string, unknown>): Promise<void> {
+    return this.settle(ack, protocol, evidence)
   }
 
   /** Queue an action (stored and synced first) and send it at once if the device is listening. */
@@ -139,7 +160,7 @@ export class DeviceActions {
   }
 
   #remember(key: string): void {
-    this.#recentAcks.set(key, Date.now())
+    this.#recentAcks.set(key, this.#gw.clock.now())
     if (this.#recentAcks.size > 10_000) this.#recentAcks.delete(this.#recentAcks.keys().next().value as string)
   }
 }

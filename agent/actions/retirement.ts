@@ -11,7 +11,6 @@ import type { DeviceActions } from './device-actions.ts'
 import { accessRemovedMs, type AccessEnforcer } from '../trust/enforcer.ts'
 import type { Actor, Gateway } from '../gateway.ts'
 import type { Logger } from '../observe/logger.ts'
-import type { Store } from '../store/store.ts'
 
 export const RETIRE_PREFIX = 'retire!'
 export const DEFAULT_RETIRE_DEADLINE_S = 30 * 24 * 3600
@@ -22,11 +21,14 @@ export type WipeOutcome =
   | { status: 'unconfirmed'; at: number; lastAttempt?: string }
   | { status: 'unsupported'; reason?: string; at: number }
 
-/** Who is waiting for the retirement to finish: control-plane commands by jti (the local admin needs no answer). */
+/**
+ * Who is waiting for the retirement to finish: control-plane commands, by
+ * jti (the command processor keeps the command until it is answered; the
+ * local admin needs no answer). Stores of earlier versions also hold the
+ * command itself here; it is not read.
+ */
 export interface RetireOrigin {
   jti: string
-  /** opaque to this module: what the command processor needs to answer */
-  command: unknown
 }
 
 interface OpenRetirement {
@@ -59,7 +61,8 @@ export interface RetireRequest {
 
 export type RetireResult = { done: true; evidence: Record<string, unknown> } | { done: false; wipeActionId: string | null }
 
-export type CompleteFn = (origin: RetireOrigin, deviceId: string, evidence: Record<string, unknown>) => Promise<void>
+/** Answers the command of `jti` with the retirement's evidence. */
+export type CompleteFn = (jti: string, deviceId: string, evidence: Record<string, unknown>) => Promise<void>
 
 export class Retirements {
   readonly #gw: Gateway
@@ -238,7 +241,7 @@ export class Retirements {
       ops: [{ type: 'del', key: RETIRE_PREFIX + deviceId }],
       audit: [{ actor, action: 'device.retired', subject: deviceId, data: evidence }],
     })
-    for (const origin of o.origins) await this.#complete(origin, deviceId, evidence)
+    for (const origin of o.origins) await this.#complete(origin.jti, deviceId, evidence)
     return evidence
   }
 }

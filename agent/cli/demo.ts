@@ -1,44 +1,27 @@
-// `edgewarden demo`: the whole story on one machine with nothing to set up.
-// A central broker (aedes, in this process, on a free loopback port), a
-// gateway (the real agent, startAgent, its store in a temporary folder), a
-// control plane sending signed commands over the central broker, and a small
-// simulated fleet on MQTT, Modbus and OPC UA (simulators/demo-fleet.ts). It
-// enrolls the fleet, then retires (a) a connected MQTT device, (b) an offline
-// one whose wipe waits until it returns, (c) a legacy Modbus device that can
-// only be cut off and is closed by an operator's `"wipe": false`; each step
-// is printed as it happens with its evidence, from the gateway's signed
-// events. Then it stops everything and removes the folder (unless --keep).
-import { generateKeyPair } from '../store/keys.ts'
+// `edgewarden demo`: the verb. It parses the flags, makes the temporary
+// folder, prints, handles ctrl-c and the time limit, and starts the real
+// agent (startAgent) when the scenario asks for its gateway; the scenario
+// itself (central broker, control plane, simulated fleet, the three
+// retirements) is simulators/demo-scenario.ts, which sees the agent only
+// through the DemoGateway built here. Loaded on use: the scenario brings in
+// modbus-serial, node-opcua and the device side.
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
-import ModbusSerial from 'modbus-serial'
-import { MqttDevice } from '../../firmware-hooks/mqtt-device.ts'
-import { ControlPlane, publicKeyB64, TERMINAL, type GatewayEvent } from '../../simulators/control-plane.ts'
-import { startCentralBroker, type CentralBroker } from '../../simulators/demo-broker.ts'
-import type { DemoFleet } from '../../simulators/demo-fleet.ts'
-import { verifyAuditLog } from '../store/audit.ts'
-import { loadConfig } from '../runtime/config.ts'
-import { createLogger } from '../observe/logger.ts'
-import { palette, type Palette } from './colour.ts'
+import type { GatewayEvent } from '../../simulators/control-plane.ts'
+import type { DemoGateway, DemoGatewayOptions } from '../../simulators/demo-scenario.ts'
 import { startAgent, type RunningAgent } from '../compose.ts'
+import { createLogger } from '../observe/logger.ts'
+import { loadConfig } from '../runtime/config.ts'
+import { verifyAuditLog } from '../store/audit.ts'
+import { palette, type Palette } from './colour.ts'
 import { UsageError } from './usage.ts'
-import { freePort } from '../../simulators/ports.ts'
 
-const SITE = 'demo-site'
-const GATEWAY = 'gw-demo'
-const KID = 'demo-cp'
 /** The demo gives up (and still cleans up) past this. */
 const DEMO_LIMIT_MS = 90_000
-/** Any one step. */
-const STEP_MS = 20_000
 
 type Json = Record<string, unknown>
-
-/** A step that did not give the evidence expected: reported as one line, exit 1. */
-class DemoError extends Error {}
-class Interrupted extends DemoError {}
 
 /** Human lines (colour on a terminal only) or JSON lines, each stamped with the seconds since the start. */
 export class Reporter {
@@ -117,299 +100,59 @@ function summarize(e: GatewayEvent): string {
   }
 }
 
-/** PROTOCOL §6 evidence in one line. */
-export function describeEvidence(ev: Json): string {
-  const wipe = ev.wipe as { status: string; ackJti?: string; reason?: string }
-  const net = ev.network as { backend: string; rule: string }
-  const live = Object.entries(ev.sessionsClosed as Record<string, number>).filter(([, n]) => n > 0)
-  const sessions = live.length ? live.map(([p, n]) => `${p} ${n}`).join(', ') : 'none was live'
-  const wipeOnly = Object.entries((ev.wipeOnlySessionsClosed ?? {}) as Record<string, number>).filter(([, n]) => n > 0)
-  return [
-    `access removed in ${ev.accessRemovedMs} ms (sessions closed: ${sessions})`,
-    ...(wipeOnly.length ? [`wipe-only session closed at the end: ${wipeOnly.map(([p, n]) => `${p} ${n}`).join(', ')}`] : []),
-    `network ${net.backend}/${net.rule}`,
-    `wipe ${wipe.status}${wipe.ackJti ? ` (device-signed ack ${wipe.ackJti})` : ''}${wipe.reason ? ` (${wipe.reason})` : ''}`,
-    `${ev.credentialsRevoked} credential(s) revoked`,
-    `residual use ${ev.residualUse}`,
-  ].join('; ')
-}
-
-
-/** One SCADA read of a holding register through the gateway's Modbus proxy: the value, or the exception code. */
-async function scadaRead(port: number, unit: number): Promise<{ value: number } | { exception: number }> {
-  const client = new ModbusSerial.default()
-  await client.connectTCP('127.0.0.1', { port })
-  client.setID(unit)
-  client.setTimeout(3000)
-  try {
-    const r = await client.readHoldingRegisters(0, 1)
-    return { value: r.data[0]! }
-  } catch (err) {
-    const code = (err as { modbusCode?: number }).modbusCode
-    if (typeof code !== 'number') throw err
-    return { exception: code }
-  } finally {
-    await new Promise<void>((resolve) => client.close(() => resolve()))
-  }
-}
-
-function check(ok: boolean, what: string): void {
-  if (!ok) throw new DemoError(`demo: ${what}`)
-}
-
-const wipeOf = (e: GatewayEvent): string => ((e.data.evidence as Json | undefined)?.wipe as { status?: string } | undefined)?.status ?? '?'
-
-/**
- * What the demo started, stopped in reverse order at the end. A part that
- * comes up after the end (the demo was interrupted while it started) is
- * stopped at once, and the scenario stops there.
- */
-class Parts {
-  #closed = false
-  readonly #stops: (() => Promise<void>)[] = []
-  readonly #last: () => void
-
-  /** `last` runs after everything is stopped (again after a late part): removing the folder. */
-  constructor(last: () => void) {
-    this.#last = last
-  }
-
-  async add<T>(part: T, stop: (p: T) => Promise<void>): Promise<T> {
-    if (this.#closed) {
-      await stop(part).catch(() => {})
-      this.#last()
-      throw new DemoError('demo interrupted')
-    }
-    this.#stops.push(() => stop(part))
-    return part
-  }
-
-  /** Nothing more is started once the demo is over (interrupted). */
-  ensureOpen(): void {
-    if (this.#closed) throw new DemoError('demo interrupted')
-  }
-
-  async close(): Promise<void> {
-    this.#closed = true
-    for (const stop of this.#stops.splice(0).reverse()) await stop().catch(() => {})
-    this.#last()
-  }
-}
-
-/**
- * The first gateway event matching `pred`. Its timer does not hold the
- * process: once everything is stopped a wait left pending (the demo failed
- * or was interrupted) lets it exit.
- */
-function nextEvent(cp: ControlPlane, pred: (e: GatewayEvent) => boolean, ms: number, what: string): Promise<GatewayEvent> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => (off(), reject(new DemoError(`demo: ${what} within ${ms} ms`))), ms)
-    timer.unref()
-    const off = cp.onEvent((e) => {
-      if (!pred(e)) return
-      clearTimeout(timer)
-      off()
-      resolve(e)
-    })
-  })
-}
-
-/** Send a signed command; resolves with its outcome (completed, failed, rejected or duplicate). */
-async function run(cp: ControlPlane, op: string, args: Json, ms = STEP_MS): Promise<GatewayEvent> {
-  const { jti, jws } = cp.sign(op, args)
-  const outcome = nextEvent(cp, (e) => TERMINAL.has(e.type) && e.data.jti === jti, ms, `no outcome for ${op} ${JSON.stringify(args).slice(0, 60)}`)
-  await cp.publishRaw(jws)
-  return outcome
-}
-
-async function scenario(r: Reporter, work: string, parts: Parts): Promise<Json> {
-  r.section('edgewarden demo: a central broker, a gateway, a control plane and a small fleet, all on this machine')
-  // Loaded here, not with this module, and while the brokers and the gateway
-  // start: node-opcua is slow to load (it generates an RSA key as it does).
-  const simulators = Promise.all([import('../../simulators/demo-fleet.ts'), import('node-opcua')]).then(([fleetModule, opcua]) => {
-    // node-opcua prints its own notices on standard output; the demo's output is its report only.
-    for (const set of [opcua.setDebugLogger, opcua.setErrorLogger, opcua.setWarningLogger]) set(() => {})
-    return fleetModule
-  })
-  simulators.catch(() => {})
-  const central = await parts.add(await startCentralBroker(), (c) => c.close())
-  r.step('central', `central broker (aedes, in this process) on ${central.url}`, { url: central.url })
-
-  const cpKey = generateKeyPair().privateKey
+/** The real agent, on loopback with a silent log, for the scenario. */
+async function startDemoGateway(o: DemoGatewayOptions): Promise<DemoGateway> {
   const config = loadConfig({
     flags: {
-      dataDir: join(work, 'gateway'),
-      site: SITE,
-      gateway: GATEWAY,
+      dataDir: o.dataDir,
+      site: o.site,
+      gateway: o.gateway,
       mqttHost: '127.0.0.1',
       mqttPort: '0',
       modbusHost: '127.0.0.1',
       modbusPort: '0',
       modbusTimeoutMs: '500',
-      uplink: central.url,
-      cpKey: [`${KID}=${publicKeyB64(cpKey)}`],
+      uplink: o.uplink,
+      cpKey: [`${o.controlPlane.kid}=${o.controlPlane.publicKey}`],
       logLevel: 'silent',
     },
     env: {},
   })
-  const agent = await parts.add(await startAgent(config, { log: createLogger('silent') }), (a) => a.stop())
-  agent.opcua.retry.initialMs = 100
-  agent.opcua.retry.maxMs = 1000
-  const gw = agent.gateway
-  const siteBroker = `mqtt://127.0.0.1:${agent.broker.describe().mqtt as number}`
-  const proxyPort = agent.modbus.proxy.port!
-  r.step('gateway', `gateway ${gw.id} of site ${gw.site}: site MQTT broker ${siteBroker}, Modbus proxy 127.0.0.1:${proxyPort}, network quarantine ${agent.quarantine.name} (nftables needs root), store in ${config.dataDir}`, {
-    gateway: gw.id,
-    site: gw.site,
-    publicKey: gw.key.publicKeyB64,
-    siteBroker,
-    modbusProxy: proxyPort,
-    dataDir: config.dataDir,
-  })
-
-  const cp = await parts.add(new ControlPlane({ broker: central.url, site: SITE, gateway: GATEWAY, key: cpKey, kid: KID, gatewayKey: gw.key.publicKeyB64 }), (x) => x.close())
-  const stopPrinting = cp.onEvent((e) => r.event(e))
-  await cp.connect()
-  await cp.waitOnline(STEP_MS)
-  r.step('control', `control plane (key ${KID}, pinned on the gateway) connected; the gateway says it is online; every event below is checked against the gateway key`, { kid: KID })
-
-  const { DEMO_IDS, DEMO_UNITS, DemoFleet } = await simulators
-  parts.ensureOpen()
-  const fleetStarted = performance.now()
-  const fleetKept = DemoFleet.start({ gatewayId: gw.id, gatewayPublicKey: gw.key.publicKeyB64, siteBrokerUrl: siteBroker, workDir: work, opcuaPort: await freePort() }).then((f) => parts.add(f, (x) => x.stop()))
-  const fleet = await fleetKept
-  r.step('fleet', `simulated devices up (the OPC UA one made its certificate) in ${((performance.now() - fleetStarted) / 1000).toFixed(1)} s: ${[...fleet.mqtt.keys()].join(', ')} (MQTT), ${DEMO_IDS.plc} (Modbus, hook), ${DEMO_IDS.legacy} (Modbus, legacy), ${DEMO_IDS.hmi} (OPC UA)`)
-
-  r.section('Enrolling the fleet: one signed device.enroll per device')
-  const opcuaUp = new Promise<void>((resolve) => {
-    const on = (id: string): void => {
-      if (id !== DEMO_IDS.hmi) return
-      agent.opcua.events.off('connected', on)
-      resolve()
-    }
-    agent.opcua.events.on('connected', on)
-  })
-  for (const e of fleet.enrollments()) {
-    const done = await run(cp, 'device.enroll', { device: e.device })
-    check(done.type === 'cmd.completed', `enrolling ${e.id} answered ${done.type} ${JSON.stringify(done.data)}`)
-    r.step('enrolled', `${e.id} (${e.protocol}) enrolled: cmd.completed #${done.seq}`, { deviceId: e.id, protocol: e.protocol, seq: done.seq }, 'ok')
-  }
-  for (const d of fleet.mqtt.values()) {
-    check(await d.goOnline(), `${d.id} could not connect: ${d.lastError?.message}`)
-    r.step('connected', `${d.id} connected to the site broker with a token signed by its own key (${agent.broker.sessionCount(d.id)} session)`, { deviceId: d.id, protocol: 'mqtt', sessions: agent.broker.sessionCount(d.id) })
-  }
-  for (const [id, unit] of [[DEMO_IDS.plc, DEMO_UNITS.plc], [DEMO_IDS.legacy, DEMO_UNITS.legacy]] as const) {
-    const read = await scadaRead(proxyPort, unit)
-    check('value' in read, `SCADA read of ${id} through the proxy failed: ${JSON.stringify(read)}`)
-    r.step('connected', `${id}: a SCADA read through the gateway's Modbus proxy (unit ${unit}) answers ${JSON.stringify(read)}`, { deviceId: id, protocol: 'modbus', read })
-  }
-  await withTimeout(opcuaUp, STEP_MS, `${DEMO_IDS.hmi}: no OPC UA session`)
-  r.step('connected', `${DEMO_IDS.hmi}: the gateway holds an OPC UA session to it (certificate pinned by SHA-256)`, { deviceId: DEMO_IDS.hmi, protocol: 'opcua', sessions: agent.opcua.sessionCount(DEMO_IDS.hmi) })
-
-  const retired: Json[] = []
-
-  // (a) connected: access removed, wipe delivered at once, acked, retired.
-  const a = DEMO_IDS.connected
-  r.section(`(a) Retiring ${a}, connected right now`)
-  r.step('command', `control plane -> device.retire {"deviceId":"${a}"}`, { deviceId: a, op: 'device.retire' })
-  const aDone = await run(cp, 'device.retire', { deviceId: a, reason: 'line 2 refit' })
-  check(aDone.type === 'cmd.completed' && wipeOf(aDone) === 'done', `retiring ${a} answered ${aDone.type} ${JSON.stringify(aDone.data)}`)
-  const aDev = fleet.mqttDevice(a)
-  check(aDev.runtime.wiped, `${a} says it was not wiped`)
-  const aEvidence = aDone.data.evidence as Json
-  r.step('retired', `${a} retired: ${describeEvidence(aEvidence)}; the device erased its key and data`, { deviceId: a, case: 'connected', evidence: aEvidence, deviceWiped: true }, 'ok')
-  retired.push({ deviceId: a, case: 'connected', wipe: wipeOf(aDone) })
-  // The key a thief copied off the device before it was wiped: refused, and the control plane hears of it.
-  const alerted = nextEvent(cp, (e) => e.type === 'alert.residual-use' && e.data.deviceId === a, STEP_MS, `no alert.residual-use for ${a}`)
-  const refused = await MqttDevice.connect({ url: siteBroker, deviceId: a, gatewayId: gw.id, secretKey: fleet.copiedKeys.get(a)!, connectTimeoutMs: 5000 }).then(
-    async (d) => (await d.close(), null),
-    (err: Error) => err.message,
-  )
-  check(refused !== null, `a copy of ${a}'s retired key was let in`)
-  const alert = await alerted
-  r.step('residual', `a copy of ${a}'s old key tries the site broker: refused (${refused}); the control plane gets alert.residual-use #${alert.seq}`, { deviceId: a, refused, alert: alert.data }, 'ok')
-
-  // (b) offline: the wipe waits in the durable queue; delivered when it returns.
-  const b = DEMO_IDS.roaming
-  const bDev = fleet.mqttDevice(b)
-  r.section(`(b) Retiring ${b}, offline: its wipe waits until it comes back`)
-  await bDev.goOffline()
-  r.step('offline', `${b} loses its link (${agent.broker.sessionCount(b)} sessions on the site broker)`, { deviceId: b })
-  const bCmd = cp.sign('device.retire', { deviceId: b, reason: 'replaced by sensor-2b' })
-  const bQueued = nextEvent(cp, (e) => e.type === 'action.queued' && e.data.deviceId === b && e.data.act === 'wipe', STEP_MS, `no wipe queued for ${b}`)
-  const bDoneP = nextEvent(cp, (e) => TERMINAL.has(e.type) && e.data.jti === bCmd.jti, 2 * STEP_MS, `no outcome for the retirement of ${b}`)
-  bDoneP.catch(() => {})
-  r.step('command', `control plane -> device.retire {"deviceId":"${b}"}`, { deviceId: b, op: 'device.retire', jti: bCmd.jti })
-  await cp.publishRaw(bCmd.jws)
-  const queued = await bQueued
-  const pending = gw.actions.pending(b).map((x) => ({ id: x.id, act: x.act }))
-  check(pending.some((x) => x.id === queued.data.actionId), `the wipe of ${b} is not in the queue`)
-  r.step('queued', `${b} is ${gw.getDevice(b)?.state}, cut off but for the wipe-only path; wipe ${queued.data.actionId} is in the gateway's durable queue, undelivered: the command stays open`, { deviceId: b, state: gw.getDevice(b)?.state, pending }, 'warn')
-  check(await bDev.goOnline(), `${b} could not come back: ${bDev.lastError?.message}`)
-  r.step('returns', `${b} reconnects (wipe-only rights: it may read its commands and send acks, nothing else)`, { deviceId: b })
-  const bDone = await bDoneP
-  check(bDone.type === 'cmd.completed' && wipeOf(bDone) === 'done' && bDev.runtime.wiped, `retiring ${b} answered ${bDone.type} ${JSON.stringify(bDone.data)}`)
-  const bEvidence = bDone.data.evidence as Json
-  r.step('retired', `${b} retired: ${describeEvidence(bEvidence)}`, { deviceId: b, case: 'offline', evidence: bEvidence, deviceWiped: true }, 'ok')
-  retired.push({ deviceId: b, case: 'offline', wipe: wipeOf(bDone) })
-
-  // (c) legacy Modbus: cut off at the proxy, no wipe possible, closed by the operator.
-  const c = DEMO_IDS.legacy
-  r.section(`(c) Retiring ${c}, a legacy Modbus device without the hook registers`)
-  const cCmd = cp.sign('device.retire', { deviceId: c, reason: 'decommissioned with line 1' })
-  const cRetiring = nextEvent(cp, (e) => e.type === 'device.state' && e.data.deviceId === c && e.data.to === 'retiring', STEP_MS, `${c} not retiring`)
-  const cFirstDone = nextEvent(cp, (e) => TERMINAL.has(e.type) && e.data.jti === cCmd.jti, 3 * STEP_MS, `no outcome for the first retirement of ${c}`)
-  cFirstDone.catch(() => {})
-  r.step('command', `control plane -> device.retire {"deviceId":"${c}"}`, { deviceId: c, op: 'device.retire', jti: cCmd.jti })
-  await cp.publishRaw(cCmd.jws)
-  await cRetiring
-  const cut = await scadaRead(proxyPort, DEMO_UNITS.legacy)
-  check('exception' in cut && cut.exception === 0x0a, `SCADA read of retiring ${c} answered ${JSON.stringify(cut)}`)
-  r.step('cut-off', `a SCADA read of ${c} through the proxy now answers exception 0x0A (gateway path unavailable)`, { deviceId: c, modbusException: 0x0a })
-  check(agent.retirements.isOpen(c) && gw.actions.pending(c).length === 0, `${c}: expected an open retirement with no wipe queued`)
-  r.step('wipe', `wipe unsupported: ${c} has no hook registers (hookBase null), so nothing is queued; the retirement stays open until an operator closes it (or its deadline passes)`, { deviceId: c, wipe: 'unsupported', retirementOpen: true }, 'warn')
-  const reason = 'destroyed on site, certificate of destruction D-1042'
-  r.step('operator', `operator -> device.retire {"deviceId":"${c}","wipe":false,"reason":"${reason}"}`, { deviceId: c, op: 'device.retire', wipe: false, reason })
-  const cDone = await run(cp, 'device.retire', { deviceId: c, wipe: false, reason })
-  const first = await cFirstDone
-  check(cDone.type === 'cmd.completed' && first.type === 'cmd.completed' && wipeOf(cDone) === 'not-performed', `closing ${c} answered ${cDone.type} ${JSON.stringify(cDone.data)}`)
-  const cEvidence = cDone.data.evidence as Json
-  r.step('retired', `${c} retired (both commands answered): ${describeEvidence(cEvidence)}`, { deviceId: c, case: 'legacy', evidence: cEvidence }, 'ok')
-  retired.push({ deviceId: c, case: 'legacy', wipe: wipeOf(cDone) })
-
-  r.section('Afterwards')
-  const inventory = nextEvent(cp, (e) => e.type === 'inventory', STEP_MS, 'no inventory')
-  await cp.send('inventory.report')
-  const devices = (await inventory).data.devices as { id: string; state: string }[]
-  r.step('inventory', devices.map((d) => `${d.id} ${d.state}`).join(', '), { devices })
-  const verdict = await verifyAuditLog(gw.store, [gw.key.publicKeyB64])
-  check(verdict.ok, `the audit log does not verify: ${JSON.stringify(verdict)}`)
-  r.step('audit', `audit log verifies: ${verdict.entries} entries, hash-chained and signed by the gateway key`, { verdict }, 'ok')
-  // Everything the gateway has signed so far has arrived (the inventory's own
-  // cmd.completed comes after the inventory); later events are not shown, so
-  // the summary is the last line.
-  const lastSeq = gw.outbox.lastSeq
-  if (r.events < lastSeq) await nextEvent(cp, (e) => e.seq >= lastSeq, STEP_MS, `event ${lastSeq}`)
-  stopPrinting()
-  check(cp.gaps.length === 0 && cp.invalid.length === 0, `events: gaps ${JSON.stringify(cp.gaps)}, invalid ${cp.invalid.length}`)
-  r.step('events', `${r.events} signed events received, every signature verified, no gap in seq`, { events: r.events, gaps: 0 }, 'ok')
-  return { retired, auditEntries: verdict.entries, events: r.events }
+  const agent = await startAgent(config, { log: createLogger('silent') })
+  agent.opcua.retry.initialMs = o.opcuaRetry.initialMs
+  agent.opcua.retry.maxMs = o.opcuaRetry.maxMs
+  return demoGateway(agent, config.dataDir)
 }
 
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  return Promise.race([
-    p,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new DemoError(`demo: ${what} within ${ms} ms`)), ms)
-      timer.unref() // while the demo runs its servers hold the process; once they are stopped nothing should
-    }),
-  ]).finally(() => clearTimeout(timer))
+function demoGateway(agent: RunningAgent, dataDir: string): DemoGateway {
+  const gw = agent.gateway
+  return {
+    id: gw.id,
+    site: gw.site,
+    publicKey: gw.key.publicKeyB64,
+    dataDir,
+    siteBrokerPort: agent.broker.describe().mqtt as number,
+    modbusProxyPort: agent.modbus.proxy.port!,
+    quarantineBackend: agent.quarantine.name,
+    sessionCount: (protocol, deviceId) => (protocol === 'mqtt' ? agent.broker.sessionCount(deviceId) : agent.opcua.sessionCount(deviceId)),
+    pendingActions: (deviceId) => gw.actions.pending(deviceId),
+    deviceState: (deviceId) => gw.getDevice(deviceId)?.state,
+    retirementOpen: (deviceId) => agent.retirements.isOpen(deviceId),
+    onOpcuaConnected(listener) {
+      agent.opcua.events.on('connected', listener)
+      return () => void agent.opcua.events.off('connected', listener)
+    },
+    verifyAudit: () => verifyAuditLog(gw.store, [gw.key.publicKeyB64]),
+    lastEventSeq: () => gw.outbox.lastSeq,
+    stop: () => agent.stop(),
+  }
 }
 
 export async function runDemo(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({ args, options: { json: { type: 'boolean' }, keep: { type: 'boolean' } }, strict: true, allowPositionals: true })
   if (positionals.length) throw new UsageError(`demo takes no arguments (got ${positionals.join(' ')})`)
+  // Loaded before the report's clock starts: its timestamps measure the demo, not the module load.
+  const { DemoError, Interrupted, Parts, runScenario, withTimeout } = await import('../../simulators/demo-scenario.ts')
   const r = new Reporter(values.json === true)
   const t0 = performance.now()
   const work = mkdtempSync(join(tmpdir(), 'edgewarden-demo-'))
@@ -426,7 +169,7 @@ export async function runDemo(args: string[]): Promise<number> {
   process.once('SIGINT', onSignal)
   process.once('SIGTERM', onSignal)
   try {
-    const result = await withTimeout(Promise.race([scenario(r, work, parts), interrupted]), DEMO_LIMIT_MS, 'the demo did not finish')
+    const result = await withTimeout(Promise.race([runScenario(r, work, parts, startDemoGateway), interrupted]), DEMO_LIMIT_MS, 'the demo did not finish')
     r.summary({ ...result, kept: values.keep ? work : null }, `3 retirements completed with their evidence in ${((performance.now() - t0) / 1000).toFixed(1)} s${values.keep ? `; everything is kept in ${work} (try: edgewarden audit export --data-dir ${join(work, 'gateway')})` : ''}`)
     return 0
   } catch (err) {

@@ -1,6 +1,8 @@
 // docs/configuration.md is generated from the OPTIONS table, so the
 // reference cannot drift from what the agent accepts (a test checks it).
 import { OPTIONS, envName } from '../runtime/config.ts'
+import { ErrorCodes } from '../runtime/errors.ts'
+import { FAIL_REASONS, REJECT_REASONS } from '../../wire/protocol.ts'
 
 const shown = (d: unknown): string => (d === undefined ? '(none)' : typeof d === 'function' ? '(host name)' : String(d))
 
@@ -69,5 +71,31 @@ tracked (least recently used dropped).
 \`\`\`yaml
 ${yaml.join('\n\n')}
 \`\`\`
+`
+}
+
+/** docs/errors.md: every stable error code, what it means, and the cmd.failed/cmd.rejected reasons of the wire (npm run docs). */
+export function renderErrorCodes(): string {
+  const rows = Object.entries(ErrorCodes).map(([code, meaning]) => `| \`${code}\` | ${meaning} |`)
+  return `# Error codes
+
+<!-- Generated from agent/runtime/errors.ts and wire/protocol.ts by \`npm run docs\`; do not edit by hand. -->
+
+Every error the agent raises on purpose carries a stable \`code\` (callers,
+scripts and tests branch on it; the message may change). The CLI prints the
+message as one line: exit 2 for \`USAGE\` and \`CONFIG_INVALID\`, 1 for the rest.
+The admin socket answers \`{"error": {"code", "message"}}\`.
+
+| code | meaning |
+| --- | --- |
+${rows.join('\n')}
+
+## Reasons on the wire (PROTOCOL §3)
+
+\`cmd.rejected\` (the command was refused before it ran; checked in this order):
+${REJECT_REASONS.map((r) => `\`${r}\``).join(', ')}.
+
+\`cmd.failed\` (a verified command that could not run):
+${FAIL_REASONS.map((r) => `\`${r}\``).join(', ')}.
 `
 }

@@ -1,9 +1,10 @@
 import { MODBUS_FORWARDED_FUNCTIONS as FORWARDED_FUNCTIONS } from '../../wire/protocol.ts'
 import { OPTIONS } from '../runtime/config.ts'
+import { EdgewardenError } from '../runtime/errors.ts'
 
-export class UsageError extends Error {
+export class UsageError extends EdgewardenError {
   constructor(message: string) {
-    super(message)
+    super('USAGE', message)
     this.name = 'UsageError'
   }
 }

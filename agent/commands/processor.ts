@@ -1,108 +1,25 @@
-// Control-plane commands (PROTOCOL §3): verification in the order the spec
-// gives, replay protection by jti, durable acceptance, then execution in
-// arrival order, each outcome answered by a signed event.
+// Control-plane commands (PROTOCOL §3): verified (verify.ts), replay
+// protection by jti, stale ones refused (superseded), durable acceptance,
+// then execution in arrival order through the op table (ops.ts), each
+// outcome answered by a signed event.
 import type { KeyObject } from 'node:crypto'
-import { z } from 'zod'
-import { JwsFormatError, parseJws, checkTimeClaims, type Claims } from '../../wire/jws.ts'
-import { ID_PATTERN, isJti } from '../../wire/ids.ts'
-import { parseDeviceSpec } from '../devices/device.ts'
-import { accessRemovedMs, noSessions, type AccessEnforcer } from '../trust/enforcer.ts'
-import { isEdgewardenError } from '../runtime/errors.ts'
+import { ARGS, OPS, type Op, type OpRunner } from './ops.ts'
+import { deviceOf, verifyCommand, type Command, type Verification, type VerifyContext } from './verify.ts'
+import type { AccessEnforcer } from '../trust/enforcer.ts'
+import { EdgewardenError, isEdgewardenError } from '../runtime/errors.ts'
 import type { Gateway } from '../gateway.ts'
-import { verifyParsed } from '../store/jws.ts'
 import { JtiStore } from '../store/jti-store.ts'
 import type { WriteOp } from '../store/store.ts'
 import { publicKeyFromB64 } from '../store/keys.ts'
 import type { Logger } from '../observe/logger.ts'
-import type { Transition } from '../trust/state-machine.ts'
-import { MAX_COMMAND_LIFETIME_S, REJECT_REASONS, type RejectReason } from '../../wire/protocol.ts'
+import { MAX_COMMAND_LIFETIME_S, REJECT_REASONS, type FailReason, type RejectReason } from '../../wire/protocol.ts'
 
 export { MAX_COMMAND_LIFETIME_S, REJECT_REASONS, type RejectReason }
 
-const deviceId = z.string().regex(ID_PATTERN, 'must be a device id')
-const reason = z.string().max(1024)
-const ARGS = {
-  'device.enroll': z.object({ device: z.unknown() }).strict(),
-  'device.revoke': z.object({ deviceId, reason: reason.optional() }).strict(),
-  'device.quarantine': z.object({ deviceId, reason: reason.optional() }).strict(),
-  'device.release': z.object({ deviceId }).strict(),
-  'device.wipe': z.object({ deviceId }).strict(),
-  'device.reenroll': z.object({ deviceId }).strict(),
-  'device.renew': z.object({ deviceId }).strict(),
-  'device.retire': z
-    .object({ deviceId, reason: reason.optional(), wipe: z.boolean().optional(), deadlineS: z.number().int().positive().max(10 * 365 * 86400).optional() })
-    .strict(),
-  'inventory.report': z.object({}).strict(),
-} as const
-export type Op = keyof typeof ARGS
-export const OPS = Object.keys(ARGS) as Op[]
-
-export interface Command {
-  jti: string
-  iss: string
-  iat: number
-  exp: number
-  op: Op
-  args: Record<string, unknown>
-}
-
-export type Verification =
-  | { ok: true; cmd: Command }
-  | { ok: false; reason: RejectReason; detail: string; jti?: string; /** the signature verified */ signed: boolean; /** the claim, where it is a number */ exp?: number }
-
-export interface VerifyContext {
-  gatewayId: string
-  cpKeys: ReadonlyMap<string, KeyObject>
-  nowS: number
-  skewS: number
-  deviceExists(id: string): boolean
-}
-
-/** PROTOCOL §3 checks, in its order. Pure: no state is touched. */
-export function verifyCommand(input: string | Uint8Array, ctx: VerifyContext): Verification {
-  let jws
-  try {
-    jws = parseJws(input)
-  } catch (err) {
-    if (err instanceof JwsFormatError) return { ok: false, reason: err.reason, detail: err.message, signed: false }
-    throw err
-  }
-  const claims: Claims = jws.payload
-  const jti = isJti(claims.jti) ? claims.jti : undefined
-  const exp = typeof claims.exp === 'number' ? claims.exp : undefined
-  const reject = (reason: RejectReason, detail: string, signed: boolean): Verification => ({ ok: false, reason, detail, signed, ...(jti ? { jti } : {}), ...(signed && exp !== undefined ? { exp } : {}) })
-  const key = ctx.cpKeys.get(jws.header.kid)
-  if (!key) return reject('unknown-key', `kid ${JSON.stringify(jws.header.kid)} is not a pinned control-plane key`, false)
-  if (!verifyParsed(jws, key)) return reject('bad-signature', 'signature does not verify with the pinned key', false)
-  if (typeof claims.iss !== 'string' || claims.iss.length === 0 || claims.iss.length > 128) return reject('malformed', 'iss is missing', true)
-  if (claims.aud !== ctx.gatewayId) return reject('wrong-audience', `aud ${JSON.stringify(claims.aud ?? null)} is not this gateway (${ctx.gatewayId})`, true)
-  const time = checkTimeClaims(claims, ctx.nowS, { skewS: ctx.skewS, maxLifetimeS: MAX_COMMAND_LIFETIME_S })
-  if (time) return reject(time.reason, time.detail, true)
-  const op = claims.op
-  // Own keys only: `in` would take '__proto__' or 'constructor' for an op and throw below.
-  if (typeof op !== 'string' || !Object.hasOwn(ARGS, op)) return reject('unknown-op', `op ${JSON.stringify(op ?? null)} is not known`, true)
-  const parsed = ARGS[op as Op].safeParse(claims.args ?? undefined)
-  if (!parsed.success) {
-    return reject('invalid-args', parsed.error.issues.map((i) => `${i.path.join('.') || 'args'}: ${i.message}`).join('; '), true)
-  }
-  const args = parsed.data as Record<string, unknown>
-  if (op === 'device.enroll') {
-    const d = parseDeviceSpec(args.device)
-    if (!d.ok) return reject('invalid-args', d.problems.join('; '), true)
-    args.device = d.spec
-  } else if (typeof args.deviceId === 'string' && !ctx.deviceExists(args.deviceId)) {
-    return reject('unknown-device', `no device ${args.deviceId} is enrolled`, true)
-  }
-  return { ok: true, cmd: { jti: jti!, iss: claims.iss, iat: claims.iat as number, exp: claims.exp as number, op: op as Op, args } }
-}
+export { ARGS, OPS, type Op }
+export { deviceOf, verifyCommand, type Command, type Verification, type VerifyContext }
 
 export type CommandState = 'accepted' | 'completed' | 'failed' | 'rejected'
-
-/** The device a `device.*` command changes (PROTOCOL §3 `superseded`), or null for other ops. */
-export function deviceOf(cmd: Pick<Command, 'op' | 'args'>): string | null {
-  if (cmd.op === 'device.enroll') return (cmd.args.device as { id: string }).id
-  return cmd.op.startsWith('device.') && typeof cmd.args.deviceId === 'string' ? cmd.args.deviceId : null
-}
 
 /** Store prefix of the `iat` of the last device command accepted per device. */
 const LAST_IAT_PREFIX = 'cmd-iat!'
@@ -142,9 +59,14 @@ export interface Outcome {
   pending?: boolean
 }
 
-export class CommandFailure extends Error {
-  constructor(readonly reason: string, message: string) {
-    super(message)
+/** A verified command that could not run: answered `cmd.failed` with `reason` (PROTOCOL §3, one typed set in wire/protocol.ts). */
+export class CommandFailure extends EdgewardenError {
+  constructor(
+    readonly reason: FailReason,
+    message: string,
+  ) {
+    super('COMMAND_FAILED', message)
+    this.name = 'CommandFailure'
   }
 }
 
@@ -179,7 +101,7 @@ export class CommandProcessor {
   /** what was refused and what was folded into burst reports so far */
   readonly stats = { unauthenticated: 0, unauthenticatedReports: 0 }
 
-  private constructor(gw: Gateway, enforcer: AccessEnforcer, jtis: JtiStore<Remembered>, lastIat: Map<string, number>, log: Logger) {
+  private constructor(gw: Gateway, enforcer: AccessEnforcer, ops: Record<Op, OpRunner>, jtis: JtiStore<Remembered>, lastIat: Map<string, number>, log: Logger) {
     this.#gw = gw
     this.#enforcer = enforcer
     this.#jtis = jtis
@@ -189,16 +111,23 @@ export class CommandProcessor {
       const key = publicKeyFromB64(b64)
       if (key) this.#cpKeys.set(kid, key)
     }
-    for (const [op, ex] of Object.entries(BUILTIN)) this.#executors.set(op as Op, ex)
+    for (const op of OPS) {
+      const run = ops[op]
+      this.#executors.set(op, async (cmd, ctx) => {
+        const r = await run(cmd.args, { who: ctx.actor, receivedAt: ctx.receivedAt, receivedAtS: ctx.receivedAtS })
+        return { ...(r.deviceId !== undefined ? { deviceId: r.deviceId } : {}), ...(r.evidence ? { evidence: r.evidence } : {}), ...(r.pending ? { pending: true } : {}) }
+      })
+    }
   }
 
-  static async create(gw: Gateway, enforcer: AccessEnforcer, log: Logger): Promise<CommandProcessor> {
+  /** `ops`: the op table (ops.ts), bound to the core's parts. */
+  static async create(gw: Gateway, enforcer: AccessEnforcer, ops: Record<Op, OpRunner>, log: Logger): Promise<CommandProcessor> {
     const lastIat = new Map<string, number>()
     for await (const [k, v] of gw.store.scan(LAST_IAT_PREFIX)) lastIat.set(k.slice(LAST_IAT_PREFIX.length), Number(v))
-    return new CommandProcessor(gw, enforcer, await JtiStore.load<Remembered>(gw.store, 'cmd'), lastIat, log)
+    return new CommandProcessor(gw, enforcer, ops, await JtiStore.load<Remembered>(gw.store, 'cmd'), lastIat, log)
   }
 
-  /** Later issues plug in the ops they build (wipe, retire, …). */
+  /** Run `op` with another executor (tests hold the chain with one). */
   register(op: Op, executor: Executor): void {
     this.#executors.set(op, executor)
   }
@@ -389,7 +318,18 @@ export class CommandProcessor {
     }
   }
 
-  /** Record a command as completed, with its evidence (executors of pending commands call this later). */
+  /**
+   * Complete a command that finished later (a retirement): by its jti, the
+   * command as accepted is on record until answered. Answered already (or
+   * never accepted here): nothing to do.
+   */
+  async completeAccepted(jti: string, outcome: Outcome): Promise<void> {
+    const e = this.#jtis.get(jti, this.#gw.nowS())
+    if (e?.data.state !== 'accepted' || !e.data.cmd) return
+    await this.complete(e.data.cmd, outcome)
+  }
+
+  /** Record a command as completed, with its evidence. */
   async complete(cmd: Command, outcome: Outcome): Promise<void> {
     const gw = this.#gw
     await gw.commit({
@@ -432,67 +372,4 @@ export class CommandProcessor {
   stateOf(jti: string): CommandState | undefined {
     return this.#jtis.get(jti, this.#gw.nowS())?.data.state
   }
-}
-
-async function stateChange(t: Transition, cmd: Command, ctx: ExecutionContext): Promise<Outcome> {
-  const id = cmd.args.deviceId as string
-  const r = await ctx.gw.transition(id, t, ctx.actor)
-  const enforcement = await ctx.enforcer.settled(id)
-  const evidence: Record<string, unknown> = {
-    deviceId: id,
-    from: r.from,
-    state: r.record.state,
-    changed: r.changed,
-    receivedAt: ctx.receivedAtS,
-    network: enforcement.network,
-  }
-  if (r.record.state !== 'active') {
-    evidence.accessRemovedMs = r.changed ? accessRemovedMs(enforcement, ctx.receivedAt) : 0
-    evidence.sessionsClosed = r.changed ? enforcement.sessionsClosed : noSessions()
-  }
-  return { deviceId: id, evidence }
-}
-
-const BUILTIN: Partial<Record<Op, Executor>> = {
-  'device.enroll': async (cmd, ctx) => {
-    const record = await ctx.gw.enroll(cmd.args.device, ctx.actor)
-    return { deviceId: record.spec.id, evidence: { deviceId: record.spec.id, state: record.state, credentialExpiresAt: record.credentialExpiresAt } }
-  },
-  'device.revoke': (cmd, ctx) => stateChange('revoke', cmd, ctx),
-  'device.quarantine': (cmd, ctx) => stateChange('quarantine', cmd, ctx),
-  'device.release': (cmd, ctx) => stateChange('release', cmd, ctx),
-  'inventory.report': async (_cmd, ctx) => {
-    const gw = ctx.gw
-    const devices = [...gw.registry.values()].map((d) => {
-      const seen = ctx.enforcer.inventoryOf(d.spec.id)
-      return {
-        id: d.spec.id,
-        state: d.state,
-        criticality: d.spec.criticality ?? 'medium',
-        credentialKind: 'publicKey',
-        credentialExpiresAt: d.credentialExpiresAt,
-        pendingActions: gw.actions.pending(d.spec.id).length,
-        ...(seen ? { seen } : {}),
-      }
-    })
-    // A JWS is at most 16 KiB (PROTOCOL §1): a large fleet is reported in
-    // parts of at most 50 devices, each event naming its part and the total;
-    // a part also closes at ~10 KB of JSON (base64url adds a third).
-    const chunks: (typeof devices)[] = [[]]
-    let bytes = 0
-    for (const d of devices) {
-      const size = JSON.stringify(d).length
-      if (chunks.at(-1)!.length >= 50 || (bytes + size > 10_000 && chunks.at(-1)!.length > 0)) {
-        chunks.push([])
-        bytes = 0
-      }
-      chunks.at(-1)!.push(d)
-      bytes += size
-    }
-    const parts = chunks.length
-    for (let i = 0; i < parts; i++) {
-      await gw.commit({ events: [{ type: 'inventory', data: { devices: chunks[i]!, part: i + 1, parts, jti: ctx.actor.jti } }] })
-    }
-    return { evidence: { devices: devices.length, parts } }
-  },
 }

@@ -1,4 +1,4 @@
-// Credential lifecycle (issue 5): each device credential has an expiry; the
+// Credential lifecycle: each device credential has an expiry; the
 // agent renews on its own when a device crosses its renewal threshold (by
 // criticality), and reports `credential.expiring` and `credential.expired`
 // once each per credential. Driven by the injected clock through tick().
@@ -6,6 +6,7 @@ import type { DeviceActions } from '../actions/device-actions.ts'
 import { protocolsOf, type DeviceRecord } from './device.ts'
 import type { Gateway } from '../gateway.ts'
 import type { Logger } from '../observe/logger.ts'
+import { inService } from '../trust/rights.ts'
 
 /**
  * A Modbus-only device holds no credential the gateway checks (Modbus has
@@ -37,7 +38,7 @@ export class CredentialLifecycle {
 
   async tick(nowS: number): Promise<void> {
     for (const r of [...this.#gw.registry.values()]) {
-      if (r.state !== 'active' || !renewable(r)) continue
+      if (!inService(r.state) || !renewable(r)) continue
       const notice = this.noticeFor(r, nowS)
       if (notice === null || notice === r.credentialNotice) continue
       await this.#report(r, notice, nowS)
@@ -47,7 +48,7 @@ export class CredentialLifecycle {
   /** A device just connected: a credential that lapsed while it was away is renewed now, not at the next pass. */
   async deviceReady(deviceId: string): Promise<void> {
     const r = this.#gw.registry.get(deviceId)
-    if (!r || r.state !== 'active' || !renewable(r)) return
+    if (!r || !inService(r.state) || !renewable(r)) return
     const notice = this.noticeFor(r, this.#gw.nowS())
     if (notice !== null && notice !== r.credentialNotice) await this.#report(r, notice, this.#gw.nowS())
   }

@@ -5,10 +5,10 @@ import { chmodSync, rmSync } from 'node:fs'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { userInfo } from 'node:os'
 import { join } from 'node:path'
-import { ACTS, type Act } from '../actions/action-queue.ts'
+import { ARGS, type Op, type OpRequest, type OpRunner } from '../commands/ops.ts'
 import { exportAuditLog, verifyAuditLog } from '../store/audit.ts'
-import { isEdgewardenError, type ErrorCode } from '../runtime/errors.ts'
-import type { Actor, Gateway } from '../gateway.ts'
+import { EdgewardenError, isEdgewardenError, type ErrorCode } from '../runtime/errors.ts'
+import type { Gateway } from '../gateway.ts'
 import type { Logger } from './logger.ts'
 import { describeDevice } from './views.ts'
 
@@ -22,21 +22,24 @@ const STATUS: Partial<Record<ErrorCode, number>> = {
   ADMIN_REQUEST: 400,
 }
 
-export type AdminVerb = 'quarantine' | 'release' | 'revoke' | 'retire' | Act
+/** The device verbs of the admin socket: `POST /v1/devices/<id>/<verb>` runs op `device.<verb>` of the one op table. */
+export const ADMIN_VERBS = ['quarantine', 'release', 'revoke', 'retire', 'wipe', 'reenroll', 'renew'] as const
+export type AdminVerb = (typeof ADMIN_VERBS)[number]
 
-/** What a device verb does; the retire workflow is the Gateway's (or a later workflow's) to define. */
 export interface AdminHooks {
-  deviceVerb(gw: Gateway, id: string, verb: AdminVerb, who: Actor): Promise<unknown>
+  /** the op table (agent/commands/ops.ts), shared with the control plane */
+  ops: Record<Op, OpRunner>
   /** `GET /v1/quarantine`: the network rules in force joined with the registry */
   quarantine?(gw: Gateway): Promise<unknown>
 }
 
-class RequestError extends Error {
+class RequestError extends EdgewardenError {
   constructor(
     readonly status: number,
     message: string,
   ) {
-    super(message)
+    super('ADMIN_REQUEST', message)
+    this.name = 'RequestError'
   }
 }
 
@@ -107,19 +110,30 @@ export async function startAdminServer(gw: Gateway, hooks: AdminHooks, log: Logg
     if (route === 'GET /v1/devices' && parts.length === 3) {
       return send(res, 200, { device: describeDevice(gw, gw.requireDevice(parts[2]!)) })
     }
+    const request = (reason: string | undefined): OpRequest => ({ who: { ...who, ...(reason !== undefined ? { reason } : {}) }, receivedAt: performance.now(), receivedAtS: gw.nowS() })
     if (route === 'POST /v1/devices' && parts.length === 2) {
       const body = await readJson(req)
       const reason = typeof body.reason === 'string' ? body.reason : undefined
-      const record = await gw.enroll(body.device, { ...who, ...(reason !== undefined ? { reason } : {}) })
-      return send(res, 200, { device: describeDevice(gw, record) })
+      const r = await hooks.ops['device.enroll']({ device: body.device }, request(reason))
+      return send(res, 200, { device: describeDevice(gw, gw.requireDevice(r.deviceId!)) })
     }
     if (route === 'POST /v1/devices' && parts.length === 4) {
       const verb = parts[3] as AdminVerb
-      if (!['quarantine', 'release', 'revoke', 'retire', ...ACTS].includes(verb)) throw new RequestError(404, `unknown device verb ${verb}`)
+      if (!(ADMIN_VERBS as readonly string[]).includes(verb)) throw new RequestError(404, `unknown device verb ${verb}`)
+      const op = `device.${verb}` as const
       const body = await readJson(req)
       const reason = typeof body.reason === 'string' ? body.reason.slice(0, 1024) : undefined
-      const result = await hooks.deviceVerb(gw, parts[2]!, verb, { ...who, ...(reason !== undefined ? { reason } : {}) })
-      return send(res, 200, { result, device: describeDevice(gw, gw.requireDevice(parts[2]!)) })
+      // The op's own arguments, checked by the schema the control plane's are checked by.
+      const args: Record<string, unknown> = { deviceId: parts[2]! }
+      const shape = ARGS[op].shape as Record<string, unknown>
+      for (const k of ['reason', 'wipe', 'deadlineS'] as const) {
+        const v = k === 'reason' ? reason : body[k]
+        if (v !== undefined && k in shape) args[k] = v
+      }
+      const parsed = ARGS[op].safeParse(args)
+      if (!parsed.success) throw new RequestError(400, parsed.error.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`).join('; '))
+      const r = await hooks.ops[op](parsed.data as Record<string, unknown>, request(reason))
+      return send(res, 200, { result: r.local, device: describeDevice(gw, gw.requireDevice(parts[2]!)) })
     }
     if (route === 'GET /v1/quarantine' && parts.length === 2 && hooks.quarantine) {
       return send(res, 200, await hooks.quarantine(gw))

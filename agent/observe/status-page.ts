@@ -9,6 +9,7 @@ import { AUDIT_PREFIX, type AuditEntry } from '../store/audit.ts'
 import type { ProtocolAdapter } from '../adapter.ts'
 import { VERSION, type Gateway } from '../gateway.ts'
 import { describeDevice } from './views.ts'
+import { prefixEnd } from '../store/store.ts'
 
 export const STATUS_REFRESH_MS = 1500
 const RECENT_AUDIT = 25
@@ -63,7 +64,7 @@ export async function statusSnapshot(src: StatusSources): Promise<StatusSnapshot
       return out
     })
   const audit: StatusSnapshot['audit'] = []
-  for await (const [, value] of gw.store.db.iterator({ gte: AUDIT_PREFIX, lt: `${AUDIT_PREFIX}\xff`, reverse: true, limit: RECENT_AUDIT })) {
+  for await (const [, value] of gw.store.db.iterator({ gte: AUDIT_PREFIX, lt: prefixEnd(AUDIT_PREFIX), reverse: true, limit: RECENT_AUDIT })) {
     const e = JSON.parse(value) as AuditEntry
     audit.push({ seq: e.seq, at: e.at, actor: e.actor, action: e.action, subject: e.subject ?? null })
   }

@@ -9,7 +9,6 @@ import { isIP } from 'node:net'
 import { EdgewardenError } from '../runtime/errors.ts'
 import type { Logger } from '../observe/logger.ts'
 import {
-  levelFor,
   type QuarantineBackend,
   type QuarantineDevice,
   type QuarantineEntry,
@@ -18,6 +17,7 @@ import {
   type QuarantineSource,
   type QuarantineState,
 } from './quarantine.ts'
+import { networkLevel } from '../trust/rights.ts'
 
 export const DEFAULT_TABLE = 'edgewarden'
 const DEFAULT_CHECK_MS = 2000
@@ -244,7 +244,7 @@ export class NftablesQuarantine implements QuarantineBackend {
   #render(): string {
     const byAddress = new Map<string, { kind: Kind; level: Level; devices: string[] }>()
     for (const d of this.#devices()) {
-      const level = this.#levels.get(d.id) ?? levelFor(d.state)
+      const level = this.#levels.get(d.id) ?? networkLevel(d.state)
       if (level === 'open') continue
       for (const a of addressesOf(d.network)) {
         const key = `${a.kind} ${a.address}`

@@ -1,7 +1,9 @@
 // Network quarantine behind one interface (PROTOCOL §6 evidence `network`).
 // The `none` backend is the default where the agent lacks root or nft: it
 // applies nothing and says so in every piece of evidence.
-export type QuarantineLevel = 'open' | 'wipe-only' | 'blocked'
+import type { NetworkLevel } from '../trust/rights.ts'
+
+export type QuarantineLevel = NetworkLevel
 
 export interface QuarantineResult {
   backend: string
@@ -83,9 +85,4 @@ export class NoneQuarantine implements QuarantineBackend {
   async stop(): Promise<void> {}
 }
 
-/** The network level each device state calls for. */
-export function levelFor(state: string): QuarantineLevel {
-  if (state === 'active') return 'open'
-  if (state === 'retiring') return 'wipe-only'
-  return 'blocked'
-}
+

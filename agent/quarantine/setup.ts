@@ -6,7 +6,6 @@ import { EdgewardenError, isEdgewardenError } from '../runtime/errors.ts'
 import type { Logger } from '../observe/logger.ts'
 import { addressesOf, DEFAULT_TABLE, NftablesQuarantine } from './nftables.ts'
 import {
-  levelFor,
   NoneQuarantine,
   type QuarantineBackend,
   type QuarantineDevice,
@@ -15,6 +14,7 @@ import {
   type QuarantineSource,
   type QuarantineState,
 } from './quarantine.ts'
+import { networkLevel } from '../trust/rights.ts'
 
 /** The registry as the quarantine backend reads it. */
 export function registrySource(gw: Gateway): QuarantineSource {
@@ -82,7 +82,7 @@ export async function quarantineReport(source: QuarantineSource, backend: Quaran
   const known = new Set<string>()
   const devices: QuarantineDeviceView[] = []
   for (const d of [...source()].sort((a, b) => a.id.localeCompare(b.id))) {
-    const level = levelFor(d.state)
+    const level = networkLevel(d.state)
     const addrs = addressesOf(d.network)
     for (const a of addrs) known.add(`${a.kind} ${a.address}`)
     const levels = new Set(addrs.map((a): QuarantineLevel => inKernel.get(`${a.kind} ${a.address}`)?.level ?? 'open'))

@@ -1,5 +1,9 @@
 // One registry of stable error codes (fastify's habit): callers branch on
-// `code`, never on the message, which may change.
+// `code`, never on the message, which may change. Every error the agent and
+// its protocols raise on purpose is an EdgewardenError with one of these
+// codes (a programmer's mistake is a plain TypeError); docs/errors.md lists
+// them and a test keeps the two in step. The device side (firmware-hooks/,
+// wire/) has errors of its own: it never imports the agent.
 export const ErrorCodes = {
   CONFIG_INVALID: 'config is invalid',
   KEY_FILE: 'key file cannot be used',
@@ -10,16 +14,14 @@ export const ErrorCodes = {
   ILLEGAL_TRANSITION: 'state transition not allowed',
   UNKNOWN_DEVICE: 'no such device',
   INVALID_DEVICE: 'device record is invalid',
-  JWS_MALFORMED: 'not a well-formed JWS',
-  JWS_BAD_ALG: 'JWS algorithm not accepted',
-  JWS_UNKNOWN_KEY: 'JWS key id not known',
-  JWS_BAD_SIGNATURE: 'JWS signature does not verify',
-  AUDIT_BROKEN: 'audit log does not verify',
   ADMIN_UNAVAILABLE: 'the agent admin socket cannot be reached',
   ADMIN_REQUEST: 'admin request refused',
   USAGE: 'command line usage error',
   QUARANTINE_UNAVAILABLE: 'the network quarantine backend cannot be used here (root and nft needed)',
   QUARANTINE_FAILED: 'a network quarantine rule could not be applied',
+  COMMAND_FAILED: 'a verified command could not run (answered cmd.failed with its reason)',
+  MODBUS_LINK: 'a Modbus device did not answer a request of the gateway (closed, unreachable, timeout, bad answer, busy)',
+  MODBUS_REFUSED: 'a Modbus device answered a request of the gateway with an exception',
 } as const
 
 export type ErrorCode = keyof typeof ErrorCodes

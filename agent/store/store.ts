@@ -2,7 +2,7 @@
 // batch queued while a write is in flight is merged into the next one, so
 // many small durable changes share one fsync while each keeps its order.
 import { mkdirSync } from 'node:fs'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 import { Level } from 'level'
 import { EdgewardenError } from '../runtime/errors.ts'
 
@@ -18,18 +18,29 @@ interface Pending {
   reject: (err: unknown) => void
 }
 
+/** The stores this process holds open, by path. */
+const OPEN_IN_PROCESS = new Set<string>()
+
 export class Store {
   readonly db: Level<string, string>
   #queue: Pending[] = []
   #writing = false
   #failed: unknown = null
 
-  private constructor(db: Level<string, string>) {
+  readonly #path: string
+
+  private constructor(db: Level<string, string>, path: string) {
     this.db = db
+    this.#path = path
   }
 
   /** Open `<dataDir>/db`. A second agent on the same dir fails with STORE_LOCKED. */
   static async open(dataDir: string): Promise<Store> {
+    // A second open in the same process must not reach LevelDB: its lock
+    // table would refuse it, but close the file descriptor on the way, which
+    // drops the first store's lock (another process could then open the dir).
+    const path = resolve(dataDir, 'db')
+    if (OPEN_IN_PROCESS.has(path)) throw new EdgewardenError('STORE_LOCKED', `data dir ${dataDir} is in use by another edgewarden agent (its store is locked)`)
     mkdirSync(dataDir, { recursive: true, mode: 0o700 })
     const db = new Level<string, string>(join(dataDir, 'db'), { valueEncoding: 'utf8', keyEncoding: 'utf8' })
     try {
@@ -41,7 +52,8 @@ export class Store {
       }
       throw new EdgewardenError('STORE_OPEN', `cannot open the store in ${dataDir}: ${(err as Error).message}`, { cause: err })
     }
-    return new Store(db)
+    OPEN_IN_PROCESS.add(path)
+    return new Store(db, path)
   }
 
   get(key: string): Promise<string | undefined> {
@@ -60,7 +72,7 @@ export class Store {
 
   /** The same, `size` entries at a time: one read from LevelDB per batch, not per entry (a 100,000-device registry loads at start). */
   async *scanBatches(prefix: string, size = 1000, opts: { snapshot?: Snapshot } = {}): AsyncGenerator<[string, string][]> {
-    const it = this.db.iterator({ gte: prefix, lt: `${prefix}\xff`, ...(opts.snapshot ? { snapshot: opts.snapshot } : {}) })
+    const it = this.db.iterator({ gte: prefix, ...(prefix ? { lt: prefixEnd(prefix) } : {}), ...(opts.snapshot ? { snapshot: opts.snapshot } : {}) })
     try {
       for (;;) {
         const batch = await it.nextv(size)
@@ -112,8 +124,18 @@ export class Store {
 
   async close(): Promise<void> {
     await this.flush()
-    await this.db.close()
+    try {
+      await this.db.close()
+    } finally {
+      OPEN_IN_PROCESS.delete(this.#path)
+    }
   }
+}
+
+/** The first key after every key that starts with `prefix` (its last character incremented). */
+export function prefixEnd(prefix: string): string {
+  if (prefix.length === 0) throw new TypeError('an empty prefix has no end')
+  return prefix.slice(0, -1) + String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1)
 }
 
 /** Zero-padded decimal so that key order is numeric order. */

@@ -4,23 +4,18 @@
 // and the in-memory jti set. The one write is the remembered jti, committed
 // (fsync, group-committed by the store) before the caller answers.
 import type { Protocol } from '../adapter.ts'
-import type { DeviceRecord } from '../devices/device.ts'
 import type { Gateway } from '../gateway.ts'
 import { JtiStore } from '../store/jti-store.ts'
-import { PublicKeyCache, verifyBytes } from '../store/keys.ts'
+import { PublicKeyCache } from '../store/keys.ts'
 import type { Logger } from '../observe/logger.ts'
 import type { ResidualUseMonitor } from './residual-use.ts'
+import { currentRights, isCutState, rightsOf, signingKey, type Rights, type StateRefusal } from './rights.ts'
 import { checkTimeClaims, JwsFormatError, parseJws, type ParsedJws } from '../../wire/jws.ts'
 import { MAX_TOKEN_LIFETIME_S } from '../../wire/protocol.ts'
 
 export { MAX_TOKEN_LIFETIME_S }
 const JTI_NAMESPACE = 'token'
 const SWEEP_EVERY_S = 60
-
-/** PROTOCOL §4 rights of an admitted device. */
-export type Rights = 'full' | 'renew-only' | 'wipe-only'
-
-export type StateRefusal = 'quarantined' | 'revoked' | 'retired'
 
 /** Stable reasons (log lines, tests); the wire only says CONNACK 4 or 5. */
 export type AdmissionRefusal =
@@ -42,68 +37,6 @@ export type AdmissionRefusal =
 export type AdmissionDecision =
   | { ok: true; deviceId: string; rights: Rights; jti: string; exp: number; /** the device key that signed the token (base64url) */ key: string }
   | { ok: false; reason: AdmissionRefusal; detail: string }
-
-const CUT_STATES: ReadonlySet<string> = new Set<StateRefusal>(['quarantined', 'revoked', 'retired'])
-
-/** Whether a state is one whose every attempt is residual use (§4). */
-export const isCutState = (state: string | undefined): state is StateRefusal => state !== undefined && CUT_STATES.has(state)
-
-/**
- * The rights a record grants now (§4), from memory: full while the
- * credential is valid, renew-only within `renewGraceS` after it expired,
- * wipe-only while retiring; otherwise the refusal.
- */
-export function rightsOf(
-  gw: Gateway,
-  record: DeviceRecord | undefined,
-  nowS: number,
-): { ok: true; rights: Rights } | { ok: false; reason: AdmissionRefusal; detail: string } {
-  if (!record) return { ok: false, reason: 'unknown-device', detail: 'no such device is enrolled' }
-  switch (record.state) {
-    case 'active':
-      if (nowS < record.credentialExpiresAt) return { ok: true, rights: 'full' }
-      if (nowS - record.credentialExpiresAt < gw.config.renewGraceS) return { ok: true, rights: 'renew-only' }
-      return { ok: false, reason: 'credential-expired', detail: `credential expired at ${record.credentialExpiresAt}, beyond the ${gw.config.renewGraceS} s renewal grace` }
-    case 'retiring':
-      return { ok: true, rights: 'wipe-only' }
-    default:
-      return { ok: false, reason: record.state, detail: `device is ${record.state}` }
-  }
-}
-
-/** The rights a record grants right now, or null when its device may not be connected at all. */
-export function currentRights(gw: Gateway, record: DeviceRecord | undefined): Rights | null {
-  const r = rightsOf(gw, record, gw.nowS())
-  return r.ok ? r.rights : null
-}
-
-export const keyValidAt = (k: DeviceRecord['keys'][number], nowS: number): boolean => k.notBefore <= nowS && (k.notAfter === null || nowS < k.notAfter)
-
-/** What a live session was admitted with. */
-export interface SessionGrant {
-  /** the device key that signed its credential (null: the session was not opened with a device credential) */
-  key: string | null
-  rights: Rights
-}
-
-/**
- * PROTOCOL §4: the rights a live session keeps after its device's record
- * changed, or null when it must be closed: the new record would not admit
- * it (the device may not connect, or its key is no longer valid), or would
- * admit it with fewer rights (anything but full, where it had more).
- */
-export function grantHolds(gw: Gateway, grant: SessionGrant, after: DeviceRecord | undefined): Rights | null {
-  const nowS = gw.nowS()
-  const r = rightsOf(gw, after, nowS)
-  if (!r.ok) return null
-  if (grant.key !== null && !after!.keys.some((k) => k.publicKey === grant.key && keyValidAt(k, nowS))) return null
-  return r.rights === grant.rights || r.rights === 'full' ? r.rights : null
-}
-
-/** Whether a record change takes a key away (a stored session opened with it must go too). */
-export function keysRemoved(before: DeviceRecord, after: DeviceRecord, nowS: number): boolean {
-  return before.keys.some((k) => keyValidAt(k, nowS) && !after.keys.some((n) => n.publicKey === k.publicKey && keyValidAt(n, nowS)))
-}
 
 /**
  * Every check of a device token (§5), synchronous, memory only. `deviceId`
@@ -131,16 +64,7 @@ export function decideAdmission(
   const before = gw.registry.get(deviceId)
   if (!before) return { ok: false, reason: 'unknown-device', detail: 'no such device is enrolled' }
   if (ctx.jtis.has(jti, nowS)) return { ok: false, reason: 'replayed', detail: `token ${jti} was already used` }
-  let verified: string | null = null
-  for (const k of before.keys) {
-    if (!keyValidAt(k, nowS)) continue
-    const key = ctx.keys.get(k.publicKey)
-    if (ctx.stats) ctx.stats.verifies++
-    if (key && verifyBytes(key, token.signingInput, token.signature)) {
-      verified = k.publicKey
-      break
-    }
-  }
+  const verified = signingKey(before, token, nowS, ctx.keys, { ...(ctx.stats ? { stats: ctx.stats } : {}) })
   if (verified === null) return { ok: false, reason: 'wrong-key', detail: 'signature is not by any currently valid key of the device' }
   // Synchronous since `before` was read: nothing can have replaced it.
   const rights = rightsOf(gw, before, nowS)

@@ -22,6 +22,8 @@
 // attempt. Memory is bounded: each map holds at most `maxKeys` entries, the
 // least recently touched dropped first.
 
+import type { AdmissionRefusal } from './admission.ts'
+
 export interface AuthThrottleOptions {
   /** failures per client id within windowS that block the id (0: no per-id limit) */
   perClient: number
@@ -42,6 +44,28 @@ export interface ThrottleBlock {
 
 /** How a failure counts: `credential` against the source and the id it named, `garbage` against the source only. */
 export type FailureKind = 'credential' | 'garbage'
+
+/**
+ * How a refused connect counts (null: not at all). Refusals because of the
+ * device's state or our store say nothing about the credential; a password
+ * that named no enrolled identity counts against its source only.
+ */
+export function failureKind(reason: AdmissionRefusal): FailureKind | null {
+  switch (reason) {
+    case 'quarantined':
+    case 'revoked':
+    case 'retired':
+    case 'credential-expired':
+    case 'unavailable':
+      return null
+    case 'malformed-token':
+    case 'bad-alg':
+    case 'unknown-device':
+      return 'garbage'
+    default:
+      return 'credential'
+  }
+}
 
 interface Counter {
   /** when the current window began, seconds */

@@ -5,7 +5,8 @@ import type { Protocol, ProtocolAdapter } from '../adapter.ts'
 import type { DeviceRecord } from '../devices/device.ts'
 import type { DeviceChange, Gateway } from '../gateway.ts'
 import type { Logger } from '../observe/logger.ts'
-import { levelFor, NoneQuarantine, type QuarantineBackend, type QuarantineResult } from '../quarantine/quarantine.ts'
+import { NoneQuarantine, type QuarantineBackend, type QuarantineResult } from '../quarantine/quarantine.ts'
+import { inService, networkLevel } from './rights.ts'
 
 export interface Enforcement {
   sessionsClosed: Record<Protocol, number>
@@ -62,8 +63,8 @@ export class AccessEnforcer {
 
   #onChange(c: DeviceChange): void {
     const id = c.record.spec.id
-    const sessionsClosed = c.to === 'active' ? noSessions() : this.closeSessions(id)
-    const level = levelFor(c.to)
+    const sessionsClosed = inService(c.to) ? noSessions() : this.closeSessions(id)
+    const level = networkLevel(c.to)
     const network = this.#quarantine.apply(id, level).catch((err: unknown): QuarantineResult => {
       this.#log?.error({ err, deviceId: id, level }, 'network quarantine failed')
       return { backend: this.#quarantine.name, rule: level, enforced: false, detail: `rule not applied: ${(err as Error).message}; re-tried on the next check` }
@@ -103,7 +104,7 @@ export class AccessEnforcer {
       (await this.#last.get(deviceId)) ?? {
         sessionsClosed: noSessions(),
         // No change since start: the level its state calls for, put in force by the reconcile at start.
-        network: { backend: this.#quarantine.name, rule: levelFor(this.#gw.getDevice(deviceId)?.state ?? 'active') },
+        network: { backend: this.#quarantine.name, rule: networkLevel(this.#gw.getDevice(deviceId)?.state ?? 'active') },
         doneAt: performance.now(),
       }
     )

@@ -36,6 +36,3 @@ function targetOf(t: Transition): string {
   const targets = new Set(Object.values(TABLE[t]))
   return [...targets].join('|')
 }
-
-/** States in which the device may not connect at all (PROTOCOL §4 table). */
-export const isCutOff = (s: DeviceState): boolean => s === 'quarantined' || s === 'revoked' || s === 'retired'

@@ -6,7 +6,7 @@ import type { KeyObject } from 'node:crypto'
 import { newJti } from '../../wire/ids.ts'
 import { EVENT_SEQ_KEY } from '../store/audit.ts'
 import { signJws } from '../store/jws.ts'
-import { seqKey, type Store, type WriteOp } from '../store/store.ts'
+import { seqKey, type Store, type WriteOp, prefixEnd } from '../store/store.ts'
 
 export const EVENT_PREFIX = 'evt!'
 
@@ -38,7 +38,7 @@ export class Outbox {
   static async load(store: Store, gateway: string, key: KeyObject): Promise<Outbox> {
     const seq = Number((await store.get(EVENT_SEQ_KEY)) ?? '0')
     const unacked = new Set<number>()
-    for await (const k of store.db.keys({ gte: EVENT_PREFIX, lt: `${EVENT_PREFIX}\xff` })) unacked.add(Number(k.slice(EVENT_PREFIX.length)))
+    for await (const k of store.db.keys({ gte: EVENT_PREFIX, lt: prefixEnd(EVENT_PREFIX) })) unacked.add(Number(k.slice(EVENT_PREFIX.length)))
     return new Outbox(gateway, key, seq, unacked)
   }
 
@@ -76,7 +76,7 @@ export class Outbox {
   /** Stored events from `afterSeq` on, in seq order. */
   async pending(store: Store, afterSeq: number, limit: number): Promise<StoredEvent[]> {
     // one read from LevelDB for the whole window, not one per event (the uplink asks for every batch it sends)
-    const entries = await store.db.iterator({ gt: seqKey(EVENT_PREFIX, afterSeq), lt: `${EVENT_PREFIX}\xff`, limit }).all()
+    const entries = await store.db.iterator({ gt: seqKey(EVENT_PREFIX, afterSeq), lt: prefixEnd(EVENT_PREFIX), limit }).all()
     return entries.map(([, v]) => JSON.parse(v) as StoredEvent)
   }
 

@@ -16,6 +16,7 @@ import type { Logger } from '../../agent/observe/logger.ts'
 import { DeviceLink, ModbusLinkError, type ModbusTarget } from './device-link.ts'
 import { DeviceIdRefused, readBasicIdentification, type BasicIdentification } from './identification.ts'
 import { DEFAULT_HOOK_BASE, HOOK_REGISTERS } from '../../wire/protocol.ts'
+import { inService } from '../../agent/trust/rights.ts'
 
 /** PROTOCOL §7: holding registers from hookBase; absent means the default. */
 export { DEFAULT_HOOK_BASE, HOOK_REGISTERS }
@@ -157,6 +158,13 @@ export class ModbusDeviceIndex {
     return this.#links.get(deviceId)?.connections ?? 0
   }
 
+  /** Close every device link now (they stay usable: a later request opens a new connection). Returns how many were open. */
+  closeAll(reason = 'gateway stopping'): number {
+    let n = 0
+    for (const l of this.#links.values()) n += l.close(reason)
+    return n
+  }
+
   /** The device's basic identification as it answered it, and when (seconds since the epoch); undefined until known. */
   identification(deviceId: string): { info: BasicIdentification; atS: number } | undefined {
     const id = this.#identity.get(deviceId)
@@ -167,7 +175,8 @@ export class ModbusDeviceIndex {
   #identify(deviceId: string, link: DeviceLink): void {
     if (this.#stopped || this.#identity.has(deviceId) || this.#links.get(deviceId) !== link) return
     // Only a device in use: a cut-off device's link is for its wipe alone.
-    if (this.#gw.registry.get(deviceId)?.state !== 'active') return
+    const r = this.#gw.registry.get(deviceId)
+    if (!r || !inService(r.state)) return
     this.#identity.set(deviceId, { status: 'reading' })
     const current = (): boolean => this.#links.get(deviceId) === link && this.#identity.get(deviceId)?.status === 'reading'
     void readBasicIdentification((pdu) => link.request(pdu, 'gateway')).then(

@@ -19,6 +19,7 @@
 import { connect, type Socket } from 'node:net'
 import type { Logger } from '../../agent/observe/logger.ts'
 import { encodeFrame, isResponseTo, MbapReader } from './mbap.ts'
+import { EdgewardenError } from '../../agent/runtime/errors.ts'
 
 export interface ModbusTarget {
   host: string
@@ -38,10 +39,10 @@ export interface ModbusTarget {
  */
 export type LinkFailure = 'closed' | 'unreachable' | 'timeout' | 'bad-response' | 'wrong-unit' | 'busy'
 
-export class ModbusLinkError extends Error {
+export class ModbusLinkError extends EdgewardenError {
   readonly kind: LinkFailure
   constructor(kind: LinkFailure, message: string, options?: { cause?: unknown }) {
-    super(message, options)
+    super('MODBUS_LINK', message, options)
     this.name = 'ModbusLinkError'
     this.kind = kind
   }

@@ -19,13 +19,16 @@
 import type { ActionChannel } from '../../agent/actions/action-dispatcher.ts'
 import type { Act, QueuedAction } from '../../agent/actions/action-queue.ts'
 import type { VerifiedAck } from '../../agent/actions/ack.ts'
-import type { DeviceActions } from '../../agent/actions/device-actions.ts'
+import type { ActionSink } from '../../agent/adapter.ts'
 import type { DeviceRecord } from '../../agent/devices/device.ts'
 import type { Gateway } from '../../agent/gateway.ts'
 import type { Logger } from '../../agent/observe/logger.ts'
 import { hookBaseOf, HOOK_REGISTERS, type ModbusDeviceIndex } from './device-index.ts'
 import { ModbusLinkError, type DeviceLink } from './device-link.ts'
 import { HOOK_CMD, HOOK_STATUS } from '../../wire/protocol.ts'
+import { registersReachable } from '../../agent/trust/rights.ts'
+import { BACKOFF, backoffDelay as delay, monotonic, realTimers, type BackoffPolicy, type Timers } from '../../agent/runtime/timers.ts'
+import { EdgewardenError } from '../../agent/runtime/errors.ts'
 
 /** PROTOCOL §7 `cmd` and `status` (wire/protocol.ts). */
 export { HOOK_CMD as CMD, HOOK_STATUS as STATUS }
@@ -34,37 +37,18 @@ const STATUS = HOOK_STATUS
 const OUTCOME: Record<number, 'done' | 'failed' | 'unsupported'> = { 2: 'done', 3: 'failed', 4: 'unsupported' }
 const MAX_WRITE_REGISTERS = 123 // FC 16 limit
 
-export interface Timers {
-  setTimeout(fn: () => void, ms: number): unknown
-  clearTimeout(handle: unknown): void
-}
+/** The relay's retry policies (agent/runtime/timers.ts): jitter around the delay. */
+export type Backoff = BackoffPolicy
+export const PROBE_BACKOFF: Backoff = BACKOFF.modbusProbe
+export const POLL_BACKOFF: Backoff = BACKOFF.modbusPoll
+export type { Timers }
 
-const realTimers: Timers = {
-  setTimeout: (fn, ms) => {
-    const t = setTimeout(fn, ms)
-    t.unref()
-    return t
-  },
-  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
-}
-
-export interface Backoff {
-  initialMs: number
-  maxMs: number
-  factor: number
-  /** 0..1: each delay is drawn from [d * (1 - jitter), d * (1 + jitter)] */
-  jitter: number
-}
-
-export const PROBE_BACKOFF: Backoff = { initialMs: 1000, maxMs: 60_000, factor: 2, jitter: 0.5 }
-export const POLL_BACKOFF: Backoff = { initialMs: 20, maxMs: 1000, factor: 2, jitter: 0 }
 /** how long the relay polls `status` before giving up on this delivery (the action stays queued) */
 export const DEFAULT_POLL_TIMEOUT_MS = 60_000
 
-/** The delay before attempt `n` (0-based): exponential, capped, jittered. Pure, for tests. */
+/** The delay before attempt `n` (0-based) of a Modbus policy: exponential, capped, jittered around it. Pure, for tests. */
 export function backoffDelay(n: number, b: Backoff, random: () => number): number {
-  const base = Math.min(b.maxMs, b.initialMs * b.factor ** n)
-  return Math.max(0, Math.round(base * (1 - b.jitter + 2 * b.jitter * random())))
+  return delay(n, { ...b, spread: 'around' }, random)
 }
 
 export interface ModbusHookRelayOptions {
@@ -104,10 +88,11 @@ const writeSingle = (addr: number, value: number): Buffer => Buffer.from([6, add
 const readHolding = (addr: number, qty: number): Buffer => Buffer.from([3, addr >> 8, addr & 0xff, qty >> 8, qty & 0xff])
 
 /** A device answered, but with an exception: the hook is not there (0x01, 0x02) or it cannot take it now. */
-class DeviceRefused extends Error {
+class DeviceRefused extends EdgewardenError {
   readonly exception: number
   constructor(exception: number, what: string) {
-    super(`device answered exception 0x${exception.toString(16).padStart(2, '0')} to ${what}`)
+    super('MODBUS_REFUSED', `device answered exception 0x${exception.toString(16).padStart(2, '0')} to ${what}`)
+    this.name = 'DeviceRefused'
     this.exception = exception
   }
 }
@@ -116,7 +101,7 @@ export class ModbusHookRelay implements ActionChannel {
   readonly protocol = 'modbus' as const
   readonly #gw: Gateway
   readonly #index: ModbusDeviceIndex
-  readonly #actions: DeviceActions
+  readonly #sink: ActionSink
   readonly #log: Logger
   readonly #probe: Backoff
   readonly #poll: Backoff
@@ -134,10 +119,10 @@ export class ModbusHookRelay implements ActionChannel {
   readonly #settledListeners = new Set<(s: RelayOutcome) => void>()
   readonly stats = { delivered: 0, probes: 0, settled: { done: 0, failed: 0, unsupported: 0 } }
 
-  constructor(gw: Gateway, index: ModbusDeviceIndex, actions: DeviceActions, opts: ModbusHookRelayOptions) {
+  constructor(gw: Gateway, index: ModbusDeviceIndex, sink: ActionSink, opts: ModbusHookRelayOptions) {
     this.#gw = gw
     this.#index = index
-    this.#actions = actions
+    this.#sink = sink
     this.#log = opts.log
     this.#probe = { ...PROBE_BACKOFF, ...opts.probe }
     this.#poll = { ...POLL_BACKOFF, ...opts.poll }
@@ -172,7 +157,7 @@ export class ModbusHookRelay implements ActionChannel {
   }
 
   #relayable(r: DeviceRecord | undefined): r is DeviceRecord {
-    return r !== undefined && hookBaseOf(r) !== null && r.state !== 'retired'
+    return r !== undefined && hookBaseOf(r) !== null && registersReachable(r.state)
   }
 
   #modbusOnly(r: DeviceRecord): boolean {
@@ -252,12 +237,13 @@ export class ModbusHookRelay implements ActionChannel {
 
   /** Poll `status` with bounded backoff until a final value; a timeout leaves the action queued. */
   async #pollStatus(link: DeviceLink, hookBase: number, action: QueuedAction): Promise<number> {
-    const start = Date.now()
+    const now = monotonic(this.#timers)
+    const start = now()
     for (let n = 0; ; n++) {
       const answer = await this.#call(link, readHolding(hookBase + 3, 1), 'the status read')
       const status = answer.length >= 4 ? answer.readUInt16BE(2) : -1
       if (OUTCOME[status]) return status
-      if (Date.now() - start >= this.#pollTimeoutMs) {
+      if (now() - start >= this.#pollTimeoutMs) {
         throw new ModbusLinkError('timeout', `status of action ${action.id} (seq ${action.seq}) still ${status} after ${this.#pollTimeoutMs} ms`)
       }
       await new Promise<void>((resolve) => this.#timers.setTimeout(resolve, backoffDelay(n, this.#poll, this.#random)))
@@ -281,7 +267,7 @@ export class ModbusHookRelay implements ActionChannel {
     this.stats.settled[status]++
     if (fromDevice) this.stats.delivered++
     this.#log.info({ deviceId: action.deviceId, actionId: action.id, act: action.act, actionSeq: action.seq, status, detail }, 'modbus hook action settled')
-    await this.#actions.settle(ack, 'modbus', evidence)
+    await this.#sink.vouch(ack, 'modbus', evidence)
     const outcome: RelayOutcome = { deviceId: action.deviceId, actionId: action.id, act: action.act, actionSeq: action.seq, status }
     for (const l of this.#settledListeners) l(outcome)
   }
@@ -296,7 +282,7 @@ export class ModbusHookRelay implements ActionChannel {
       this.#timers.clearTimeout(p.handle)
       this.#probes.delete(id)
     }
-    if ((was === 'down' || p) && !this.#stopped && this.#gw.actions.pending(id).length > 0) this.#actions.dispatcher.deviceReady(id)
+    if ((was === 'down' || p) && !this.#stopped && this.#gw.actions.pending(id).length > 0) this.#sink.ready(id)
   }
 
   #retryLater(id: string): void {

@@ -4,6 +4,7 @@
 // MajorMinorRevision: objects 0..2, mandatory for every device that
 // implements the function) for the inventory. Pure but for the request
 // function it is given: it knows nothing of links or sockets.
+import { EdgewardenError } from '../../agent/runtime/errors.ts'
 
 export const FC_MEI = 0x2b
 export const MEI_READ_DEVICE_ID = 0x0e
@@ -67,10 +68,10 @@ export function printable(value: Buffer): string {
 }
 
 /** The device answered the request with an exception: it does not implement the function, or not for us. */
-export class DeviceIdRefused extends Error {
+export class DeviceIdRefused extends EdgewardenError {
   readonly exception: number
   constructor(exception: number) {
-    super(`device answered Read Device Identification with exception 0x${exception.toString(16).padStart(2, '0')}`)
+    super('MODBUS_REFUSED', `device answered Read Device Identification with exception 0x${exception.toString(16).padStart(2, '0')}`)
     this.name = 'DeviceIdRefused'
     this.exception = exception
   }

@@ -44,6 +44,7 @@ import { bufferBound, ClientConnection, type Answer } from './client-connection.
 import { hookBaseOf, touchesHook, type ModbusDeviceIndex } from './device-index.ts'
 import { ModbusLinkError } from './device-link.ts'
 import { checkRequest, exceptionPdu, ModbusException, type ExceptionCode, type MbapFrame } from './mbap.ts'
+import { inService } from '../../agent/trust/rights.ts'
 
 export interface ModbusProxyOptions {
   /** where SCADA clients connect; null: no listener (the index and links still serve the relay and closeSessions) */
@@ -144,6 +145,8 @@ export class ModbusProxy implements ProtocolAdapter {
     this.#clients.clear()
     this.#perAddress.clear()
     this.#keyOf.clear()
+    // ProtocolAdapter: stop closes the sessions too (the gateway's links to devices)
+    this.#index.closeAll()
     if (server) await new Promise<void>((resolve) => server.close(() => resolve()))
   }
 
@@ -256,7 +259,7 @@ export class ModbusProxy implements ProtocolAdapter {
     }
     const { record, link } = route
     const deviceId = record.spec.id
-    if (record.state !== 'active') {
+    if (!inService(record.state)) {
       // Not the device's own attempt: no residual-use alert (see the header).
       this.refusedByDevice.set(deviceId, (this.refusedByDevice.get(deviceId) ?? 0) + 1)
       this.#log.debug({ remote, deviceId, state: record.state, fc }, 'modbus request for a device that is not active: 0x0A')

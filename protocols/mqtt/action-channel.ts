@@ -67,6 +67,8 @@ export class MqttActionChannel implements ActionChannel {
   }
 
   send(action: QueuedAction): Promise<void> {
+    // aedes would take the publish with nobody subscribed: say it was not delivered
+    if (!this.ready(action.deviceId)) return Promise.reject(new Error(`${action.deviceId} is not listening on dev/${action.deviceId}/cmd`))
     return new Promise((resolve, reject) => {
       this.#broker.aedes.publish(
         { cmd: 'publish', topic: `dev/${action.deviceId}/cmd`, payload: Buffer.from(action.jws), qos: 1, retain: false, dup: false },

@@ -3,18 +3,15 @@
 // residual-use reporting (§4). Decisions come from the core (DeviceAdmission,
 // the registry); this file only speaks aedes.
 import type { AedesOptions, AuthenticateError, Client } from 'aedes'
-import { currentRights, DeviceAdmission, grantHolds, keysRemoved, type AdmissionRefusal, type SessionGrant } from '../../agent/trust/admission.ts'
-import { AuthThrottle, hasTokenShape } from '../../agent/trust/auth-throttle.ts'
+import type { DeviceAdmission } from '../../agent/trust/admission.ts'
+import { currentRights, grantHolds, keysRemoved, type SessionGrant } from '../../agent/trust/rights.ts'
+import { AuthThrottle, failureKind, hasTokenShape } from '../../agent/trust/auth-throttle.ts'
 import type { DeviceRecord } from '../../agent/devices/device.ts'
 import type { Gateway } from '../../agent/gateway.ts'
 import type { Logger } from '../../agent/observe/logger.ts'
-import { ResidualUseMonitor } from '../../agent/trust/residual-use.ts'
+import type { ResidualUseMonitor } from '../../agent/trust/residual-use.ts'
 import { aclCovers, mayPublish, mayReceive, maySubscribe, type TopicAcl } from './topic-rules.ts'
 
-/** Refusals that say nothing about the credentials (the device's state, our store): never throttled. */
-const NOT_GUESSING: ReadonlySet<AdmissionRefusal> = new Set<AdmissionRefusal>(['quarantined', 'revoked', 'retired', 'credential-expired', 'unavailable'])
-/** Refusals of a password that named no enrolled identity: they count against the source only. */
-const NAMES_NO_ID: ReadonlySet<AdmissionRefusal> = new Set<AdmissionRefusal>(['malformed-token', 'bad-alg', 'unknown-device'])
 /** Longest topic or filter a device may use; longer ones are refused like any unauthorized one. */
 export const MAX_TOPIC_LENGTH = 1024
 
@@ -28,18 +25,12 @@ export class MqttAdmissionPolicy {
   /** what each live session was admitted with, and the acl it was last judged under */
   readonly #grants = new WeakMap<Client, SessionGrant & { acl: TopicAcl | undefined }>()
 
-  private constructor(gw: Gateway, admission: DeviceAdmission, residual: ResidualUseMonitor, log: Logger) {
+  constructor(gw: Gateway, admission: DeviceAdmission, residual: ResidualUseMonitor, log: Logger) {
     this.#gw = gw
     this.admission = admission
     this.residual = residual
     this.#log = log
     this.throttle = new AuthThrottle(gw.config.authThrottle, () => gw.nowS())
-  }
-
-  static async open(gw: Gateway, log: Logger): Promise<MqttAdmissionPolicy> {
-    const residual = new ResidualUseMonitor(gw, log.child({ component: 'residual-use' }))
-    const admission = await DeviceAdmission.open(gw, { log, residual })
-    return new MqttAdmissionPolicy(gw, admission, residual, log)
   }
 
   /** The aedes handlers. */
@@ -100,7 +91,8 @@ export class MqttAdmissionPolicy {
       .then(
         (d) => {
           if (!d.ok) {
-            if (!NOT_GUESSING.has(d.reason)) this.throttle.failure(client.id, remote, NAMES_NO_ID.has(d.reason) ? 'garbage' : 'credential')
+            const kind = failureKind(d.reason)
+            if (kind) this.throttle.failure(client.id, remote, kind)
             // [MQTT-3.2.2-5]: 4 bad user name or password (not a JWS), 5 not authorized (every other refusal)
             return done(Object.assign(new Error(`connect refused: ${d.reason}`), { returnCode: d.reason === 'malformed-token' ? 4 : 5 } as const), false)
           }
@@ -165,9 +157,6 @@ export class MqttAdmissionPolicy {
     this.residual.record({ deviceId, protocol: 'mqtt', detail, ...(remote ? { remote } : {}) })
   }
 
-  async stop(): Promise<void> {
-    await this.residual.stop()
-  }
 }
 
 /** The peer address of a TCP or TLS connection (undefined for other streams). */

@@ -2,7 +2,7 @@
 // device id, its rights (§4) and its record's acl. The checks are on
 // concrete topics where MQTT gives one (publish, forward); on filters only
 // for subscribe, where wildcards are reasoned about level by level.
-import type { Rights } from '../../agent/trust/admission.ts'
+import type { Rights } from '../../agent/trust/rights.ts'
 
 export interface TopicAcl {
   publish?: readonly string[] | undefined

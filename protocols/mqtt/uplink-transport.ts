@@ -8,6 +8,7 @@ import type { UplinkHandlers, UplinkTransport } from '../../agent/uplink/uplink.
 import type { AgentConfig } from '../../agent/runtime/config.ts'
 import type { Logger } from '../../agent/observe/logger.ts'
 import { topicRoot } from '../../wire/protocol.ts'
+import { BACKOFF, backoffDelay } from '../../agent/runtime/timers.ts'
 
 export type MqttUplinkOptions = NonNullable<AgentConfig['uplink']> & {
   site: string
@@ -38,10 +39,9 @@ export class MqttUplinkTransport implements UplinkTransport {
     return this.#client?.connected ?? false
   }
 
-  /** Delay before reconnect attempt n: exponential, capped, with full jitter over its upper half. */
+  /** Delay before reconnect attempt n: the `uplinkReconnect` policy (agent/runtime/timers.ts). */
   static backoffMs(attempt: number, minMs: number, maxMs: number, random = Math.random): number {
-    const ceiling = Math.min(maxMs, minMs * 2 ** Math.min(attempt, 20))
-    return Math.round(ceiling / 2 + random() * (ceiling / 2))
+    return backoffDelay(Math.min(attempt, 20), BACKOFF.uplinkReconnect(minMs, maxMs), () => 1 - random())
   }
 
   start(handlers: UplinkHandlers): void {
@@ -166,6 +166,13 @@ export class MqttUplinkTransport implements UplinkTransport {
       )
     }
     await within(1000, new Promise<void>((resolve) => client.end(false, {}, () => resolve())))
-    if (!client.disconnected) client.end(true)
+    // mqtt.js ignores a forced end() while a clean one is under way: close the connection itself.
+    if (!client.disconnected) {
+      const closed = new Promise<void>((resolve) => client.once('close', () => resolve()))
+      client.stream?.destroy()
+      client.end(true)
+      await within(500, closed)
+    }
+    if (this.#client === client) this.#client = null
   }
 }

@@ -15,13 +15,14 @@ import { join } from 'node:path'
 import type { ActionChannel } from '../../agent/actions/action-dispatcher.ts'
 import type { QueuedAction } from '../../agent/actions/action-queue.ts'
 import type { ProtocolAdapter } from '../../agent/adapter.ts'
-import type { DeviceRecord, DeviceState } from '../../agent/devices/device.ts'
+import type { DeviceRecord } from '../../agent/devices/device.ts'
 import type { DeviceChange, Gateway } from '../../agent/gateway.ts'
 import type { Logger } from '../../agent/observe/logger.ts'
 import type { ResidualAttempt } from '../../agent/trust/residual-use.ts'
-import { backoffDelay, DEFAULT_RETRY, realTimers, type RetryPolicy, type Timers } from './backoff.ts'
+import { BACKOFF, backoffDelay, realTimers, type BackoffPolicy, type Timers } from '../../agent/runtime/timers.ts'
 import type { DriverOptions, OpcuaDriver, OpcuaLink } from './driver.ts'
 import { certificateSha256, leafCertificate, pickEndpoint, policyName } from './security.ts'
+import { mayDeliver, sessionReachable as reachable } from '../../agent/trust/rights.ts'
 
 export interface OpcuaRelayHooks {
   /** a device answered and its session is up: deliver what is pending */
@@ -44,7 +45,7 @@ export interface OpcuaRelayOptions {
   log: Logger
   /** where refused certificates are reported as alert.residual-use */
   residual: { record(a: ResidualAttempt): void }
-  retry?: Partial<RetryPolicy>
+  retry?: Partial<BackoffPolicy>
   timers?: Timers
   random?: () => number
   /** per network step (connect, session, Execute) */
@@ -73,7 +74,6 @@ interface DeviceLink {
 }
 
 /** §4: who may be reached at all; `retiring` for its wipe only (§6). */
-const reachable = (s: DeviceState): boolean => s === 'active' || s === 'retiring'
 
 export class OpcuaRelay implements ProtocolAdapter, ActionChannel {
   readonly protocol = 'opcua' as const
@@ -85,7 +85,7 @@ export class OpcuaRelay implements ProtocolAdapter, ActionChannel {
    * (DeliveryReport).
    */
   readonly events = new EventEmitter()
-  readonly retry: RetryPolicy
+  readonly retry: BackoffPolicy
   readonly stats = { probes: 0, connects: 0, executes: 0, executeMsTotal: 0, acksRefused: 0, certificatesRefused: 0 }
   readonly #gw: Gateway
   readonly #log: Logger
@@ -104,7 +104,7 @@ export class OpcuaRelay implements ProtocolAdapter, ActionChannel {
     this.#gw = gw
     this.#log = opts.log
     this.#residual = opts.residual
-    this.retry = { ...DEFAULT_RETRY, ...opts.retry }
+    this.retry = { ...BACKOFF.opcuaProbe, ...opts.retry }
     this.#timers = opts.timers ?? realTimers
     this.#random = opts.random ?? Math.random
     this.#timeoutMs = opts.timeoutMs ?? 10_000
@@ -205,7 +205,7 @@ export class OpcuaRelay implements ProtocolAdapter, ActionChannel {
     const r = this.#gw.registry.get(id)
     if (!l?.link || !r || !reachable(r.state)) throw new Error(`no OPC UA session with ${id}`)
     // §4/§6: a retiring device is reached for its wipe only.
-    if (r.state === 'retiring' && action.act !== 'wipe') throw new Error(`${id} is retiring: wipe only`)
+    if (!mayDeliver(r.state, action.act)) throw new Error(`${id} is retiring: wipe only`)
     const hooks = this.#hooks
     if (!hooks) throw new Error('relay not attached')
     const t0 = performance.now()

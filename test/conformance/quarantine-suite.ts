@@ -5,7 +5,8 @@
 // addresses the devices' states call for.
 import assert from 'node:assert/strict'
 import type { TestContext } from 'node:test'
-import { levelFor, type QuarantineBackend, type QuarantineDevice, type QuarantineLevel, type QuarantineState } from '../../agent/quarantine/quarantine.ts'
+import { type QuarantineBackend, type QuarantineDevice, type QuarantineLevel, type QuarantineState } from '../../agent/quarantine/quarantine.ts'
+import { networkLevel } from '../../agent/trust/rights.ts'
 
 export interface QuarantineHarness {
   backend: QuarantineBackend
@@ -94,7 +95,7 @@ export function quarantineConformance(t: TestContext, make: QuarantineFactory): 
       const open = devices.find((d) => d.id === 'open')!
       for (const level of ['blocked', 'wipe-only', 'open'] as const) {
         open.state = level === 'open' ? 'active' : level === 'blocked' ? 'quarantined' : 'retiring'
-        await backend.apply('open', levelFor(open.state))
+        await backend.apply('open', networkLevel(open.state))
         if (backend.enforces) assert.equal(applied(await backend.show())['192.0.2.13'], level === 'open' ? undefined : level)
       }
       // The registry changes a device's address (re-enrollment): the old one is released with the change.

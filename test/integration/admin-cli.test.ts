@@ -244,3 +244,29 @@ test('the audit actor is the admin socket owner, not a name the client sends (ke
   assert.deepEqual(mine.map((e) => e.actor), [`local:${userInfo().username}`, `local:${userInfo().username}`])
   assert.deepEqual(mine.map((e) => (e.data as { claimedBy?: string }).claimedBy), ['ceo', 'root-impersonator'])
 })
+
+test('the admin socket runs the op table the control plane runs: a local retire takes wipe: false and deadlineS, and bad arguments are refused by the same schema', async (t) => {
+  const { startTestAgent } = await import('../helpers/agent.ts')
+  const { adminRequest } = await import('../../agent/cli/admin-client.ts')
+  const agent = await startTestAgent(t)
+  const key = publicKeyToB64((await keygen()).publicKey)
+  await agent.gateway.enroll({ id: 'gone-1', publicKey: key }, { actor: 'local:test' })
+  await agent.gateway.enroll({ id: 'late-1', publicKey: publicKeyToB64((await keygen()).publicKey) }, { actor: 'local:test' })
+  const dir = agent.config.dataDir
+  const bad = await adminRequest(dir, 'POST', '/v1/devices/late-1/retire', { deadlineS: -5 })
+  assert.equal(bad.status, 400)
+  assert.match(bad.text, /deadlineS/)
+  assert.equal(agent.gateway.getDevice('late-1')?.state, 'active', 'refused arguments change nothing')
+  // destroyed on site: closed at once, no wipe, with the operator's reason
+  const gone = await adminRequest(dir, 'POST', '/v1/devices/gone-1/retire', { wipe: false, reason: 'shredded' })
+  assert.equal(gone.status, 200, gone.text)
+  const body = gone.body as { result: { to: string; evidence: { wipe: { status: string; reason: string } } } }
+  assert.equal(body.result.to, 'retired')
+  assert.deepEqual([body.result.evidence.wipe.status, body.result.evidence.wipe.reason], ['not-performed', 'shredded'])
+  // a deadline of its own: the retirement waits for the wipe until then
+  const late = await adminRequest(dir, 'POST', '/v1/devices/late-1/retire', { deadlineS: 3600 })
+  assert.equal(late.status, 200, late.text)
+  assert.equal(agent.gateway.getDevice('late-1')?.state, 'retiring')
+  const wipe = agent.gateway.actions.pending('late-1').find((a) => a.act === 'wipe')!
+  assert.ok(Math.abs(wipe.deadline - (agent.gateway.nowS() + 3600)) <= 2, `the wipe's deadline follows deadlineS: ${wipe.deadline}`)
+})

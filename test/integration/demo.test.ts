@@ -87,7 +87,8 @@ test('edgewarden demo --json: three retirements completed with their evidence, t
 })
 
 test('demo human output: one readable line per step and event; colour on a terminal only', async () => {
-  const { Reporter, describeEvidence } = await import('../../agent/cli/demo.ts')
+  const { Reporter } = await import('../../agent/cli/demo.ts')
+  const { describeEvidence } = await import('../../simulators/demo-scenario.ts')
   const evidence = {
     deviceId: 'press-1', state: 'retired', receivedAt: 1, accessRemovedMs: 3.2, sessionsClosed: { mqtt: 1, opcua: 0, modbus: 0 },
     network: { backend: 'none', rule: 'blocked' }, wipe: { status: 'done', ackJti: 'ack-1', at: 2 }, credentialsRevoked: 1, residualUse: 0,

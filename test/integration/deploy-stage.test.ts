@@ -35,7 +35,7 @@ function copyCheckout(to: string): string[] {
   return files
 }
 
-const RUNTIME = ['bin/', 'agent/', 'protocols/', 'firmware-hooks/', 'simulators/']
+const RUNTIME = ['bin/', 'wire/', 'agent/', 'protocols/', 'firmware-hooks/', 'simulators/']
 
 test('deploy/stage.sh: what npm pack ships and its runtime dependencies, no key, data dir or export from the checkout', { timeout: 300_000 }, async (t) => {
   const dir = tempDir(t)

@@ -141,6 +141,16 @@ describe('OPC UA relay (PROTOCOL §8)', () => {
 
     // retire: session closed at once, wipe over a new (wipe-only) session, evidence
     const retired = stateReached(agent, 'plc-1', 'retired')
+    // the delivery report is written once Execute returned, which is after the ack settled the retirement
+    const wipeDelivered = new Promise<void>((resolve) => {
+      const off = agent.gateway.onEventsStored((stored) => {
+        const hit = stored.some((e) => {
+          const p = parseJws(e.jws).payload as { type: string; data: Record<string, unknown> }
+          return p.type === 'action.delivered' && p.data.act === 'wipe' && p.data.protocol === 'opcua'
+        })
+        if (hit) (off(), resolve())
+      })
+    })
     const r = await agent.retirements.start('plc-1', { receivedAt: performance.now(), receivedAtS: agent.gateway.nowS(), reason: 'decommissioned' }, WHO)
     assert.equal(r.done, false)
     await retired
@@ -152,6 +162,7 @@ describe('OPC UA relay (PROTOCOL §8)', () => {
     assert.deepEqual(evidence.wipeOnlySessionsClosed, { mqtt: 0, opcua: 1, modbus: 0 })
     const acked = (await events(agent)).filter((e) => e.type === 'action.acked').map((e) => [e.data.act, e.data.status])
     assert.deepEqual(acked, [['reenroll', 'done'], ['wipe', 'done']])
+    await wipeDelivered
     assert.ok((await events(agent)).some((e) => e.type === 'action.delivered' && e.data.act === 'wipe' && e.data.protocol === 'opcua'))
     await agent.opcua.settled('plc-1')
     assert.equal(agent.opcua.sessionCount('plc-1'), 0)

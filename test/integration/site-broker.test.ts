@@ -33,7 +33,7 @@ import {
   WHO,
 } from '../helpers/mqtt-devices.ts'
 
-/** The gateway's own publish path (issue 5 sends actions this way): client null, no authorizePublish. */
+/** The gateway's own publish path (actions go out this way): client null, no authorizePublish. */
 function gatewayPublish(agent: { broker: { aedes: { publish: Function } } }, topic: string, payload: string, retain = false): Promise<void> {
   return new Promise((resolve, reject) =>
     agent.broker.aedes.publish({ cmd: 'publish', topic, payload: Buffer.from(payload), qos: 1, retain, dup: false }, (err?: Error) => (err ? reject(err) : resolve())),

@@ -1,4 +1,4 @@
-// Crash consistency (issue 10): the real agent, as a child process, is killed
+// Crash consistency: the real agent, as a child process, is killed
 // with SIGKILL at random moments (seeded) while a control-plane simulator
 // sends it signed commands over a real Mosquitto (bulk enroll, bulk retire,
 // bursts of state changes and inventory reports) and the admin socket adds

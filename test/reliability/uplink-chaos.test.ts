@@ -1,4 +1,4 @@
-// Uplink chaos (issue 10): the central Mosquitto is killed with SIGKILL and
+// Uplink chaos: the central Mosquitto is killed with SIGKILL and
 // restarted again and again while the control plane sends commands and the
 // gateway produces events, then stays down for a long outage (many backoff
 // periods) during which the gateway keeps deciding from its own registry.

@@ -3,7 +3,9 @@
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
 import { test } from 'node:test'
-import { backoffDelay, DEFAULT_RETRY } from '../../../protocols/opcua/backoff.ts'
+import { BACKOFF, backoffDelay } from '../../../agent/runtime/timers.ts'
+
+const DEFAULT_RETRY = BACKOFF.opcuaProbe
 import { certificateSha256, leafCertificate, pickEndpoint, type EndpointInfo } from '../../../protocols/opcua/security.ts'
 
 const P = 'http://opcfoundation.org/UA/SecurityPolicy#'
@@ -51,7 +53,7 @@ test('backoffDelay: doubles up to the cap, jitter takes off at most its fraction
 
 test('the relay module loads node-opcua only dynamically (the agent starts fast without OPC UA devices)', async () => {
   const { readFileSync } = await import('node:fs')
-  for (const f of ['relay.ts', 'security.ts', 'backoff.ts']) {
+  for (const f of ['relay.ts', 'security.ts']) {
     const src = readFileSync(new URL(`../../../protocols/opcua/${f}`, import.meta.url), 'utf8')
     const staticImports = [...src.matchAll(/^import\s+(?!type\b)[^;]*?from\s+'([^']+)'/gm)].map((m) => m[1])
     assert.ok(!staticImports.some((s) => s === 'node-opcua' || s?.startsWith('node-opcua-') || s === './driver.ts'), `${f}: ${staticImports.join(', ')}`)

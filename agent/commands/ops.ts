@@ -1,0 +1,174 @@
+// The one table of operations on devices (PROTOCOL §3 ops): the schema of
+// each op's arguments and what it does, for a signed control-plane command
+// and for the local admin socket alike, so the two paths cannot differ (a
+// local retire takes `wipe` and `deadlineS` as the control plane's does).
+// Each op returns what happened; the command processor turns it into
+// `cmd.completed` evidence, the admin socket into its answer.
+import { z } from 'zod'
+import { ID_PATTERN } from '../../wire/ids.ts'
+import type { Act } from '../../wire/protocol.ts'
+import type { DeviceActions } from '../actions/device-actions.ts'
+import type { Retirements } from '../actions/retirement.ts'
+import type { DeviceState } from '../devices/device.ts'
+import type { Actor, Gateway } from '../gateway.ts'
+import { accessRemovedMs, noSessions, type AccessEnforcer } from '../trust/enforcer.ts'
+import { inService } from '../trust/rights.ts'
+import type { Transition } from '../trust/state-machine.ts'
+
+const deviceId = z.string().regex(ID_PATTERN, 'must be a device id')
+const reason = z.string().max(1024)
+
+/** PROTOCOL §3: the arguments of each op, checked before a command is accepted (`invalid-args`). */
+export const ARGS = {
+  'device.enroll': z.object({ device: z.unknown() }).strict(),
+  'device.revoke': z.object({ deviceId, reason: reason.optional() }).strict(),
+  'device.quarantine': z.object({ deviceId, reason: reason.optional() }).strict(),
+  'device.release': z.object({ deviceId }).strict(),
+  'device.wipe': z.object({ deviceId }).strict(),
+  'device.reenroll': z.object({ deviceId }).strict(),
+  'device.renew': z.object({ deviceId }).strict(),
+  'device.retire': z
+    .object({ deviceId, reason: reason.optional(), wipe: z.boolean().optional(), deadlineS: z.number().int().positive().max(10 * 365 * 86400).optional() })
+    .strict(),
+  'inventory.report': z.object({}).strict(),
+} as const
+export type Op = keyof typeof ARGS
+export const OPS = Object.keys(ARGS) as Op[]
+
+/** What the ops act with: the core's parts. */
+export interface OpParts {
+  gw: Gateway
+  enforcer: AccessEnforcer
+  actions: DeviceActions
+  retirements: Retirements
+}
+
+/** One run of an op: who asked, and when the request arrived (for `accessRemovedMs`). */
+export interface OpRequest {
+  who: Actor
+  /** performance.now() when the request arrived */
+  receivedAt: number
+  /** seconds since the epoch when it arrived */
+  receivedAtS: number
+}
+
+export interface OpResult {
+  deviceId?: string
+  evidence?: Record<string, unknown>
+  /** it finishes later (a retire waits for the wipe ack): the retirement completes the command by its jti */
+  pending?: boolean
+  /** the admin socket's answer (`result`), as the CLI prints it */
+  local: Record<string, unknown>
+}
+
+export type OpRunner = (args: Record<string, unknown>, req: OpRequest) => Promise<OpResult>
+
+/** The ops, bound to the core's parts. */
+export function opTable(parts: OpParts): Record<Op, OpRunner> {
+  const { gw, enforcer, actions, retirements } = parts
+
+  const stateChange =
+    (t: Transition): OpRunner =>
+    async (args, req) => {
+      const id = args.deviceId as string
+      const reasonArg = typeof args.reason === 'string' ? args.reason : undefined
+      const who = reasonArg !== undefined ? { ...req.who, reason: reasonArg } : req.who
+      const r = await gw.transition(id, t, who)
+      const enforcement = await enforcer.settled(id)
+      const evidence: Record<string, unknown> = {
+        deviceId: id,
+        from: r.from,
+        state: r.record.state,
+        changed: r.changed,
+        receivedAt: req.receivedAtS,
+        network: enforcement.network,
+      }
+      if (!inService(r.record.state)) {
+        evidence.accessRemovedMs = r.changed ? accessRemovedMs(enforcement, req.receivedAt) : 0
+        evidence.sessionsClosed = r.changed ? enforcement.sessionsClosed : noSessions()
+      }
+      return { deviceId: id, evidence, local: { from: r.from, to: r.record.state, changed: r.changed } }
+    }
+
+  const queueing =
+    (act: Act): OpRunner =>
+    async (args, req) => {
+      const id = args.deviceId as string
+      const a = await actions.queue(id, act, req.who)
+      return {
+        deviceId: id,
+        evidence: { deviceId: id, actionId: a.id, act, queued: true, reachable: actions.dispatcher.isReachable(id) },
+        local: { actionId: a.id, act: a.act },
+      }
+    }
+
+  return {
+    'device.enroll': async (args, req) => {
+      const record = await gw.enroll(args.device, req.who)
+      const id = record.spec.id
+      return { deviceId: id, evidence: { deviceId: id, state: record.state, credentialExpiresAt: record.credentialExpiresAt }, local: { state: record.state } }
+    },
+    'device.revoke': stateChange('revoke'),
+    'device.quarantine': stateChange('quarantine'),
+    'device.release': stateChange('release'),
+    'device.wipe': queueing('wipe'),
+    'device.reenroll': queueing('reenroll'),
+    'device.renew': queueing('renew'),
+    'device.retire': async (args, req) => {
+      const id = args.deviceId as string
+      const from = gw.requireDevice(id).state as DeviceState
+      const reasonArg = typeof args.reason === 'string' ? args.reason : undefined
+      const who = reasonArg !== undefined ? { ...req.who, reason: reasonArg } : req.who
+      const r = await retirements.start(
+        id,
+        {
+          receivedAt: req.receivedAt,
+          receivedAtS: req.receivedAtS,
+          // a command waits for the end of the retirement by its jti; the admin socket does not wait
+          ...(who.jti !== undefined ? { origin: { jti: who.jti } } : {}),
+          ...(typeof args.wipe === 'boolean' ? { wipe: args.wipe } : {}),
+          ...(typeof args.deadlineS === 'number' ? { deadlineS: args.deadlineS } : {}),
+          ...(reasonArg !== undefined ? { reason: reasonArg } : {}),
+        },
+        who,
+      )
+      const to = gw.requireDevice(id).state
+      return r.done
+        ? { deviceId: id, evidence: r.evidence, local: { from, to, evidence: r.evidence } }
+        : { deviceId: id, pending: true, local: { from, to, wipeActionId: r.wipeActionId } }
+    },
+    'inventory.report': async (_args, req) => {
+      const devices = [...gw.registry.values()].map((d) => {
+        const seen = enforcer.inventoryOf(d.spec.id)
+        return {
+          id: d.spec.id,
+          state: d.state,
+          criticality: d.spec.criticality ?? 'medium',
+          credentialKind: 'publicKey',
+          credentialExpiresAt: d.credentialExpiresAt,
+          pendingActions: gw.actions.pending(d.spec.id).length,
+          ...(seen ? { seen } : {}),
+        }
+      })
+      // A JWS is at most 16 KiB (PROTOCOL §1): a large fleet is reported in
+      // parts of at most 50 devices, each event naming its part and the total;
+      // a part also closes at ~10 KB of JSON (base64url adds a third).
+      const chunks: (typeof devices)[] = [[]]
+      let bytes = 0
+      for (const d of devices) {
+        const size = JSON.stringify(d).length
+        if (chunks.at(-1)!.length >= 50 || (bytes + size > 10_000 && chunks.at(-1)!.length > 0)) {
+          chunks.push([])
+          bytes = 0
+        }
+        chunks.at(-1)!.push(d)
+        bytes += size
+      }
+      const parts = chunks.length
+      for (let i = 0; i < parts; i++) {
+        await gw.commit({ events: [{ type: 'inventory', data: { devices: chunks[i]!, part: i + 1, parts, jti: req.who.jti } }] })
+      }
+      return { evidence: { devices: devices.length, parts }, local: { devices: devices.length, parts } }
+    },
+  }
+}
