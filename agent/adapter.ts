@@ -11,6 +11,7 @@ import type { VerifiedAck } from './actions/ack.ts'
 import type { DeviceRecord } from './devices/device.ts'
 import type { Gateway } from './gateway.ts'
 import type { Logger } from './observe/logger.ts'
+import type { SitePki } from './pki/site-pki.ts'
 import type { AgentConfig } from './runtime/config.ts'
 import type { DeviceAdmission } from './trust/admission.ts'
 import type { ResidualUseMonitor } from './trust/residual-use.ts'
@@ -81,6 +82,8 @@ export interface ProtocolCore {
   residual: ResidualUseMonitor
   /** readiness and acks from every channel */
   sink: ActionSink
+  /** the site PKI (PROTOCOL §9): client certificates, the TLS server certificate */
+  pki: SitePki
   log: Logger
 }
 

@@ -22,6 +22,10 @@ import { Retirements } from './actions/retirement.ts'
 import { Uplink } from './uplink/uplink.ts'
 import type { ProtocolAdapter, ProtocolCore } from './adapter.ts'
 import { DeviceAdmission } from './trust/admission.ts'
+import { SitePki } from './pki/site-pki.ts'
+import { estTlsMaterial, startEstServer, type EstServer } from './pki/est.ts'
+import { isEdgewardenError } from './runtime/errors.ts'
+import { GuardedClock } from './runtime/clock.ts'
 import { ResidualUseMonitor } from './trust/residual-use.ts'
 import { startAdminServer } from './observe/admin-server.ts'
 import type { Clock } from './runtime/clock.ts'
@@ -46,6 +50,8 @@ export interface RunningAgent {
   credentials: CredentialLifecycle
   maintenance: Maintenance
   uplink: Uplink | null
+  /** the site PKI (PROTOCOL §9) */
+  pki: SitePki
   /** the OPC UA relay (PROTOCOL §8); node-opcua loads only once an OPC UA device exists */
   opcua: OpcuaRelay
   /** the Modbus proxy (listening only with --modbus-port) and the hook relay */
@@ -53,6 +59,8 @@ export interface RunningAgent {
   adminPath: string
   /** the HTTP endpoint (metrics, health, status page) with --http-port, else null */
   http: HttpEndpoint | null
+  /** the EST server (RFC 7030, PROTOCOL §9) with --est-port, else null */
+  est: EstServer | null
   stop(): Promise<void>
 }
 
@@ -69,6 +77,13 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
     // The core's own parts that every protocol reports to: residual use
     // (PROTOCOL §4), token admission (§5), and actions (§5: queue, delivery,
     // acks, the renewal of a lapsed credential when its device returns).
+    if (gateway.clock instanceof GuardedClock) {
+      gateway.clock.onJump((j) => {
+        if (j.believed) log.warn({ jumpMs: j.ms }, 'the wall clock went back')
+        else log.error({ jumpMs: j.ms }, 'the wall clock jumped forward without the time passing: not believed (nothing expires by it) until a signed command vouches for it')
+        void gateway.commit({ audit: [{ actor: 'gateway', action: 'gateway.clock-jump', data: { ms: Math.round(j.ms), believed: j.believed } }] }).catch(() => {})
+      })
+    }
     const residual = new ResidualUseMonitor(gateway, log.child({ component: 'residual-use' }))
     stack.push(() => residual.stop())
     const admission = await DeviceAdmission.open(gateway, { log: log.child({ component: 'mqtt-admission' }), residual })
@@ -76,7 +91,32 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
     const actions = new DeviceActions(gateway, dispatcher, log.child({ component: 'actions' }))
     const credentials = new CredentialLifecycle(gateway, actions, log.child({ component: 'credentials' }))
     actions.beforeDelivery((id) => credentials.deviceReady(id))
-    const core: ProtocolCore = { gateway, config, admission, residual, sink: actions, log }
+    // The site PKI (PROTOCOL §9): its CA (created on first start), the CRL kept in step with the registry.
+    const pki = await SitePki.open(gateway, { log: log.child({ component: 'pki' }) })
+    stack.push(() => pki.idle())
+    await pki.reconcile()
+    actions.renewCertificatesWith(async (ack, settlement) => {
+      const id = ack.deviceId
+      let cert
+      try {
+        cert = (await pki.issue(id, ack.csr!, gateway.requireDevice(id).spec.criticality)).cert
+      } catch (err) {
+        if (!isEdgewardenError(err, 'CSR_INVALID')) throw err
+        // The device's request is refused: the ack is settled as it came, the refusal on record, and the renewal asked again at the next pass.
+        log.warn({ deviceId: id, err: err.message }, 'renewal request refused')
+        await gateway.updateDevice(id, (d) => {
+          delete d.credentialNotice
+          return d
+        }, {
+          ...settlement,
+          audit: [...(settlement.audit ?? []), { actor: 'gateway', action: 'certificate.refused', subject: id, data: { actionId: ack.action.id, detail: err.message } }],
+        })
+        return
+      }
+      const installed = await pki.install(id, cert, 'mqtt-renew', settlement)
+      await actions.queue(id, 'install-cert', { actor: 'gateway', reason: `renewal: certificate ${installed.serial}` }, { args: { chain: pki.chainFor(installed) } })
+    })
+    const core: ProtocolCore = { gateway, config, admission, residual, sink: actions, pki, log }
 
     // The protocols, each from its one factory: adapter and action channel.
     // Each channel joins the dispatcher as soon as it exists: a device that is listening gets what is pending.
@@ -100,13 +140,21 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
     const enforcer = new AccessEnforcer(gateway, adapters, { quarantine, log: log.child({ component: 'enforcer' }) })
     const retirements = await Retirements.load(gateway, actions, enforcer, log.child({ component: 'retirement' }))
     retirements.countResidualUseWith((id) => residual.attempts(id))
+    retirements.revokeCertificatesWith((id) => pki.revokedAtRetirement(id))
     for (const p of protocols) await p.start()
-    const maintenance = new Maintenance(gateway, { retirements, actions, credentials }, log.child({ component: 'maintenance' }))
+    // EST (PROTOCOL §9) once the enforcer exists: a certificate it installs replaces one that live sessions may hold.
+    let est: EstServer | null = null
+    if (config.pki.est) {
+      const e = await startEstServer(gateway, pki, { ...config.pki.est, ...(await estTlsMaterial(pki, config.pki)), log: log.child({ component: 'est' }) })
+      stack.push(() => e.close())
+      est = e
+    }
+    const maintenance = new Maintenance(gateway, { retirements, actions, credentials, pki }, log.child({ component: 'maintenance' }))
     await maintenance.tick()
     maintenance.start(opts.maintenanceIntervalMs)
     stack.push(() => maintenance.stop())
 
-    const ops = opTable({ gw: gateway, enforcer, actions, retirements })
+    const ops = opTable({ gw: gateway, enforcer, actions, retirements, pki })
     const commands = await CommandProcessor.create(gateway, enforcer, ops, log.child({ component: 'commands' }))
     retirements.onComplete((jti, deviceId, evidence) => commands.completeAccepted(jti, { deviceId, evidence }))
     await retirements.resumeClosing()
@@ -135,14 +183,14 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
     let http: HttpEndpoint | null = null
     if (config.http) {
       const sources = { gateway, adapters, uplink }
-      const metrics = createMetrics({ ...sources, residualAttempts: (id) => residual.attempts(id) })
+      const metrics = createMetrics({ ...sources, residualAttempts: (id) => residual.attempts(id), crlNextUpdate: () => pki.crl.current?.nextUpdate ?? null })
       stack.push(async () => metrics.close())
-      const h = await startHttpEndpoint(gateway, { ...sources, ...config.http, metrics: metrics.registry, log: log.child({ component: 'http' }) })
+      const h = await startHttpEndpoint(gateway, { ...sources, ...config.http, metrics: metrics.registry, pki, log: log.child({ component: 'http' }) })
       // closed last, just before the store: /readyz says `stopping` for the whole stop
       stack.splice(1, 0, () => h.close())
       http = h
     }
-    const admin = await startAdminServer(gateway, { ops, quarantine: (gw) => quarantineReport(registrySource(gw), quarantine) }, log.child({ component: 'admin' }))
+    const admin = await startAdminServer(gateway, { ops, quarantine: (gw) => quarantineReport(registrySource(gw), quarantine), pki }, log.child({ component: 'admin' }))
     stack.push(() => admin.close())
     if (http) {
       const h = http
@@ -163,9 +211,11 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
       maintenance,
       uplink,
       opcua: opcua.adapter,
+      pki,
       modbus: { proxy: modbus.adapter, relay: modbus.channel, index: modbus.index },
       adminPath: admin.path,
       http,
+      est,
       stop: stopAll,
     }
   } catch (err) {

@@ -5,9 +5,9 @@
 import { existsSync } from 'node:fs'
 import { ActionQueue, type Act, type QueuedAction } from './actions/action-queue.ts'
 import { AuditChain, IDENTITY_KEY, type AuditInput } from './store/audit.ts'
-import { nowSeconds, systemClock, type Clock } from './runtime/clock.ts'
+import { GuardedClock, nowSeconds, type Clock } from './runtime/clock.ts'
 import type { AgentConfig } from './runtime/config.ts'
-import { parseDeviceSpec, type DeviceRecord, type DeviceSpec, type DeviceState } from './devices/device.ts'
+import { credentialKind, parseDeviceSpec, type CertificateRecord, type DeviceRecord, type DeviceSpec, type DeviceState } from './devices/device.ts'
 import { EdgewardenError, IllegalTransitionError } from './runtime/errors.ts'
 import { generateKeyPair, readKeyFile, writeKeyFile, type KeyPair } from './store/keys.ts'
 import type { Logger } from './observe/logger.ts'
@@ -70,6 +70,11 @@ export function loadGatewayKey(config: Pick<AgentConfig, 'keyFile' | 'dataDir'>,
   return readKeyFile(config.keyFile)
 }
 
+/** Whether two specs name the same credential (the same token key, certificate request or pin, bootstrap secret, or password hash). */
+function sameCredential(a: DeviceSpec, b: DeviceSpec): boolean {
+  return a.publicKey === b.publicKey && JSON.stringify(a.x509 ?? null) === JSON.stringify(b.x509 ?? null) && a.password === b.password
+}
+
 export class Gateway {
   readonly config: AgentConfig
   readonly id: string
@@ -122,7 +127,8 @@ export class Gateway {
     try {
       const defaultKey = config.keyFile === `${config.dataDir}/gateway.key`
       const key = loadGatewayKey(config, defaultKey)
-      const clock = opts.clock ?? systemClock
+      // The system clock, guarded against jumps; a test's clock as it is.
+      const clock = opts.clock ?? new GuardedClock()
       const [registry, actions, outbox, audit] = await Promise.all([
         Registry.load(store),
         ActionQueue.load(store, config.gateway, key.privateKey),
@@ -287,8 +293,11 @@ export class Gateway {
     return d
   }
 
-  /** Add or update a device (PROTOCOL §3 device.enroll). */
-  async enroll(input: DeviceSpec | unknown, who: Actor, extraFn: Extra = {}): Promise<DeviceRecord> {
+  /**
+   * Add or update a device (PROTOCOL §3 device.enroll). `opts.certificate`:
+   * the certificate the site CA just issued for it (x509 with a csr).
+   */
+  async enroll(input: DeviceSpec | unknown, who: Actor, extraFn: Extra = {}, opts: { certificate?: CertificateRecord } = {}): Promise<DeviceRecord> {
     const parsed = parseDeviceSpec(input)
     if (!parsed.ok) throw new EdgewardenError('INVALID_DEVICE', `invalid device: ${parsed.problems.join('; ')}`)
     const spec = parsed.spec
@@ -296,18 +305,31 @@ export class Gateway {
     const before = this.registry.get(spec.id)
     const from: FromState = before?.state ?? 'none'
     const to = applyTransition(spec.id, from, 'enroll')
-    // A new key, or re-admission after revocation, replaces every older key.
-    const keepKeys = before && before.state !== 'revoked' && before.spec.publicKey === spec.publicKey
+    // The same credential is kept (with its validity and history); a new
+    // one, or re-admission after revocation, replaces every older one.
+    const keep = before !== undefined && before.state !== 'revoked' && sameCredential(before.spec, spec) && opts.certificate === undefined
+    const kind = credentialKind(spec)
     const record: DeviceRecord = {
       spec,
       state: to,
-      keys: keepKeys ? before.keys : [{ publicKey: spec.publicKey, notBefore: now, notAfter: null }],
+      keys: kind !== 'publicKey' ? [] : keep ? before.keys : [{ publicKey: spec.publicKey!, notBefore: now, notAfter: null }],
       credentialExpiresAt:
-        spec.credentialExpiresAt ?? (keepKeys ? before.credentialExpiresAt : now + this.config.credentialLifetimeS),
-      credentialIssuedAt: keepKeys ? (before.credentialIssuedAt ?? before.createdAt) : now,
+        spec.credentialExpiresAt ?? opts.certificate?.notAfter ?? (keep ? before.credentialExpiresAt : now + this.config.credentialLifetimeS),
+      credentialIssuedAt: keep ? (before.credentialIssuedAt ?? before.createdAt) : now,
       createdAt: before?.createdAt ?? now,
       updatedAt: now,
       stateChangedAt: from === to ? (before?.stateChangedAt ?? now) : now,
+    }
+    if (kind === 'x509') {
+      const x = spec.x509!
+      record.certificates = opts.certificate
+        ? [{ ...opts.certificate, role: 'current' }]
+        : keep
+          ? (before.certificates ?? [])
+          : 'certificateSha256' in x
+            ? [{ serial: '', sha256: x.certificateSha256, notBefore: 0, notAfter: 0, issuer: 'external', role: 'current' }]
+            : []
+      if ('bootstrapSecretSha256' in x) record.bootstrap = keep && before.bootstrap ? before.bootstrap : { secretSha256: x.bootstrapSecretSha256 }
     }
     if (who.reason !== undefined) record.stateReason = who.reason
     if (before?.lastSeenAt !== undefined) record.lastSeenAt = before.lastSeenAt
@@ -320,7 +342,15 @@ export class Gateway {
     const ops = [op, ...(extra.ops ?? [])]
     await this.#commit({
       ops,
-      audit: [{ actor: who.actor, action: 'device.enroll', subject: spec.id, data: { from, to, publicKey: spec.publicKey, jti: who.jti, claimedBy: who.claimedBy } }, ...(extra.audit ?? [])],
+      audit: [
+        {
+          actor: who.actor,
+          action: 'device.enroll',
+          subject: spec.id,
+          data: { from, to, credentialKind: kind, publicKey: spec.publicKey, certificate: opts.certificate?.serial, jti: who.jti, claimedBy: who.claimedBy },
+        },
+        ...(extra.audit ?? []),
+      ],
       events: [...(from !== to ? [{ type: 'device.state', data: { deviceId: spec.id, from, to, cause } }] : []), ...(extra.events ?? [])],
     })
     return record
@@ -382,6 +412,7 @@ export class Gateway {
       wipe: ['active', 'quarantined', 'revoked', 'retiring'],
       reenroll: ['active'],
       renew: ['active'],
+      'install-cert': ['active'],
       'revoke-notice': ['revoked', 'quarantined', 'retiring'],
     }
     if (!allowed[act].includes(d.state)) throw new IllegalTransitionError(id, d.state, `${act} queued`, `queueing ${act}`)

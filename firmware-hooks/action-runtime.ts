@@ -5,11 +5,16 @@
 // binding (mqtt-action-device.ts) and, later, the Modbus (§7) and OPC UA (§8)
 // hooks all feed envelopes to handle() and carry the ack back.
 //
+// A token device's key is an Ed25519 seed the runtime holds itself; a
+// certificate device (cert-device.ts) hands it its keys instead
+// (ExternalKeys), and its acks are signed ES256 or EdDSA by its certificate's
+// key.
+//
 // Plain JS (noble, WebCrypto): no node: imports, so it runs in any runtime.
 import { keygen, publicKeyFromB64, publicKeyOf, publicKeyToB64, sign, verify } from './crypto.ts'
 import { b64urlDecode, b64urlEncode, utf8 } from '../wire/base64url.ts'
 import { isId, isJti, newJti } from '../wire/ids.ts'
-import { assembleJws, JwsFormatError, jwsSigningInput, parseJws, type Claims, type ParsedJws } from '../wire/jws.ts'
+import { assembleJws, JwsFormatError, jwsSigningInput, parseJws, type Claims, type JwsAlg, type ParsedJws } from '../wire/jws.ts'
 import { isAct, type Act, type AckStatus } from '../wire/protocol.ts'
 
 /** PROTOCOL §5 `act` values. */
@@ -67,22 +72,25 @@ export interface DeviceStorage {
   save(state: DeviceState): Promise<void>
 }
 
-/** For tests, simulators and devices without persistent storage. Stores a copy, never the caller's object. */
-export class MemoryDeviceStorage implements DeviceStorage {
+/** For tests, simulators and devices without persistent storage: any JSON state. Stores a copy, never the caller's object. */
+export class MemoryJsonStorage<T> {
   #json: string | null = null
   saves = 0
-  async load(): Promise<DeviceState | null> {
-    return this.#json === null ? null : (JSON.parse(this.#json) as DeviceState)
+  async load(): Promise<T | null> {
+    return this.peek()
   }
-  async save(state: DeviceState): Promise<void> {
+  async save(state: T): Promise<void> {
     this.#json = JSON.stringify(state)
     this.saves++
   }
   /** the stored state as it would be read back (tests) */
-  peek(): DeviceState | null {
-    return this.#json === null ? null : (JSON.parse(this.#json) as DeviceState)
+  peek(): T | null {
+    return this.#json === null ? null : (JSON.parse(this.#json) as T)
   }
 }
+
+/** A device's state held in memory (DeviceStorage). */
+export class MemoryDeviceStorage extends MemoryJsonStorage<DeviceState> implements DeviceStorage {}
 
 /** Check the shape of loaded state, so a corrupt store fails at open and not mid-action. */
 export function validateDeviceState(v: unknown): DeviceState {
@@ -119,6 +127,12 @@ export type HookResult =
       detail?: string
       /** reenroll/renew: the new 32-byte seed; made with noble when absent */
       newSecretKey?: Uint8Array
+      /**
+       * reenroll/renew of a device with external keys (a certificate device):
+       * its PKCS#10 request for a new key, base64url DER, which the ack
+       * carries instead of newPublicKey/newKeyProof (PROTOCOL §5)
+       */
+      csr?: string
       /** device work to do once the ack is out (before the runtime's own: key switch or key erasure) */
       after?: () => Promise<void>
     }
@@ -142,6 +156,7 @@ export const defaultHooks: DeviceHooks = {
   reenroll: async () => ({ status: 'done', newSecretKey: (await keygen()).secretKey }),
   renew: async () => ({ status: 'done', newSecretKey: (await keygen()).secretKey }),
   'revoke-notice': async () => ({ status: 'done' }), // the runtime records the notice
+  'install-cert': async () => ({ status: 'unsupported', detail: 'this device authenticates with a token key, not a certificate' }),
 }
 
 // --- the runtime ----------------------------------------------------------
@@ -175,6 +190,25 @@ export type HandleResult =
  */
 export type IgnoreReason = 'malformed' | 'bad-alg' | 'unknown-key' | 'bad-signature' | 'wrong-issuer' | 'wrong-audience' | 'wiped' | 'no-key'
 
+/** How a device signs its acks: the JWS `alg` and a signature over the signing input (PROTOCOL §1, §5). */
+export interface DeviceSigner {
+  readonly alg: JwsAlg
+  sign(message: Uint8Array): Promise<Uint8Array>
+}
+
+/**
+ * Keys the runtime does not hold itself: a certificate device's (PROTOCOL
+ * §9), whose key is a WebCrypto key the gateway knows by its certificate.
+ * Error contract: current() never throws; erase() resolves only once the key
+ * material is durably gone, and is called again after a crash in between.
+ */
+export interface ExternalKeys {
+  /** the signer of the key the gateway knows now; null when there is none (not enrolled yet, or wiped) */
+  current(): DeviceSigner | null
+  /** PROTOCOL §6: erase the key material; called once the wipe's ack is out */
+  erase(): Promise<void>
+}
+
 export interface ActionRuntimeOptions {
   deviceId: string
   gatewayId: string
@@ -182,6 +216,12 @@ export interface ActionRuntimeOptions {
   gatewayPublicKey: string
   /** the device's key at first start; once storage holds a key, the stored one is current */
   secretKey?: Uint8Array
+  /**
+   * Instead of secretKey: the device's keys live elsewhere (a certificate
+   * device). The runtime then keeps no key of its own, and a reenroll or
+   * renew hook must return `csr`.
+   */
+  keys?: ExternalKeys
   storage: DeviceStorage
   hooks?: Partial<DeviceHooks>
   /** seconds since the epoch, for the ack's iat */
@@ -199,6 +239,7 @@ export class ActionRuntime {
   readonly #hooks: DeviceHooks
   readonly #nowS: () => number
   readonly #handledLimit: number
+  readonly #keys: ExternalKeys | null
   #state: DeviceState
   #secretKey: Uint8Array | null
   #publicKeyB64: string | null
@@ -215,6 +256,7 @@ export class ActionRuntime {
     this.#hooks = { ...defaultHooks, ...opts.hooks }
     this.#nowS = opts.nowS ?? (() => Math.floor(Date.now() / 1000))
     this.#handledLimit = opts.handledLimit ?? DEFAULT_HANDLED_LIMIT
+    this.#keys = opts.keys ?? null
     this.#state = state
     this.#secretKey = secretKey
     this.#publicKeyB64 = publicKeyB64
@@ -227,23 +269,30 @@ export class ActionRuntime {
     const gatewayKey = publicKeyFromB64(opts.gatewayPublicKey)
     if (!gatewayKey) throw new TypeError('gatewayPublicKey is not base64url of 32 bytes')
     if (opts.handledLimit !== undefined && (!Number.isSafeInteger(opts.handledLimit) || opts.handledLimit < 1)) throw new TypeError('handledLimit must be a positive integer')
+    const external = opts.keys !== undefined
+    if (external && (typeof opts.keys?.current !== 'function' || typeof opts.keys.erase !== 'function')) throw new TypeError('keys must have current() and erase()')
+    if (external && opts.secretKey !== undefined) throw new TypeError('secretKey and keys exclude each other')
     const loaded = await opts.storage.load()
     let state: DeviceState
     if (loaded) {
       state = validateDeviceState(loaded)
     } else {
-      if (!(opts.secretKey instanceof Uint8Array) || opts.secretKey.length !== 32) throw new TypeError('secretKey (32 bytes) is required on first open')
-      state = { v: 1, secretKey: b64urlEncode(opts.secretKey), pendingKey: null, handled: [], data: {}, wiped: null, notices: [] }
+      if (!external && (!(opts.secretKey instanceof Uint8Array) || opts.secretKey.length !== 32)) throw new TypeError('secretKey (32 bytes) is required on first open')
+      state = { v: 1, secretKey: external ? null : b64urlEncode(opts.secretKey!), pendingKey: null, handled: [], data: {}, wiped: null, notices: [] }
       await opts.storage.save(state)
     }
-    const secretKey = state.secretKey === null ? null : b64urlDecode(state.secretKey)
+    const secretKey = external || state.secretKey === null ? null : b64urlDecode(state.secretKey)
     const publicKeyB64 = secretKey ? publicKeyToB64(await publicKeyOf(secretKey)) : null
     return new ActionRuntime(opts, gatewayKey, state, secretKey, publicKeyB64)
   }
 
-  /** The current key (null once wiped). Tokens and acks are signed with it. */
+  /** The current key (null once wiped, and always with external keys). Tokens and acks are signed with it. */
   get secretKey(): Uint8Array | null {
     return this.#secretKey
+  }
+  /** Whether there is a key to sign acks with (its own, or the external one). */
+  get hasKey(): boolean {
+    return this.#signer() !== null
   }
   get publicKeyB64(): string | null {
     return this.#publicKeyB64
@@ -303,7 +352,7 @@ export class ActionRuntime {
     const seen = this.handled(actionId)
     if (seen) return this.#repeat(seen)
     if (this.#state.wiped) return { kind: 'ignored', reason: 'wiped', detail: `device was wiped by action ${this.#state.wiped.actionId}` }
-    if (!this.#secretKey) return { kind: 'ignored', reason: 'no-key', detail: 'no key to sign an ack with' }
+    if (!this.#signer()) return { kind: 'ignored', reason: 'no-key', detail: 'no key to sign an ack with' }
 
     if (!isAct(act)) return this.#finish(actionId, String(act), { status: 'unsupported', detail: `unknown act ${JSON.stringify(act ?? null)}` })
     const args = claims.args ?? {}
@@ -356,7 +405,13 @@ export class ActionRuntime {
     if (result.detail !== undefined) claims.detail = result.detail
     const done = result.status === 'done'
     let pendingKey: DeviceState['pendingKey'] = null
-    if (done && (act === 'reenroll' || act === 'renew')) {
+    if (done && (act === 'reenroll' || act === 'renew') && this.#keys) {
+      // PROTOCOL §5: a certificate device's new key travels as a request; its signature is the proof of possession.
+      if (typeof result.csr !== 'string' || !/^[A-Za-z0-9_-]{16,}$/.test(result.csr)) {
+        return this.#finish(actionId, act, { status: 'failed', detail: 'a device with a certificate renews with a certificate request: the hook returned no csr' })
+      }
+      claims.csr = result.csr
+    } else if (done && (act === 'reenroll' || act === 'renew')) {
       const newKey = result.newSecretKey ?? (await keygen()).secretKey
       if (!(newKey instanceof Uint8Array) || newKey.length !== 32) {
         return this.#finish(actionId, act, { status: 'failed', detail: 'hook returned a new key that is not 32 bytes' })
@@ -366,9 +421,12 @@ export class ActionRuntime {
       claims.newKeyProof = b64urlEncode(await sign(utf8(actionId), newKey))
       pendingKey = { actionId, secretKey: b64urlEncode(newKey) }
     }
-    // Signed with the key the gateway knows now: the old one, even after a re-key.
-    const input = jwsSigningInput(this.deviceId, claims)
-    const ack = assembleJws(input, await sign(utf8(input), this.#secretKey!))
+    // Signed with the key the gateway knows now: the old one, even after a re-key
+    // (read after the hook ran: an install-cert hook makes the new certificate's key current).
+    const signer = this.#signer()
+    if (!signer) return { kind: 'ignored', reason: 'no-key', detail: 'the hook left no key to sign an ack with' }
+    const input = jwsSigningInput(this.deviceId, claims, signer.alg)
+    const ack = assembleJws(input, await signer.sign(utf8(input)))
     const at = this.#nowS()
     const entry: HandledAction = { actionId, act, status: result.status, ack, at }
     // Durable before the ack can leave: a restart answers the same way.
@@ -391,6 +449,13 @@ export class ActionRuntime {
       }
     }
     return res
+  }
+
+  /** The key acks are signed with now: the external one, or the runtime's own Ed25519 key. */
+  #signer(): DeviceSigner | null {
+    if (this.#keys) return this.#keys.current()
+    const key = this.#secretKey
+    return key ? { alg: 'EdDSA', sign: (m) => sign(m, key) } : null
   }
 
   /** The runtime's own follow-up for an acked action, while it is still owed. */
@@ -428,6 +493,8 @@ export class ActionRuntime {
   async #eraseKeys(actionId: string): Promise<void> {
     const s = this.#state
     if (!s.wiped || s.wiped.actionId !== actionId || s.wiped.keyErased) return
+    // external keys first: keyErased is only recorded once they are gone too
+    await this.#keys?.erase()
     const wiped = { ...s.wiped, keyErased: true }
     await this.#update((cur) => ({ v: 1, secretKey: null, pendingKey: null, handled: cur.handled.filter((h) => h.actionId === actionId), data: {}, wiped, notices: [] }))
     this.#secretKey?.fill(0)

@@ -4,21 +4,26 @@
 // (PROTOCOL §1): mode 0600, and a file readable by group or others is
 // refused at load. Each save is atomic: a temporary file, fsync, rename,
 // fsync of the directory; a crash leaves the old state or the new one.
+// JsonFileStorage does the same for any state with its own check: a
+// certificate device's key and chain (cert-device.ts validateCertDeviceState).
 import { randomBytes } from 'node:crypto'
 import { open, readFile, rename, stat, unlink } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import { validateDeviceState, type DeviceState, type DeviceStorage } from './action-runtime.ts'
 
-export class FileDeviceStorage implements DeviceStorage {
+export class JsonFileStorage<T> {
   readonly path: string
+  readonly #validate: (v: unknown) => T
 
-  constructor(path: string) {
+  constructor(path: string, validate: (v: unknown) => T) {
     if (typeof path !== 'string' || path === '') throw new TypeError('path must be a non-empty string')
+    if (typeof validate !== 'function') throw new TypeError('validate must be a function')
     this.path = path
+    this.#validate = validate
   }
 
   /** null when the file does not exist; rejects on a file open to group/others or not valid state. */
-  async load(): Promise<DeviceState | null> {
+  async load(): Promise<T | null> {
     let text: string
     try {
       const st = await stat(this.path)
@@ -34,10 +39,10 @@ export class FileDeviceStorage implements DeviceStorage {
     } catch (err) {
       throw new Error(`${this.path} is not JSON`, { cause: err })
     }
-    return validateDeviceState(value)
+    return this.#validate(value)
   }
 
-  async save(state: DeviceState): Promise<void> {
+  async save(state: T): Promise<void> {
     const dir = dirname(this.path)
     const tmp = join(dir, `.${basename(this.path)}.${randomBytes(6).toString('hex')}.tmp`)
     const fh = await open(tmp, 'wx', 0o600)
@@ -63,5 +68,11 @@ export class FileDeviceStorage implements DeviceStorage {
     } finally {
       await d.close()
     }
+  }
+}
+
+export class FileDeviceStorage extends JsonFileStorage<DeviceState> implements DeviceStorage {
+  constructor(path: string) {
+    super(path, validateDeviceState)
   }
 }

@@ -29,7 +29,7 @@ const ENVELOPE_OFFSET = 5
 export const HookStatus = { idle: 0, working: 1, done: 2, failed: 3, unsupported: 4 } as const
 /** PROTOCOL §7 `cmd` codes: 1 wipe, 2 reenroll, 3 renew, 4 revoke-notice. */
 export { HOOK_CMD }
-const ACT_OF_CMD = new Map<number, Act>(ACTS.map((a) => [HOOK_CMD[a], a]))
+const ACT_OF_CMD = new Map<number, Act>((Object.keys(HOOK_CMD) as (keyof typeof HOOK_CMD)[]).map((a) => [HOOK_CMD[a], a]))
 
 const STATUS_OF: Record<AckStatus, number> = { done: HookStatus.done, failed: HookStatus.failed, unsupported: HookStatus.unsupported }
 

@@ -2,7 +2,8 @@
 // goes to ActionRuntime.handle; its ack is published on `dev/<id>/ack` at
 // QoS 1, and only once the broker has acknowledged it (PUBACK) does the
 // device switch keys or erase them. Reconnects mint their token with the
-// runtime's current key, so after a re-key the new key is used.
+// runtime's current key, so after a re-key the new key is used; a
+// certificate device (mqtt-cert-device.ts) passes clientCertificate instead.
 import type { ActionRuntime, AckStatus, IgnoreReason } from './action-runtime.ts'
 import { MqttDevice, type MqttDeviceOptions } from './mqtt-device.ts'
 
@@ -80,13 +81,13 @@ export class MqttActionDevice {
       if (!k) throw new Error(`device ${runtime.deviceId} was wiped: it has no key`)
       return k
     }
-    const base: MqttDeviceOptions = { ...rest, deviceId: runtime.deviceId, gatewayId: runtime.gatewayId, secretKey: key }
+    const base: MqttDeviceOptions = { ...rest, deviceId: runtime.deviceId, gatewayId: runtime.gatewayId, ...(rest.clientCertificate ? {} : { secretKey: key }) }
     let device: MqttDevice
     try {
       device = await MqttDevice.connect(base)
     } catch (err) {
       const pending = runtime.pendingKey
-      if (!pending) throw err
+      if (!pending || rest.clientCertificate) throw err
       device = await MqttDevice.connect({ ...base, secretKey: pending })
       await runtime.recoverPendingKey()
       await device.close()
@@ -138,7 +139,7 @@ export class MqttActionDevice {
     this.acked.set(res.actionId, sent)
     if (res.act === 'wipe' && res.status === 'done' && !res.repeat) this.stats.wipesDone++
     for (const l of [...this.#ackListeners]) l(sent)
-    if (this.runtime.wiped && !this.runtime.secretKey) await this.close() // no key left to sign a token with
+    if (this.runtime.wiped && !this.runtime.hasKey) await this.close() // no key left to sign a token with (or to present)
   }
 
   /** Resolves once the ack of `actionId` is out (PUBACK) and its follow-up (key switch, wipe) is done. */

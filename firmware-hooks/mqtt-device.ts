@@ -1,8 +1,15 @@
-// A device on the site broker (PROTOCOL §5): connect with a fresh token,
-// subscribe to its command topic, hand each command to one handler. The
-// action runtime (verify, run the hook, sign the ack) is built on top.
+// A device on the site broker (PROTOCOL §5): connect with a fresh token, or
+// with its client certificate on the TLS listener, subscribe to its command
+// topic, hand each command to one handler. The action runtime (verify, run
+// the hook, sign the ack) is built on top.
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import { mintToken } from './token.ts'
+
+/** A client certificate and its key, PEM (PKCS#8 key; the device certificate first, then its CA chain). */
+export interface ClientCertificate {
+  key: string
+  cert: string
+}
 
 export interface MqttDeviceOptions {
   /** mqtt://host:port or mqtts://host:port (PROTOCOL §5: sites should use TLS) */
@@ -10,7 +17,13 @@ export interface MqttDeviceOptions {
   deviceId: string
   gatewayId: string
   /** the device's 32-byte seed, or a getter read at every (re)connect, so a key changed by a re-key is used from then on */
-  secretKey: Uint8Array | (() => Uint8Array)
+  secretKey?: Uint8Array | (() => Uint8Array)
+  /**
+   * Instead of secretKey (PROTOCOL §5, §9): authenticate with a client
+   * certificate on the TLS listener, no user name nor password. Read at
+   * every (re)connect, so a certificate installed since is used from then on.
+   */
+  clientCertificate?: () => ClientCertificate
   /** token lifetime, seconds (default 300, at most 3600) */
   lifetimeS?: number
   /** seconds since the epoch, for the token's iat */
@@ -34,6 +47,8 @@ export class MqttDevice {
   /** commands that arrived before onCommand() was called (right after the SUBACK, before connect() returned) */
   #early: Buffer[] = []
   #closing = false
+  /** a reconnectNow() in progress: the close it causes is not a lost link */
+  #replacing = false
   /** the last error the connection reported (a refused reconnect, a denied subscription) */
   lastError: Error | null = null
 
@@ -51,30 +66,37 @@ export class MqttDevice {
     // a clean session forgets subscriptions: subscribe again after each reconnect
     client.on('connect', () => void this.#subscribe().catch((err: unknown) => client.emit('error', err as Error)))
     client.on('close', () => {
-      if (this.#closing || !opts.reconnectMs) return
+      if (this.#closing || this.#replacing || !opts.reconnectMs) return
       setTimeout(() => void this.#reconnect(), opts.reconnectMs).unref?.()
     })
   }
 
-  static #token(opts: MqttDeviceOptions): Promise<string> {
-    return mintToken({
+  /** What the next connect authenticates with: a fresh token, or the client certificate as it is now. */
+  static async #credentials(opts: MqttDeviceOptions): Promise<Pick<IClientOptions, 'username' | 'password' | 'key' | 'cert'>> {
+    if (opts.clientCertificate) {
+      const { key, cert } = opts.clientCertificate()
+      return { key, cert }
+    }
+    const secretKey = opts.secretKey!
+    const password = await mintToken({
       deviceId: opts.deviceId,
       gatewayId: opts.gatewayId,
-      secretKey: typeof opts.secretKey === 'function' ? opts.secretKey() : opts.secretKey,
+      secretKey: typeof secretKey === 'function' ? secretKey() : secretKey,
       ...(opts.nowS ? { nowS: opts.nowS() } : {}),
       ...(opts.lifetimeS !== undefined ? { lifetimeS: opts.lifetimeS } : {}),
     })
+    return { username: opts.deviceId, password } // PROTOCOL §5: client id = user name = device id
   }
 
   /** Connect and subscribe; rejects when the broker refuses (CONNACK 4 or 5) or the command subscription is denied. */
   static async connect(opts: MqttDeviceOptions): Promise<MqttDevice> {
+    if ((opts.secretKey === undefined) === (opts.clientCertificate === undefined)) throw new TypeError('exactly one of secretKey and clientCertificate')
     const client = mqtt.connect(opts.url, {
-      clientId: opts.deviceId, // PROTOCOL §5: client id = user name = device id
-      username: opts.deviceId,
-      password: await MqttDevice.#token(opts),
+      clientId: opts.deviceId, // PROTOCOL §5: the device id, also for a certificate (the id its SAN names)
+      ...(await MqttDevice.#credentials(opts)),
       protocolVersion: 4, // the site broker speaks MQTT 3.1.1
       clean: true,
-      reconnectPeriod: 0, // reconnects need a fresh token: done here, not by mqtt.js
+      reconnectPeriod: 0, // reconnects need a fresh token (or the newest certificate): done here, not by mqtt.js
       connectTimeout: opts.connectTimeoutMs ?? 10_000,
       ...(opts.will ? { will: opts.will } : {}),
       ...opts.tls,
@@ -105,12 +127,45 @@ export class MqttDevice {
   }
 
   async #reconnect(): Promise<void> {
-    if (this.#closing) return
+    if (this.#closing || this.#replacing) return
     try {
-      this.client.options.password = await MqttDevice.#token(this.#opts)
+      // mqtt.js builds each new TLS stream from these same options
+      Object.assign(this.client.options, await MqttDevice.#credentials(this.#opts))
       this.client.reconnect()
     } catch (err) {
       this.client.emit('error', err as Error)
+    }
+  }
+
+  /**
+   * Drop the connection and connect again at once with fresh credentials:
+   * after a new certificate was installed, so the gateway sees it in use
+   * (PROTOCOL §9 ends the overlap on that). Resolves on the CONNACK; rejects
+   * when refused, and then reconnects later as usual if reconnectMs is set.
+   */
+  async reconnectNow(): Promise<void> {
+    if (this.#closing) throw new Error('device connection is closed')
+    this.#replacing = true
+    try {
+      if (this.client.connected) await this.client.endAsync()
+      Object.assign(this.client.options, await MqttDevice.#credentials(this.#opts))
+      await new Promise<void>((resolve, reject) => {
+        const done = (err?: Error): void => {
+          this.client.off('connect', onConnect).off('error', done).off('close', onClose)
+          if (err) reject(err)
+          else resolve()
+        }
+        const onConnect = (): void => done()
+        const onClose = (): void => done(new Error('connection closed before CONNACK'))
+        this.client.on('connect', onConnect).on('error', done).on('close', onClose)
+        this.client.reconnect()
+      })
+    } catch (err) {
+      this.lastError = err as Error
+      if (this.#opts.reconnectMs && !this.#closing) setTimeout(() => void this.#reconnect(), this.#opts.reconnectMs).unref?.()
+      throw err
+    } finally {
+      this.#replacing = false
     }
   }
 

@@ -2,7 +2,9 @@
 // (simulators/mqtt-device.ts), Modbus with the §7 hook registers
 // (simulators/modbus-device.ts) and OPC UA with the §8 hook
 // (simulators/opcua-device.ts), each the real device runtime of
-// firmware-hooks/. Every device follows the same intermittency model:
+// firmware-hooks/, and, as the mix entry `mqtt-x509`, MQTT devices that
+// authenticate with a certificate of the site CA on the TLS listener
+// (simulators/cert-device.ts), enrolled with a PKCS#10 request. Every device follows the same intermittency model:
 // online and offline periods alternate, exponentially distributed, offline
 // ones averaging `meanOfflineS`, online ones sized so the device is online
 // `onlineFraction` of the time. For MQTT "offline" is the link dropped; for
@@ -10,10 +12,13 @@
 // device down and brings all of them back at once. Clock and randomness are
 // injected (tests step a ManualSimClock; `edgewarden simulate` runs on the
 // system clock). How devices get enrolled is the caller's: `enroll` gets
-// each device's PROTOCOL §3 record. Imports nothing from agent/.
+// each device's PROTOCOL §3 record (and, for a certificate device, answers
+// the certificate the gateway issued). Imports nothing from agent/.
 import { setMaxListeners } from 'node:events'
 import { join } from 'node:path'
 import { defaultHooks, type ActionRuntime, type DeviceHooks } from '../firmware-hooks/action-runtime.ts'
+import type { CertKeyAlg } from '../firmware-hooks/x509-keys.ts'
+import type { SimulatedCertDevice } from './cert-device.ts'
 import { createHookedModbusDevice, type SimulatedModbusDevice } from './modbus-device.ts'
 import { SimulatedMqttDevice, systemSimClock, type Intermittency, type SimClock } from './mqtt-device.ts'
 import type { SimulatedOpcuaDevice } from './opcua-device.ts'
@@ -21,7 +26,11 @@ import { freePort } from './ports.ts'
 
 export const PROTOCOLS = ['mqtt', 'modbus', 'opcua'] as const
 export type FleetProtocol = (typeof PROTOCOLS)[number]
-export type FleetMix = Record<FleetProtocol, number>
+/** What a fleet is made of: the protocols, and MQTT devices with a certificate (PROTOCOL §9). */
+export const DEVICE_KINDS = [...PROTOCOLS, 'mqtt-x509'] as const
+export type FleetKind = (typeof DEVICE_KINDS)[number]
+/** Weights (or counts) per kind; `mqtt-x509` only when asked for. */
+export type FleetMix = Record<FleetProtocol, number> & { 'mqtt-x509'?: number }
 
 /** The default mix: mostly MQTT sensors, some PLCs, a few OPC UA servers. */
 export const DEFAULT_MIX: FleetMix = { mqtt: 80, modbus: 15, opcua: 5 }
@@ -29,7 +38,10 @@ export const DEFAULT_MIX: FleetMix = { mqtt: 80, modbus: 15, opcua: 5 }
 /** A device's enrollment record (PROTOCOL §3), as `device add` or `device.enroll` takes it. */
 export interface FleetEnrollment {
   id: string
-  publicKey: string
+  /** a token device's key */
+  publicKey?: string
+  /** a certificate device's request (base64url DER PKCS#10), for the site CA to issue from */
+  x509?: { csr: string }
   mqtt?: Record<string, never>
   modbus?: { host: string; port: number; unitId: number }
   opcua?: { endpoint: string; certificateSha256: string }
@@ -47,7 +59,14 @@ export interface FleetOptions extends Partial<Intermittency> {
   mqttUrl: string
   /** a scratch folder: each OPC UA device keeps its PKI (its certificate) under it */
   workDir: string
-  enroll(e: FleetEnrollment): Promise<void>
+  /** the site broker's TLS listener, e.g. mqtts://127.0.0.1:8883: for mqtt-x509 devices */
+  mqttsUrl?: string
+  /** PEM of the site CA (its chain): what mqtt-x509 devices check the broker's certificate against */
+  caPem?: string | string[]
+  /** key algorithms of the mqtt-x509 devices, taken in turn (default P-256, Ed25519) */
+  x509Algs?: CertKeyAlg[]
+  /** enroll one device; for an mqtt-x509 device, answer the certificate issued (PEM chain, the device certificate first: `device.enroll`'s evidence) */
+  enroll(e: FleetEnrollment): Promise<void | { certificate?: string }>
   clock?: SimClock
   /** uniform in [0, 1); default Math.random */
   random?: () => number
@@ -58,6 +77,8 @@ export interface FleetOptions extends Partial<Intermittency> {
 export interface FleetMember {
   readonly id: string
   readonly protocol: FleetProtocol
+  /** the protocol, or mqtt-x509 for an MQTT device with a certificate */
+  readonly kind: FleetKind
   readonly runtime: ActionRuntime
   /** connected (MQTT) or serving (Modbus, OPC UA) */
   readonly online: boolean
@@ -83,19 +104,20 @@ export interface FleetStats {
   byProtocol: Record<FleetProtocol, { size: number; online: number }>
 }
 
-/** Counts of each protocol for `size` devices, split by largest remainder of the weights. */
+/** Counts of each kind for `size` devices, split by largest remainder of the weights (mqtt-x509 only when the mix names it). */
 export function splitMix(size: number, mix: Partial<FleetMix> = DEFAULT_MIX): FleetMix {
-  const w = { mqtt: mix.mqtt ?? 0, modbus: mix.modbus ?? 0, opcua: mix.opcua ?? 0 }
-  const total = w.mqtt + w.modbus + w.opcua
+  const kinds = DEVICE_KINDS.filter((k) => k !== 'mqtt-x509' || mix[k] !== undefined)
+  const w = (k: FleetKind): number => mix[k] ?? 0
+  const total = kinds.reduce((a, k) => a + w(k), 0)
   if (!Number.isInteger(size) || size < 0) throw new TypeError(`fleet size must be a whole number >= 0, not ${size}`)
-  if (!PROTOCOLS.every((p) => Number.isFinite(w[p]) && w[p] >= 0) || !(total > 0)) throw new TypeError('fleet mix: weights must be >= 0 and not all 0')
-  const exact = PROTOCOLS.map((p) => ({ p, x: (size * w[p]) / total }))
+  if (!kinds.every((k) => Number.isFinite(w(k)) && w(k) >= 0) || !(total > 0)) throw new TypeError('fleet mix: weights must be >= 0 and not all 0')
+  const exact = kinds.map((p) => ({ p, x: (size * w(p)) / total }))
   const out: FleetMix = { mqtt: 0, modbus: 0, opcua: 0 }
   for (const e of exact) out[e.p] = Math.floor(e.x)
-  let left = size - out.mqtt - out.modbus - out.opcua
+  let left = size - exact.reduce((a, e) => a + out[e.p]!, 0)
   for (const e of [...exact].sort((a, b) => b.x - Math.floor(b.x) - (a.x - Math.floor(a.x)))) {
     if (left-- <= 0) break
-    out[e.p]++
+    out[e.p]!++
   }
   return out
 }
@@ -127,7 +149,13 @@ function countingHooks(count: () => void): DeviceHooks {
     count()
     return h(ctx)
   }
-  return { wipe: wrap(defaultHooks.wipe), reenroll: wrap(defaultHooks.reenroll), renew: wrap(defaultHooks.renew), 'revoke-notice': wrap(defaultHooks['revoke-notice']) }
+  return {
+    wipe: wrap(defaultHooks.wipe),
+    reenroll: wrap(defaultHooks.reenroll),
+    renew: wrap(defaultHooks.renew),
+    'install-cert': wrap(defaultHooks['install-cert']),
+    'revoke-notice': wrap(defaultHooks['revoke-notice']),
+  }
 }
 
 abstract class Member implements FleetMember {
@@ -137,6 +165,9 @@ abstract class Member implements FleetMember {
   failures = 0
   abstract readonly id: string
   abstract readonly protocol: FleetProtocol
+  get kind(): FleetKind {
+    return this.protocol
+  }
   abstract readonly runtime: ActionRuntime
   abstract readonly online: boolean
   protected abstract up(): Promise<boolean>
@@ -160,9 +191,10 @@ abstract class Member implements FleetMember {
   }
 }
 
-class MqttMember extends Member {
+/** A member that is one simulated MQTT device (token or certificate): online when its connection is. */
+abstract class DeviceMember<D extends SimulatedMqttDevice | SimulatedCertDevice> extends Member {
   readonly protocol = 'mqtt'
-  constructor(readonly device: SimulatedMqttDevice) {
+  constructor(readonly device: D) {
     super()
   }
   get id(): string {
@@ -179,6 +211,19 @@ class MqttMember extends Member {
   }
   protected down(): Promise<void> {
     return this.device.goOffline()
+  }
+}
+
+class MqttMember extends DeviceMember<SimulatedMqttDevice> {}
+
+class X509Member extends DeviceMember<SimulatedCertDevice> {
+  constructor(device: SimulatedCertDevice) {
+    super(device)
+    // first deliveries only, as the other members count them through their hooks
+    device.onAck((a) => void (a.repeat || this.actions++))
+  }
+  override get kind(): FleetKind {
+    return 'mqtt-x509'
   }
 }
 
@@ -249,15 +294,25 @@ export class Fleet {
     const random = o.random ?? Math.random
     const prefix = o.prefix ?? 'sim'
     const gw = { gatewayId: o.gatewayId, gatewayPublicKey: o.gatewayPublicKey }
-    const plan: { protocol: FleetProtocol; id: string }[] = []
-    for (const protocol of PROTOCOLS) for (let i = 1; i <= counts[protocol]; i++) plan.push({ protocol, id: `${prefix}-${protocol}-${i}` })
+    const plan: { protocol: FleetKind; id: string; n: number }[] = []
+    for (const protocol of DEVICE_KINDS) for (let i = 1; i <= (counts[protocol] ?? 0); i++) plan.push({ protocol, id: `${prefix}-${protocol}-${i}`, n: i })
+    if (counts['mqtt-x509'] && (!o.mqttsUrl || !o.caPem)) throw new TypeError('fleet: mqtt-x509 devices need mqttsUrl (the TLS listener) and caPem (the site CA)')
+    const algs = o.x509Algs?.length ? o.x509Algs : (['P-256', 'Ed25519'] as const)
 
     const members: FleetMember[] = []
-    const make = async ({ protocol, id }: { protocol: FleetProtocol; id: string }): Promise<FleetMember> => {
+    const make = async ({ protocol, id, n }: { protocol: FleetKind; id: string; n: number }): Promise<FleetMember> => {
       const ref: { member: Member | null } = { member: null }
       const hooks = countingHooks(() => void (ref.member && ref.member.actions++))
       let member: Member
-      if (protocol === 'mqtt') {
+      if (protocol === 'mqtt-x509') {
+        // loaded only for a fleet with certificate devices (@peculiar/x509)
+        const { SimulatedCertDevice } = await import('./cert-device.ts')
+        const device = await SimulatedCertDevice.create({ ...gw, url: o.mqttsUrl!, ca: o.caPem!, deviceId: id, alg: algs[(n - 1) % algs.length]!, clock, mqtt: { connectTimeoutMs: 10_000, reconnectMs: 1000 } })
+        member = new X509Member(device)
+        const answer = await o.enroll({ id, x509: { csr: await device.requestCertificate() }, mqtt: {} })
+        if (!answer?.certificate) throw new TypeError(`fleet: enroll answered no certificate for ${id} (an mqtt-x509 device needs the chain device.enroll issued)`)
+        await device.install(answer.certificate)
+      } else if (protocol === 'mqtt') {
         const device = await SimulatedMqttDevice.create({ ...gw, url: o.mqttUrl, deviceId: id, clock, hooks, mqtt: { connectTimeoutMs: 10_000, reconnectMs: 1000 } })
         ref.member = member = new MqttMember(device)
         await o.enroll({ id, publicKey: device.runtime.publicKeyB64!, mqtt: {} })

@@ -20,8 +20,14 @@ export class JwsFormatError extends Error {
   }
 }
 
+/**
+ * EdDSA everywhere (§1); ES256 only where a device signs with the key of its
+ * P-256 certificate (its acks, §5/§9): the caller opts in.
+ */
+export type JwsAlg = 'EdDSA' | 'ES256'
+
 export interface JwsHeader {
-  alg: 'EdDSA'
+  alg: JwsAlg
   kid: string
   typ?: string
 }
@@ -54,9 +60,11 @@ function parseJsonObject(part: string, what: string): Record<string, unknown> {
 /**
  * Parse without verifying. Throws JwsFormatError: `malformed` for anything
  * that is not a compact JWS of the allowed shape, `bad-alg` for any `alg` but
- * EdDSA, decided before any key could be looked up (PROTOCOL §1).
+ * EdDSA (or those of `opts.algs`), decided before any key could be looked up
+ * (PROTOCOL §1). Both algorithms have 64-byte signatures (ES256: r || s).
  */
-export function parseJws(input: string | Uint8Array): ParsedJws {
+export function parseJws(input: string | Uint8Array, opts: { algs?: readonly JwsAlg[] } = {}): ParsedJws {
+  const algs = opts.algs ?? ['EdDSA']
   if (typeof input !== 'string') {
     if (input.length > MAX_JWS_BYTES) throw new JwsFormatError('malformed', `message is ${input.length} bytes, over ${MAX_JWS_BYTES}`)
     try {
@@ -72,7 +80,7 @@ export function parseJws(input: string | Uint8Array): ParsedJws {
     throw new JwsFormatError('malformed', 'not three dot-separated parts')
   }
   const h = parseJsonObject(input.slice(0, first), 'header')
-  if (h.alg !== 'EdDSA') throw new JwsFormatError('bad-alg', `alg ${JSON.stringify(h.alg ?? null)} is not accepted, only EdDSA`)
+  if (typeof h.alg !== 'string' || !(algs as readonly string[]).includes(h.alg)) throw new JwsFormatError('bad-alg', `alg ${JSON.stringify(h.alg ?? null)} is not accepted, only ${algs.join(' or ')}`)
   if (typeof h.kid !== 'string' || h.kid.length === 0 || h.kid.length > 64) {
     throw new JwsFormatError('malformed', 'header kid is missing or not a string')
   }
@@ -81,14 +89,14 @@ export function parseJws(input: string | Uint8Array): ParsedJws {
   const payload = parseJsonObject(input.slice(first + 1, second), 'payload')
   const signature = b64urlDecode(input.slice(second + 1))
   if (!signature || signature.length !== 64) throw new JwsFormatError('malformed', 'signature is not 64 bytes of base64url')
-  const header: JwsHeader = { alg: 'EdDSA', kid: h.kid }
+  const header: JwsHeader = { alg: h.alg as JwsAlg, kid: h.kid }
   if (typeof h.typ === 'string') header.typ = h.typ
   return { header, payload, signingInput: utf8(input.slice(0, second)), signature }
 }
 
 /** Build the signing input for a header and payload; the caller signs it. */
-export function jwsSigningInput(kid: string, payload: Claims): string {
-  return `${b64urlEncode(utf8(JSON.stringify({ alg: 'EdDSA', kid })))}.${b64urlEncode(utf8(JSON.stringify(payload)))}`
+export function jwsSigningInput(kid: string, payload: Claims, alg: JwsAlg = 'EdDSA'): string {
+  return `${b64urlEncode(utf8(JSON.stringify({ alg, kid })))}.${b64urlEncode(utf8(JSON.stringify(payload)))}`
 }
 
 export function assembleJws(signingInput: string, signature: Uint8Array): string {

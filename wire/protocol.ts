@@ -29,7 +29,7 @@ export const REJECT_REASONS = [
 export type RejectReason = (typeof REJECT_REASONS)[number]
 
 /** §3/§4: why a verified command did not run (`cmd.failed` reason). */
-export const FAIL_REASONS = ['illegal-transition', 'unknown-device', 'not-supported', 'internal-error'] as const
+export const FAIL_REASONS = ['illegal-transition', 'unknown-device', 'invalid-csr', 'not-supported', 'internal-error'] as const
 export type FailReason = (typeof FAIL_REASONS)[number]
 
 /** §4: the states of a device. */
@@ -40,7 +40,7 @@ export type DeviceState = (typeof DEVICE_STATES)[number]
 export const MAX_TOKEN_LIFETIME_S = 3600
 
 /** §5: what an action asks of a device. */
-export const ACTS = ['wipe', 'reenroll', 'renew', 'revoke-notice'] as const
+export const ACTS = ['wipe', 'reenroll', 'renew', 'install-cert', 'revoke-notice'] as const
 export type Act = (typeof ACTS)[number]
 export const isAct = (v: unknown): v is Act => typeof v === 'string' && (ACTS as readonly string[]).includes(v)
 
@@ -56,8 +56,11 @@ export const HOOK_ENVELOPE_MAX_BYTES = 16 * 1024
 export const HOOK_REGISTERS = 5 + Math.ceil(HOOK_ENVELOPE_MAX_BYTES / 2)
 /** §7 register offsets from hookBase. */
 export const HOOK_OFFSET = { cmd: 0, actionSeq: 1, status: 3, envLen: 4, envelope: 5 } as const
-/** §7 `cmd`. */
-export const HOOK_CMD: Record<Act, number> = { wipe: 1, reenroll: 2, renew: 3, 'revoke-notice': 4 }
+/** §7 `cmd`: the acts hook registers can carry (install-cert, §9, is not one of them). */
+export const HOOK_CMD = { wipe: 1, reenroll: 2, renew: 3, 'revoke-notice': 4 } as const satisfies Partial<Record<Act, number>>
+export type HookAct = keyof typeof HOOK_CMD
+/** The §7 `cmd` of an act, or undefined where registers cannot carry it. */
+export const hookCmd = (act: Act): number | undefined => (HOOK_CMD as Partial<Record<Act, number>>)[act]
 /** §7 `status`. */
 export const HOOK_STATUS = { idle: 0, working: 1, done: 2, failed: 3, unsupported: 4 } as const
 

@@ -4,7 +4,9 @@
 // device holds the new key. Pure: nothing changes here.
 import { b64urlDecode, utf8 } from '../../wire/base64url.ts'
 import { isJti } from '../../wire/ids.ts'
-import { JwsFormatError, parseJws } from '../../wire/jws.ts'
+import { JwsFormatError, parseJws, type ParsedJws } from '../../wire/jws.ts'
+import { verify as nodeVerify, X509Certificate, type KeyObject } from 'node:crypto'
+import { credentialKind, type DeviceRecord } from '../devices/device.ts'
 import type { QueuedAction } from './action-queue.ts'
 import type { Gateway } from '../gateway.ts'
 import { type PublicKeyCache, publicKeyFromB64, verifyBytes } from '../store/keys.ts'
@@ -21,6 +23,8 @@ export interface VerifiedAck {
   detail?: string
   /** for a `done` reenroll or renew: the proven new key */
   newPublicKey?: string
+  /** for a `done` reenroll or renew of an x509 device: its request for the new certificate (DER; its signature is the proof, checked by the CA) */
+  csr?: Uint8Array
 }
 
 export type AckVerdict = { ok: true; ack: VerifiedAck } | { ok: false; reason: string; ref?: string }
@@ -31,9 +35,12 @@ export type AckVerdict = { ok: true; ack: VerifiedAck } | { ok: false; reason: s
  * device's own.
  */
 export function verifyAck(gw: Gateway, deviceId: string, input: string | Uint8Array, keys: PublicKeyCache): AckVerdict {
+  const record = gw.registry.get(deviceId)
+  const x509 = record !== undefined && credentialKind(record.spec) === 'x509'
   let jws
   try {
-    jws = parseJws(input)
+    // A certificate device signs with its certificate's key: ES256 for P-256 (PROTOCOL §5, §9)
+    jws = parseJws(input, x509 ? { algs: ['EdDSA', 'ES256'] } : {})
   } catch (err) {
     if (err instanceof JwsFormatError) return { ok: false, reason: `${err.reason}: ${err.message}` }
     throw err
@@ -42,11 +49,10 @@ export function verifyAck(gw: Gateway, deviceId: string, input: string | Uint8Ar
   const ref = typeof c.ref === 'string' ? c.ref : undefined
   const fail = (reason: string): AckVerdict => ({ ok: false, reason, ...(ref ? { ref } : {}) })
   if (jws.header.kid !== deviceId || c.iss !== deviceId) return fail(`kid and iss must be the sending device ${deviceId}`)
-  const record = gw.registry.get(deviceId)
   if (!record) return fail('unknown device')
   const nowS = gw.nowS()
   // the clock skew on a key's notBefore, as on the ack's own times
-  const signedByDevice = signingKey(record, jws, nowS, keys, { earlyS: gw.config.clockSkewS }) !== null
+  const signedByDevice = x509 ? signedByCertificate(record, jws) : signingKey(record, jws, nowS, keys, { earlyS: gw.config.clockSkewS }) !== null
   if (!signedByDevice) return fail('signature is not by a currently valid key of the device')
   if (c.aud !== gw.id) return fail(`aud ${JSON.stringify(c.aud ?? null)} is not this gateway`)
   if (!isJti(c.jti)) return fail('jti missing or malformed')
@@ -58,7 +64,12 @@ export function verifyAck(gw: Gateway, deviceId: string, input: string | Uint8Ar
   const status = c.status as AckStatus
   const ack: VerifiedAck = { deviceId, jti: c.jti, action, status }
   if (typeof c.detail === 'string') ack.detail = c.detail.slice(0, 1024)
-  if (status === 'done' && (action.act === 'reenroll' || action.act === 'renew')) {
+  if (status === 'done' && (action.act === 'reenroll' || action.act === 'renew') && x509) {
+    // A new certificate: the request carries the new key, and its signature is the proof (checked when the CA issues).
+    const csr = typeof c.csr === 'string' ? b64urlDecode(c.csr) : null
+    if (!csr || csr.length < 16) return fail('a done re-key ack of a certificate device must carry csr (base64url DER PKCS#10)')
+    ack.csr = csr
+  } else if (status === 'done' && (action.act === 'reenroll' || action.act === 'renew')) {
     // Possession of the new key: its signature over the action id.
     if (typeof c.newPublicKey !== 'string' || typeof c.newKeyProof !== 'string') return fail('a done re-key ack must carry newPublicKey and newKeyProof')
     const newKey = publicKeyFromB64(c.newPublicKey)
@@ -68,4 +79,26 @@ export function verifyAck(gw: Gateway, deviceId: string, input: string | Uint8Ar
     ack.newPublicKey = c.newPublicKey
   }
   return { ok: true, ack }
+}
+
+/** Certificate keys, parsed once per certificate (acks are rare next to connects, but a device may send many). */
+const certKeys = new Map<string, KeyObject>()
+
+/** Whether an ack is signed by the key of one of the device's certificates still valid (current, or the one it replaces). */
+function signedByCertificate(record: DeviceRecord, jws: ParsedJws): boolean {
+  for (const cert of record.certificates ?? []) {
+    if (cert.revoked || !cert.pem) continue
+    let key = certKeys.get(cert.sha256)
+    if (!key) {
+      key = new X509Certificate(cert.pem).publicKey
+      if (certKeys.size > 10_000) certKeys.delete(certKeys.keys().next().value as string)
+      certKeys.set(cert.sha256, key)
+    }
+    const type = key.asymmetricKeyType
+    try {
+      if (jws.header.alg === 'EdDSA' && type === 'ed25519' && nodeVerify(null, jws.signingInput, key, jws.signature)) return true
+      if (jws.header.alg === 'ES256' && type === 'ec' && nodeVerify('sha256', jws.signingInput, { key, dsaEncoding: 'ieee-p1363' }, jws.signature)) return true
+    } catch {}
+  }
+  return false
 }

@@ -68,7 +68,7 @@ export class ActionQueue {
   }
 
   countByAct(): Record<Act, number> {
-    const c = { wipe: 0, reenroll: 0, renew: 0, 'revoke-notice': 0 }
+    const c: Record<Act, number> = { wipe: 0, reenroll: 0, renew: 0, 'install-cert': 0, 'revoke-notice': 0 }
     for (const a of this.all()) c[a.act]++
     return c
   }

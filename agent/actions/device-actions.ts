@@ -22,6 +22,7 @@ export class DeviceActions implements ActionSink {
   readonly #keys: PublicKeyCache
   readonly #ackListeners: AckListener[] = []
   readonly #readyHooks: ((deviceId: string) => Promise<void>)[] = []
+  #renewCertificate: ((ack: VerifiedAck, settlement: Change) => Promise<void>) | null = null
   /** ack jtis seen recently, so a repeated ack is recognised as such (harmless) */
   readonly #recentAcks = new Map<string, number>()
   strayAcks = 0
@@ -39,6 +40,15 @@ export class DeviceActions implements ActionSink {
 
   onAck(listener: AckListener): void {
     this.#ackListeners.push(listener)
+  }
+
+  /**
+   * How a certificate device's re-key ack is settled (PROTOCOL §5, §9): the
+   * site CA issues for the request the ack carries, in the same batch as the
+   * settlement, and queues install-cert. Set by the composition root.
+   */
+  renewCertificatesWith(fn: (ack: VerifiedAck, settlement: Change) => Promise<void>): void {
+    this.#renewCertificate = fn
   }
 
   /** Work to do when a device becomes ready, before its pending actions go out (a lapsed credential's renewal is queued first). */
@@ -104,7 +114,9 @@ export class DeviceActions implements ActionSink {
       ],
       events: [{ type: 'action.acked', data: { deviceId, actionId: action.id, act: action.act, status } }],
     }
-    if (status === 'done' && ack.newPublicKey) {
+    if (status === 'done' && ack.csr && this.#renewCertificate) {
+      await this.#renewCertificate(ack, change)
+    } else if (status === 'done' && ack.newPublicKey) {
       await gw.updateDevice(deviceId, (r) => this.#installKey(r, action.act, ack.newPublicKey!), change)
     } else {
       await gw.commit(change)

@@ -10,6 +10,7 @@ import type { Protocol } from '../adapter.ts'
 import type { DeviceActions } from './device-actions.ts'
 import { accessRemovedMs, type AccessEnforcer } from '../trust/enforcer.ts'
 import type { Actor, Gateway } from '../gateway.ts'
+import { credentialKind } from '../devices/device.ts'
 import type { Logger } from '../observe/logger.ts'
 
 export const RETIRE_PREFIX = 'retire!'
@@ -73,6 +74,8 @@ export class Retirements {
   #complete: CompleteFn = async () => {}
   /** residual-use attempts per device, where an adapter counts them */
   #residualCount: (deviceId: string) => number = () => 0
+  /** the certificates of the device on the CRL by the time of the evidence (PROTOCOL §6), where the site PKI is */
+  #certificatesRevoked: ((deviceId: string) => Promise<string[]>) | null = null
 
   private constructor(gw: Gateway, actions: DeviceActions, enforcer: AccessEnforcer, log: Logger) {
     this.#gw = gw
@@ -98,6 +101,11 @@ export class Retirements {
 
   countResidualUseWith(fn: (deviceId: string) => number): void {
     this.#residualCount = fn
+  }
+
+  /** How the evidence learns which certificates went on the CRL when the device was retired (once they are there). */
+  revokeCertificatesWith(fn: (deviceId: string) => Promise<string[]>): void {
+    this.#certificatesRevoked = fn
   }
 
   isOpen(deviceId: string): boolean {
@@ -130,7 +138,8 @@ export class Retirements {
     const { record } = await gw.transition(deviceId, 'retire', who)
     const enforcement = await this.#enforcer.settled(deviceId)
     const removedMs = accessRemovedMs(enforcement, req.receivedAt)
-    const wipeUnsupported = record.spec.modbus?.hookBase === null && !record.spec.mqtt && !record.spec.opcua
+    // No wipe path: a Modbus device without the hook, or a legacy device that only knows a fixed password (PROTOCOL §3, §6)
+    const wipeUnsupported = (record.spec.modbus?.hookBase === null && !record.spec.mqtt && !record.spec.opcua) || (credentialKind(record.spec) === 'password' && !record.spec.opcua && (record.spec.modbus === undefined || record.spec.modbus.hookBase === null))
     const o: OpenRetirement = {
       deviceId,
       receivedAt: req.receivedAtS,
@@ -220,6 +229,7 @@ export class Retirements {
       await gw.transition(deviceId, 'retire-complete', { actor, ...(o.reason !== undefined ? { reason: o.reason } : {}) }, { ops: [closing] })
     }
     const enforcement = await this.#enforcer.settled(deviceId)
+    const certificatesRevoked = this.#certificatesRevoked ? await this.#certificatesRevoked(deviceId) : []
     const evidence = {
       deviceId,
       state: 'retired',
@@ -233,6 +243,7 @@ export class Retirements {
       network: enforcement.network,
       wipe,
       credentialsRevoked: o.credentialsRevoked,
+      ...(certificatesRevoked.length ? { certificatesRevoked } : {}),
       residualUse: this.#residualCount(deviceId),
       ...(o.reason !== undefined ? { reason: o.reason } : {}),
     }

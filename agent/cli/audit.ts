@@ -3,30 +3,15 @@
 import { join } from 'node:path'
 import { existsSync } from 'node:fs'
 import { AUDIT_HEAD_KEY, AUDIT_PREFIX, exportAuditLog, IDENTITY_KEY, verifyAuditLog, type AuditVerdict } from '../store/audit.ts'
-import { isEdgewardenError } from '../runtime/errors.ts'
 import { rawPublicKey, readKeyFile } from '../store/keys.ts'
-import { Store } from '../store/store.ts'
+import type { Store } from '../store/store.ts'
 import { adminRequest, expectOk } from './admin-client.ts'
 import { palette } from './colour.ts'
-import { dataDirOf, out } from './common.ts'
+import { dataDirOf, out, withStore } from './common.ts'
 import { parseVerbArgs } from './main.ts'
 import { ProgressBar } from './progress.ts'
 import { UsageError } from './usage.ts'
 
-async function withStore<T>(dataDir: string, fn: (s: Store) => Promise<T>): Promise<T | null> {
-  let store: Store
-  try {
-    store = await Store.open(dataDir)
-  } catch (err) {
-    if (isEdgewardenError(err, 'STORE_LOCKED')) return null
-    throw err
-  }
-  try {
-    return await fn(store)
-  } finally {
-    await store.close()
-  }
-}
 
 /**
  * The store, with a progress bar ticking per audit entry read (on a terminal

@@ -1,5 +1,7 @@
 import { resolve } from 'node:path'
 import { palette } from './colour.ts'
+import { isEdgewardenError } from '../runtime/errors.ts'
+import { Store } from '../store/store.ts'
 
 /** --data-dir, else EDGEWARDEN_DATA_DIR, else ./edgewarden-data: the same rule as `start`. */
 export function dataDirOf(flag: unknown): string {
@@ -15,4 +17,20 @@ export function table(rows: string[][]): string {
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)))
   const bold = palette().bold
   return rows.map((r, n) => (n === 0 ? bold : String)(r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  '))).join('\n')
+}
+
+/** Runs `fn` on the store of a stopped agent; null when a running agent holds it (ask the agent instead). */
+export async function withStore<T>(dataDir: string, fn: (s: Store) => Promise<T>): Promise<T | null> {
+  let store: Store
+  try {
+    store = await Store.open(dataDir)
+  } catch (err) {
+    if (isEdgewardenError(err, 'STORE_LOCKED')) return null
+    throw err
+  }
+  try {
+    return await fn(store)
+  } finally {
+    await store.close()
+  }
 }

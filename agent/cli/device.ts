@@ -1,10 +1,14 @@
 // `edgewarden device …`: every verb goes through the running agent's admin
 // socket, so it is validated, applied and audited exactly as a command is.
+import { createHash, randomBytes } from 'node:crypto'
+import { readFileSync } from 'node:fs'
 import { CRITICALITIES } from '../devices/device.ts'
+import { b64urlEncode } from '../../wire/base64url.ts'
 import type { DeviceView } from '../observe/views.ts'
 import { adminRequest, expectOk } from './admin-client.ts'
 import { dataDirOf, out, table } from './common.ts'
 import { parseVerbArgs } from './main.ts'
+import { hashPassword } from '../trust/password.ts'
 import { UsageError } from './usage.ts'
 
 const STATE_VERBS = ['quarantine', 'release', 'revoke', 'retire', 'wipe', 'reenroll', 'renew'] as const
@@ -33,6 +37,9 @@ export function parseModbusTarget(s: string): { host: string; port: number; unit
 async function add(args: string[]): Promise<number> {
   const { values, positionals } = parseVerbArgs(args, {
     'public-key': { type: 'string' },
+    csr: { type: 'string' },
+    'bootstrap-secret': { type: 'boolean' },
+    'password-stdin': { type: 'boolean' },
     criticality: { type: 'string' },
     owner: { type: 'string' },
     modbus: { type: 'string' },
@@ -48,14 +55,31 @@ async function add(args: string[]): Promise<number> {
     json: { type: 'boolean' },
   })
   const id = oneId(positionals, 'add')
-  if (typeof values['public-key'] !== 'string') throw new UsageError('device add needs --public-key KEY (base64url, 32 bytes)')
+  // PROTOCOL §3: exactly one credential
+  const given = (['public-key', 'csr', 'bootstrap-secret', 'password-stdin'] as const).filter((f) => values[f] !== undefined && values[f] !== false)
+  if (given.length !== 1) {
+    throw new UsageError(
+      `device add needs exactly one credential: --public-key KEY (base64url, 32 bytes), --csr FILE (PKCS#10, DER or PEM), --bootstrap-secret or --password-stdin${given.length ? ` (got ${given.map((f) => `--${f}`).join(' and ')})` : ''}`,
+    )
+  }
   if (values.criticality !== undefined && !(CRITICALITIES as readonly string[]).includes(values.criticality as string)) {
     throw new UsageError(`--criticality must be one of ${CRITICALITIES.join(', ')}`)
   }
   // each qualifies a target: without it, it would be dropped without a word
   if (values['modbus-legacy'] && typeof values.modbus !== 'string') throw new UsageError('--modbus-legacy goes with --modbus HOST:PORT/UNIT')
   for (const f of ['opcua-cert-sha256', 'opcua-tofu'] as const) if (values[f] !== undefined && typeof values.opcua !== 'string') throw new UsageError(`--${f} goes with --opcua URL`)
-  const device: Record<string, unknown> = { id, publicKey: values['public-key'] }
+  // A bootstrap secret (PROTOCOL §9 EST simpleenroll) is made here and shown once: the agent keeps only its SHA-256.
+  const secret = values['bootstrap-secret'] ? randomBytes(32).toString('base64url') : undefined
+  const device: Record<string, unknown> = { id }
+  if (typeof values['public-key'] === 'string') device.publicKey = values['public-key']
+  else if (values['password-stdin']) {
+    // PROTOCOL §3 password: hashed here, where it is typed; only the scrypt hash goes to the agent, nothing keeps or logs the password
+    const password = readFileSync(0, 'utf8').replace(/\r?\n$/, '')
+    if (password.length === 0) throw new UsageError('--password-stdin: no password on standard input')
+    if (password.length > 1024) throw new UsageError('--password-stdin: a password of at most 1024 characters')
+    device.password = await hashPassword(password)
+  } else if (typeof values.csr === 'string') device.x509 = { csr: b64urlEncode(readCsr(values.csr)) }
+  else device.x509 = { bootstrapSecretSha256: createHash('sha256').update(secret!, 'utf8').digest('hex') }
   if (values.criticality !== undefined) device.criticality = values.criticality
   if (values.owner !== undefined) device.owner = values.owner
   if (typeof values.modbus === 'string') device.modbus = { ...parseModbusTarget(values.modbus), ...(values['modbus-legacy'] ? { hookBase: null } : {}) }
@@ -78,8 +102,37 @@ async function add(args: string[]): Promise<number> {
   if (device.modbus === undefined && device.opcua === undefined) device.mqtt = {}
   const body = expectOk(await adminRequest(dataDirOf(values['data-dir']), 'POST', '/v1/devices', { device, ...(values.reason ? { reason: values.reason } : {}) }))
   const d = body.device as DeviceView
-  out(values.json ? JSON.stringify(d) : `enrolled ${d.id} (${d.state})`)
+  const certificatePem = (body.result as { certificate?: string } | undefined)?.certificate
+  if (values.json) out(JSON.stringify({ ...d, ...(certificatePem !== undefined ? { certificatePem } : {}), ...(secret !== undefined ? { bootstrapSecret: secret } : {}) }))
+  else if (certificatePem !== undefined || secret !== undefined) {
+    // stdout holds only what a script keeps (the chain, or the secret); the words go to stderr
+    process.stderr.write(
+      certificatePem !== undefined
+        ? `enrolled ${d.id} (${d.state}): its certificate and the CA chain follow\n`
+        : `enrolled ${d.id} (${d.state}): its EST bootstrap secret follows; it is shown this once and never stored (the agent keeps its SHA-256)\n`,
+    )
+    out(certificatePem ?? secret!)
+  } else out(`enrolled ${d.id} (${d.state})`)
   return 0
+}
+
+/** A PKCS#10 request file as DER: PEM (`CERTIFICATE REQUEST`, or `NEW CERTIFICATE REQUEST`) or DER as openssl writes them. */
+export function readCsr(file: string): Buffer {
+  let bytes: Buffer
+  try {
+    bytes = readFileSync(file)
+  } catch (err) {
+    throw new UsageError(`--csr ${file}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`)
+  }
+  const text = bytes.toString('latin1')
+  if (text.includes('-----BEGIN')) {
+    const m = /-----BEGIN (?:NEW )?CERTIFICATE REQUEST-----([\s\S]*?)-----END (?:NEW )?CERTIFICATE REQUEST-----/.exec(text)
+    if (!m) throw new UsageError(`--csr ${file}: a PEM file without a CERTIFICATE REQUEST block`)
+    bytes = Buffer.from(m[1]!.replace(/\s+/g, ''), 'base64')
+  }
+  // a DER SEQUENCE; the agent checks the rest (signature, key type)
+  if (bytes.length < 16 || bytes[0] !== 0x30) throw new UsageError(`--csr ${file}: not a PKCS#10 request (DER or PEM)`)
+  return bytes
 }
 
 const fmtTime = (s: number | null): string => (s === null ? '-' : new Date(s * 1000).toISOString().replace('.000Z', 'Z'))
@@ -122,8 +175,13 @@ async function show(args: string[]): Promise<number> {
     `protocols     ${d.protocols.join(', ')}`,
     ...(d.spec.acl?.publish?.length ? [`acl publish   ${d.spec.acl.publish.join(' ')}`] : []),
     ...(d.spec.acl?.subscribe?.length ? [`acl subscribe ${d.spec.acl.subscribe.join(' ')}`] : []),
-    `public key    ${d.publicKey}`,
-    `credential    expires ${fmtTime(d.credentialExpiresAt)}`,
+    ...(d.publicKey !== undefined ? [`public key    ${d.publicKey}`] : []),
+    `credential    ${d.credentialKind === 'publicKey' ? 'token key' : d.credentialKind}, expires ${fmtTime(d.credentialExpiresAt)}`,
+    ...(d.certificate
+      ? [
+          `certificate   serial ${d.certificate.serial || '(not yet seen)'}, ${d.certificate.issuer === 'site' ? 'site CA' : 'external CA'}, not after ${fmtTime(d.certificate.notAfter || null)} (${d.certificate.daysLeft} days left)${d.certificate.overlap ? ', the one it replaces still valid (overlap)' : ''}${d.certificate.renewal ? `, ${d.certificate.renewal}` : ''}`,
+        ]
+      : []),
     `last seen     ${fmtTime(d.lastSeenAt)}`,
     `pending       ${d.pendingActions.length ? d.pendingActions.map((a) => `${a.act} ${a.id}`).join(', ') : 'none'}`,
   ]

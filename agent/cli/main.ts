@@ -4,6 +4,7 @@ import { parseArgs } from 'node:util'
 import { ConfigError, EdgewardenError, isEdgewardenError } from '../runtime/errors.ts'
 import { VERSION } from '../gateway.ts'
 import { runAudit } from './audit.ts'
+import { runCa } from './ca.ts'
 import { runCtl } from './ctl.ts'
 import { runDevice } from './device.ts'
 import { runIdentity, runKeygen } from './identity.ts'
@@ -20,6 +21,7 @@ const VERBS: Record<string, Verb> = {
   keygen: runKeygen,
   device: runDevice,
   audit: runAudit,
+  ca: runCa,
   token: runToken,
   ctl: runCtl,
   quarantine: runQuarantine,

@@ -66,6 +66,22 @@ attacker) and under a blocked id (someone who knows its id), and a forged
 token costs one signature check. At most 10,000 ids and addresses are
 tracked (least recently used dropped).
 
+## Certificate lifetimes and renewal
+
+The site CA issues device certificates for \`certLifetime\` by criticality
+(90 days for safety and high, 180 for medium, 365 for low) and the gateway
+queues a renewal when the fraction \`renewAt\` of the lifetime is left (30 %
+for safety and high, 20 % for medium, 10 % for low). The renewal window is
+then 27, 27, 36 and 36.5 days, and \`renewGraceS\` (30 days) adds the time
+after expiry in which a device that was offline may still connect renew-only
+and renew: about two months in all, longer than the longest offline time we
+expect of a device on a site (a machine stored between campaigns, a ward
+closed for works). A device away longer than that needs a new enrollment.
+Short lifetimes for the devices that matter most keep a stolen key useful
+for weeks, not years; the overlap (\`renewOverlapS\`, 7 days) keeps the old
+certificate valid beside the new one until the device has connected with the
+new one, so a renewal never cuts a device off.
+
 ## A commented file with every option
 
 \`\`\`yaml

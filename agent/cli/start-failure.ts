@@ -66,10 +66,11 @@ function listenError(err: unknown): ListenError | null {
 /** The listeners a start binds, with the flag that sets each port. */
 function listeners(config: AgentConfig): { flag: string; host: string; port: number }[] {
   return [
-    { flag: 'mqtt-port', host: config.mqtt.host, port: config.mqtt.port },
+    ...(config.mqtt.port !== null ? [{ flag: 'mqtt-port', host: config.mqtt.host, port: config.mqtt.port }] : []),
     ...(config.mqtt.tls ? [{ flag: 'mqtts-port', host: config.mqtt.host, port: config.mqtt.tls.port }] : []),
     ...(config.modbus ? [{ flag: 'modbus-port', host: config.modbus.host, port: config.modbus.port }] : []),
     ...(config.http ? [{ flag: 'http-port', host: config.http.host, port: config.http.port }] : []),
+    ...(config.pki.est ? [{ flag: 'est-port', host: config.pki.est.host, port: config.pki.est.port }] : []),
   ]
 }
 

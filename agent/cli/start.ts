@@ -64,6 +64,7 @@ export async function runStart(args: string[]): Promise<number> {
       mqtt: { host: config.mqtt.host, ...agent.broker.describe() },
       admin: agent.adminPath,
       http: agent.http ? { host: agent.http.host, port: agent.http.port } : null,
+      est: agent.est ? { host: agent.est.host, port: agent.est.port } : null,
       modbus: agent.modbus.proxy.port,
       quarantine: agent.quarantine.name,
       uplink: config.uplink ? withoutCredentials(config.uplink.url) : null,

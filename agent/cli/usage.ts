@@ -25,17 +25,27 @@ Usage:
   edgewarden keygen --out FILE           write a new Ed25519 key (PKCS#8 PEM, 0600); print its public key
   edgewarden token --key FILE --device ID --gateway GW [--lifetime S] [--json]
                                          print a fresh device token (the MQTT password; default 300 s, at most 3600)
-  edgewarden device add ID --public-key KEY [--criticality low|medium|high|safety] [--owner O]
+  edgewarden device add ID (--public-key KEY | --csr FILE | --bootstrap-secret | --password-stdin)
+                        [--criticality low|medium|high|safety] [--owner O]
                         [--modbus HOST:PORT/UNIT [--modbus-legacy]] [--opcua URL [--opcua-cert-sha256 HEX | --opcua-tofu]]
                         [--ip ADDR] [--mac MAC] [--acl-publish FILTER]... [--acl-subscribe FILTER]... [--reason TEXT] [--json]
                                          enroll a device; --modbus-legacy: it has no hook registers (nothing can be
-                                         relayed to it); --acl-*: MQTT topic filters granted beyond its own dev/ID/
+                                         relayed to it); --acl-*: MQTT topic filters granted beyond its own dev/ID/;
+                                         --csr: a PKCS#10 request (DER or PEM) the site CA signs now, the certificate
+                                         chain printed; --bootstrap-secret: a fresh one-time secret for EST
+                                         simpleenroll (curl -u ID:SECRET), printed once, never stored;
+                                         --password-stdin: a legacy device's fixed MQTT password, read from standard
+                                         input and hashed here (scrypt): only the hash reaches the agent
   edgewarden device ls [--json]          list devices
   edgewarden device show ID [--json]     one device in full
   edgewarden device quarantine|release|revoke|retire|wipe|reenroll|renew ID [--reason TEXT]
   edgewarden audit verify [--data-dir D] [--trust-key KEY]... [--json]
                                          check the audit chain; exit 1 naming the first bad entry
   edgewarden audit export [--data-dir D] print the audit log as JSON lines
+  edgewarden ca show [--data-dir D] [--ca-cert FILE] [--json]
+                                         the site CA: chain (PEM), SHA-256 fingerprint, subject, not-after, origin
+                                         (created, loaded, enterprise), CRL number and next update; from the data dir
+                                         when the agent is stopped (--ca-cert: the enterprise intermediate it uses)
   edgewarden quarantine show [--data-dir D] [--json]
                                          the network rules in force (read from the kernel) per device, and why
 
@@ -66,7 +76,7 @@ Usage:
                                          broker login, and TLS for mqtts:// (--key stays the signing key)
 
 Device and audit verbs talk to the running agent through <data-dir>/admin.sock
-(audit verbs open the store directly when the agent is not running).
+(audit verbs and ca show read the data dir directly when the agent is not running).
 Every verb takes --data-dir (default ./edgewarden-data) and --help; every verb that prints a result takes
 --json (one JSON document, or JSON lines for streams). Colour only on a terminal (NO_COLOR, FORCE_COLOR
 respected); progress of long operations goes to standard error, on a terminal only.

@@ -9,7 +9,11 @@ import { ID_PATTERN } from '../../wire/ids.ts'
 import type { Act } from '../../wire/protocol.ts'
 import type { DeviceActions } from '../actions/device-actions.ts'
 import type { Retirements } from '../actions/retirement.ts'
-import type { DeviceState } from '../devices/device.ts'
+import { credentialKind, parseDeviceSpec, type CertificateRecord, type DeviceState } from '../devices/device.ts'
+import type { SitePki } from '../pki/site-pki.ts'
+import { EdgewardenError } from '../runtime/errors.ts'
+import { CommandFailure } from './failure.ts'
+import { b64urlDecode } from '../../wire/base64url.ts'
 import type { Actor, Gateway } from '../gateway.ts'
 import { accessRemovedMs, noSessions, type AccessEnforcer } from '../trust/enforcer.ts'
 import { inService } from '../trust/rights.ts'
@@ -41,6 +45,8 @@ export interface OpParts {
   enforcer: AccessEnforcer
   actions: DeviceActions
   retirements: Retirements
+  /** the site PKI, for enrollments with a certificate request (PROTOCOL §3 x509.csr) */
+  pki?: SitePki
 }
 
 /** One run of an op: who asked, and when the request arrived (for `accessRemovedMs`). */
@@ -94,6 +100,10 @@ export function opTable(parts: OpParts): Record<Op, OpRunner> {
     (act: Act): OpRunner =>
     async (args, req) => {
       const id = args.deviceId as string
+      // PROTOCOL §3 password: a fixed password cannot be renewed on the device; the control plane enrolls a new hash
+      if ((act === 'renew' || act === 'reenroll') && credentialKind(gw.requireDevice(id).spec) === 'password') {
+        throw new CommandFailure('not-supported', `device ${id} has a fixed password: rotate it by enrolling a new password hash`)
+      }
       const a = await actions.queue(id, act, req.who)
       return {
         deviceId: id,
@@ -104,9 +114,33 @@ export function opTable(parts: OpParts): Record<Op, OpRunner> {
 
   return {
     'device.enroll': async (args, req) => {
-      const record = await gw.enroll(args.device, req.who)
+      const parsed = parseDeviceSpec(args.device)
+      if (!parsed.ok) throw new EdgewardenError('INVALID_DEVICE', `invalid device: ${parsed.problems.join('; ')}`)
+      const spec = parsed.spec
+      // PROTOCOL §3 x509.csr: the site CA issues the certificate now, for the id of the record, whatever the request names.
+      let issued: CertificateRecord | undefined
+      const x = spec.x509
+      if (x && 'csr' in x) {
+        const before = gw.getDevice(spec.id)
+        const same = before !== undefined && before.state !== 'revoked' && JSON.stringify(before.spec.x509) === JSON.stringify(x) && (before.certificates ?? []).some((c) => !c.revoked)
+        if (!same) {
+          if (!parts.pki) throw new EdgewardenError('PKI', 'this gateway has no site CA to issue with')
+          const der = b64urlDecode(x.csr)
+          if (!der) throw new EdgewardenError('CSR_INVALID', 'x509.csr is not base64url')
+          issued = parts.pki.record((await parts.pki.issue(spec.id, der, spec.criticality)).cert, 'enroll')
+        }
+      }
+      const extra = issued
+        ? { audit: [{ actor: req.who.actor, action: 'certificate.issued', subject: spec.id, data: { serial: issued.serial, sha256: issued.sha256, notAfter: issued.notAfter, via: 'enroll' } }], events: parts.pki!.issuedEvent(spec.id, issued) ?? [] }
+        : {}
+      const record = await gw.enroll(spec, req.who, extra, issued ? { certificate: issued } : {})
       const id = record.spec.id
-      return { deviceId: id, evidence: { deviceId: id, state: record.state, credentialExpiresAt: record.credentialExpiresAt }, local: { state: record.state } }
+      const certificate = issued ? parts.pki!.chainFor(issued).join('') : undefined
+      return {
+        deviceId: id,
+        evidence: { deviceId: id, state: record.state, credentialExpiresAt: record.credentialExpiresAt, ...(certificate ? { certificate } : {}) },
+        local: { state: record.state, ...(certificate ? { certificate } : {}) },
+      }
     },
     'device.revoke': stateChange('revoke'),
     'device.quarantine': stateChange('quarantine'),
@@ -140,13 +174,15 @@ export function opTable(parts: OpParts): Record<Op, OpRunner> {
     'inventory.report': async (_args, req) => {
       const devices = [...gw.registry.values()].map((d) => {
         const seen = enforcer.inventoryOf(d.spec.id)
+        const cert = d.certificates?.find((c) => c.role === 'current')
         return {
           id: d.spec.id,
           state: d.state,
           criticality: d.spec.criticality ?? 'medium',
-          credentialKind: 'publicKey',
+          credentialKind: credentialKind(d.spec),
           credentialExpiresAt: d.credentialExpiresAt,
           pendingActions: gw.actions.pending(d.spec.id).length,
+          ...(cert ? { certificate: { serial: cert.serial, notAfter: cert.notAfter, issuer: cert.issuer } } : {}),
           ...(seen ? { seen } : {}),
         }
       })

@@ -4,10 +4,12 @@
 // outcome answered by a signed event.
 import type { KeyObject } from 'node:crypto'
 import { ARGS, OPS, type Op, type OpRunner } from './ops.ts'
+import { CommandFailure } from './failure.ts'
 import { deviceOf, verifyCommand, type Command, type Verification, type VerifyContext } from './verify.ts'
 import type { AccessEnforcer } from '../trust/enforcer.ts'
 import { EdgewardenError, isEdgewardenError } from '../runtime/errors.ts'
 import type { Gateway } from '../gateway.ts'
+import { GuardedClock } from '../runtime/clock.ts'
 import { JtiStore } from '../store/jti-store.ts'
 import type { WriteOp } from '../store/store.ts'
 import { publicKeyFromB64 } from '../store/keys.ts'
@@ -59,16 +61,7 @@ export interface Outcome {
   pending?: boolean
 }
 
-/** A verified command that could not run: answered `cmd.failed` with `reason` (PROTOCOL §3, one typed set in wire/protocol.ts). */
-export class CommandFailure extends EdgewardenError {
-  constructor(
-    readonly reason: FailReason,
-    message: string,
-  ) {
-    super('COMMAND_FAILED', message)
-    this.name = 'CommandFailure'
-  }
-}
+export { CommandFailure }
 
 export type Executor = (cmd: Command, ctx: ExecutionContext) => Promise<Outcome>
 
@@ -140,6 +133,7 @@ export class CommandProcessor {
   async handle(payload: string | Uint8Array): Promise<void> {
     const receivedAt = performance.now()
     const gw = this.#gw
+    this.#maybeVouch(payload)
     const nowS = gw.nowS()
     const v = verifyCommand(payload, {
       gatewayId: gw.id,
@@ -187,6 +181,24 @@ export class CommandProcessor {
     // is cut as soon as the command is verified.
     this.#enqueueExecution(cmd, receivedAt, nowS)
     await accepted
+  }
+
+  /**
+   * While the gateway does not believe a forward jump of its wall clock
+   * (runtime/clock.ts GuardedClock), a command that verifies at wall time
+   * and whose iat agrees with it vouches for the wall clock.
+   */
+  #maybeVouch(payload: string | Uint8Array): void {
+    const gw = this.#gw
+    const clock = gw.clock instanceof GuardedClock ? gw.clock : null
+    if (!clock || clock.heldBackMs === 0) return
+    const wallS = Math.floor(clock.wallNow() / 1000)
+    const v = verifyCommand(payload, { gatewayId: gw.id, cpKeys: this.#cpKeys, nowS: wallS, skewS: gw.config.clockSkewS, deviceExists: () => true })
+    if (!v.ok) return
+    const held = clock.heldBackMs
+    if (!clock.vouch(v.cmd.iat, gw.config.clockSkewS)) return
+    this.#log.warn({ jti: v.cmd.jti, heldBackMs: held }, 'a signed command vouches for the wall clock: its jump is believed now')
+    void gw.commit({ audit: [{ actor: `cp:${v.cmd.iss}`, action: 'gateway.clock-vouched', data: { jti: v.cmd.jti, heldBackMs: held } }] }).catch(() => {})
   }
 
   /** A signed command refused: audited and answered, its jti remembered so a replay cannot run once the refusal no longer applies. */
@@ -305,7 +317,9 @@ export class CommandProcessor {
             ? new CommandFailure('illegal-transition', err.message)
             : isEdgewardenError(err, 'UNKNOWN_DEVICE')
               ? new CommandFailure('unknown-device', err.message)
-              : null
+              : isEdgewardenError(err, 'CSR_INVALID')
+                ? new CommandFailure('invalid-csr', err.message)
+                : null
       if (!failure) {
         this.#log.error({ err, jti: cmd.jti, op: cmd.op }, 'command execution failed')
       }

@@ -3,7 +3,7 @@
 // criticality), and reports `credential.expiring` and `credential.expired`
 // once each per credential. Driven by the injected clock through tick().
 import type { DeviceActions } from '../actions/device-actions.ts'
-import { protocolsOf, type DeviceRecord } from './device.ts'
+import { credentialKind, protocolsOf, type DeviceRecord } from './device.ts'
 import type { Gateway } from '../gateway.ts'
 import type { Logger } from '../observe/logger.ts'
 import { inService } from '../trust/rights.ts'
@@ -11,9 +11,10 @@ import { inService } from '../trust/rights.ts'
 /**
  * A Modbus-only device holds no credential the gateway checks (Modbus has
  * no authentication, PROTOCOL §7) and cannot carry a new key through its
- * hook registers: renewing it would only fail, so it is not tracked.
+ * hook registers, and a fixed password cannot be renewed on the device
+ * (§3): renewing them would only fail, so they are not tracked.
  */
-const renewable = (r: DeviceRecord): boolean => protocolsOf(r.spec).some((p) => p !== 'modbus')
+const renewable = (r: DeviceRecord): boolean => credentialKind(r.spec) !== 'password' && protocolsOf(r.spec).some((p) => p !== 'modbus')
 
 export class CredentialLifecycle {
   readonly #gw: Gateway

@@ -24,10 +24,25 @@ const topicFilter = z
 const port = z.number().int().min(1).max(65535)
 const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i
 
+const sha256Hex = z.string().regex(/^[0-9a-fA-F]{64}$/, 'must be 64 hex digits (a SHA-256)').transform((h) => h.toLowerCase())
+/** PROTOCOL §3 `x509`: a request for the gateway to sign, a one-time EST bootstrap secret, or a certificate of another CA the site trusts, pinned. */
+const x509Credential = z.union([
+  z.object({ csr: z.string().min(16).max(16_384).regex(/^[A-Za-z0-9_-]+$/, 'must be base64url of a DER PKCS#10 request') }).strict(),
+  z.object({ bootstrapSecretSha256: sha256Hex }).strict(),
+  z.object({ certificateSha256: sha256Hex }).strict(),
+])
+/** PROTOCOL §3 `password`: a PHC-format scrypt hash; the gateway never holds the password itself. */
+const passwordHash = z.string().max(512).regex(/^\$scrypt\$ln=\d{1,2},r=\d{1,2},p=\d{1,2}\$[A-Za-z0-9+/]+={0,2}\$[A-Za-z0-9+/]+={0,2}$/, 'must be a PHC scrypt hash $scrypt$ln=…,r=…,p=…$salt$hash')
+
+export const CREDENTIAL_KINDS = ['publicKey', 'x509', 'password'] as const
+export type CredentialKind = (typeof CREDENTIAL_KINDS)[number]
+
 export const deviceSpecSchema = z
   .object({
     id: z.string().regex(ID_PATTERN, 'must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$'),
-    publicKey,
+    publicKey: publicKey.optional(),
+    x509: x509Credential.optional(),
+    password: passwordHash.optional(),
     criticality: z.enum(CRITICALITIES).optional(),
     owner: z.string().max(256).optional(),
     credentialExpiresAt: z.number().int().positive().optional(),
@@ -64,6 +79,9 @@ export const deviceSpecSchema = z
       .optional(),
   })
   .strict()
+  .refine((d) => CREDENTIAL_KINDS.filter((k) => d[k] !== undefined).length === 1, {
+    message: 'a device has exactly one credential: publicKey, x509 or password (PROTOCOL §3)',
+  })
 
 export type DeviceSpec = z.infer<typeof deviceSpecSchema>
 
@@ -75,10 +93,45 @@ export interface DeviceKey {
   notAfter: number | null
 }
 
+/** The kind of credential a device authenticates with (PROTOCOL §3). */
+export function credentialKind(spec: DeviceSpec): CredentialKind {
+  return spec.x509 !== undefined ? 'x509' : spec.password !== undefined ? 'password' : 'publicKey'
+}
+
+/** A certificate of a device, as the gateway records it (PROTOCOL §9). */
+export interface CertificateRecord {
+  /** lowercase hex ('' for a pinned certificate of another CA not yet seen) */
+  serial: string
+  /** hex SHA-256 of the DER: what identifies it on a TLS connection */
+  sha256: string
+  /** seconds since the epoch (0: not yet known) */
+  notBefore: number
+  notAfter: number
+  /** `site`: issued by the site CA; `external`: another CA's, pinned by sha256 */
+  issuer: 'site' | 'external'
+  /** the issuer's name, for an external one (once seen) */
+  issuerName?: string
+  /** `current`, or `previous` (the one it replaces, valid beside it during the overlap, §9) */
+  role: 'current' | 'previous'
+  /** how it was issued (`certificate.issued` via) */
+  via?: string
+  /** PEM, for a site-issued certificate: the key an x509 device signs its acks with, and what install-cert carries */
+  pem?: string
+  /** set once on the CRL (or, for an external one, refused for good) */
+  revoked?: { reason: 'keyCompromise' | 'cessationOfOperation' | 'superseded'; at: number }
+  /** on the CRL as certificateHold while the device is quarantined */
+  held?: boolean
+}
+
 export interface DeviceRecord {
   spec: DeviceSpec
   state: DeviceState
+  /** token keys (credential kind `publicKey`); empty for other kinds */
   keys: DeviceKey[]
+  /** certificates (credential kind `x509`), newest first */
+  certificates?: CertificateRecord[]
+  /** an EST bootstrap secret (its SHA-256), spent by the first enrollment */
+  bootstrap?: { secretSha256: string; spentAt?: number }
   /** seconds since the epoch: the spec's, or enrollment time plus the configured credential lifetime */
   credentialExpiresAt: number
   /** when the current credential was issued (enrollment, re-enrollment or renewal) */

@@ -9,6 +9,7 @@ import { ARGS, type Op, type OpRequest, type OpRunner } from '../commands/ops.ts
 import { exportAuditLog, verifyAuditLog } from '../store/audit.ts'
 import { EdgewardenError, isEdgewardenError, type ErrorCode } from '../runtime/errors.ts'
 import type { Gateway } from '../gateway.ts'
+import type { SitePki } from '../pki/site-pki.ts'
 import type { Logger } from './logger.ts'
 import { describeDevice } from './views.ts'
 
@@ -31,6 +32,18 @@ export interface AdminHooks {
   ops: Record<Op, OpRunner>
   /** `GET /v1/quarantine`: the network rules in force joined with the registry */
   quarantine?(gw: Gateway): Promise<unknown>
+  /** `GET /v1/pki`: the site CA and its CRL (PROTOCOL §9, `edgewarden ca show`) */
+  pki?: SitePki
+}
+
+/** What `GET /v1/pki` answers: the CA as it signs now, and the CRL's facts (`edgewarden ca show` formats them). */
+export interface PkiFacts {
+  origin: 'created' | 'loaded' | 'enterprise'
+  /** the signing CA first, then the rest of its chain */
+  chain: string[]
+  /** CAs still trusted beside it (a rollover: <data-dir>/pki/previous-ca.pem) */
+  previous: string[]
+  crl: { number: number; thisUpdate: number; nextUpdate: number } | null
 }
 
 class RequestError extends EdgewardenError {
@@ -115,7 +128,8 @@ export async function startAdminServer(gw: Gateway, hooks: AdminHooks, log: Logg
       const body = await readJson(req)
       const reason = typeof body.reason === 'string' ? body.reason : undefined
       const r = await hooks.ops['device.enroll']({ device: body.device }, request(reason))
-      return send(res, 200, { device: describeDevice(gw, gw.requireDevice(r.deviceId!)) })
+      // `result` carries the certificate chain of an enrollment with a CSR (PROTOCOL §3)
+      return send(res, 200, { result: r.local, device: describeDevice(gw, gw.requireDevice(r.deviceId!)) })
     }
     if (route === 'POST /v1/devices' && parts.length === 4) {
       const verb = parts[3] as AdminVerb
@@ -137,6 +151,17 @@ export async function startAdminServer(gw: Gateway, hooks: AdminHooks, log: Logg
     }
     if (route === 'GET /v1/quarantine' && parts.length === 2 && hooks.quarantine) {
       return send(res, 200, await hooks.quarantine(gw))
+    }
+    if (route === 'GET /v1/pki' && parts.length === 2 && hooks.pki) {
+      const { ca, crl } = hooks.pki
+      const signed = crl.current
+      const facts: PkiFacts = {
+        origin: ca.origin,
+        chain: ca.chainPem,
+        previous: ca.trustPem.slice(ca.chainPem.length),
+        crl: signed ? { number: signed.number, thisUpdate: signed.thisUpdate, nextUpdate: signed.nextUpdate } : null,
+      }
+      return send(res, 200, facts)
     }
     if (route === 'GET /v1/audit' && parts[2] === 'verify') {
       const pinned = url.searchParams.getAll('trust')

@@ -1,5 +1,6 @@
 // The HTTP endpoint (--http-port): Prometheus /metrics, /healthz, /readyz,
-// the status page and its /api/status. Read-only: GET (and HEAD) only,
+// the status page and its /api/status, the CRL and CA chain of the site PKI
+// (/pki/crl, /pki/ca). Read-only: GET (and HEAD) only,
 // everything else 405. Bound to 127.0.0.1 by default; on a loopback address
 // it also refuses Host names other than localhost and loopback literals, so a
 // web page the operator opens cannot reach it through DNS rebinding.
@@ -7,6 +8,8 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net'
 import type { Registry } from 'prom-client'
 import type { Gateway } from '../gateway.ts'
+import { pkiResource } from '../pki/est.ts'
+import type { SitePki } from '../pki/site-pki.ts'
 import type { Logger } from './logger.ts'
 import { STATUS_PAGE_CSP, STATUS_PAGE_HTML, statusSnapshot, type StatusSources } from './status-page.ts'
 
@@ -25,6 +28,8 @@ export interface HttpEndpointOptions extends StatusSources {
   port: number
   metrics: Registry
   log: Logger
+  /** PROTOCOL §9: /pki/crl and /pki/ca */
+  pki?: SitePki
 }
 
 const COMMON_HEADERS = {
@@ -77,6 +82,12 @@ export async function startHttpEndpoint(gw: Gateway, opts: HttpEndpointOptions):
         const uplink = !opts.uplink ? 'not configured' : opts.uplink.connected ? 'connected' : 'down'
         const ready = readiness === 'ready' && gw.store.db.status === 'open'
         return sendJson(res, ready ? 200 : 503, { status: ready ? 'ready' : readiness === 'ready' ? 'store not open' : readiness, uplink })
+      }
+      case '/pki/crl':
+      case '/pki/ca': {
+        const doc = opts.pki ? pkiResource(opts.pki, path) : null
+        if (!doc) return sendJson(res, 404, { error: `no page ${path}` })
+        return send(res, doc.status, doc.type, doc.body)
       }
       case '/api/status':
         return sendJson(res, 200, await statusSnapshot(opts))

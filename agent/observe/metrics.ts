@@ -17,6 +17,8 @@ export interface MetricSources {
   adapters: readonly ProtocolAdapter[]
   /** null: no uplink configured */
   uplink: { readonly connected: boolean } | null
+  /** the CRL's nextUpdate (seconds since the epoch), where the site PKI runs */
+  crlNextUpdate?: () => number | null
   /** residual-use attempts of a device since start (the residual-use monitor) */
   residualAttempts(deviceId: string): number
 }
@@ -104,6 +106,15 @@ export function createMetrics(src: MetricSources): AgentMetrics {
       const c: Record<string, number> = Object.fromEntries([...EXPIRY_BUCKETS.map((b) => b.label), 'none'].map((l) => [l, 0]))
       for (const d of gw.registry.values()) if (d.state === 'active') c[expiryBucket(d.credentialExpiresAt, now)]!++
       for (const [within, n] of Object.entries(c)) this.set({ within }, n)
+    },
+  })
+  new Gauge({
+    name: 'edgewarden_crl_next_update_seconds',
+    help: 'Seconds until the nextUpdate of the CRL the site CA serves (signed again daily and on every change; a strict verifier refuses every client once it lapses)',
+    ...m,
+    collect() {
+      const next = src.crlNextUpdate?.()
+      this.set(next === null || next === undefined ? 0 : next - gw.nowS())
     },
   })
   new Gauge({

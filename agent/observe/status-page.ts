@@ -27,6 +27,8 @@ export interface StatusDevice {
   protocols: string[]
   pendingActions: string[]
   credentialExpiresAt: number | null
+  /** the credential kind, and for a certificate its serial and the renewal under way */
+  credential: string
   lastSeenAt: number | null
   /** live sessions on every protocol right now */
   sessions: number
@@ -57,6 +59,11 @@ export async function statusSnapshot(src: StatusSources): Promise<StatusSnapshot
         protocols: v.protocols,
         pendingActions: v.pendingActions.map((a) => a.act),
         credentialExpiresAt: v.credentialExpiresAt,
+        credential: v.certificate
+          ? `certificate ${v.certificate.serial.slice(0, 12)}${v.certificate.overlap ? ', overlap' : ''}${v.certificate.renewal ? `, ${v.certificate.renewal}` : ''}`
+          : v.credentialKind === 'publicKey'
+            ? 'token key'
+            : v.credentialKind,
         lastSeenAt: v.lastSeenAt,
         sessions: src.adapters.reduce((n, a) => n + a.sessionCount(v.id), 0),
       }
@@ -127,6 +134,7 @@ function render(s) {
     [d.pendingActions.join(', ') || '-'],
     [fmtLeft(d.credentialExpiresAt, s.now)],
     [fmtTime(d.lastSeenAt)],
+    [d.credential],
   ], { deviceId: d.id, state: d.state })))
   $('audit').replaceChildren(...s.audit.map((e) => row([[e.seq, 'num'], [fmtTime(e.at / 1000)], [e.actor], [e.action], [e.subject == null ? '-' : e.subject]])))
   $('updated').textContent = 'updated ' + fmtTime(s.now)
@@ -175,7 +183,7 @@ export const STATUS_PAGE_HTML = `<!doctype html>
 <h2>Devices</h2>
 <p id="summary"></p>
 <table>
-<thead><tr><th>Device</th><th>State</th><th>Criticality</th><th>Protocols</th><th>Sessions</th><th>Pending actions</th><th>Credential expires</th><th>Last seen</th></tr></thead>
+<thead><tr><th>Device</th><th>State</th><th>Criticality</th><th>Protocols</th><th>Sessions</th><th>Pending actions</th><th>Credential expires</th><th>Last seen</th><th>Credential</th></tr></thead>
 <tbody id="devices"></tbody>
 </table>
 <h2>Recent audit entries</h2>

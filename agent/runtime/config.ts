@@ -11,7 +11,7 @@ import { CRITICALITIES, type Criticality } from '../devices/device.ts'
 import { ConfigError } from './errors.ts'
 import { rawPublicKey } from '../store/keys.ts'
 
-type OptionType = 'string' | 'int' | 'port' | 'enum' | 'list' | 'id'
+type OptionType = 'string' | 'int' | 'port' | 'port-or-off' | 'enum' | 'list' | 'id'
 
 export interface OptionSpec {
   key: string
@@ -38,10 +38,23 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'gateway', flag: 'gateway', type: 'id', default: defaultGateway, doc: "gateway id; defaults to the host name" },
   { key: 'key', flag: 'key', type: 'string', doc: 'gateway private key (PKCS#8 PEM, mode 0600); default <data-dir>/gateway.key, created on first start' },
   { key: 'mqttHost', flag: 'mqtt-host', type: 'string', default: '0.0.0.0', doc: 'address the site MQTT broker listens on' },
-  { key: 'mqttPort', flag: 'mqtt-port', type: 'port', default: 1883, doc: 'plain MQTT port of the site broker (0: pick a free port)' },
-  { key: 'mqttsPort', flag: 'mqtts-port', type: 'port', doc: 'MQTT over TLS port of the site broker; needs tlsCert and tlsKey' },
-  { key: 'tlsCert', flag: 'tls-cert', type: 'string', doc: 'PEM certificate (chain) for the TLS listener' },
-  { key: 'tlsKey', flag: 'tls-key', type: 'string', doc: 'PEM private key for the TLS listener' },
+  { key: 'mqttPort', flag: 'mqtt-port', type: 'port-or-off', default: 1883, doc: 'plain MQTT port of the site broker (0: pick a free port; off: no plain listener, devices use the TLS one)' },
+  { key: 'mqttsPort', flag: 'mqtts-port', type: 'port', doc: 'MQTT over TLS port of the site broker: tokens, and client certificates of the site CA (PROTOCOL §5); its server certificate is tlsCert/tlsKey, or one the site CA issues' },
+  { key: 'tlsCert', flag: 'tls-cert', type: 'string', doc: 'PEM certificate (chain) for the TLS listeners; without it the site CA issues one (SANs from tlsSan)' },
+  { key: 'tlsKey', flag: 'tls-key', type: 'string', doc: 'PEM private key of tlsCert' },
+  { key: 'tlsSan', flag: 'tls-san', type: 'list', default: 'localhost,127.0.0.1', doc: 'DNS names and IP addresses of the gateway in the server certificate the site CA issues for the TLS listeners' },
+  { key: 'caCert', flag: 'ca-cert', type: 'string', doc: "PEM certificate (chain, the intermediate first) of an enterprise intermediate CA to issue device certificates with, instead of the site CA made in <data-dir>/pki (PROTOCOL §9)" },
+  { key: 'caKey', flag: 'ca-key', type: 'string', doc: 'ECDSA P-256 private key of caCert (PEM, mode 0600)' },
+  { key: 'deviceCa', flag: 'device-ca', type: 'list', doc: "PEM file of another CA whose device certificates are admitted when pinned on a device record (x509.certificateSha256): a manufacturer's or the enterprise's issuing CA; repeat for several" },
+  { key: 'estPort', flag: 'est-port', type: 'port', doc: 'HTTPS port of the EST server (RFC 7030: cacerts, simpleenroll, simplereenroll) and of /pki/crl, /pki/ca; off when unset (0: pick a free port)' },
+  { key: 'estHost', flag: 'est-host', type: 'string', default: '0.0.0.0', doc: 'address of the EST server' },
+  {
+    key: 'certLifetime',
+    flag: 'cert-lifetime',
+    type: 'list',
+    default: 'safety=7776000,high=7776000,medium=15552000,low=31536000',
+    doc: 'lifetime of a device certificate the site CA issues, by criticality (CRITICALITY=SECONDS): 90 days for safety and high, 180 for medium, 365 for low',
+  },
   { key: 'modbusPort', flag: 'modbus-port', type: 'port', doc: 'port of the Modbus TCP proxy for SCADA and HMI clients; the proxy runs only when this is set (0: pick a free port)' },
   { key: 'modbusHost', flag: 'modbus-host', type: 'string', default: '0.0.0.0', doc: 'address the Modbus TCP proxy listens on' },
   { key: 'modbusTimeoutMs', flag: 'modbus-timeout', type: 'int', default: 1000, doc: 'how long the proxy and the hook relay wait for a Modbus device to answer, milliseconds' },
@@ -88,7 +101,21 @@ export interface AgentConfig {
   site: string
   gateway: string
   keyFile: string
-  mqtt: { host: string; port: number; tls: { port: number; certFile: string; keyFile: string } | null }
+  /** port null: no plain listener (`off`); tls: the TLS listener, its certificate from files or (null) issued by the site CA */
+  mqtt: { host: string; port: number | null; tls: { port: number; certFile: string | null; keyFile: string | null } | null }
+  /** the site PKI (PROTOCOL §9) */
+  pki: {
+    caCertFile: string | null
+    caKeyFile: string | null
+    deviceCaFiles: string[]
+    tlsSans: string[]
+    /** tlsCert/tlsKey, for every TLS listener (mqtts, EST); null: the site CA issues the server certificate */
+    tlsFiles: { certFile: string; keyFile: string } | null
+    /** the EST server (HTTPS), when configured */
+    est: { host: string; port: number } | null
+    /** lifetime of an issued device certificate, by criticality, seconds */
+    certLifetimeS: Record<Criticality, number>
+  }
   /** the Modbus TCP proxy, when configured */
   modbus: { host: string; port: number } | null
   modbusTimeoutMs: number
@@ -187,11 +214,13 @@ function coerce(o: OptionSpec, value: unknown, from: string, problems: string[])
     return undefined
   }
   switch (o.type) {
+    case 'port-or-off':
     case 'int':
     case 'port': {
+      if (o.type === 'port-or-off' && value === 'off') return 'off'
       const n = typeof value === 'string' && /^\d+$/.test(value.trim()) ? Number(value) : value
       if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0) return bad('is not a whole number')
-      if (o.type === 'port' && n > 65535) return bad('is not a port (0-65535)')
+      if ((o.type === 'port' || o.type === 'port-or-off') && n > 65535) return bad(`is not a port (0-65535${o.type === 'port-or-off' ? ', or off' : ''})`)
       if (o.min !== undefined && n < o.min) return bad(`is below ${o.min}`)
       return n
     }
@@ -247,9 +276,16 @@ export function loadConfig({ flags, env, cwd = process.cwd() }: ConfigSources): 
     }
   }
   const dataDir = resolve(cwd, String(v.dataDir ?? '.'))
-  const tlsParts = [v.mqttsPort, v.tlsCert, v.tlsKey].filter((x) => x !== undefined).length
-  if (tlsParts > 0 && tlsParts < 3) problems.push('mqttsPort, tlsCert and tlsKey go together: give all three or none')
+  if ((v.tlsCert === undefined) !== (v.tlsKey === undefined)) problems.push('tlsCert and tlsKey go together: give both or neither (without them the site CA issues the server certificate)')
+  if ((v.caCert === undefined) !== (v.caKey === undefined)) problems.push('caCert and caKey go together')
   if (v.mqttsPort !== undefined && v.mqttsPort !== 0 && v.mqttsPort === v.mqttPort) problems.push('mqttsPort must differ from mqttPort')
+  if (v.mqttPort === 'off' && v.mqttsPort === undefined) problems.push('mqttPort is off but no mqttsPort is set: devices would have no listener at all')
+  const certLifetimeS: Record<Criticality, number> = { safety: 7776000, high: 7776000, medium: 15552000, low: 31536000 }
+  for (const entry of (v.certLifetime as string[] | undefined) ?? []) {
+    const m = /^([a-z]+)=(\d+)$/.exec(entry)
+    if (!m || !(CRITICALITIES as readonly string[]).includes(m[1]!) || Number(m[2]) < 3600) problems.push(`certLifetime: "${entry}" is not CRITICALITY=SECONDS with CRITICALITY one of ${CRITICALITIES.join(', ')} and SECONDS at least 3600`)
+    else certLifetimeS[m[1] as Criticality] = Number(m[2])
+  }
   const cpKeys: Record<string, string> = {}
   for (const entry of (v.cpKey as string[] | undefined) ?? []) {
     const m = /^([^=]+)=(.+)$/.exec(entry)
@@ -285,8 +321,17 @@ export function loadConfig({ flags, env, cwd = process.cwd() }: ConfigSources): 
     keyFile: v.key ? abs(v.key as string) : join(dataDir, 'gateway.key'),
     mqtt: {
       host: v.mqttHost as string,
-      port: v.mqttPort as number,
-      tls: tlsParts === 3 ? { port: v.mqttsPort as number, certFile: abs(v.tlsCert as string), keyFile: abs(v.tlsKey as string) } : null,
+      port: v.mqttPort === 'off' ? null : (v.mqttPort as number),
+      tls: v.mqttsPort === undefined ? null : { port: v.mqttsPort as number, certFile: v.tlsCert ? abs(v.tlsCert as string) : null, keyFile: v.tlsKey ? abs(v.tlsKey as string) : null },
+    },
+    pki: {
+      caCertFile: v.caCert ? abs(v.caCert as string) : null,
+      caKeyFile: v.caKey ? abs(v.caKey as string) : null,
+      deviceCaFiles: ((v.deviceCa as string[] | undefined) ?? []).map(abs),
+      tlsSans: (v.tlsSan as string[] | undefined) ?? [],
+      tlsFiles: v.tlsCert && v.tlsKey ? { certFile: abs(v.tlsCert as string), keyFile: abs(v.tlsKey as string) } : null,
+      est: v.estPort === undefined ? null : { host: v.estHost as string, port: v.estPort as number },
+      certLifetimeS,
     },
     modbus: v.modbusPort === undefined ? null : { host: v.modbusHost as string, port: v.modbusPort as number },
     modbusTimeoutMs: v.modbusTimeoutMs as number,

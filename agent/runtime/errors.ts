@@ -19,6 +19,8 @@ export const ErrorCodes = {
   USAGE: 'command line usage error',
   QUARANTINE_UNAVAILABLE: 'the network quarantine backend cannot be used here (root and nft needed)',
   QUARANTINE_FAILED: 'a network quarantine rule could not be applied',
+  PKI: 'the site CA or a certificate file cannot be used',
+  CSR_INVALID: 'a certificate request is malformed, not signed by its key, or for a key type not issued for',
   COMMAND_FAILED: 'a verified command could not run (answered cmd.failed with its reason)',
   MODBUS_LINK: 'a Modbus device did not answer a request of the gateway (closed, unreachable, timeout, bad answer, busy)',
   MODBUS_REFUSED: 'a Modbus device answered a request of the gateway with an exception',

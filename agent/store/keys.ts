@@ -88,6 +88,11 @@ export function privateKeyToPem(key: KeyObject): string {
 
 /** Write a new key file with mode 0600, failing if the file exists. */
 export function writeKeyFile(path: string, pair: KeyPair): void {
+  writePrivateKeyFile(path, privateKeyToPem(pair.privateKey))
+}
+
+/** Create a private key file (PEM), mode 0600; never overwrites one. */
+export function writePrivateKeyFile(path: string, pem: string): void {
   let fd: number
   try {
     fd = openSync(path, 'wx', 0o600)
@@ -95,7 +100,7 @@ export function writeKeyFile(path: string, pair: KeyPair): void {
     throw new EdgewardenError('KEY_FILE', `cannot create key file ${path}: ${(err as Error).message}`, { cause: err })
   }
   try {
-    writeSync(fd, privateKeyToPem(pair.privateKey))
+    writeSync(fd, pem)
   } finally {
     closeSync(fd)
   }
@@ -104,6 +109,16 @@ export function writeKeyFile(path: string, pair: KeyPair): void {
 
 /** Load a PKCS#8 PEM Ed25519 key, refusing a file readable by group or others (PROTOCOL §1). */
 export function readKeyFile(path: string): KeyPair {
+  const privateKey = readPrivateKeyFile(path)
+  if (privateKey.asymmetricKeyType !== 'ed25519') {
+    throw new EdgewardenError('KEY_FILE', `key file ${path} holds a ${privateKey.asymmetricKeyType ?? 'unknown'} key, not Ed25519`)
+  }
+  const publicKey = createPublicKey(privateKey)
+  return { privateKey, publicKey, publicKeyB64: publicKeyToB64(publicKey) }
+}
+
+/** Load a PEM private key of any type (the site CA's is ECDSA P-256), refusing a file readable by group or others. */
+export function readPrivateKeyFile(path: string): KeyObject {
   let pem: string
   let fd: number
   try {
@@ -123,17 +138,11 @@ export function readKeyFile(path: string): KeyPair {
   } finally {
     closeSync(fd)
   }
-  let privateKey: KeyObject
   try {
-    privateKey = createPrivateKey({ key: pem, format: 'pem' })
+    return createPrivateKey({ key: pem, format: 'pem' })
   } catch (err) {
     throw new EdgewardenError('KEY_FILE', `key file ${path} is not a PEM private key`, { cause: err })
   }
-  if (privateKey.asymmetricKeyType !== 'ed25519') {
-    throw new EdgewardenError('KEY_FILE', `key file ${path} holds a ${privateKey.asymmetricKeyType ?? 'unknown'} key, not Ed25519`)
-  }
-  const publicKey = createPublicKey(privateKey)
-  return { privateKey, publicKey, publicKeyB64: publicKeyToB64(publicKey) }
 }
 
 export function rawPublicKey(b64: string): Uint8Array | null {

@@ -9,7 +9,9 @@ import { JtiStore } from '../store/jti-store.ts'
 import { PublicKeyCache } from '../store/keys.ts'
 import type { Logger } from '../observe/logger.ts'
 import type { ResidualUseMonitor } from './residual-use.ts'
-import { currentRights, isCutState, rightsOf, signingKey, type Rights, type StateRefusal } from './rights.ts'
+import { certificateCredential, certificateRights, passwordCredential, currentRights, isCutState, rightsOf, signingKey, type Rights, type StateRefusal } from './rights.ts'
+import { credentialKind, type DeviceRecord } from '../devices/device.ts'
+import { KnownPasswords, verifyPassword } from './password.ts'
 import { checkTimeClaims, JwsFormatError, parseJws, type ParsedJws } from '../../wire/jws.ts'
 import { MAX_TOKEN_LIFETIME_S } from '../../wire/protocol.ts'
 
@@ -32,10 +34,24 @@ export type AdmissionRefusal =
   | 'wrong-key'
   | 'credential-expired'
   | 'unavailable' // the jti could not be made durable
+  | 'wrong-credential' // the device authenticates with another kind of credential (a token for a certificate device, ...)
+  | 'wrong-certificate' // a certificate that is not the device's current one, nor the one it replaces
+  | 'untrusted-certificate' // does not chain to the site CA (or a pinned device CA)
+  | 'revoked-certificate'
+  | 'wrong-password'
   | StateRefusal
 
 export type AdmissionDecision =
-  | { ok: true; deviceId: string; rights: Rights; jti: string; exp: number; /** the device key that signed the token (base64url) */ key: string }
+  | {
+      ok: true
+      deviceId: string
+      rights: Rights
+      /** the credential the session is opened with: the token's key (base64url), or `x509:<sha256>` */
+      key: string
+      /** a token's jti and exp (remembered against replay); absent for a certificate */
+      jti?: string
+      exp?: number
+    }
   | { ok: false; reason: AdmissionRefusal; detail: string }
 
 /**
@@ -72,12 +88,62 @@ export function decideAdmission(
   return { ok: true, deviceId, rights: rights.rights, jti, exp, key: verified }
 }
 
+/** A TLS client certificate as the listener saw it (SitePki.inspect), and what the TLS stack said of its chain. */
+export interface PeerCertificate {
+  deviceId: string | null
+  sha256: string
+  serial: string
+  notBefore: number
+  notAfter: number
+  /** issued (and signed) by the site CA */
+  siteIssued: boolean
+  issuerName: string
+  /** the TLS stack's verdict on the chain (null: it chains to a trusted CA; CERT_HAS_EXPIRED and CERT_NOT_YET_VALID are judged here, by the gateway's clock) */
+  chainError: string | null
+}
+
+/**
+ * The TLS stack's verdicts on time, taken by wall time: the gateway judges
+ * validity again with its own clock (the injected one, the judge of every
+ * expiry), as it issues by that clock too.
+ */
+const TIME_VERDICTS: ReadonlySet<string> = new Set(['CERT_HAS_EXPIRED', 'CERT_NOT_YET_VALID'])
+
+/**
+ * Every check of a TLS client certificate (§5), synchronous, memory only:
+ * the id its SAN names is the client id (and the user name, if sent), it is
+ * the device's current certificate or the one it replaces, it chains to the
+ * site CA (or, pinned, to a device CA), it is not revoked, and the state and
+ * its own expiry (within the grace: renew-only) decide the rights.
+ * Revocation is checked here, whatever the TLS stack said first (it reports
+ * CERT_HAS_EXPIRED before it would a revocation).
+ */
+export function decideCertificate(gw: Gateway, deviceId: string, username: string | undefined, peer: PeerCertificate, nowS: number): AdmissionDecision {
+  if (peer.deviceId !== null && peer.deviceId !== deviceId) return { ok: false, reason: 'identity-mismatch', detail: `the certificate names ${peer.deviceId}, not the client id` }
+  if (username !== undefined && username !== deviceId) return { ok: false, reason: 'identity-mismatch', detail: 'the user name is not the client id' }
+  const record = gw.registry.get(deviceId)
+  if (!record) return { ok: false, reason: 'unknown-device', detail: 'no such device is enrolled' }
+  if (credentialKind(record.spec) !== 'x509') return { ok: false, reason: 'wrong-credential', detail: `device ${deviceId} authenticates with ${credentialKind(record.spec)}, not a certificate` }
+  const entry = record.certificates?.find((c) => c.sha256 === peer.sha256)
+  if (!entry) return { ok: false, reason: 'wrong-certificate', detail: `certificate ${peer.serial} is not the current certificate of ${deviceId}, nor the one it replaces` }
+  if (peer.chainError !== null && !TIME_VERDICTS.has(peer.chainError)) return { ok: false, reason: 'untrusted-certificate', detail: `the certificate does not chain to a trusted CA (${peer.chainError})` }
+  if (entry.issuer === 'site' && !peer.siteIssued) return { ok: false, reason: 'untrusted-certificate', detail: 'the certificate is not signed by the site CA' }
+  if (peer.deviceId === null && entry.issuer === 'site') return { ok: false, reason: 'identity-mismatch', detail: 'the certificate names no device in its SAN' }
+  if (entry.revoked) return { ok: false, reason: 'revoked-certificate', detail: `certificate ${peer.serial} was revoked (${entry.revoked.reason})` }
+  if (peer.notBefore > nowS + gw.config.clockSkewS) return { ok: false, reason: 'not-yet-valid', detail: `certificate ${peer.serial} is valid only from ${peer.notBefore}` }
+  const rights = certificateRights(gw, record, peer.notAfter, nowS)
+  if (!rights.ok) return rights
+  return { ok: true, deviceId, rights: rights.rights, key: certificateCredential(peer.sha256) }
+}
+
 export interface AdmissionRequest {
   protocol: Protocol
   clientId: string
   username: string | undefined
   password: Uint8Array | string | undefined
   remote?: string
+  /** the client certificate of a TLS connection, where one was presented */
+  certificate?: PeerCertificate
 }
 
 /** Token admission with its durable one-connect-per-token memory and residual-use reporting. */
@@ -88,8 +154,11 @@ export class DeviceAdmission {
   readonly #residual: ResidualUseMonitor | null
   readonly #log: Logger
   #lastSweepS = 0
-  /** signature checks made so far (a throttled storm of garbage makes none) */
-  readonly stats = { verifies: 0 }
+  /** signature checks and password derivations made so far (a throttled storm of garbage makes none) */
+  readonly stats = { verifies: 0, passwordChecks: 0 }
+  readonly #passwords = new KnownPasswords()
+  /** when a throttled attempt last got a full password check, by device */
+  readonly #blockedChecks = new Map<string, number>()
 
   private constructor(gw: Gateway, jtis: JtiStore, residual: ResidualUseMonitor | null, log: Logger, keys: PublicKeyCache) {
     this.#gw = gw
@@ -112,7 +181,23 @@ export class DeviceAdmission {
   async admit(req: AdmissionRequest): Promise<AdmissionDecision> {
     let decision: AdmissionDecision
     const nowS = this.#gw.nowS()
-    if (req.password === undefined || req.password.length === 0) {
+    const record = this.#gw.registry.get(req.clientId)
+    if (req.certificate && (record === undefined || credentialKind(record.spec) === 'x509')) {
+      // A certificate admission writes nothing (no jti to remember): decided now, state read in the same step.
+      const d = decideCertificate(this.#gw, req.clientId, req.username, req.certificate, nowS)
+      return d.ok ? d : this.#refused(req, d)
+    }
+    if (record && credentialKind(record.spec) === 'password') {
+      decision = await this.#decidePassword(req, record, nowS)
+      if (!decision.ok) return this.#refused(req, decision)
+      // the state read again: a revoke may have landed while scrypt ran
+      const after = rightsOf(this.#gw, this.#gw.registry.get(req.clientId), this.#gw.nowS())
+      if (!after.ok) return this.#refused(req, after)
+      return { ...decision, rights: after.rights }
+    }
+    if (record && credentialKind(record.spec) === 'x509') {
+      decision = { ok: false, reason: 'wrong-credential', detail: `device ${req.clientId} authenticates with a client certificate on the TLS listener` }
+    } else if (req.password === undefined || req.password.length === 0) {
       decision = { ok: false, reason: 'malformed-token', detail: 'no password' }
     } else {
       let token: ParsedJws | null = null
@@ -126,7 +211,7 @@ export class DeviceAdmission {
     }
     if (decision.ok) {
       // Remembered in memory now (a concurrent replay is refused at once), until exp plus the skew a token is accepted for.
-      const op = this.#jtis.remember(decision.jti, decision.exp + this.#gw.config.clockSkewS, null)
+      const op = this.#jtis.remember(decision.jti!, decision.exp! + this.#gw.config.clockSkewS, null)
       try {
         await this.#gw.commit({ ops: [op] }, { sync: true })
       } catch (err) {
@@ -140,6 +225,48 @@ export class DeviceAdmission {
       return { ...decision, rights: after.rights }
     }
     return this.#refused(req, decision)
+  }
+
+  /**
+   * PROTOCOL §5 password admission: client id = user name = device id, the
+   * password compared with the stored scrypt hash in constant time (a
+   * password that verified before is recognised by its HMAC, without scrypt).
+   */
+  async #decidePassword(req: AdmissionRequest, record: DeviceRecord, nowS: number): Promise<AdmissionDecision> {
+    const id = req.clientId
+    if (req.username !== id) return { ok: false, reason: 'identity-mismatch', detail: `user name ${JSON.stringify(req.username ?? null)} is not the client id` }
+    if (req.password === undefined || req.password.length === 0) return { ok: false, reason: 'malformed-token', detail: 'no password' }
+    if (req.password.length > 1024) return { ok: false, reason: 'wrong-password', detail: 'the password is longer than any the gateway stores' }
+    const phc = record.spec.password!
+    let ok = this.#passwords.known(id, phc, req.password)
+    if (!ok) {
+      this.stats.passwordChecks++
+      ok = await verifyPassword(phc, req.password)
+      if (ok) this.#passwords.remember(id, phc, req.password)
+    }
+    if (!ok) return { ok: false, reason: 'wrong-password', detail: 'the password does not match the stored hash' }
+    const rights = rightsOf(this.#gw, this.#gw.registry.get(id), nowS)
+    if (!rights.ok) return rights
+    return { ok: true, deviceId: id, rights: rights.rights, key: passwordCredential(phc) }
+  }
+
+  /**
+   * Whether a throttled attempt with a password gets judged in full: one
+   * that verified before for this device (cheap: an HMAC), or, at most once
+   * a second per device, any other (a device first seen while someone
+   * guesses at its id still gets in, and the guesses cost one scrypt a second).
+   */
+  judgesPasswordUnderBlock(deviceId: string, password: Uint8Array | string | undefined): boolean {
+    const r = this.#gw.registry.get(deviceId)
+    if (password === undefined || r?.spec.password === undefined) return false
+    if (this.#passwords.known(deviceId, r.spec.password, password)) return true
+    const now = performance.now()
+    const last = this.#blockedChecks.get(deviceId)
+    if (last !== undefined && now - last < 1000) return false
+    this.#blockedChecks.delete(deviceId)
+    this.#blockedChecks.set(deviceId, now)
+    if (this.#blockedChecks.size > 10_000) this.#blockedChecks.delete(this.#blockedChecks.keys().next().value as string)
+    return true
   }
 
   #refused(req: AdmissionRequest, d: Extract<AdmissionDecision, { ok: false }>): AdmissionDecision {

@@ -117,9 +117,42 @@ export function signingKey(
   return null
 }
 
+/** The rights a certificate of a device grants now (§4, §5): by its own notAfter, renew-only within the grace after it. */
+export function certificateRights(
+  ctx: { config: Pick<AgentConfig, 'renewGraceS'> },
+  record: DeviceRecord,
+  notAfter: number,
+  nowS: number,
+): { ok: true; rights: Rights } | { ok: false; reason: RecordRefusal; detail: string } {
+  if (record.state !== 'active') return rightsOf(ctx, record, nowS)
+  if (nowS < notAfter) return { ok: true, rights: 'full' }
+  if (nowS - notAfter < ctx.config.renewGraceS) return { ok: true, rights: 'renew-only' }
+  return { ok: false, reason: 'credential-expired', detail: `certificate expired at ${notAfter}, beyond the ${ctx.config.renewGraceS} s renewal grace` }
+}
+
+/** The credential id of a password hash, as a session grant names it. */
+export const passwordCredential = (phc: string): string => `password:${phc}`
+
+/** The credential id of a certificate, as a session grant names it. */
+export const certificateCredential = (sha256: string): string => `x509:${sha256}`
+
+/**
+ * Whether a credential (a token key, base64url, or `x509:<sha256>`) is one
+ * the record still accepts at `nowS`: a key within its validity, a
+ * certificate the record holds and has not revoked.
+ */
+export function credentialValid(record: DeviceRecord, credential: string, nowS: number): boolean {
+  if (credential.startsWith('password:')) return record.spec.password === credential.slice(9)
+  if (credential.startsWith('x509:')) {
+    const sha = credential.slice(5)
+    return record.certificates?.some((c) => c.sha256 === sha && !c.revoked) ?? false
+  }
+  return record.keys.some((k) => k.publicKey === credential && keyValidAt(k, nowS))
+}
+
 /** What a live session was admitted with. */
 export interface SessionGrant {
-  /** the device key that signed its credential (null: the session was not opened with a device credential) */
+  /** the credential it was opened with (a token key, or `x509:<sha256>`); null: not opened with a device credential */
   key: string | null
   rights: Rights
 }
@@ -132,13 +165,37 @@ export interface SessionGrant {
  */
 export function grantHolds(ctx: { config: Pick<AgentConfig, 'renewGraceS'>; nowS(): number }, grant: SessionGrant, after: DeviceRecord | undefined): Rights | null {
   const nowS = ctx.nowS()
-  const r = rightsOf(ctx, after, nowS)
+  const r = sessionRights(ctx, grant.key, after, nowS)
   if (!r.ok) return null
-  if (grant.key !== null && !after!.keys.some((k) => k.publicKey === grant.key && keyValidAt(k, nowS))) return null
+  if (grant.key !== null && !credentialValid(after!, grant.key, nowS)) return null
   return r.rights === grant.rights || r.rights === 'full' ? r.rights : null
 }
 
-/** Whether a record change takes a key away (a stored session opened with it must go too). */
+/**
+ * The rights of a session opened with `credential` now: a certificate
+ * session is bound by that certificate's own expiry (a session opened with
+ * an expired certificate stays renew-only after its renewal is installed,
+ * until the device connects with the new one); any other by the record's.
+ */
+export function sessionRights(
+  ctx: { config: Pick<AgentConfig, 'renewGraceS'> },
+  credential: string | null,
+  record: DeviceRecord | undefined,
+  nowS: number,
+): { ok: true; rights: Rights } | { ok: false; reason: RecordRefusal; detail: string } {
+  if (credential === null || !credential.startsWith('x509:') || !record) return rightsOf(ctx, record, nowS)
+  const sha = credential.slice(5)
+  const cert = record.certificates?.find((c) => c.sha256 === sha)
+  if (!cert || cert.revoked) return { ok: false, reason: 'revoked', detail: 'the certificate of this session is no longer the device\'s' }
+  return certificateRights(ctx, record, cert.notAfter || record.credentialExpiresAt, nowS)
+}
+
+/** Whether a record change takes a credential away (a key, a certificate): a stored session opened with it must go too. */
 export function keysRemoved(before: DeviceRecord, after: DeviceRecord, nowS: number): boolean {
-  return before.keys.some((k) => keyValidAt(k, nowS) && !after.keys.some((n) => n.publicKey === k.publicKey && keyValidAt(n, nowS)))
+  const credentials = [
+    ...before.keys.filter((k) => keyValidAt(k, nowS)).map((k) => k.publicKey),
+    ...(before.certificates ?? []).filter((c) => !c.revoked).map((c) => certificateCredential(c.sha256)),
+    ...(before.spec.password !== undefined ? [passwordCredential(before.spec.password)] : []),
+  ]
+  return credentials.some((c) => !credentialValid(after, c, nowS))
 }

@@ -25,14 +25,13 @@ import type { Gateway } from '../../agent/gateway.ts'
 import type { Logger } from '../../agent/observe/logger.ts'
 import { hookBaseOf, HOOK_REGISTERS, type ModbusDeviceIndex } from './device-index.ts'
 import { ModbusLinkError, type DeviceLink } from './device-link.ts'
-import { HOOK_CMD, HOOK_STATUS } from '../../wire/protocol.ts'
+import { HOOK_CMD, HOOK_STATUS, hookCmd } from '../../wire/protocol.ts'
 import { registersReachable } from '../../agent/trust/rights.ts'
 import { BACKOFF, backoffDelay as delay, monotonic, realTimers, type BackoffPolicy, type Timers } from '../../agent/runtime/timers.ts'
 import { EdgewardenError } from '../../agent/runtime/errors.ts'
 
 /** PROTOCOL §7 `cmd` and `status` (wire/protocol.ts). */
 export { HOOK_CMD as CMD, HOOK_STATUS as STATUS }
-const CMD = HOOK_CMD
 const STATUS = HOOK_STATUS
 const OUTCOME: Record<number, 'done' | 'failed' | 'unsupported'> = { 2: 'done', 3: 'failed', 4: 'unsupported' }
 const MAX_WRITE_REGISTERS = 123 // FC 16 limit
@@ -201,8 +200,10 @@ export class ModbusHookRelay implements ActionChannel {
     if (envelope.length > room) {
       return this.#settle(action, record, hookBase, 'failed', `envelope of ${envelope.length} bytes does not fit the ${room} bytes of hook registers`, false)
     }
+    const cmd = hookCmd(action.act)
+    if (cmd === undefined) return this.#settle(action, record, hookBase, 'unsupported', `hook registers cannot carry ${action.act} (PROTOCOL §7)`, false)
     try {
-      await this.#write(link, hookBase, action.seq, CMD[action.act], envelope)
+      await this.#write(link, hookBase, action.seq, cmd, envelope)
       const status = await this.#pollStatus(link, hookBase, action)
       await this.#settle(action, record, hookBase, OUTCOME[status]!, status === STATUS.done ? undefined : `status register: ${OUTCOME[status]}`, true)
     } catch (err) {

@@ -3,8 +3,10 @@
 // residual-use reporting (§4). Decisions come from the core (DeviceAdmission,
 // the registry); this file only speaks aedes.
 import type { AedesOptions, AuthenticateError, Client } from 'aedes'
-import type { DeviceAdmission } from '../../agent/trust/admission.ts'
-import { currentRights, grantHolds, keysRemoved, type SessionGrant } from '../../agent/trust/rights.ts'
+import { TLSSocket } from 'node:tls'
+import type { SitePki } from '../../agent/pki/site-pki.ts'
+import type { DeviceAdmission, PeerCertificate } from '../../agent/trust/admission.ts'
+import { currentRights, grantHolds, keysRemoved, sessionRights, type Rights, type SessionGrant } from '../../agent/trust/rights.ts'
 import { AuthThrottle, failureKind, hasTokenShape } from '../../agent/trust/auth-throttle.ts'
 import type { DeviceRecord } from '../../agent/devices/device.ts'
 import type { Gateway } from '../../agent/gateway.ts'
@@ -25,8 +27,11 @@ export class MqttAdmissionPolicy {
   /** what each live session was admitted with, and the acl it was last judged under */
   readonly #grants = new WeakMap<Client, SessionGrant & { acl: TopicAcl | undefined }>()
 
-  constructor(gw: Gateway, admission: DeviceAdmission, residual: ResidualUseMonitor, log: Logger) {
+  readonly #pki: SitePki | null
+
+  constructor(gw: Gateway, admission: DeviceAdmission, residual: ResidualUseMonitor, log: Logger, pki: SitePki | null = null) {
     this.#gw = gw
+    this.#pki = pki
     this.admission = admission
     this.residual = residual
     this.#log = log
@@ -52,7 +57,7 @@ export class MqttAdmissionPolicy {
       authorizeSubscribe: (client, sub, done) => {
         const id = client.id
         const record = this.#gw.registry.get(id)
-        const rights = currentRights(this.#gw, record)
+        const rights = this.#rights(client, record)
         if (rights && sub.topic.length <= MAX_TOPIC_LENGTH && maySubscribe(id, rights, record?.spec.acl, sub.topic)) return done(null, sub)
         this.#log.debug({ deviceId: id, filter: sub.topic, rights }, 'subscription denied')
         if (rights === 'wipe-only') this.#residual(client, id, `subscribe to ${sub.topic} beyond wipe-only rights`)
@@ -61,7 +66,7 @@ export class MqttAdmissionPolicy {
       // The receiver's rights now (PROTOCOL §4), for live, queued and retained messages alike.
       authorizeForward: (client, packet) => {
         const record = this.#gw.registry.get(client.id)
-        const rights = currentRights(this.#gw, record)
+        const rights = this.#rights(client, record)
         return rights && mayReceive(client.id, rights, record?.spec.acl, packet.topic) ? packet : null
       },
     }
@@ -74,11 +79,13 @@ export class MqttAdmissionPolicy {
     done: (error: AuthenticateError | null, success: boolean | null) => void,
   ): void {
     const remote = remoteOf(client)
+    const certificate = this.#peerCertificate(client)
     const block = this.throttle.check(client.id, remote)
-    if (block && !hasTokenShape(password)) {
+    if (block && !certificate && !hasTokenShape(password) && !this.admission.judgesPasswordUnderBlock(client.id, password)) {
       // Refused before anything is parsed: a storm of garbage costs a map
-      // lookup each. A password with the shape of a token is checked in full
-      // below, so a valid one gets in whoever else failed here (auth-throttle.ts).
+      // lookup each. A password with the shape of a token, or a client
+      // certificate the TLS stack already checked, is judged in full below,
+      // so a valid credential gets in whoever else failed here (auth-throttle.ts).
       this.throttle.refusedBy(block)
       this.throttle.failure(client.id, remote, 'garbage')
       this.#log.debug({ deviceId: client.id, remote, scope: block.scope, untilS: block.untilS }, 'connect refused: authentication throttled')
@@ -87,7 +94,7 @@ export class MqttAdmissionPolicy {
       return done(Object.assign(new Error('connect refused: throttled'), { returnCode: 5 } as const), false)
     }
     this.admission
-      .admit({ protocol: 'mqtt', clientId: client.id, username, password, ...(remote ? { remote } : {}) })
+      .admit({ protocol: 'mqtt', clientId: client.id, username, password, ...(remote ? { remote } : {}), ...(certificate ? { certificate } : {}) })
       .then(
         (d) => {
           if (!d.ok) {
@@ -97,6 +104,7 @@ export class MqttAdmissionPolicy {
             return done(Object.assign(new Error(`connect refused: ${d.reason}`), { returnCode: d.reason === 'malformed-token' ? 4 : 5 } as const), false)
           }
           this.throttle.success(client.id)
+          if (certificate) this.#pki?.connectedWith(client.id, certificate)
           this.#grants.set(client, { key: d.key, rights: d.rights, acl: this.#gw.registry.get(client.id)?.spec.acl })
           // aedes registers the session a moment after this: a cut landing in
           // between would find no session to close, so check once more when
@@ -121,7 +129,7 @@ export class MqttAdmissionPolicy {
     const id = client?.id ?? packet.clientId
     if (id === undefined) return done(new Error('publish not authorized'))
     const record = this.#gw.registry.get(id)
-    const rights = currentRights(this.#gw, record)
+    const rights = client ? this.#rights(client, record) : currentRights(this.#gw, record)
     if (rights && packet.topic.length <= MAX_TOPIC_LENGTH && mayPublish(id, rights, record?.spec.acl, packet.topic)) return done(null)
     const what = packet.cmd === 'publish' ? 'publish' : 'will'
     this.#log.debug({ deviceId: id, topic: packet.topic, rights, what }, 'publish denied')
@@ -150,6 +158,22 @@ export class MqttAdmissionPolicy {
   narrowed(before: DeviceRecord, after: DeviceRecord): boolean {
     const nowS = this.#gw.nowS()
     return keysRemoved(before, after, nowS) || currentRights(this.#gw, after) !== currentRights(this.#gw, before) || !aclCovers(after.spec.acl, before.spec.acl)
+  }
+
+  /** A live session's rights now: bound by its own certificate's expiry where it was opened with one (rights.ts sessionRights). */
+  #rights(client: Client, record: DeviceRecord | undefined): Rights | null {
+    const r = sessionRights(this.#gw, this.#grants.get(client)?.key ?? null, record, this.#gw.nowS())
+    return r.ok ? r.rights : null
+  }
+
+  /** The client certificate of a TLS connection, as admission judges it; undefined without one (or on plain TCP). */
+  #peerCertificate(client: Client): PeerCertificate | undefined {
+    const sock = client.conn as unknown
+    if (!this.#pki || !(sock instanceof TLSSocket)) return undefined
+    const cert = sock.getPeerX509Certificate()
+    if (!cert) return undefined
+    const err = sock.authorizationError
+    return { ...this.#pki.inspect(cert), chainError: sock.authorized || err === undefined || err === null ? null : typeof err === 'string' ? err : ((err as { code?: string }).code ?? String(err)) }
   }
 
   #residual(client: Client | null, deviceId: string, detail: string): void {

@@ -1,6 +1,6 @@
 // The site MQTT broker: aedes on plain TCP (and TLS where configured). Policy
 // (who may connect, publish, subscribe) is injected, as aedes intends.
-import { readFileSync } from 'node:fs'
+import { randomBytes } from 'node:crypto'
 import { createServer as createTcpServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { createServer as createTlsServer } from 'node:tls'
 import { Aedes, type AedesOptions, type Client } from 'aedes'
@@ -26,8 +26,10 @@ export interface SessionReview {
 
 export interface SiteBrokerOptions {
   host: string
-  port: number
-  tls: { port: number; certFile: string; keyFile: string } | null
+  /** the plain listener's port; null: none */
+  port: number | null
+  /** the TLS listener: its certificate chain and key (PEM), and the CAs client certificates may chain to */
+  tls: { port: number; cert: string; key: string; ca: string[] } | null
   log: Logger
   /** aedes handlers: authenticate, authorizePublish, authorizeSubscribe, … */
   policy: Partial<AedesOptions>
@@ -50,6 +52,7 @@ export class SiteBroker implements ProtocolAdapter {
   #ports: { mqtt?: number; mqtts?: number } = {}
   /** stored sessions being forgotten */
   readonly #forgetting = new Set<Promise<void>>()
+  #tls: import('node:tls').Server | null = null
 
   constructor(opts: SiteBrokerOptions) {
     this.#opts = opts
@@ -85,14 +88,24 @@ export class SiteBroker implements ProtocolAdapter {
     }
     try {
       // Small packets (CONNACK, SUBACK, actions, PUBACKs): sent at once, not held by Nagle.
-      const plain = createTcpServer({ noDelay: true }, handle)
-      this.#ports.mqtt = await listen(plain, this.#opts.port, this.#opts.host)
-      this.#servers.push(plain)
+      if (this.#opts.port !== null) {
+        const plain = createTcpServer({ noDelay: true }, handle)
+        this.#ports.mqtt = await listen(plain, this.#opts.port, this.#opts.host)
+        this.#servers.push(plain)
+      }
       const tls = this.#opts.tls
       if (tls) {
-        const secure = createTlsServer({ cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile), minVersion: 'TLSv1.2', noDelay: true }, handle)
+        // Client certificates are asked for, not required (token devices use
+        // this listener too), and judged by admission, not by the handshake:
+        // a revoked certificate, one past its grace, or one resumed from an
+        // earlier session is refused at CONNECT, every time (PROTOCOL §5).
+        const secure = createTlsServer(
+          { cert: tls.cert, key: tls.key, ...(tls.ca.length ? { ca: tls.ca } : {}), requestCert: tls.ca.length > 0, rejectUnauthorized: false, minVersion: 'TLSv1.2', noDelay: true },
+          handle,
+        )
         this.#ports.mqtts = await listen(secure, tls.port, this.#opts.host)
         this.#servers.push(secure)
+        this.#tls = secure
       }
     } catch (err) {
       // A port taken: the aedes instance (its timers) and a listener already
@@ -115,6 +128,15 @@ export class SiteBroker implements ProtocolAdapter {
    * that leaves `active` keeps nothing on the broker, so nothing published
    * while it was cut reaches it later, and nothing piles up for it.
    */
+  /**
+   * New session-ticket keys for the TLS listener: a ticket issued before
+   * (to a certificate since revoked) no longer resumes (admission refuses
+   * such a session anyway; this keeps resumption from even shortening it).
+   */
+  rotateTicketKeys(): void {
+    this.#tls?.setTicketKeys(randomBytes(48))
+  }
+
   closeSessions(deviceId: string): number {
     const set = this.#clients.get(deviceId)
     const n = set?.size ?? 0

@@ -59,7 +59,7 @@ test('loadConfig on random flags, environment and config files: a valid config o
       const r = load({ flags: { ...f, ...configFlag }, env: e, cwd: dir })
       if (!(r instanceof ConfigError)) {
         valid++
-        assert.ok(r.mqtt.port >= 0 && r.mqtt.port <= 65535)
+        assert.ok(r.mqtt.port === null || (r.mqtt.port >= 0 && r.mqtt.port <= 65535))
         assert.ok(Number.isSafeInteger(r.authThrottle.perClient) && r.authThrottle.perClient >= 0)
         assert.ok(r.dataDir.startsWith('/'))
       }
@@ -71,7 +71,13 @@ test('loadConfig on random flags, environment and config files: a valid config o
 
 /** Where each whole-number option lands in AgentConfig. */
 const INT_AT: Record<string, (c: AgentConfig) => number | undefined> = {
-  mqttPort: (c) => c.mqtt.port,
+  mqttPort: (c) => c.mqtt.port ?? undefined,
+  mqttsPort: (c) => c.mqtt.tls?.port,
+  estPort: (c) => c.pki.est?.port,
+  modbusMaxClients: (c) => c.modbusClients.maxClients,
+  modbusMaxClientsPerAddress: (c) => c.modbusClients.maxClientsPerAddress,
+  modbusIdleTimeoutMs: (c) => c.modbusClients.idleTimeoutMs,
+  rejectReportIntervalS: (c) => c.rejectReportIntervalS,
   modbusPort: (c) => c.modbus?.port,
   modbusTimeoutMs: (c) => c.modbusTimeoutMs,
   httpPort: (c) => c.http?.port,
@@ -92,7 +98,7 @@ const INT_AT: Record<string, (c: AgentConfig) => number | undefined> = {
 test('valid values round-trip: whole numbers and ports, by file, environment or flag, in that precedence', (t) => {
   const dir = tempDir(t)
   const ints = settable.filter((o) => INT_AT[o.key] !== undefined)
-  assert.equal(ints.length, 16)
+  assert.equal(ints.length, 22)
   fc.assert(
     fc.property(fc.constantFrom(...ints).chain((o) => fc.tuple(fc.constant(o), ...[0, 1, 2].map(() => fc.integer({ min: o.min ?? 0, max: 65535 })))), ([o, a, b, c]) => {
       const path = join(dir, 'c.json')
