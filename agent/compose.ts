@@ -34,6 +34,7 @@ import { AccessEnforcer } from './trust/enforcer.ts'
 import { Gateway, VERSION } from './gateway.ts'
 import { startHttpEndpoint, type HttpEndpoint } from './observe/http-server.ts'
 import { createMetrics } from './observe/metrics.ts'
+import { DeviceActivity } from './observe/device-activity.ts'
 import type { Logger } from './observe/logger.ts'
 import { openQuarantine, quarantineReport, registrySource } from './quarantine/setup.ts'
 import type { QuarantineBackend } from './quarantine/quarantine.ts'
@@ -61,6 +62,8 @@ export interface RunningAgent {
   http: HttpEndpoint | null
   /** the EST server (RFC 7030, PROTOCOL §9) with --est-port, else null */
   est: EstServer | null
+  /** each device's last refusal and the latest residual-use alerts (device show, status page) */
+  activity: DeviceActivity
   stop(): Promise<void>
 }
 
@@ -86,7 +89,15 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
     }
     const residual = new ResidualUseMonitor(gateway, log.child({ component: 'residual-use' }))
     stack.push(() => residual.stop())
-    const admission = await DeviceAdmission.open(gateway, { log: log.child({ component: 'mqtt-admission' }), residual })
+    const admission = await DeviceAdmission.open(gateway, { log: log.child({ component: 'mqtt-admission' }), residual, pool: gateway.crypto })
+    // Each device's last refused connect, for device show and the status page: every refusal passes noteRefusal (trust/admission.ts).
+    const activity = await DeviceActivity.open(gateway)
+    stack.push(async () => activity.stop())
+    const noteRefusal = admission.noteRefusal.bind(admission)
+    admission.noteRefusal = (req, reason, detail) => {
+      activity.noteRefusal(req.clientId, req.protocol, reason, detail, req.remote)
+      noteRefusal(req, reason, detail)
+    }
     const dispatcher = new ActionDispatcher(gateway, log.child({ component: 'actions' }))
     const actions = new DeviceActions(gateway, dispatcher, log.child({ component: 'actions' }))
     const credentials = new CredentialLifecycle(gateway, actions, log.child({ component: 'credentials' }))
@@ -182,15 +193,23 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
     // Metrics, /healthz, /readyz and the status page (--http-port); /readyz says ready once everything below started.
     let http: HttpEndpoint | null = null
     if (config.http) {
-      const sources = { gateway, adapters, uplink }
-      const metrics = createMetrics({ ...sources, residualAttempts: (id) => residual.attempts(id), crlNextUpdate: () => pki.crl.current?.nextUpdate ?? null })
+      const sources = { gateway, adapters, uplink, activity, quarantineBackend: quarantine.name }
+      const metrics = createMetrics({ ...sources, residualAttempts: (id) => residual.attempts(id), connectRefusals: () => admission.refusals(), crlNextUpdate: () => pki.crl.current?.nextUpdate ?? null })
       stack.push(async () => metrics.close())
       const h = await startHttpEndpoint(gateway, { ...sources, ...config.http, metrics: metrics.registry, pki, log: log.child({ component: 'http' }) })
       // closed last, just before the store: /readyz says `stopping` for the whole stop
       stack.splice(1, 0, () => h.close())
       http = h
     }
-    const admin = await startAdminServer(gateway, { ops, quarantine: (gw) => quarantineReport(registrySource(gw), quarantine), pki }, log.child({ component: 'admin' }))
+    const listeners = () => {
+      const d = mqtt.adapter.describe() as { mqtt?: number; mqtts?: number }
+      return { mqtt: { host: config.mqtt.host, port: d.mqtt ?? null, tlsPort: d.mqtts ?? null } }
+    }
+    const admin = await startAdminServer(
+      gateway,
+      { ops: commands.localOps(ops), quarantine: (gw) => quarantineReport(registrySource(gw), quarantine), pki, live: { adapters, activity }, actions, retirements, listeners },
+      log.child({ component: 'admin' }),
+    )
     stack.push(() => admin.close())
     if (http) {
       const h = http
@@ -216,6 +235,7 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
       adminPath: admin.path,
       http,
       est,
+      activity,
       stop: stopAll,
     }
   } catch (err) {

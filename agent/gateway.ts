@@ -14,7 +14,9 @@ import type { Logger } from './observe/logger.ts'
 import { Outbox, type EventInput, type StoredEvent } from './uplink/outbox.ts'
 import { Registry } from './devices/registry.ts'
 import { applyTransition, type FromState, type Transition } from './trust/state-machine.ts'
+import { CryptoPool } from './runtime/crypto-pool.ts'
 import { Store, type WriteOp } from './store/store.ts'
+import { migrateStore } from './store/schema.ts'
 
 export const VERSION = '0.1.0'
 const DEFAULT_ACTION_DEADLINE_S = 30 * 24 * 3600
@@ -42,6 +44,13 @@ export interface Change {
   ops?: WriteOp[]
   audit?: AuditInput[]
   events?: EventInput[]
+}
+
+export interface QueueOptions {
+  args?: Record<string, unknown>
+  deadlineS?: number
+  /** more to write in the action's own batch, given the action (a retirement records its wipe action with it) */
+  with?: (action: QueuedAction) => Change
 }
 
 export type DeviceListener = (change: DeviceChange) => void
@@ -85,6 +94,8 @@ export class Gateway {
   readonly registry: Registry
   readonly actions: ActionQueue
   readonly outbox: Outbox
+  /** Ed25519 off the event loop: device signatures checked, events signed (runtime/crypto-pool.ts) */
+  readonly crypto: CryptoPool
   readonly #audit: AuditChain
   readonly #log: Logger
   readonly #deviceListeners = new Set<DeviceListener>()
@@ -106,6 +117,7 @@ export class Gateway {
     actions: ActionQueue
     outbox: Outbox
     audit: AuditChain
+    crypto: CryptoPool
     log: Logger
   }) {
     this.config = init.config
@@ -117,6 +129,8 @@ export class Gateway {
     this.registry = init.registry
     this.actions = init.actions
     this.outbox = init.outbox
+    this.crypto = init.crypto
+    this.outbox.signOn(init.crypto)
     this.#audit = init.audit
     this.#log = init.log
     this.#durable = { seq: init.outbox.lastSeq, audit: init.audit.head }
@@ -125,6 +139,8 @@ export class Gateway {
   static async open(config: AgentConfig, opts: { log: Logger; clock?: Clock }): Promise<Gateway> {
     const store = await Store.open(config.dataDir)
     try {
+      // before anything reads it: a newer store is refused untouched, an older one migrated (store/schema.ts)
+      const migrated = await migrateStore(store, config.dataDir, VERSION)
       const defaultKey = config.keyFile === `${config.dataDir}/gateway.key`
       const key = loadGatewayKey(config, defaultKey)
       // The system clock, guarded against jumps; a test's clock as it is.
@@ -135,8 +151,10 @@ export class Gateway {
         Outbox.load(store, config.gateway, key.privateKey),
         AuditChain.load(store, key),
       ])
-      const gw = new Gateway({ config, key, clock, store, registry, actions, outbox, audit, log: opts.log })
+      const crypto = new CryptoPool({ ...(config.cryptoWorkers !== null ? { size: config.cryptoWorkers } : {}), signKey: key.privateKey, log: opts.log.child({ component: 'crypto' }) })
+      const gw = new Gateway({ config, key, clock, store, registry, actions, outbox, audit, crypto, log: opts.log })
       await gw.#recordIdentity()
+      if (migrated.length) await gw.#commit({ audit: migrated.map((m) => ({ actor: 'gateway', action: 'store.migrated', data: { ...m, version: VERSION } })) })
       return gw
     } catch (err) {
       await store.close().catch(() => {})
@@ -214,8 +232,11 @@ export class Gateway {
   async #commit(change: Change, opts: { sync: boolean } = { sync: true }): Promise<StoredEvent[]> {
     const nowMs = this.clock.now()
     const ops: WriteOp[] = [...(change.ops ?? [])]
+    // Entries are chained, not signed: the head written with every store batch is (one signature per batch, AuditChain.headOp)
     for (const a of change.audit ?? []) ops.push(...this.#audit.append(a, nowMs).ops)
     const events: StoredEvent[] = []
+    /** event signatures being made on the crypto pool: the batch is written once they are */
+    let signed: Promise<void>[] | undefined
     for (const e of change.events ?? []) {
       if (this.outbox.depth >= this.config.outboxMax) {
         // At the bound (uplink down for long): events that only inform are
@@ -235,13 +256,14 @@ export class Gateway {
       const r = this.outbox.append(e, Math.floor(nowMs / 1000))
       events.push(r.event)
       ops.push(...r.ops)
+      if (r.ready) (signed ??= []).push(r.ready)
     }
     // One signed head per batch that holds entries or events (see AuditChain.headOp).
     if (change.audit?.length || events.length) ops.push(this.#audit.headOp(this.outbox.lastSeq))
     const mark = { seq: this.outbox.lastSeq, audit: this.#audit.head }
     // Events are always synced: a seq the control plane saw must never be
     // handed out again after a power cut (§3: seq grows by exactly one).
-    await this.store.write(ops, { sync: opts.sync || events.length > 0 })
+    await this.store.write(ops, { sync: opts.sync || events.length > 0, ready: signed ? Promise.all(signed) : null })
     // Writes complete in order: what this batch made is now on disk.
     if (mark.seq >= this.#durable.seq && mark.audit.seq >= this.#durable.audit.seq) this.#durable = mark
     if (events.length) for (const l of this.#eventListeners) l(events)
@@ -297,7 +319,7 @@ export class Gateway {
    * Add or update a device (PROTOCOL §3 device.enroll). `opts.certificate`:
    * the certificate the site CA just issued for it (x509 with a csr).
    */
-  async enroll(input: DeviceSpec | unknown, who: Actor, extraFn: Extra = {}, opts: { certificate?: CertificateRecord } = {}): Promise<DeviceRecord> {
+  async enroll(input: DeviceSpec | unknown, who: Actor, extraFn: Extra = {}, opts: { certificate?: CertificateRecord; changes?: string[] } = {}): Promise<DeviceRecord> {
     const parsed = parseDeviceSpec(input)
     if (!parsed.ok) throw new EdgewardenError('INVALID_DEVICE', `invalid device: ${parsed.problems.join('; ')}`)
     const spec = parsed.spec
@@ -330,8 +352,13 @@ export class Gateway {
             ? [{ serial: '', sha256: x.certificateSha256, notBefore: 0, notAfter: 0, issuer: 'external', role: 'current' }]
             : []
       if ('bootstrapSecretSha256' in x) record.bootstrap = keep && before.bootstrap ? before.bootstrap : { secretSha256: x.bootstrapSecretSha256 }
+    } else if (spec.opcua && before?.certificates?.length && before.state !== 'revoked') {
+      // An OPC UA device's application certificates from the site CA (§8) are not its token credential: an update keeps them.
+      record.certificates = before.certificates
     }
     if (who.reason !== undefined) record.stateReason = who.reason
+    // a record updated in a state it keeps (a quarantine) keeps the reason it is in that state for
+    else if (before?.stateReason !== undefined && from === to) record.stateReason = before.stateReason
     if (before?.lastSeenAt !== undefined) record.lastSeenAt = before.lastSeenAt
     // A TOFU pin survives an update of the record, not re-admission nor a move to another endpoint.
     if (before?.opcuaPin && before.state !== 'revoked' && before.spec.opcua?.endpoint === spec.opcua?.endpoint) record.opcuaPin = before.opcuaPin
@@ -347,7 +374,7 @@ export class Gateway {
           actor: who.actor,
           action: 'device.enroll',
           subject: spec.id,
-          data: { from, to, credentialKind: kind, publicKey: spec.publicKey, certificate: opts.certificate?.serial, jti: who.jti, claimedBy: who.claimedBy },
+          data: { from, to, credentialKind: kind, publicKey: spec.publicKey, certificate: opts.certificate?.serial, jti: who.jti, claimedBy: who.claimedBy, reason: who.reason, changes: opts.changes },
         },
         ...(extra.audit ?? []),
       ],
@@ -406,7 +433,7 @@ export class Gateway {
   }
 
   /** Queue an action for a device (PROTOCOL §5): stored, signed and audited before anything sends it. */
-  async queueAction(id: string, act: Act, who: Actor, opts: { args?: Record<string, unknown>; deadlineS?: number } = {}): Promise<QueuedAction> {
+  async queueAction(id: string, act: Act, who: Actor, opts: QueueOptions = {}): Promise<QueuedAction> {
     const d = this.requireDevice(id)
     const allowed: Record<Act, readonly DeviceState[]> = {
       wipe: ['active', 'quarantined', 'revoked', 'retiring'],
@@ -418,12 +445,15 @@ export class Gateway {
     if (!allowed[act].includes(d.state)) throw new IllegalTransitionError(id, d.state, `${act} queued`, `queueing ${act}`)
     const now = this.nowS()
     const { action, superseded, ops } = this.actions.enqueue(id, act, opts.args ?? {}, now, now + (opts.deadlineS ?? DEFAULT_ACTION_DEADLINE_S))
+    // what the caller writes with it, in the same atomic batch (its audit entries first)
+    const withIt = opts.with?.(action) ?? {}
     await this.#commit({
-      ops,
+      ops: [...(withIt.ops ?? []), ...ops],
+      events: [...(withIt.events ?? []), { type: 'action.queued', data: { deviceId: id, actionId: action.id, act } }],
       audit: [
+        ...(withIt.audit ?? []),
         { actor: who.actor, action: 'action.queued', subject: id, data: { actionId: action.id, act, seq: action.seq, reason: who.reason, jti: who.jti, claimedBy: who.claimedBy, superseded: superseded.map((a) => a.id) } },
       ],
-      events: [{ type: 'action.queued', data: { deviceId: id, actionId: action.id, act } }],
     })
     return action
   }
@@ -452,6 +482,23 @@ export class Gateway {
     await this.store.write(ops, { sync: false })
   }
 
+  /**
+   * Take a revoked device out of the registry, with its pending actions, in
+   * one audited batch. Only a revoked one: its sessions are closed and it is
+   * refused everywhere already, and once removed it is an unknown id, which
+   * is refused too. Local only (the admin socket); PROTOCOL §3 has no op for it.
+   */
+  async removeDevice(id: string, who: Actor): Promise<void> {
+    const before = this.requireDevice(id)
+    if (before.state !== 'revoked') throw new IllegalTransitionError(id, before.state, 'removed', 'removal (only of a revoked device)')
+    const pending = [...this.actions.pending(id)]
+    const ops: WriteOp[] = [this.registry.delete(id), ...pending.map((a) => this.actions.remove(id, a.id)).filter((o): o is WriteOp => o !== null)]
+    await this.#commit({
+      ops,
+      audit: [{ actor: who.actor, action: 'device.removed', subject: id, data: { state: before.state, reason: who.reason, actions: pending.map((a) => a.id), claimedBy: who.claimedBy } }],
+    })
+  }
+
   /** Informational events left out at the outbox bound since start. */
   get eventsDroppedAtBound(): number {
     return this.#droppedAtBound
@@ -459,5 +506,6 @@ export class Gateway {
 
   async close(): Promise<void> {
     await this.store.close()
+    await this.crypto.close()
   }
 }

@@ -27,6 +27,17 @@ export function rssOf(pid: number): number | null {
   }
 }
 
+/** CPU time a process has used so far (user + system), ms, from /proc (null where /proc is not there). */
+export function cpuMsOf(pid: number): number | null {
+  try {
+    // the fields after the command name (which may hold spaces): utime and stime are the 12th and 13th, in clock ticks (100 a second on Linux)
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ').pop()!.split(' ')
+    return (Number(f[11]) + Number(f[12])) * 10
+  } catch {
+    return null
+  }
+}
+
 export interface Child {
   name: string
   proc: ChildProcess
@@ -88,15 +99,16 @@ export interface Broker extends Child {
 
 /**
  * A node broker (the agent's CLI or bench/bare-aedes.ts) that prints a JSON
- * `ready` line with `mqtt.mqtt` as its port. With `probe`, it runs with
- * --expose-gc and bench/probe.mjs and answers memory() over IPC.
+ * `ready` line with `mqtt.mqtt` as its port (`mqtt.mqtts` with `listener:
+ * 'mqtts'`: the TLS listener is the one measured). With `probe`, it runs
+ * with --expose-gc and bench/probe.mjs and answers memory() over IPC.
  */
 export async function spawnNodeBroker(
   procs: Procs,
   name: string,
   script: string,
   args: string[],
-  opts: { probe?: boolean; nodeFlags?: string[]; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
+  opts: { probe?: boolean; nodeFlags?: string[]; timeoutMs?: number; env?: NodeJS.ProcessEnv; listener?: 'mqtt' | 'mqtts' } = {},
 ): Promise<Broker> {
   const flags = [...(opts.nodeFlags ?? [])]
   if (opts.probe) flags.push('--expose-gc', '--import', join(ROOT, 'bench', 'probe.mjs'))
@@ -129,8 +141,9 @@ export async function spawnNodeBroker(
     })
   })
   const readyMs = performance.now() - started
-  const port = (ready.mqtt as { mqtt?: number } | undefined)?.mqtt
-  if (typeof port !== 'number') throw new Error(`${name}: no mqtt port in its ready line`)
+  const listener = opts.listener ?? 'mqtt'
+  const port = (ready.mqtt as { mqtt?: number; mqtts?: number } | undefined)?.[listener]
+  if (typeof port !== 'number') throw new Error(`${name}: no ${listener} port in its ready line`)
   return {
     ...child,
     port,

@@ -6,8 +6,18 @@
 // load generator, not device firmware, and noble (~700 signs/s) would make
 // the generator the bottleneck. Tokens are minted before each timed window.
 // Every connect is bounded by a timeout and never retried.
+//
+// Over TLS (connect with `tls`): node:tls, one full handshake per connect
+// (no session is ever offered for resumption; a reused one is counted).
+// `mtls`: the device's own P-256 key and certificate (initTls), CONNECT with
+// the client id alone (PROTOCOL §5: the certificate is the credential);
+// `token`: server-authenticated TLS, the token in CONNECT as on plain TCP.
+// Each device's TLS context (key, certificate, the CA it trusts the server
+// with) is built once in initTls, outside every timed window, as a device
+// loads its credentials once.
 import { createPrivateKey, createPublicKey, sign, verify, type KeyObject } from 'node:crypto'
 import { connect as tcpConnect, type Socket } from 'node:net'
+import { connect as tlsConnect, createSecureContext, type SecureContext } from 'node:tls'
 import { performance } from 'node:perf_hooks'
 import { ControlPlane } from '../simulators/control-plane.ts'
 import { utf8 } from '../wire/base64url.ts'
@@ -21,6 +31,16 @@ export interface LoadDevice {
   d: string
 }
 
+/** A certificate device (PROTOCOL §9): its P-256 key (PKCS#8 PEM) and the certificate the site CA issued it (PEM). */
+export interface TlsDevice {
+  id: string
+  key: string
+  cert: string
+}
+
+/** How a connect goes over TLS: `mtls` with the device's certificate, `token` with server authentication only and the token in CONNECT. */
+export type TlsMode = 'mtls' | 'token'
+
 export interface CpSpec {
   url: string
   site: string
@@ -31,8 +51,9 @@ export interface CpSpec {
 
 export type LoadRequest =
   | { op: 'init'; devices: LoadDevice[]; gatewayId: string; gatewayPublicKey: string }
+  | { op: 'initTls'; ca: string; devices: TlsDevice[] }
   | { op: 'mint'; ids: string[]; lifetimeS: number }
-  | { op: 'connect'; port: number; ids: string[]; concurrency: number; timeoutMs: number; retryMs?: number; deadlineMs?: number }
+  | { op: 'connect'; port: number; ids: string[]; concurrency: number; timeoutMs: number; retryMs?: number; deadlineMs?: number; tls?: TlsMode }
   | { op: 'disconnect'; ids: string[] | 'all' }
   | { op: 'revoke'; cp: CpSpec; ids: string[]; gapMs: number; timeoutMs: number }
   | { op: 'count' }
@@ -48,6 +69,10 @@ export interface ConnectReply {
   retries: number
   /** epoch ms (timeOrigin + now) when the last device was listening */
   lastAt: number
+  /** TLS connects whose session was resumed (should stay 0: none is ever offered) */
+  resumed: number
+  /** CPU time of the load generator over the run (user + system), ms: near elapsedMs means it, not the broker, was the limit */
+  cpuMs: number
 }
 
 export interface RevokeReply {
@@ -70,6 +95,11 @@ class LoadGenerator {
   readonly #keys = new Map<string, KeyObject>()
   readonly #tokens = new Map<string, string[]>()
   readonly #conns = new Map<string, Conn>()
+  /** per certificate device: its key, certificate and the CA */
+  readonly #tlsContexts = new Map<string, SecureContext>()
+  /** token devices over TLS: the CA alone */
+  #serverAuthContext: SecureContext | null = null
+  #resumed = 0
   #gatewayId = ''
   #gatewayKey: KeyObject | null = null
   acksSent = 0
@@ -83,6 +113,11 @@ class LoadGenerator {
     }
     this.#gatewayId = gatewayId
     this.#gatewayKey = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: gatewayPublicKey }, format: 'jwk' })
+  }
+
+  initTls(ca: string, devices: TlsDevice[]): void {
+    this.#serverAuthContext = createSecureContext({ ca, minVersion: 'TLSv1.2' })
+    for (const d of devices) this.#tlsContexts.set(d.id, createSecureContext({ key: d.key, cert: d.cert, ca, minVersion: 'TLSv1.2' }))
   }
 
   #sign(id: string, claims: Record<string, unknown>): string {
@@ -101,10 +136,24 @@ class LoadGenerator {
   }
 
   /** Connect and subscribe one device: resolves once it is listening on dev/<id>/cmd. */
-  #connectOne(port: number, id: string, timeoutMs: number): Promise<Conn> {
-    const token = this.#tokens.get(id)?.shift() ?? 'no-token'
+  #connectOne(port: number, id: string, timeoutMs: number, tls?: TlsMode): Promise<Conn> {
+    const token = tls === 'mtls' ? null : (this.#tokens.get(id)?.shift() ?? 'no-token')
+    const secureContext = tls === 'mtls' ? this.#tlsContexts.get(id) : tls === 'token' ? this.#serverAuthContext : undefined
+    if (tls && !secureContext) return Promise.reject(new Error(tls === 'mtls' ? `${id}: no certificate (initTls)` : 'no CA (initTls)'))
     return new Promise((resolve, reject) => {
-      const socket = tcpConnect({ host: '127.0.0.1', port, noDelay: true })
+      const connectPkt = token === null ? connectPacket(id) : connectPacket(id, id, token)
+      // No `session` is ever passed: every TLS connect is a full handshake.
+      let socket: Socket
+      if (secureContext) {
+        const s = tlsConnect({ host: '127.0.0.1', port, secureContext }, () => {
+          if (s.isSessionReused()) this.#resumed++
+          s.write(connectPkt)
+        })
+        s.setNoDelay(true)
+        socket = s
+      } else {
+        socket = tcpConnect({ host: '127.0.0.1', port, noDelay: true })
+      }
       const reader = new PacketReader()
       let settled = false
       let ackId = 1
@@ -146,13 +195,14 @@ class LoadGenerator {
           fail((err as Error).message)
         }
       })
-      socket.write(connectPacket(id, id, token))
+      if (!secureContext) socket.write(connectPkt)
     })
   }
 
   /** The device side of an action: verify it is the gateway's and ours, answer `done`. */
   #answer(id: string, payload: Buffer): string | null {
     this.actionsSeen++
+    if (!this.#keys.has(id)) return null // a certificate device of the TLS runs: no actions are sent to them
     let jws
     try {
       jws = parseJws(payload)
@@ -171,11 +221,13 @@ class LoadGenerator {
    * device whose connect failed tries again after retryMs (± 50 %) with a
    * fresh token, as a real device does, until `deadlineMs` has passed.
    */
-  async connect(port: number, ids: string[], concurrency: number, timeoutMs: number, retryMs = 0, deadlineMs = 0): Promise<ConnectReply> {
+  async connect(port: number, ids: string[], concurrency: number, timeoutMs: number, retryMs = 0, deadlineMs = 0, tls?: TlsMode): Promise<ConnectReply> {
     let next = 0
     let failed = 0
     let retries = 0
     const errors: string[] = []
+    const resumedBefore = this.#resumed
+    const cpu = process.cpuUsage()
     const start = performance.now()
     let lastAt = 0
     const worker = async (): Promise<void> => {
@@ -183,7 +235,7 @@ class LoadGenerator {
         const id = ids[next++]!
         for (;;) {
           try {
-            this.#conns.set(id, await this.#connectOne(port, id, timeoutMs))
+            this.#conns.set(id, await this.#connectOne(port, id, timeoutMs, tls))
             lastAt = epochMs()
             break
           } catch (err) {
@@ -191,7 +243,7 @@ class LoadGenerator {
             if (retryMs > 0 && performance.now() - start < deadlineMs) {
               retries++
               await new Promise((r) => setTimeout(r, retryMs * (0.5 + Math.random())))
-              this.mint([id], 1800)
+              if (tls !== 'mtls') this.mint([id], 1800)
               continue
             }
             failed++
@@ -201,7 +253,9 @@ class LoadGenerator {
       }
     }
     await Promise.all(Array.from({ length: Math.min(concurrency, ids.length) }, worker))
-    return { connected: ids.length - failed, failed, elapsedMs: performance.now() - start, errors, lastAt, retries }
+    const elapsedMs = performance.now() - start
+    const used = process.cpuUsage(cpu)
+    return { connected: ids.length - failed, failed, elapsedMs, errors, lastAt, retries, resumed: this.#resumed - resumedBefore, cpuMs: (used.user + used.system) / 1000 }
   }
 
   async disconnect(ids: string[] | 'all'): Promise<number> {
@@ -272,10 +326,12 @@ async function serve(): Promise<void> {
       switch (req.op) {
         case 'init':
           return gen.init(req.devices, req.gatewayId, req.gatewayPublicKey)
+        case 'initTls':
+          return gen.initTls(req.ca, req.devices)
         case 'mint':
           return gen.mint(req.ids, req.lifetimeS)
         case 'connect':
-          return gen.connect(req.port, req.ids, req.concurrency, req.timeoutMs, req.retryMs, req.deadlineMs)
+          return gen.connect(req.port, req.ids, req.concurrency, req.timeoutMs, req.retryMs, req.deadlineMs, req.tls)
         case 'disconnect':
           return gen.disconnect(req.ids)
         case 'revoke':

@@ -30,11 +30,17 @@ const str = (s: string | Buffer): Buffer => {
 
 const packet = (first: number, body: Buffer): Buffer => Buffer.concat([Buffer.from([first]), varint(body.length), body])
 
-/** CONNECT, clean session, user name and password, keep-alive off (the bench holds idle sessions for minutes). */
-export function connectPacket(clientId: string, username: string, password: string): Buffer {
-  // [MQTT-3.1.2-1] protocol name, [MQTT-3.1.2-2] level 4; flags: user name 0x80, password 0x40, clean session 0x02
-  const header = Buffer.concat([str('MQTT'), Buffer.from([4, 0xc2, 0, 0])])
-  return packet(0x10, Buffer.concat([header, str(clientId), str(username), str(password)]))
+/**
+ * CONNECT, clean session, user name and password, keep-alive off (the bench
+ * holds idle sessions for minutes). Without a user name: the client id alone
+ * (a certificate device on mTLS, PROTOCOL §5).
+ */
+export function connectPacket(clientId: string, username?: string, password?: string): Buffer {
+  // [MQTT-3.1.2-1] protocol name, [MQTT-3.1.2-2] level 4; flags: user name 0x80, password 0x40 (only with a user name [MQTT-3.1.2-22]), clean session 0x02
+  const flags = 0x02 | (username !== undefined ? 0x80 | (password !== undefined ? 0x40 : 0) : 0)
+  const header = Buffer.concat([str('MQTT'), Buffer.from([4, flags, 0, 0])])
+  const fields = [str(clientId), ...(username !== undefined ? [str(username)] : []), ...(username !== undefined && password !== undefined ? [str(password)] : [])]
+  return packet(0x10, Buffer.concat([header, ...fields]))
 }
 
 /** SUBSCRIBE one filter [MQTT-3.8.1-1]: fixed header flags 0b0010. */

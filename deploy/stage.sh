@@ -22,6 +22,12 @@ command -v npm >/dev/null || die "npm is needed to pack the agent and install it
 mkdir -p "$DEST"
 [ -z "$(ls -A "$DEST")" ] || die "$DEST is not empty"
 
+# The package ships the compiled JavaScript in dist/, built by `npm install`
+# (or `npm run build`) as the user who owns the checkout: never here, as root.
+[ -f "$SRC/dist/.built" ] || die "$SRC/dist/ is not built: run npm install (or npm run build) in $SRC first, as its owner"
+STALE=$(cd "$SRC" && find bin agent protocols firmware-hooks wire simulators -path '*/.*' -prune -o -name '*.ts' -newer dist/.built -print -quit 2>/dev/null || true)
+[ -z "$STALE" ] || die "$SRC/dist/ is older than the sources ($STALE changed since): run npm run build in $SRC first"
+
 PACK=$(mktemp -d)
 trap 'rm -rf "$PACK"' EXIT
 # --ignore-scripts: packing runs nothing from the checkout (install.sh runs this as root).
@@ -31,6 +37,8 @@ set -- "$PACK"/*.tgz
 tar -C "$DEST" -xzf "$1" --strip-components=1 --no-same-owner
 # npm never packs the lock file; npm ci installs exactly the versions it names.
 cp "$SRC/package-lock.json" "$DEST/package-lock.json"
+# The staged copy is built already: its own "prepare" (the build) must not run.
+(cd "$DEST" && npm pkg delete scripts.prepare)
 if [ "$DEPS" = 1 ]; then
   (cd "$DEST" && npm ci --omit=dev --no-audit --no-fund --loglevel=error)
 fi

@@ -11,6 +11,8 @@ import { utf8 } from '../wire/base64url.ts'
 import { newJti } from '../wire/ids.ts'
 import { assembleJws, jwsSigningInput, parseJws, type Claims } from '../wire/jws.ts'
 import { TERMINAL_EVENTS, topicRoot } from '../wire/protocol.ts'
+import { parseStatus, type GatewayStatus } from '../wire/status.ts'
+export { parseStatus, type GatewayStatus }
 
 export interface GatewayEvent {
   seq: number
@@ -44,36 +46,6 @@ export interface ControlPlaneOptions {
 }
 
 export const TERMINAL = TERMINAL_EVENTS
-
-/** The gateway's retained `…/status` (PROTOCOL §3); seq and audit are absent from the will and from older gateways. */
-export interface GatewayStatus {
-  online: boolean
-  version?: string
-  /** the gateway's last event seq */
-  seq?: number
-  /** the gateway's audit head */
-  audit?: { seq: number; hash: string }
-}
-
-/** Not JSON of that shape: null. */
-export function parseStatus(payload: string): GatewayStatus | null {
-  let v: unknown
-  try {
-    v = JSON.parse(payload)
-  } catch {
-    return null
-  }
-  if (!v || typeof v !== 'object' || typeof (v as { online?: unknown }).online !== 'boolean') return null
-  const o = v as Record<string, unknown>
-  const count = (n: unknown): n is number => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0
-  const a = o.audit as Record<string, unknown> | undefined
-  return {
-    online: o.online as boolean,
-    ...(typeof o.version === 'string' ? { version: o.version } : {}),
-    ...(count(o.seq) ? { seq: o.seq } : {}),
-    ...(a && typeof a === 'object' && count(a.seq) && typeof a.hash === 'string' ? { audit: { seq: a.seq, hash: a.hash } } : {}),
-  }
-}
 
 /** Unanswered commands at most: well below Mosquitto's default per-client queue of 1000 (PROTOCOL §3). */
 export const DEFAULT_WINDOW = 200
@@ -395,6 +367,12 @@ export class ControlPlane {
     await this.#client.publishAsync(this.topics.cmd, payload, { qos: 1 })
   }
 
+  /** A QoS 1 publish to any topic on the same connection (the bench's anchor: the broker's own rate). */
+  async publishRawTo(topic: string, payload: string | Buffer): Promise<void> {
+    if (!this.#client) throw new TypeError('ControlPlane: not connected')
+    await this.#client.publishAsync(topic, payload, { qos: 1 })
+  }
+
   async send(op: string, args: Record<string, unknown> = {}, opts: Parameters<ControlPlane['sign']>[2] = {}): Promise<string> {
     const { jti, jws } = this.sign(op, args, opts)
     await this.publishRaw(jws)
@@ -450,12 +428,14 @@ export class ControlPlane {
       jws: string
       /** queued: not sent yet, or an accepted one due for a check; sent: unanswered, in the window */
       state: 'queued' | 'sent' | 'accepted' | 'done'
+      /** the gateway said accepted once: that stands, whatever its later copies get (a gateway answers a duplicate at most once per 2 s) */
+      accepted: boolean
       sends: number
       delayMs: number
       timer: NodeJS.Timeout | null
       result: CommandResult | null
     }
-    const slots: Slot[] = commands.map((c, i) => ({ i, jti: c.jti, jws: c.jws, state: 'queued', sends: 0, delayMs: firstDelay, timer: null, result: null }))
+    const slots: Slot[] = commands.map((c, i) => ({ i, jti: c.jti, jws: c.jws, state: 'queued', accepted: false, sends: 0, delayMs: firstDelay, timer: null, result: null }))
     const byJti = new Map(slots.map((s) => [s.jti, s]))
     if (byJti.size !== slots.length) throw new TypeError('ControlPlane.sendAll: a jti appears twice')
     const due: Slot[] = [] // accepted ones whose check waits for room in the window
@@ -472,8 +452,7 @@ export class ControlPlane {
           if (s.timer) clearTimeout(s.timer)
           s.timer = null
           if (s.result) continue
-          const accepted = s.state === 'accepted' || (s.state === 'queued' && s.sends > 0)
-          s.result = accepted
+          s.result = s.accepted
             ? { jti: s.jti, outcome: 'accepted', reason: `accepted, no outcome within ${o.timeoutMs} ms`, sends: s.sends }
             : { jti: s.jti, outcome: 'unanswered', reason: s.sends ? `no answer within ${o.timeoutMs} ms (sent ${times(s.sends)})` : `not sent within ${o.timeoutMs} ms`, sends: s.sends }
         }
@@ -538,6 +517,7 @@ export class ControlPlane {
         const state = e.type === 'cmd.duplicate' ? String(e.data.state) : e.type.replace('cmd.', '')
         // PROTOCOL §3: a duplicate that says accepted is an acceptance; its outcome is still to come.
         if (state === 'accepted') {
+          s.accepted = true
           if (o.untilAccepted) return settle(s, { jti: s.jti, outcome: 'accepted', event: e, sends: s.sends })
           if (s.state === 'sent') {
             unanswered--

@@ -6,12 +6,14 @@
 // (demo-fleet.ts). It enrolls the fleet, then retires (a) a connected MQTT
 // device, (b) an offline one whose wipe waits until it returns, (c) a legacy
 // Modbus device that can only be cut off and is closed by an operator's
-// `"wipe": false`; each step is reported as it happens with its evidence,
+// `"wipe": false`, (d) a device with a certificate of the site CA, whose
+// serial goes on the CRL the gateway serves; each step is reported as it happens with its evidence,
 // from the gateway's signed events. Imports nothing from agent/: what it
 // reads of the gateway comes in as a DemoGateway (agent/cli/demo.ts adapts
 // the running agent), what it says goes out through a DemoReport.
 import { join } from 'node:path'
 import ModbusSerial from 'modbus-serial'
+import mqtt from 'mqtt'
 import { MqttDevice } from '../firmware-hooks/mqtt-device.ts'
 import { ControlPlane, newPrivateKey, publicKeyB64, TERMINAL, type GatewayEvent } from './control-plane.ts'
 import { startCentralBroker } from './demo-broker.ts'
@@ -62,6 +64,12 @@ export interface DemoGateway {
   readonly dataDir: string
   /** the site MQTT broker's plain port on 127.0.0.1 */
   readonly siteBrokerPort: number
+  /** its TLS port on 127.0.0.1 (tokens and client certificates of the site CA) */
+  readonly siteBrokerTlsPort: number
+  /** the site CA's chain (PEM blocks), which the TLS listener's certificate and device certificates chain to */
+  readonly siteCa: readonly string[]
+  /** the CRL the gateway serves now (PEM), null before the first one is signed */
+  crlPem(): string | null
   /** the Modbus proxy's port on 127.0.0.1 */
   readonly modbusProxyPort: number
   /** the network quarantine backend in use ('none' without root) */
@@ -112,7 +120,7 @@ export function describeEvidence(ev: Json): string {
     ...(wipeOnly.length ? [`wipe-only session closed at the end: ${wipeOnly.map(([p, n]) => `${p} ${n}`).join(', ')}`] : []),
     `network ${net.backend}/${net.rule}`,
     `wipe ${wipe.status}${wipe.ackJti ? ` (device-signed ack ${wipe.ackJti})` : ''}${wipe.reason ? ` (${wipe.reason})` : ''}`,
-    `${ev.credentialsRevoked} credential(s) revoked`,
+    `${ev.credentialsRevoked} credential(s) revoked${Array.isArray(ev.certificatesRevoked) ? ` (certificate ${(ev.certificatesRevoked as string[]).join(', ')} on the CRL)` : ''}`,
     `residual use ${ev.residualUse}`,
   ].join('; ')
 }
@@ -137,6 +145,29 @@ async function scadaRead(port: number, unit: number): Promise<{ value: number } 
 
 function check(ok: boolean, what: string): void {
   if (!ok) throw new DemoError(`demo: ${what}`)
+}
+
+/** The serials a CRL (PEM) lists, with their reasons, and its CRL Number; @peculiar/x509 loaded on first use. */
+async function readCrl(pem: string): Promise<{ number: string | null; entries: Map<string, string> }> {
+  await import('reflect-metadata')
+  const x = await import('@peculiar/x509')
+  const crl = new x.X509Crl(pem)
+  const entries = new Map(crl.entries.map((e) => [e.serialNumber.toLowerCase().replace(/^0+/, ''), x.X509CrlReason[e.reason ?? 0] ?? String(e.reason)]))
+  const ext = crl.extensions.find((e) => e.type === '2.5.29.20')
+  // the extension's value is a DER INTEGER: tag, length, big-endian bytes
+  const v = ext ? Buffer.from(ext.value) : null
+  return { number: v && v[0] === 0x02 ? BigInt(`0x${v.subarray(2, 2 + v[1]!).toString('hex')}`).toString() : null, entries }
+}
+
+/** Connects a bare MQTT client with a certificate and key over TLS: null when admitted (then closed), else why it was refused. */
+async function certificateRefused(url: string, clientId: string, tls: { cert: string; key: string }, ca: readonly string[]): Promise<string | null> {
+  try {
+    const c = await mqtt.connectAsync(url, { clientId, ...tls, ca: [...ca], reconnectPeriod: 0, connectTimeout: 5000 })
+    await c.endAsync()
+    return null
+  } catch (err) {
+    return (err as Error).message
+  }
 }
 
 const wipeOf = (e: GatewayEvent): string => ((e.data.evidence as Json | undefined)?.wipe as { status?: string } | undefined)?.status ?? '?'
@@ -230,11 +261,12 @@ export async function runScenario(r: DemoReport, work: string, parts: Parts, sta
   )
   const siteBroker = `mqtt://127.0.0.1:${gw.siteBrokerPort}`
   const proxyPort = gw.modbusProxyPort
-  r.step('gateway', `gateway ${gw.id} of site ${gw.site}: site MQTT broker ${siteBroker}, Modbus proxy 127.0.0.1:${proxyPort}, network quarantine ${gw.quarantineBackend} (nftables needs root), store in ${gw.dataDir}`, {
+  r.step('gateway', `gateway ${gw.id} of site ${gw.site}: site MQTT broker ${siteBroker} (TLS ${gw.siteBrokerTlsPort}), Modbus proxy 127.0.0.1:${proxyPort}, network quarantine ${gw.quarantineBackend} (nftables needs root), store in ${gw.dataDir}`, {
     gateway: gw.id,
     site: gw.site,
     publicKey: gw.publicKey,
     siteBroker,
+    siteBrokerTls: gw.siteBrokerTlsPort,
     modbusProxy: proxyPort,
     dataDir: gw.dataDir,
   })
@@ -248,9 +280,9 @@ export async function runScenario(r: DemoReport, work: string, parts: Parts, sta
   const { DEMO_IDS, DEMO_UNITS, DemoFleet } = await simulators
   parts.ensureOpen()
   const fleetStarted = performance.now()
-  const fleetKept = DemoFleet.start({ gatewayId: gw.id, gatewayPublicKey: gw.publicKey, siteBrokerUrl: siteBroker, workDir: work, opcuaPort: await freePort() }).then((f) => parts.add(f, (x) => x.stop()))
+  const fleetKept = DemoFleet.start({ gatewayId: gw.id, gatewayPublicKey: gw.publicKey, siteBrokerUrl: siteBroker, siteBrokerTlsUrl: `mqtts://127.0.0.1:${gw.siteBrokerTlsPort}`, siteCa: gw.siteCa, workDir: work, opcuaPort: await freePort() }).then((f) => parts.add(f, (x) => x.stop()))
   const fleet = await fleetKept
-  r.step('fleet', `simulated devices up (the OPC UA one made its certificate) in ${((performance.now() - fleetStarted) / 1000).toFixed(1)} s: ${[...fleet.mqtt.keys()].join(', ')} (MQTT), ${DEMO_IDS.plc} (Modbus, hook), ${DEMO_IDS.legacy} (Modbus, legacy), ${DEMO_IDS.hmi} (OPC UA)`)
+  r.step('fleet', `simulated devices up (the OPC UA one made its certificate) in ${((performance.now() - fleetStarted) / 1000).toFixed(1)} s: ${[...fleet.mqtt.keys()].join(', ')} (MQTT), ${DEMO_IDS.plc} (Modbus, hook), ${DEMO_IDS.legacy} (Modbus, legacy), ${DEMO_IDS.hmi} (OPC UA), ${DEMO_IDS.camera} (MQTT over mutual TLS, a P-256 key and a certificate request)`)
 
   r.section('Enrolling the fleet: one signed device.enroll per device')
   const opcuaUp = new Promise<void>((resolve) => {
@@ -264,12 +296,23 @@ export async function runScenario(r: DemoReport, work: string, parts: Parts, sta
   for (const e of fleet.enrollments()) {
     const done = await run(cp, 'device.enroll', { device: e.device })
     check(done.type === 'cmd.completed', `enrolling ${e.id} answered ${done.type} ${JSON.stringify(done.data)}`)
-    r.step('enrolled', `${e.id} (${e.protocol}) enrolled: cmd.completed #${done.seq}`, { deviceId: e.id, protocol: e.protocol, seq: done.seq }, 'ok')
+    if (e.credential !== 'x509') {
+      r.step('enrolled', `${e.id} (${e.protocol}) enrolled: cmd.completed #${done.seq}`, { deviceId: e.id, protocol: e.protocol, seq: done.seq }, 'ok')
+      continue
+    }
+    // PROTOCOL §3 x509.csr: the site CA issued the certificate; it comes back in the evidence, and the device installs it.
+    const chain = (done.data.evidence as Json | undefined)?.certificate
+    check(typeof chain === 'string', `enrolling ${e.id} returned no certificate: ${JSON.stringify(done.data)}`)
+    await fleet.camera.install(chain as string)
+    const cert = fleet.camera.device.certificate!
+    r.step('enrolled', `${e.id} (${e.protocol}, certificate) enrolled: the site CA issued serial ${cert.serial}, valid until ${new Date(cert.notAfter * 1000).toISOString().slice(0, 10)}; cmd.completed #${done.seq}`, { deviceId: e.id, protocol: e.protocol, seq: done.seq, serial: cert.serial, notAfter: cert.notAfter }, 'ok')
   }
   for (const d of fleet.mqtt.values()) {
     check(await d.goOnline(), `${d.id} could not connect: ${d.lastError?.message}`)
     r.step('connected', `${d.id} connected to the site broker with a token signed by its own key (${gw.sessionCount('mqtt', d.id)} session)`, { deviceId: d.id, protocol: 'mqtt', sessions: gw.sessionCount('mqtt', d.id) })
   }
+  check(await fleet.camera.goOnline(), `${DEMO_IDS.camera} could not connect over mutual TLS: ${fleet.camera.lastError?.message}`)
+  r.step('connected', `${DEMO_IDS.camera} connected to the site broker's TLS listener with its client certificate, checked against the site CA, its pinned fingerprint and the CRL (${gw.sessionCount('mqtt', DEMO_IDS.camera)} session)`, { deviceId: DEMO_IDS.camera, protocol: 'mqtt', credential: 'x509', sessions: gw.sessionCount('mqtt', DEMO_IDS.camera) })
   for (const [id, unit] of [[DEMO_IDS.plc, DEMO_UNITS.plc], [DEMO_IDS.legacy, DEMO_UNITS.legacy]] as const) {
     const read = await scadaRead(proxyPort, unit)
     check('value' in read, `SCADA read of ${id} through the proxy failed: ${JSON.stringify(read)}`)
@@ -348,6 +391,27 @@ export async function runScenario(r: DemoReport, work: string, parts: Parts, sta
   const cEvidence = cDone.data.evidence as Json
   r.step('retired', `${c} retired (both commands answered): ${describeEvidence(cEvidence)}`, { deviceId: c, case: 'legacy', evidence: cEvidence }, 'ok')
   retired.push({ deviceId: c, case: 'legacy', wipe: wipeOf(cDone) })
+
+  // (d) a certificate device: retired like the others, and its certificate revoked on the CRL at once.
+  const d = DEMO_IDS.camera
+  const camera = fleet.camera
+  r.section(`(d) Retiring ${d}, a device with a certificate of the site CA`)
+  const copied = camera.device.tlsCredentials()!
+  const serial = camera.device.certificate!.serial
+  const crlBefore = await readCrl(gw.crlPem()!)
+  r.step('command', `control plane -> device.retire {"deviceId":"${d}"}`, { deviceId: d, op: 'device.retire' })
+  const dDone = await run(cp, 'device.retire', { deviceId: d, reason: 'camera replaced' })
+  check(dDone.type === 'cmd.completed' && wipeOf(dDone) === 'done' && camera.runtime.wiped, `retiring ${d} answered ${dDone.type} ${JSON.stringify(dDone.data)}`)
+  const dEvidence = dDone.data.evidence as Json
+  r.step('retired', `${d} retired: ${describeEvidence(dEvidence)}; the device erased its key`, { deviceId: d, case: 'certificate', evidence: dEvidence, deviceWiped: true }, 'ok')
+  const crlAfter = await readCrl(gw.crlPem()!)
+  const listed = crlAfter.entries.get(serial.toLowerCase().replace(/^0+/, ''))
+  check(listed !== undefined && crlBefore.entries.size < crlAfter.entries.size, `serial ${serial} is not on the CRL the gateway serves`)
+  r.step('crl', `the CRL the gateway serves (CRL Number ${crlBefore.number} -> ${crlAfter.number}) lists serial ${serial}, reason ${listed}`, { deviceId: d, serial, reason: listed, crlNumber: crlAfter.number }, 'ok')
+  const refusedCert = await certificateRefused(`mqtts://127.0.0.1:${gw.siteBrokerTlsPort}`, d, copied, gw.siteCa)
+  check(refusedCert !== null, `a copy of ${d}'s revoked certificate and key was let in`)
+  r.step('residual', `a copy of ${d}'s certificate and key tries the TLS listener: refused (${refusedCert})`, { deviceId: d, refused: refusedCert }, 'ok')
+  retired.push({ deviceId: d, case: 'certificate', wipe: wipeOf(dDone), serial })
 
   r.section('Afterwards')
   const inventory = nextEvent(cp, (e) => e.type === 'inventory', STEP_MS, 'no inventory')

@@ -105,6 +105,9 @@ export function assembleJws(signingInput: string, signature: Uint8Array): string
 
 export type TimeRefusal = 'malformed' | 'expired' | 'not-yet-valid' | 'lifetime-too-long'
 
+const ahead = (iat: number, nowS: number, skewS: number): string =>
+  `iat ${iat} is ${iat - nowS} s ahead of the verifier's clock (${nowS}; skew allowed ${skewS} s): the signer's clock is ahead, or the verifier's behind`
+
 /**
  * PROTOCOL §1 claim checks shared by commands, tokens, actions and acks:
  * `iat`/`exp` integers with `exp` > `iat`, within skew, lifetime bounded, a
@@ -120,7 +123,7 @@ export function checkTimeClaims(
   if (!Number.isSafeInteger(iat)) return { reason: 'malformed', detail: 'iat is not an integer' }
   const requireExp = opts.requireExp ?? true
   if (exp === undefined && !requireExp) {
-    if ((iat as number) > nowS + opts.skewS) return { reason: 'not-yet-valid', detail: `iat ${iat} is in the future` }
+    if ((iat as number) > nowS + opts.skewS) return { reason: 'not-yet-valid', detail: ahead(iat as number, nowS, opts.skewS) }
     return null
   }
   if (!Number.isSafeInteger(exp)) return { reason: 'malformed', detail: 'exp is not an integer' }
@@ -128,8 +131,8 @@ export function checkTimeClaims(
   const e = exp as number
   if (e <= i) return { reason: 'malformed', detail: 'exp is not after iat' }
   // PROTOCOL §3 order: expired, not-yet-valid, lifetime-too-long.
-  if (e + opts.skewS < nowS) return { reason: 'expired', detail: `expired at ${e}` }
-  if (i > nowS + opts.skewS) return { reason: 'not-yet-valid', detail: `iat ${i} is in the future` }
+  if (e + opts.skewS < nowS) return { reason: 'expired', detail: `expired at ${e}, ${nowS - e} s before the verifier's clock (${nowS}; skew allowed ${opts.skewS} s): a token made long ago, or a signer's clock behind` }
+  if (i > nowS + opts.skewS) return { reason: 'not-yet-valid', detail: ahead(i, nowS, opts.skewS) }
   if (e - i > opts.maxLifetimeS) return { reason: 'lifetime-too-long', detail: `lifetime ${e - i} s is over ${opts.maxLifetimeS} s` }
   return null
 }

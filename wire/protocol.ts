@@ -29,7 +29,7 @@ export const REJECT_REASONS = [
 export type RejectReason = (typeof REJECT_REASONS)[number]
 
 /** §3/§4: why a verified command did not run (`cmd.failed` reason). */
-export const FAIL_REASONS = ['illegal-transition', 'unknown-device', 'invalid-csr', 'not-supported', 'internal-error'] as const
+export const FAIL_REASONS = ['illegal-transition', 'unknown-device', 'invalid-csr', 'duplicate-credential', 'not-supported', 'internal-error'] as const
 export type FailReason = (typeof FAIL_REASONS)[number]
 
 /** §4: the states of a device. */

@@ -10,7 +10,7 @@ import { credentialKind, type DeviceRecord } from '../devices/device.ts'
 import type { QueuedAction } from './action-queue.ts'
 import type { Gateway } from '../gateway.ts'
 import { type PublicKeyCache, publicKeyFromB64, verifyBytes } from '../store/keys.ts'
-import { signingKey } from '../trust/rights.ts'
+import { signingCandidates, signingKey } from '../trust/rights.ts'
 import { ACK_STATUSES, type AckStatus } from '../../wire/protocol.ts'
 
 export { ACK_STATUSES, type AckStatus }
@@ -34,7 +34,16 @@ export type AckVerdict = { ok: true; ack: VerifiedAck } | { ok: false; reason: s
  * `dev/<id>/ack` topic, the device a relay called). The ack must be that
  * device's own.
  */
-export function verifyAck(gw: Gateway, deviceId: string, input: string | Uint8Array, keys: PublicKeyCache): AckVerdict {
+export function verifyAck(
+  gw: Gateway,
+  deviceId: string,
+  input: string | Uint8Array,
+  keys: PublicKeyCache,
+  opts: {
+    /** a token-key device's signature checked already, off the event loop (ackSigner): the key that made it, or null */
+    signedBy?: string | null
+  } = {},
+): AckVerdict {
   const record = gw.registry.get(deviceId)
   const x509 = record !== undefined && credentialKind(record.spec) === 'x509'
   let jws
@@ -52,7 +61,12 @@ export function verifyAck(gw: Gateway, deviceId: string, input: string | Uint8Ar
   if (!record) return fail('unknown device')
   const nowS = gw.nowS()
   // the clock skew on a key's notBefore, as on the ack's own times
-  const signedByDevice = x509 ? signedByCertificate(record, jws) : signingKey(record, jws, nowS, keys, { earlyS: gw.config.clockSkewS }) !== null
+  const signedByDevice = x509
+    ? signedByCertificate(record, jws)
+    : opts.signedBy !== undefined
+      ? // checked against the record as it was; the key must still be one the device may sign with now
+        opts.signedBy !== null && signingCandidates(record, nowS, gw.config.clockSkewS).includes(opts.signedBy)
+      : signingKey(record, jws, nowS, keys, { earlyS: gw.config.clockSkewS }) !== null
   if (!signedByDevice) return fail('signature is not by a currently valid key of the device')
   if (c.aud !== gw.id) return fail(`aud ${JSON.stringify(c.aud ?? null)} is not this gateway`)
   if (!isJti(c.jti)) return fail('jti missing or malformed')
@@ -79,6 +93,25 @@ export function verifyAck(gw: Gateway, deviceId: string, input: string | Uint8Ar
     ack.newPublicKey = c.newPublicKey
   }
   return { ok: true, ack }
+}
+
+/**
+ * The signature check of a token-key device's ack, on the crypto pool (a
+ * reconnect storm brings an ack from every device at once): the key of the
+ * device that signed it, or null; undefined when it is not for the pool (a
+ * certificate device, an unknown device, a malformed ack: verifyAck says why).
+ */
+export async function ackSigner(gw: Gateway, deviceId: string, input: string | Uint8Array): Promise<string | null | undefined> {
+  const record = gw.registry.get(deviceId)
+  if (!record || credentialKind(record.spec) === 'x509') return undefined
+  let jws
+  try {
+    jws = parseJws(input, {})
+  } catch {
+    return undefined
+  }
+  if (jws.header.kid !== deviceId) return undefined
+  return gw.crypto.verifyAny(signingCandidates(record, gw.nowS(), gw.config.clockSkewS), jws.signingInput, jws.signature)
 }
 
 /** Certificate keys, parsed once per certificate (acks are rare next to connects, but a device may send many). */

@@ -51,8 +51,10 @@ export class ActionDispatcher {
       }
       if (this.#reported.has(a.id)) continue
       this.#reported.add(a.id)
+      const data = { deviceId, actionId: a.id, act: a.act, protocol: channel.protocol }
+      // audited too: the device's history (device history ID) shows when it got it
       await this.#gw.commit(
-        { events: [{ type: 'action.delivered', data: { deviceId, actionId: a.id, act: a.act, protocol: channel.protocol } }] },
+        { audit: [{ actor: 'gateway', action: 'action.delivered', subject: deviceId, data: { actionId: a.id, act: a.act, protocol: channel.protocol } }], events: [{ type: 'action.delivered', data }] },
         { sync: false },
       )
     }

@@ -4,14 +4,15 @@
 // proves (a new key after reenroll or renew). Deadlines expire actions.
 // It is the ActionSink of every protocol's channel: readiness and acks from
 // MQTT, OPC UA and Modbus all come back here.
-import { verifyAck, type VerifiedAck } from './ack.ts'
+import { ackSigner, verifyAck, type VerifiedAck } from './ack.ts'
 import type { ActionDispatcher } from './action-dispatcher.ts'
 import type { Act, QueuedAction } from './action-queue.ts'
 import type { DeviceRecord } from '../devices/device.ts'
-import type { Actor, Change, Gateway } from '../gateway.ts'
+import type { Actor, Change, Gateway, QueueOptions } from '../gateway.ts'
 import { PublicKeyCache } from '../store/keys.ts'
 import type { Logger } from '../observe/logger.ts'
 import type { ActionSink, Protocol } from '../adapter.ts'
+import { EdgewardenError } from '../runtime/errors.ts'
 
 export type AckListener = (ack: VerifiedAck) => Promise<void> | void
 
@@ -69,15 +70,46 @@ export class DeviceActions implements ActionSink {
   }
 
   /** Queue an action (stored and synced first) and send it at once if the device is listening. */
-  async queue(deviceId: string, act: Act, who: Actor, opts: { args?: Record<string, unknown>; deadlineS?: number } = {}): Promise<QueuedAction> {
+  async queue(deviceId: string, act: Act, who: Actor, opts: QueueOptions = {}): Promise<QueuedAction> {
     const action = await this.#gw.queueAction(deviceId, act, who, opts)
     this.#dispatcher.queued(action)
     return action
   }
 
+  /**
+   * An operator takes a pending action back (local only, audited): it is
+   * removed and never sent again. A device that already got it may still
+   * ack it; that ack is then refused as stray and changes nothing.
+   */
+  async cancel(deviceId: string, actionId: string, who: Actor): Promise<QueuedAction> {
+    const gw = this.#gw
+    gw.requireDevice(deviceId)
+    const action = gw.actions.find(deviceId, actionId)
+    const op = action ? gw.actions.remove(deviceId, actionId) : null
+    if (!action || !op) {
+      const pending = gw.actions.pending(deviceId).map((a) => `${a.act} ${a.id}`)
+      throw new EdgewardenError('UNKNOWN_ACTION', `no action ${actionId} is pending for ${deviceId}${pending.length ? ` (pending: ${pending.join(', ')})` : ' (none is pending)'}`)
+    }
+    this.#dispatcher.forget(actionId)
+    await gw.commit({
+      ops: [op],
+      audit: [{ actor: who.actor, action: 'action.cancelled', subject: deviceId, data: { actionId, act: action.act, queuedAt: action.queuedAt, reason: who.reason, claimedBy: who.claimedBy } }],
+    })
+    this.#log.info({ deviceId, actionId, act: action.act, actor: who.actor }, 'action cancelled by an operator')
+    return action
+  }
+
+  /** The ack's signature checked on the crypto pool where it can be (`signedBy` for verifyAck), else nothing: verifyAck checks it inline. */
+  async #signer(deviceId: string, payload: string | Uint8Array): Promise<{ signedBy?: string | null }> {
+    const by = await ackSigner(this.#gw, deviceId, payload)
+    // Not by a key the device had when it arrived: checked again inline against the keys it has now (an ack
+    // signed with a key proven by the ack just before it, settled meanwhile, is the device's own).
+    return by === undefined || by === null ? {} : { signedBy: by }
+  }
+
   /** An ack arrived from `deviceId` over `protocol`. A bad, stray or repeated ack changes nothing. */
   async ack(deviceId: string, payload: string | Uint8Array, protocol: string): Promise<{ ok: boolean; reason?: string }> {
-    const v = verifyAck(this.#gw, deviceId, payload, this.#keys)
+    const v = verifyAck(this.#gw, deviceId, payload, this.#keys, { ...(await this.#signer(deviceId, payload)) })
     if (!v.ok) {
       const repeated = v.ref !== undefined && this.#recentAcks.has(`${deviceId}/${v.ref}`)
       if (repeated) this.#log.debug({ deviceId, ref: v.ref, protocol }, 'repeated ack for an action already settled')

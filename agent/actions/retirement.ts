@@ -10,7 +10,7 @@ import type { Protocol } from '../adapter.ts'
 import type { DeviceActions } from './device-actions.ts'
 import { accessRemovedMs, type AccessEnforcer } from '../trust/enforcer.ts'
 import type { Actor, Gateway } from '../gateway.ts'
-import { credentialKind } from '../devices/device.ts'
+import { hasWipePath } from '../devices/offboarding.ts'
 import type { Logger } from '../observe/logger.ts'
 
 export const RETIRE_PREFIX = 'retire!'
@@ -139,13 +139,14 @@ export class Retirements {
     const enforcement = await this.#enforcer.settled(deviceId)
     const removedMs = accessRemovedMs(enforcement, req.receivedAt)
     // No wipe path: a Modbus device without the hook, or a legacy device that only knows a fixed password (PROTOCOL §3, §6)
-    const wipeUnsupported = (record.spec.modbus?.hookBase === null && !record.spec.mqtt && !record.spec.opcua) || (credentialKind(record.spec) === 'password' && !record.spec.opcua && (record.spec.modbus === undefined || record.spec.modbus.hookBase === null))
+    const wipeUnsupported = !hasWipePath(record.spec)
     const o: OpenRetirement = {
       deviceId,
       receivedAt: req.receivedAtS,
       accessRemovedMs: removedMs,
       sessionsClosed: enforcement.sessionsClosed,
-      credentialsRevoked: record.keys.length,
+      // every credential the identity held: token keys, certificates not yet revoked (one on hold too), a fixed password
+      credentialsRevoked: record.keys.length + (record.certificates ?? []).filter((c) => !c.revoked).length + (record.spec.password !== undefined ? 1 : 0),
       wipeActionId: null,
       wipeUnsupported,
       deadline: req.receivedAtS + (req.deadlineS ?? DEFAULT_RETIRE_DEADLINE_S),
@@ -153,10 +154,22 @@ export class Retirements {
       actor: who.actor,
       ...(req.reason !== undefined ? { reason: req.reason } : {}),
     }
-    await gw.commit({
-      ops: [this.#put(o)],
-      audit: [{ actor: who.actor, action: 'retire.access-removed', subject: deviceId, data: { accessRemovedMs: removedMs, sessionsClosed: o.sessionsClosed, network: enforcement.network, credentialsRevoked: o.credentialsRevoked } }],
-    })
+    const accessRemoved = { actor: who.actor, action: 'retire.access-removed', subject: deviceId, data: { accessRemovedMs: removedMs, sessionsClosed: o.sessionsClosed, network: enforcement.network, credentialsRevoked: o.credentialsRevoked } }
+    // Step 3 in the common case: the wipe queued in the same batch as the evidence so far (one commit, not two)
+    const pending = gw.actions.pending(deviceId).find((a) => a.act === 'wipe')
+    if (req.wipe !== false && !wipeUnsupported && !pending) {
+      const wipe = await this.#actions.queue(deviceId, 'wipe', who, {
+        deadlineS: o.deadline - gw.nowS(),
+        with: (a) => {
+          o.wipeActionId = a.id
+          return { ops: [this.#put(o)], audit: [accessRemoved] }
+        },
+      })
+      return { done: false, wipeActionId: wipe.id }
+    }
+    // a wipe already pending: the retirement waits for that one (recorded in this same write)
+    if (req.wipe !== false && !wipeUnsupported) o.wipeActionId = pending!.id
+    await gw.commit({ ops: [this.#put(o)], audit: [accessRemoved] })
     if (req.wipe === false) {
       return { done: true, evidence: await this.#finish(deviceId, { status: 'not-performed', reason: req.reason ?? 'wipe: false', at: gw.nowS() }, who.actor) }
     }
@@ -164,12 +177,8 @@ export class Retirements {
       this.#log.info({ deviceId }, 'legacy device: no wipe possible; retirement closes on "wipe": false or at the deadline')
       return { done: false, wipeActionId: null }
     }
-    // Step 3: the wipe, delivered now if the device is reachable, else when it returns.
-    const pending = gw.actions.pending(deviceId).find((a) => a.act === 'wipe')
-    const wipe = pending ?? (await this.#actions.queue(deviceId, 'wipe', who, { deadlineS: o.deadline - gw.nowS() }))
-    o.wipeActionId = wipe.id
-    await gw.commit({ ops: [this.#put(o)] }, { sync: false })
-    return { done: false, wipeActionId: wipe.id }
+    // Step 3 when a wipe is pending already: delivered now if the device is reachable, else when it returns.
+    return { done: false, wipeActionId: pending!.id }
   }
 
   async #onAck(ack: VerifiedAck): Promise<void> {
@@ -247,10 +256,17 @@ export class Retirements {
       residualUse: this.#residualCount(deviceId),
       ...(o.reason !== undefined ? { reason: o.reason } : {}),
     }
+    // What is still queued for it (the wipe a retirement closed without one was waiting for) goes: a retired device never connects again.
+    const left = [...gw.actions.pending(deviceId)]
+    for (const a of left) this.#actions.dispatcher.forget(a.id)
+    const dropped = left.map((a) => gw.actions.remove(deviceId, a.id)).filter((op): op is NonNullable<typeof op> => op !== null)
     // Every key ends now: nothing of this identity may authenticate again.
     await gw.updateDevice(deviceId, (r) => ({ ...r, keys: r.keys.map((k) => ({ ...k, notAfter: Math.min(k.notAfter ?? Infinity, gw.nowS()) })) }), {
-      ops: [{ type: 'del', key: RETIRE_PREFIX + deviceId }],
-      audit: [{ actor, action: 'device.retired', subject: deviceId, data: evidence }],
+      ops: [{ type: 'del', key: RETIRE_PREFIX + deviceId }, ...dropped],
+      audit: [
+        ...left.map((a) => ({ actor, action: 'action.cancelled', subject: deviceId, data: { actionId: a.id, act: a.act, queuedAt: a.queuedAt, reason: 'the device is retired' } })),
+        { actor, action: 'device.retired', subject: deviceId, data: evidence },
+      ],
     })
     for (const origin of o.origins) await this.#complete(origin.jti, deviceId, evidence)
     return evidence

@@ -10,6 +10,8 @@ import { palette } from './colour.ts'
 import { dataDirOf, out, withStore } from './common.ts'
 import { parseVerbArgs } from './main.ts'
 import { ProgressBar } from './progress.ts'
+import { didYouMean } from './suggest.ts'
+import { deviceAuditEntries } from '../observe/device-history.ts'
 import { UsageError } from './usage.ts'
 
 
@@ -62,7 +64,9 @@ async function trustedKeys(store: Store, dataDir: string, pinned: string[], keyF
 
 export async function runAudit(args: string[]): Promise<number> {
   const [sub, ...rest] = args
-  const { values, positionals } = parseVerbArgs(rest, { key: { type: 'string' }, 'trust-key': { type: 'string', multiple: true }, json: { type: 'boolean' } })
+  const { values, positionals } = parseVerbArgs(rest, { key: { type: 'string' }, 'trust-key': { type: 'string', multiple: true }, device: { type: 'string' }, json: { type: 'boolean' } })
+  const device = typeof values.device === 'string' ? values.device : undefined
+  if (device !== undefined && sub !== 'export') throw new UsageError('--device goes with audit export (the entries about one device)')
   if (positionals.length) throw new UsageError(`audit ${sub} takes no arguments`)
   const dataDir = dataDirOf(values['data-dir'])
   const trust = (values['trust-key'] as string[] | undefined) ?? []
@@ -94,16 +98,16 @@ export async function runAudit(args: string[]): Promise<number> {
   if (sub === 'export') {
     const done = await withStore(dataDir, async (s) => {
       const { store, bar } = await withProgress(s, 'exporting', process.stdout.isTTY !== true)
-      for await (const e of exportAuditLog(store)) process.stdout.write(`${JSON.stringify(e)}\n`)
+      for await (const e of device !== undefined ? deviceAuditEntries(store, device) : exportAuditLog(store)) process.stdout.write(`${JSON.stringify(e)}\n`)
       bar?.finish()
       return true
     })
     if (done === null) {
-      const r = await adminRequest(dataDir, 'GET', '/v1/audit/export')
+      const r = await adminRequest(dataDir, 'GET', `/v1/audit/export${device !== undefined ? `?device=${encodeURIComponent(device)}` : ''}`)
       if (r.status !== 200) expectOk(r)
       process.stdout.write(r.text)
     }
     return 0
   }
-  throw new UsageError(sub ? `unknown audit verb "${sub}"` : 'audit needs a verb: verify or export')
+  throw new UsageError(sub ? `unknown audit verb "${sub}"${didYouMean(sub, ['verify', 'export'])}` : 'audit needs a verb: verify or export')
 }

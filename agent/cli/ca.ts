@@ -12,6 +12,7 @@ import { EdgewardenError } from '../runtime/errors.ts'
 import { adminRequest, expectOk } from './admin-client.ts'
 import { dataDirOf, out, withStore } from './common.ts'
 import { parseVerbArgs } from './main.ts'
+import { didYouMean } from './suggest.ts'
 import { UsageError } from './usage.ts'
 
 interface CertSummary {
@@ -114,7 +115,7 @@ const ORIGIN: Record<PkiFacts['origin'], string> = {
 
 export async function runCa(args: string[]): Promise<number> {
   const [sub, ...rest] = args
-  if (sub !== 'show') throw new UsageError(sub ? `unknown ca verb "${sub}"` : 'ca needs a verb: show')
+  if (sub !== 'show') throw new UsageError(sub ? `unknown ca verb "${sub}"${didYouMean(sub, ['show'])}` : 'ca needs a verb: show')
   const { values, positionals } = parseVerbArgs(rest, { 'ca-cert': { type: 'string' }, json: { type: 'boolean' } })
   if (positionals.length) throw new UsageError('ca show takes no arguments')
   const dataDir = dataDirOf(values['data-dir'])

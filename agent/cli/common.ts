@@ -2,6 +2,8 @@ import { resolve } from 'node:path'
 import { palette } from './colour.ts'
 import { isEdgewardenError } from '../runtime/errors.ts'
 import { Store } from '../store/store.ts'
+import { checkSchema } from '../store/schema.ts'
+import { VERSION } from '../gateway.ts'
 
 /** --data-dir, else EDGEWARDEN_DATA_DIR, else ./edgewarden-data: the same rule as `start`. */
 export function dataDirOf(flag: unknown): string {
@@ -29,6 +31,8 @@ export async function withStore<T>(dataDir: string, fn: (s: Store) => Promise<T>
     throw err
   }
   try {
+    // a store a newer agent wrote is refused, not misread
+    await checkSchema(store, dataDir, VERSION)
     return await fn(store)
   } finally {
     await store.close()

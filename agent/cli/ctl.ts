@@ -20,6 +20,7 @@ import { out } from './common.ts'
 import { runKeygen } from './identity.ts'
 import { parseVerbArgs } from './main.ts'
 import { ProgressBar, waiting } from './progress.ts'
+import { didYouMean } from './suggest.ts'
 import { UsageError } from './usage.ts'
 
 const LINK = {
@@ -148,7 +149,7 @@ export async function runCtl(args: string[]): Promise<number> {
   if (sub === 'send') return send(rest)
   if (sub === 'watch') return watch(rest)
   if (sub === 'bulk') return bulk(rest)
-  throw new UsageError(sub ? `unknown ctl verb "${sub}"` : 'ctl needs a verb: keygen, send, watch, bulk')
+  throw new UsageError(sub ? `unknown ctl verb "${sub}"${didYouMean(sub, ['keygen', 'send', 'watch', 'bulk'])}` : 'ctl needs a verb: keygen, send, watch, bulk')
 }
 
 async function send(args: string[]): Promise<number> {

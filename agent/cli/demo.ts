@@ -8,7 +8,6 @@
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { parseArgs } from 'node:util'
 import type { GatewayEvent } from '../../simulators/control-plane.ts'
 import type { DemoGateway, DemoGatewayOptions } from '../../simulators/demo-scenario.ts'
 import { startAgent, type RunningAgent } from '../compose.ts'
@@ -16,6 +15,7 @@ import { createLogger } from '../observe/logger.ts'
 import { loadConfig } from '../runtime/config.ts'
 import { verifyAuditLog } from '../store/audit.ts'
 import { palette, type Palette } from './colour.ts'
+import { parseStrict } from './main.ts'
 import { UsageError } from './usage.ts'
 
 /** The demo gives up (and still cleans up) past this. */
@@ -109,6 +109,7 @@ async function startDemoGateway(o: DemoGatewayOptions): Promise<DemoGateway> {
       gateway: o.gateway,
       mqttHost: '127.0.0.1',
       mqttPort: '0',
+      mqttsPort: '0',
       modbusHost: '127.0.0.1',
       modbusPort: '0',
       modbusTimeoutMs: '500',
@@ -132,6 +133,9 @@ function demoGateway(agent: RunningAgent, dataDir: string): DemoGateway {
     publicKey: gw.key.publicKeyB64,
     dataDir,
     siteBrokerPort: agent.broker.describe().mqtt as number,
+    siteBrokerTlsPort: agent.broker.describe().mqtts as number,
+    siteCa: agent.pki.ca.chainPem,
+    crlPem: () => agent.pki.crl.pem,
     modbusProxyPort: agent.modbus.proxy.port!,
     quarantineBackend: agent.quarantine.name,
     sessionCount: (protocol, deviceId) => (protocol === 'mqtt' ? agent.broker.sessionCount(deviceId) : agent.opcua.sessionCount(deviceId)),
@@ -149,7 +153,7 @@ function demoGateway(agent: RunningAgent, dataDir: string): DemoGateway {
 }
 
 export async function runDemo(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({ args, options: { json: { type: 'boolean' }, keep: { type: 'boolean' } }, strict: true, allowPositionals: true })
+  const { values, positionals } = parseStrict(args, { json: { type: 'boolean' }, keep: { type: 'boolean' } }, true)
   if (positionals.length) throw new UsageError(`demo takes no arguments (got ${positionals.join(' ')})`)
   // Loaded before the report's clock starts: its timestamps measure the demo, not the module load.
   const { DemoError, Interrupted, Parts, runScenario, withTimeout } = await import('../../simulators/demo-scenario.ts')
@@ -170,7 +174,7 @@ export async function runDemo(args: string[]): Promise<number> {
   process.once('SIGTERM', onSignal)
   try {
     const result = await withTimeout(Promise.race([runScenario(r, work, parts, startDemoGateway), interrupted]), DEMO_LIMIT_MS, 'the demo did not finish')
-    r.summary({ ...result, kept: values.keep ? work : null }, `3 retirements completed with their evidence in ${((performance.now() - t0) / 1000).toFixed(1)} s${values.keep ? `; everything is kept in ${work} (try: edgewarden audit export --data-dir ${join(work, 'gateway')})` : ''}`)
+    r.summary({ ...result, kept: values.keep ? work : null }, `${(result.retired as unknown[]).length} retirements completed with their evidence in ${((performance.now() - t0) / 1000).toFixed(1)} s${values.keep ? `; everything is kept in ${work} (try: edgewarden audit export --data-dir ${join(work, 'gateway')})` : ''}`)
     return 0
   } catch (err) {
     if (!(err instanceof DemoError)) throw err

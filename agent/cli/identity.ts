@@ -26,7 +26,9 @@ export async function runIdentity(args: string[]): Promise<number> {
 /** From the running agent if there is one, else from the store and key file. */
 async function readIdentity(dataDir: string, keyFile?: string): Promise<Identity> {
   try {
-    return expectOk(await adminRequest(dataDir, 'GET', '/v1/identity')) as unknown as Identity
+    // the same three facts whether the agent runs or not (its listeners are for simulate)
+    const { site, gateway, publicKey } = expectOk(await adminRequest(dataDir, 'GET', '/v1/identity')) as unknown as Identity
+    return { site, gateway, publicKey }
   } catch (err) {
     if (!isEdgewardenError(err, 'ADMIN_UNAVAILABLE')) throw err
   }

@@ -11,9 +11,12 @@ import { runIdentity, runKeygen } from './identity.ts'
 import { runQuarantine } from './quarantine.ts'
 import { runStart } from './start.ts'
 import { runToken } from './token.ts'
-import { UsageError, USAGE } from './usage.ts'
+import { closest, didYouMean } from './suggest.ts'
+import { helpName, UsageError, USAGE, usageOf } from './usage.ts'
 
 type Verb = (args: string[]) => Promise<number>
+
+const viaService = (args: string[]): boolean => args.some((a) => a === '--control-plane' || a.startsWith('--control-plane='))
 
 const VERBS: Record<string, Verb> = {
   start: runStart,
@@ -23,10 +26,13 @@ const VERBS: Record<string, Verb> = {
   audit: runAudit,
   ca: runCa,
   token: runToken,
-  ctl: runCtl,
+  // --control-plane URL: through the control-plane service (control-plane/cli/ctl.ts)
+  ctl: async (args) => (viaService(args) ? (await import('../../control-plane/cli/ctl.ts')).runCtlViaService(args) : runCtl(args)),
   quarantine: runQuarantine,
+  // the central service: control-plane/, loaded on use
+  'control-plane': async (args) => (await import('../../control-plane/cli/main.ts')).runControlPlaneCli(args),
   // loaded on use: it pulls in aedes, node-opcua and the simulators
-  demo: async (args) => (await import('./demo.ts')).runDemo(args),
+  demo: async (args) => (args.includes('--control-plane') ? (await import('./demo-service.ts')).runServiceDemo(args) : (await import('./demo.ts')).runDemo(args)),
   simulate: async (args) => (await import('./simulate.ts')).runSimulate(args),
 }
 
@@ -42,24 +48,28 @@ export async function main(argv: string[]): Promise<number> {
   }
   const run = VERBS[verb]
   if (!run) {
-    process.stderr.write(`edgewarden: unknown verb "${verb}"\n\n${USAGE}`)
+    const near = closest(verb, Object.keys(VERBS))
+    process.stderr.write(`edgewarden: unknown verb "${verb}"${near ? ` (did you mean ${near}?)` : ''}\nverbs: ${Object.keys(VERBS).join(', ')}\n(see edgewarden --help)\n`)
     return 2
   }
-  if (rest.includes('--help') || rest.includes('-h')) {
-    process.stdout.write(USAGE)
+  // Help of this verb alone (narrowed to its sub-verb where it has one); options after `--` are not ours.
+  const ours = rest.includes('--') ? rest.slice(0, rest.indexOf('--')) : rest
+  if (ours.includes('--help') || ours.includes('-h')) {
+    const sub = ours[0] !== undefined && !ours[0].startsWith('-') ? ours[0] : undefined
+    process.stdout.write(usageOf(verb, sub) ?? USAGE)
     return 0
   }
   try {
     return await run(rest)
   } catch (err) {
-    return report(err)
+    return report(err, helpName(verb, ours[0]))
   }
 }
 
-function report(err: unknown): number {
+function report(err: unknown, verb: string): number {
   const code = (err as { code?: string }).code
   if (err instanceof UsageError || (typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS'))) {
-    process.stderr.write(`edgewarden: ${(err as Error).message}\n(see edgewarden --help)\n`)
+    process.stderr.write(`edgewarden: ${(err as Error).message}\n(see edgewarden ${verb} --help)\n`)
     return 2
   }
   if (err instanceof ConfigError) {
@@ -94,13 +104,45 @@ export function bindValues(args: string[], options: Record<string, { type: 'stri
   return out
 }
 
+type OptionsSpec = Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }>
+
+/**
+ * parseArgs, strict, with its errors as one line a person can act on:
+ * `unknown option --jsn (did you mean --json?)`, `--reason needs a value`,
+ * `--json takes no value`, `takes no arguments (got x)`.
+ */
+export function parseStrict<T extends OptionsSpec, P extends boolean>(args: string[], options: T, allowPositionals: P, verb = 'this verb') {
+  try {
+    return parseArgs({ args: bindValues(args, options), options, strict: true, allowPositionals })
+  } catch (err) {
+    throw rewordParseError(err, options, verb)
+  }
+}
+
+/** A parseArgs error reworded (UsageError); anything else as it is. */
+export function rewordParseError(err: unknown, options: OptionsSpec, verb = 'this verb'): unknown {
+  const code = (err as { code?: string }).code
+  const message = (err as Error).message ?? ''
+  const quoted = /'([^']*)'/.exec(message)?.[1]
+  const flags = Object.keys(options).map((o) => `--${o}`)
+  if (code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && quoted !== undefined) {
+    const name = quoted.split('=')[0]!
+    const near = didYouMean(name, flags)
+    return new UsageError(`unknown option ${name}${near || `; options: ${flags.join(' ')}`}`)
+  }
+  if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' && quoted !== undefined) {
+    const name = /--[\w-]+/.exec(quoted)?.[0] ?? quoted
+    if (/does not take an argument/.test(message)) return new UsageError(`${name} takes no value (it is a switch: give it alone)`)
+    return new UsageError(`${name} needs a value`)
+  }
+  if (code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL' && quoted !== undefined) return new UsageError(`${verb} takes no arguments (got ${quoted})`)
+  return err
+}
+
 /** parseArgs for the small verbs: --data-dir everywhere, strict flags. */
-export function parseVerbArgs<T extends Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }>>(
-  args: string[],
-  options: T,
-) {
+export function parseVerbArgs<T extends OptionsSpec>(args: string[], options: T) {
   const all = { 'data-dir': { type: 'string' as const }, ...options }
-  return parseArgs({ args: bindValues(args, all), options: all, strict: true, allowPositionals: true })
+  return parseStrict(args, all, true)
 }
 
 export { EdgewardenError }

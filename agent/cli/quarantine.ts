@@ -11,6 +11,7 @@ import { Store } from '../store/store.ts'
 import { adminRequest, expectOk } from './admin-client.ts'
 import { dataDirOf, out, table } from './common.ts'
 import { parseVerbArgs } from './main.ts'
+import { didYouMean } from './suggest.ts'
 import { UsageError } from './usage.ts'
 
 async function fromStore(dataDir: string): Promise<QuarantineReport & { agentRunning: false }> {
@@ -28,7 +29,7 @@ async function fromStore(dataDir: string): Promise<QuarantineReport & { agentRun
 
 export async function runQuarantine(args: string[]): Promise<number> {
   const [sub, ...rest] = args
-  if (sub !== 'show') throw new UsageError(sub ? `unknown quarantine verb "${sub}"` : 'quarantine needs a verb: show')
+  if (sub !== 'show') throw new UsageError(sub ? `unknown quarantine verb "${sub}"${didYouMean(sub, ['show'])}` : 'quarantine needs a verb: show')
   const { values, positionals } = parseVerbArgs(rest, { json: { type: 'boolean' } })
   if (positionals.length) throw new UsageError('quarantine show takes no arguments')
   const dataDir = dataDirOf(values['data-dir'])

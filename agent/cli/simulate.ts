@@ -4,7 +4,9 @@
 // SIGUSR1 or every --storm-every seconds; optionally the control-plane side
 // (--central): the gateway's events followed, signatures checked, gaps
 // counted. Prints the fleet's state every --report-every seconds and at the
-// end (after --duration seconds, or on Ctrl-C).
+// end (after --duration seconds, or on Ctrl-C). Devices dial the agent's own
+// MQTT port (its admin socket says which); what was enrolled is removed at
+// the end unless --keep.
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -49,6 +51,7 @@ export async function runSimulate(args: string[]): Promise<number> {
     site: { type: 'string' },
     gateway: { type: 'string' },
     seed: { type: 'string' },
+    keep: { type: 'boolean' },
     json: { type: 'boolean' },
   })
   if (positionals.length) throw new UsageError('simulate takes no arguments')
@@ -64,16 +67,33 @@ export async function runSimulate(args: string[]): Promise<number> {
   const seed = num('seed', values.seed, (n) => Number.isInteger(n), 'a whole number')
   const prefix = values.prefix ?? 'sim'
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,40}$/.test(prefix)) throw new UsageError(`--prefix ${prefix}: letters, digits, . _ - (up to 41, starting with a letter or digit)`)
-  const mqttUrl = values['mqtt-url'] ?? 'mqtt://127.0.0.1:1883'
-  if (!/^mqtts?:\/\//.test(mqttUrl)) throw new UsageError(`--mqtt-url ${mqttUrl}: expected mqtt://HOST:PORT`)
+  if (values['mqtt-url'] !== undefined && !/^mqtts?:\/\//.test(values['mqtt-url'])) throw new UsageError(`--mqtt-url ${values['mqtt-url']}: expected mqtt://HOST:PORT`)
   if (values.central !== undefined && !/^mqtts?:\/\//.test(values.central)) throw new UsageError(`--central ${values.central}: expected mqtt://HOST:PORT`)
 
   const dataDir = dataDirOf(values['data-dir'])
-  const identity = expectOk(await adminRequest(dataDir, 'GET', '/v1/identity')) as { site: string; gateway: string; publicKey: string }
+  const identity = expectOk(await adminRequest(dataDir, 'GET', '/v1/identity')) as {
+    site: string
+    gateway: string
+    publicKey: string
+    listeners?: { mqtt: { host: string; port: number | null } }
+  }
+  // The agent's own listener, whatever port it was started on (a wildcard address is dialled on loopback).
+  const listen = identity.listeners?.mqtt
+  if (values['mqtt-url'] === undefined && (!listen || listen.port === null)) {
+    throw new UsageError('the agent has no plain MQTT listener (--mqtt-port off): give --mqtt-url mqtt://HOST:PORT of one the devices can reach')
+  }
+  const dial = (h: string): string => (h === '0.0.0.0' || h === '::' ? '127.0.0.1' : h.includes(':') ? `[${h}]` : h)
+  const mqttUrl = values['mqtt-url'] ?? `mqtt://${dial(listen!.host)}:${listen!.port}`
+  // An id left by an earlier run (--keep) is not taken over: the fleet makes new keys, and replacing a record is a deliberate act.
+  const taken = (expectOk(await adminRequest(dataDir, 'GET', '/v1/devices')) as { devices: { id: string }[] }).devices.map((d) => d.id).filter((id) => id.startsWith(`${prefix}-`))
+  if (taken.length) {
+    throw new UsageError(`${taken.length} device(s) with the prefix ${prefix}- are enrolled already (${taken.slice(0, 3).join(', ')}${taken.length > 3 ? ', …' : ''}; left by a run with --keep?): remove them (edgewarden device remove ID) or give another --prefix`)
+  }
   const json = values.json === true
   const say = (obj: Record<string, unknown>, text: string): void => out(json ? JSON.stringify(obj) : text)
 
   const workDir = mkdtempSync(join(tmpdir(), 'edgewarden-simulate-'))
+  const enrolled: string[] = []
   let fleet: Fleet | null = null
   let cp: ControlPlane | null = null
   const cpCounts: Record<string, number> = {}
@@ -101,7 +121,10 @@ export async function runSimulate(args: string[]): Promise<number> {
       onlineFraction,
       meanOfflineS,
       ...(seed !== undefined ? { random: seededRandom(seed) } : {}),
-      enroll: async (device) => void expectOk(await adminRequest(dataDir, 'POST', '/v1/devices', { device, reason: 'edgewarden simulate' })),
+      enroll: async (device) => {
+        expectOk(await adminRequest(dataDir, 'POST', '/v1/devices', { device, reason: 'edgewarden simulate' }))
+        enrolled.push(device.id)
+      },
     })
     const f = fleet
     const report = (event: string): void => {
@@ -151,5 +174,21 @@ export async function runSimulate(args: string[]): Promise<number> {
     await fleet?.close()
     await cp?.close()
     rmSync(workDir, { recursive: true, force: true })
+    // What it enrolled goes again (revoked, then removed: audited), unless --keep; a device the run left cut or retiring stays, named.
+    if (!values.keep && enrolled.length) await removeEnrolled(dataDir, enrolled, say)
   }
+}
+
+async function removeEnrolled(dataDir: string, ids: string[], say: (obj: Record<string, unknown>, text: string) => void): Promise<void> {
+  const kept: string[] = []
+  let removed = 0
+  for (const id of ids) {
+    const r = await adminRequest(dataDir, 'DELETE', `/v1/devices/${encodeURIComponent(id)}`, { reason: 'edgewarden simulate ended' }).catch(() => null)
+    if (r?.status === 200) removed++
+    else kept.push(id)
+  }
+  say(
+    { event: 'removed', devices: removed, ...(kept.length ? { kept } : {}) },
+    `removed the ${removed} device(s) it enrolled${kept.length ? `; kept ${kept.length} it could not remove (cut or retiring: see device show): ${kept.join(', ')}` : ''} (--keep keeps them)`,
+  )
 }

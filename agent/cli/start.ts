@@ -1,9 +1,10 @@
 // `edgewarden start`: flags, environment and config file into one config,
 // then the agent as agent/compose.ts builds it, until SIGTERM or SIGINT.
-import { parseArgs, type ParseArgsConfig } from 'node:util'
-import { bindValues } from './main.ts'
+import type { ParseArgsConfig } from 'node:util'
+import { parseStrict } from './main.ts'
 import { describeStartFailure, snapshotDataDir } from './start-failure.ts'
-import { loadConfig, OPTIONS } from '../runtime/config.ts'
+import { loadConfig, OPTIONS, unknownEnv } from '../runtime/config.ts'
+import { closest } from './suggest.ts'
 import { VERSION } from '../gateway.ts'
 import { createLogger } from '../observe/logger.ts'
 import { startAgent, type RunningAgent } from '../compose.ts'
@@ -31,9 +32,13 @@ function withoutCredentials(url: string): string {
 
 export async function runStart(args: string[]): Promise<number> {
   const options = startFlagOptions()
-  const { values } = parseArgs({ args: bindValues(args, options as Record<string, { type: 'string' | 'boolean' }>), options, strict: true, allowPositionals: false })
+  const { values } = parseStrict(args, options as Record<string, { type: 'string' | 'boolean'; multiple?: boolean }>, false, 'start')
   const config = loadConfig({ flags: flagsToKeys(values), env: process.env })
   const log = createLogger(config.logLevel)
+  // A mistyped variable would leave its option at the default without a word.
+  for (const u of unknownEnv(process.env, closest)) {
+    log.warn({ variable: u.name, ...(u.meant ? { didYouMean: u.meant } : {}) }, `unknown environment variable ${u.name}${u.meant ? ` (did you mean ${u.meant}?)` : ''}: nothing reads it`)
+  }
   const before = snapshotDataDir(config.dataDir)
   let agent: RunningAgent
   try {

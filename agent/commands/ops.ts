@@ -9,6 +9,9 @@ import { ID_PATTERN } from '../../wire/ids.ts'
 import type { Act } from '../../wire/protocol.ts'
 import type { DeviceActions } from '../actions/device-actions.ts'
 import type { Retirements } from '../actions/retirement.ts'
+import { offboardingExceptions } from '../devices/offboarding.ts'
+import { CredentialIndex, specCredentials, spkiOfPem } from '../devices/credential-index.ts'
+import { recordChanges } from '../devices/record-changes.ts'
 import { credentialKind, parseDeviceSpec, type CertificateRecord, type DeviceState } from '../devices/device.ts'
 import type { SitePki } from '../pki/site-pki.ts'
 import { EdgewardenError } from '../runtime/errors.ts'
@@ -72,6 +75,13 @@ export type OpRunner = (args: Record<string, unknown>, req: OpRequest) => Promis
 /** The ops, bound to the core's parts. */
 export function opTable(parts: OpParts): Record<Op, OpRunner> {
   const { gw, enforcer, actions, retirements } = parts
+  // one credential, one identity (devices/credential-index.ts)
+  const credentials = new CredentialIndex(gw.registry)
+  gw.onRecordChange((_before, after) => credentials.changed(after))
+  const refuseShared = (id: string, facts: ReturnType<typeof specCredentials>): void => {
+    const c = credentials.conflict(id, facts)
+    if (c) throw new EdgewardenError('DUPLICATE_CREDENTIAL', `device ${id}: its ${c.what} is already the credential of device ${c.otherId} (${gw.getDevice(c.otherId)?.state ?? 'enrolled'}); every device needs its own`)
+  }
 
   const stateChange =
     (t: Transition): OpRunner =>
@@ -117,6 +127,7 @@ export function opTable(parts: OpParts): Record<Op, OpRunner> {
       const parsed = parseDeviceSpec(args.device)
       if (!parsed.ok) throw new EdgewardenError('INVALID_DEVICE', `invalid device: ${parsed.problems.join('; ')}`)
       const spec = parsed.spec
+      refuseShared(spec.id, specCredentials(spec))
       // PROTOCOL §3 x509.csr: the site CA issues the certificate now, for the id of the record, whatever the request names.
       let issued: CertificateRecord | undefined
       const x = spec.x509
@@ -128,18 +139,25 @@ export function opTable(parts: OpParts): Record<Op, OpRunner> {
           const der = b64urlDecode(x.csr)
           if (!der) throw new EdgewardenError('CSR_INVALID', 'x509.csr is not base64url')
           issued = parts.pki.record((await parts.pki.issue(spec.id, der, spec.criticality)).cert, 'enroll')
+          // the key it certifies, whatever the request looked like (issued, never handed out, when refused here)
+          const spki = issued.pem ? spkiOfPem(issued.pem) : null
+          if (spki) refuseShared(spec.id, [{ fp: `spki:${spki}`, what: 'certificate key' }])
         }
       }
+      // again, in the same synchronous step as the record is set (gw.enroll): a concurrent enroll of another id may have taken the key while the CA signed
+      refuseShared(spec.id, specCredentials(spec))
+      const existing = gw.getDevice(spec.id)
+      const changes = existing ? recordChanges(existing, spec, req.who.reason) : undefined
       const extra = issued
         ? { audit: [{ actor: req.who.actor, action: 'certificate.issued', subject: spec.id, data: { serial: issued.serial, sha256: issued.sha256, notAfter: issued.notAfter, via: 'enroll' } }], events: parts.pki!.issuedEvent(spec.id, issued) ?? [] }
         : {}
-      const record = await gw.enroll(spec, req.who, extra, issued ? { certificate: issued } : {})
+      const record = await gw.enroll(spec, req.who, extra, { ...(issued ? { certificate: issued } : {}), ...(changes ? { changes } : {}) })
       const id = record.spec.id
       const certificate = issued ? parts.pki!.chainFor(issued).join('') : undefined
       return {
         deviceId: id,
         evidence: { deviceId: id, state: record.state, credentialExpiresAt: record.credentialExpiresAt, ...(certificate ? { certificate } : {}) },
-        local: { state: record.state, ...(certificate ? { certificate } : {}) },
+        local: { state: record.state, ...(certificate ? { certificate } : {}), ...(changes ? { replaced: true, changes } : {}) },
       }
     },
     'device.revoke': stateChange('revoke'),
@@ -175,6 +193,7 @@ export function opTable(parts: OpParts): Record<Op, OpRunner> {
       const devices = [...gw.registry.values()].map((d) => {
         const seen = enforcer.inventoryOf(d.spec.id)
         const cert = d.certificates?.find((c) => c.role === 'current')
+        const exceptions = offboardingExceptions(d).map((x) => x.code)
         return {
           id: d.spec.id,
           state: d.state,
@@ -182,6 +201,7 @@ export function opTable(parts: OpParts): Record<Op, OpRunner> {
           credentialKind: credentialKind(d.spec),
           credentialExpiresAt: d.credentialExpiresAt,
           pendingActions: gw.actions.pending(d.spec.id).length,
+          ...(exceptions.length ? { exceptions } : {}),
           ...(cert ? { certificate: { serial: cert.serial, notAfter: cert.notAfter, issuer: cert.issuer } } : {}),
           ...(seen ? { seen } : {}),
         }

@@ -31,6 +31,12 @@ const LAST_IAT_PREFIX = 'cmd-iat!'
  * it in one report at its end.
  */
 export const UNAUTHENTICATED_ANSWERED = 10
+/** The longest a window of folded junk grows to while junk goes on (PROTOCOL §3 cmd.rejected `count`). */
+export const JUNK_WINDOW_MAX_S = 3600
+/** A duplicate of one jti is answered once in this long (the control plane's own re-send timeout is longer). */
+export const DUPLICATE_ANSWER_EVERY_MS = 2000
+/** Duplicates answered a second at most, in all (a window of re-sends after a reconnect stays well under it). */
+export const DUPLICATES_PER_S = 200
 const SWEEP_EVERY_S = 60
 
 interface Remembered {
@@ -84,15 +90,26 @@ export class CommandProcessor {
   readonly #jtis: JtiStore<Remembered>
   readonly #cpKeys = new Map<string, KeyObject>()
   readonly #executors = new Map<Op, Executor>()
+  /** Commands run one at a time, in arrival order (PROTOCOL §3), each to its end. */
   #chain: Promise<void> = Promise.resolve()
   /** iat of the last device command accepted, by device (PROTOCOL §3 superseded) */
   readonly #lastIat: Map<string, number>
   /** unauthenticated rejections since the last report, by reason */
-  #junk: { answered: number; count: number; reasons: Record<string, number>; timer: NodeJS.Timeout | null } | null = null
+  #junk: { count: number; reasons: Record<string, number>; timer: NodeJS.Timeout | null; intervalS: number } | null = null
+  /**
+   * Across windows: the individual answers left (restored only after a
+   * window without junk), the length of the next window (doubled after each
+   * window that folded something, up to JUNK_WINDOW_MAX_S), and when junk
+   * last came: a steady trickle is reported once per ever longer window.
+   */
+  #junkBudget = { answers: UNAUTHENTICATED_ANSWERED, intervalS: 0, lastMs: -Infinity }
   #junkReported: Promise<unknown> = Promise.resolve()
   #lastSweepS = 0
   /** what was refused and what was folded into burst reports so far */
-  readonly stats = { unauthenticated: 0, unauthenticatedReports: 0 }
+  readonly stats = { unauthenticated: 0, unauthenticatedReports: 0, duplicatesUnanswered: 0 }
+  /** when a duplicate of each jti was last answered */
+  readonly #duplicateAnswered = new Map<string, number>()
+  #duplicateWindow = { startMs: 0, answered: 0 }
 
   private constructor(gw: Gateway, enforcer: AccessEnforcer, ops: Record<Op, OpRunner>, jtis: JtiStore<Remembered>, lastIat: Map<string, number>, log: Logger) {
     this.#gw = gw
@@ -165,9 +182,13 @@ export class CommandProcessor {
       return this.#reject('superseded', `issued at ${cmd.iat}, before the last command for device ${target} (issued at ${last})`, cmd.jti, nowS, keepUntil)
     }
     const ops: WriteOp[] = [this.#jtis.remember(cmd.jti, keepUntil, { state: 'accepted', op: cmd.op, cmd, order: gw.outbox.lastSeq + 1 })]
-    if (target !== null && (last === undefined || cmd.iat > last)) {
-      this.#lastIat.set(target, cmd.iat)
-      ops.push({ type: 'put', key: LAST_IAT_PREFIX + target, value: String(cmd.iat) })
+    // Remembered no later than now: an iat ahead of the gateway's clock
+    // (within the skew) must not make the commands signed after it, by a
+    // control plane whose clock is right, look older than it.
+    const decided = Math.min(cmd.iat, nowS)
+    if (target !== null) {
+      const op = this.#decided(target, decided)
+      if (op) ops.push(op)
     }
     // The seq its cmd.accepted event gets (the `order` above): commit() takes
     // it in this same synchronous step, and the event is never dropped at the outbox bound.
@@ -181,6 +202,35 @@ export class CommandProcessor {
     // is cut as soon as the command is verified.
     this.#enqueueExecution(cmd, receivedAt, nowS)
     await accepted
+  }
+
+  /** The op that remembers a decision on `deviceId` at `atS`, when it is the newest yet (the time only grows); null otherwise. */
+  #decided(deviceId: string, atS: number): WriteOp | null {
+    const last = this.#lastIat.get(deviceId)
+    if (last !== undefined && atS <= last) return null
+    this.#lastIat.set(deviceId, atS)
+    return { type: 'put', key: LAST_IAT_PREFIX + deviceId, value: String(atS) }
+  }
+
+  /**
+   * The op table as local callers (the admin socket) use it: a device
+   * changed locally is a decision made now, so a control-plane command
+   * issued before it, arriving later, is superseded (PROTOCOL §3) and does
+   * not undo it.
+   */
+  localOps(ops: Record<Op, OpRunner>): Record<Op, OpRunner> {
+    const out = {} as Record<Op, OpRunner>
+    for (const [name, run] of Object.entries(ops) as [Op, OpRunner][]) {
+      out[name] = async (args, req) => {
+        const at = this.#gw.nowS()
+        const r = await run(args, req)
+        const id = deviceOf({ op: name, args })
+        const op = id === null ? null : this.#decided(id, at)
+        if (op) await this.#gw.commit({ ops: [op] })
+        return r
+      }
+    }
+    return out
   }
 
   /**
@@ -223,19 +273,28 @@ export class CommandProcessor {
    */
   #unauthenticated(v: Extract<Verification, { ok: false }>): Promise<void> {
     this.stats.unauthenticated++
+    const base = this.#gw.config.rejectReportIntervalS
+    const b = this.#junkBudget
+    const now = this.#gw.clock.now()
+    // quiet for a whole window since the last junk: back to the first window's terms
+    if (this.#junk === null && now - b.lastMs > Math.max(b.intervalS, base) * 1000) {
+      b.answers = UNAUTHENTICATED_ANSWERED
+      b.intervalS = base
+    }
+    b.lastMs = now
     let junk = this.#junk
     if (!junk) {
-      junk = { answered: 0, count: 0, reasons: {}, timer: null }
-      junk.timer = setTimeout(() => void this.flushUnauthenticated().catch((err: unknown) => this.#log.error({ err }, 'cannot report rejected commands')), this.#gw.config.rejectReportIntervalS * 1000)
+      junk = { count: 0, reasons: {}, timer: null, intervalS: Math.max(b.intervalS, base) }
+      junk.timer = setTimeout(() => void this.flushUnauthenticated().catch((err: unknown) => this.#log.error({ err }, 'cannot report rejected commands')), junk.intervalS * 1000)
       junk.timer.unref()
       this.#junk = junk
     }
-    if (junk.answered >= UNAUTHENTICATED_ANSWERED) {
+    if (b.answers <= 0) {
       junk.count++
       junk.reasons[v.reason] = (junk.reasons[v.reason] ?? 0) + 1
       return Promise.resolve()
     }
-    junk.answered++
+    b.answers--
     this.stats.unauthenticatedReports++
     this.#log.warn({ reason: v.reason, detail: v.detail, jti: v.jti }, 'command rejected')
     const p = this.#gw.commit(
@@ -256,10 +315,12 @@ export class CommandProcessor {
     this.#junk = null
     if (junk.timer) clearTimeout(junk.timer)
     if (junk.count === 0) return this.#junkReported.then(() => {})
+    // junk that goes on is reported once per window twice as long as the last
+    this.#junkBudget.intervalS = Math.min(JUNK_WINDOW_MAX_S, junk.intervalS * 2)
     this.stats.unauthenticatedReports++
     const top = Object.entries(junk.reasons).sort((a, b) => b[1] - a[1])[0]![0]
-    const detail = `${junk.count} more messages without a valid signature in ${this.#gw.config.rejectReportIntervalS} s (${Object.entries(junk.reasons).map(([r, n]) => `${r} ${n}`).join(', ')})`
-    this.#log.warn({ count: junk.count, reasons: junk.reasons }, 'commands rejected (burst)')
+    const detail = `${junk.count} more messages without a valid signature in ${junk.intervalS} s (${Object.entries(junk.reasons).map(([r, n]) => `${r} ${n}`).join(', ')})`
+    this.#log.warn({ count: junk.count, reasons: junk.reasons, windowS: junk.intervalS }, 'commands rejected (burst)')
     const p = this.#gw.commit(
       {
         audit: [{ actor: 'uplink', action: 'command.rejected', data: { reason: top, detail, count: junk.count, reasons: junk.reasons } }],
@@ -278,7 +339,23 @@ export class CommandProcessor {
     if (ops.length) this.#gw.store.write(ops, { sync: false }).catch((err: unknown) => this.#log.error({ err }, 'cannot sweep expired command jtis'))
   }
 
+  /**
+   * PROTOCOL §3 `cmd.duplicate`, answered at most once per jti every
+   * DUPLICATE_ANSWER_EVERY_MS (a control plane re-sends after a timeout of
+   * its own, far longer) and at most DUPLICATES_PER_S a second in all: a
+   * captured command replayed in a loop costs one event now and then, not
+   * one signed, synced event per copy. The rest are counted (stats) only.
+   */
   async #duplicate(jti: string, state: CommandState): Promise<void> {
+    const now = this.#gw.clock.now()
+    const last = this.#duplicateAnswered.get(jti)
+    if (last !== undefined && now - last < DUPLICATE_ANSWER_EVERY_MS) return void this.stats.duplicatesUnanswered++
+    if (now - this.#duplicateWindow.startMs >= 1000) this.#duplicateWindow = { startMs: now, answered: 0 }
+    if (this.#duplicateWindow.answered >= DUPLICATES_PER_S) return void this.stats.duplicatesUnanswered++
+    this.#duplicateWindow.answered++
+    this.#duplicateAnswered.delete(jti)
+    this.#duplicateAnswered.set(jti, now)
+    if (this.#duplicateAnswered.size > 10_000) this.#duplicateAnswered.delete(this.#duplicateAnswered.keys().next().value as string)
     await this.#gw.commit({ events: [{ type: 'cmd.duplicate', data: { jti, state } }] })
   }
 
@@ -319,7 +396,9 @@ export class CommandProcessor {
               ? new CommandFailure('unknown-device', err.message)
               : isEdgewardenError(err, 'CSR_INVALID')
                 ? new CommandFailure('invalid-csr', err.message)
-                : null
+                : isEdgewardenError(err, 'DUPLICATE_CREDENTIAL')
+                  ? new CommandFailure('duplicate-credential', err.message)
+                  : null
       if (!failure) {
         this.#log.error({ err, jti: cmd.jti, op: cmd.op }, 'command execution failed')
       }
@@ -363,7 +442,9 @@ export class CommandProcessor {
     const gw = this.#gw
     const nowS = gw.nowS()
     const sweep = this.#jtis.sweep(nowS)
-    if (sweep.length) await gw.store.write(sweep, { sync: false })
+    // Queued for execution before anything is awaited: a newer command for the same device that
+    // arrives meanwhile runs after them (its turn is behind theirs in the chain).
+    const swept = sweep.length ? gw.store.write(sweep, { sync: false }) : Promise.resolve()
     let n = 0
     // In arrival order, as they would have run (the store keeps them by jti).
     const waiting = [...this.#jtis.entries()].filter(([, e]) => e.data.state === 'accepted' && e.data.cmd).sort(([, a], [, b]) => (a.data.order ?? 0) - (b.data.order ?? 0))
@@ -373,6 +454,7 @@ export class CommandProcessor {
       void this.#enqueueExecution(e.data.cmd, performance.now(), nowS)
       n++
     }
+    await swept
     await this.#chain
     return n
   }

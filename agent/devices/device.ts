@@ -63,6 +63,8 @@ export const deviceSpecSchema = z
         endpoint: z.string().regex(/^opc\.tcp:\/\/[^\s]+$/, 'must be an opc.tcp:// URL'),
         certificateSha256: z.string().regex(/^[0-9a-fA-F]{64}$/, 'must be 64 hex digits').optional(),
         trustOnFirstUse: z.boolean().optional(),
+        // PROTOCOL §8: the device's server does OPC UA Part 12 push management; `renew` rotates its application certificate through the site CA
+        pushManagement: z.boolean().optional(),
       })
       .strict()
       .optional(),
@@ -115,6 +117,8 @@ export interface CertificateRecord {
   role: 'current' | 'previous'
   /** how it was issued (`certificate.issued` via) */
   via?: string
+  /** the renewal action that installed it (push management): a redelivery of that action finds it done */
+  actionId?: string
   /** PEM, for a site-issued certificate: the key an x509 device signs its acks with, and what install-cert carries */
   pem?: string
   /** set once on the CRL (or, for an external one, refused for good) */

@@ -29,6 +29,12 @@ export class Registry {
     return this.#devices.values()
   }
 
+  /** Forget a record in memory and return the op that deletes it. */
+  delete(id: string): WriteOp {
+    this.#devices.delete(id)
+    return { type: 'del', key: DEVICE_PREFIX + id }
+  }
+
   /** Replace a record in memory and return the op that persists it. */
   set(record: DeviceRecord): WriteOp {
     this.#devices.set(record.spec.id, record)

@@ -9,16 +9,25 @@ import { ARGS, type Op, type OpRequest, type OpRunner } from '../commands/ops.ts
 import { exportAuditLog, verifyAuditLog } from '../store/audit.ts'
 import { EdgewardenError, isEdgewardenError, type ErrorCode } from '../runtime/errors.ts'
 import type { Gateway } from '../gateway.ts'
+import { parseDeviceSpec } from '../devices/device.ts'
+import { naturalCompare } from './natural-sort.ts'
 import type { SitePki } from '../pki/site-pki.ts'
 import type { Logger } from './logger.ts'
-import { describeDevice } from './views.ts'
+import { describeDevice, type LiveSources } from './views.ts'
+import { describeEntry, deviceAuditEntries } from './device-history.ts'
+import { recordChanges } from '../devices/record-changes.ts'
+import type { DeviceActions } from '../actions/device-actions.ts'
+import type { Retirements } from '../actions/retirement.ts'
 
 export const ADMIN_SOCKET = 'admin.sock'
 const MAX_BODY = 64 * 1024
 
 const STATUS: Partial<Record<ErrorCode, number>> = {
   UNKNOWN_DEVICE: 404,
+  UNKNOWN_ACTION: 404,
   ILLEGAL_TRANSITION: 409,
+  DEVICE_EXISTS: 409,
+  DUPLICATE_CREDENTIAL: 409,
   INVALID_DEVICE: 400,
   ADMIN_REQUEST: 400,
 }
@@ -34,6 +43,14 @@ export interface AdminHooks {
   quarantine?(gw: Gateway): Promise<unknown>
   /** `GET /v1/pki`: the site CA and its CRL (PROTOCOL §9, `edgewarden ca show`) */
   pki?: SitePki
+  /** live sessions and last refusals in device views */
+  live?: LiveSources
+  /** `…/actions/<id>/cancel` */
+  actions?: DeviceActions
+  /** a wipe a retirement waits for is not cancelled, but closed by retire --no-wipe */
+  retirements?: Retirements
+  /** `GET /v1/identity` says where devices connect (`edgewarden simulate` dials it) */
+  listeners?: () => { mqtt: { host: string; port: number | null; tlsPort: number | null } }
 }
 
 /** What `GET /v1/pki` answers: the CA as it signs now, and the CRL's facts (`edgewarden ca show` formats them). */
@@ -113,23 +130,80 @@ export async function startAdminServer(gw: Gateway, hooks: AdminHooks, log: Logg
     const claimedBy = typeof claim === 'string' && /^[\w.@-]{1,64}$/.test(claim) && claim !== owner ? claim : undefined
     const who = { actor, ...(claimedBy !== undefined ? { claimedBy } : {}) }
     const route = `${req.method} /${parts.slice(0, 2).join('/')}`
+    const view = (id: string) => describeDevice(gw, gw.requireDevice(id), hooks.live)
     if (route === 'GET /v1/identity') {
-      return send(res, 200, { site: gw.site, gateway: gw.id, publicKey: gw.key.publicKeyB64 })
+      return send(res, 200, { site: gw.site, gateway: gw.id, publicKey: gw.key.publicKeyB64, ...(hooks.listeners ? { listeners: hooks.listeners() } : {}) })
     }
     if (route === 'GET /v1/devices' && parts.length === 2) {
-      const list = [...gw.registry.values()].sort((a, b) => a.spec.id.localeCompare(b.spec.id)).map((d) => describeDevice(gw, d))
+      const list = [...gw.registry.values()].sort((a, b) => naturalCompare(a.spec.id, b.spec.id)).map((d) => describeDevice(gw, d, hooks.live))
       return send(res, 200, { devices: list })
     }
     if (route === 'GET /v1/devices' && parts.length === 3) {
-      return send(res, 200, { device: describeDevice(gw, gw.requireDevice(parts[2]!)) })
+      return send(res, 200, { device: view(parts[2]!) })
+    }
+    if (route === 'GET /v1/devices' && parts.length === 4 && parts[3] === 'history') {
+      // a removed device still has its history: only an id the log never named is unknown
+      const id = parts[2]!
+      const items = []
+      for await (const e of deviceAuditEntries(gw.store, id)) items.push(describeEntry(e))
+      if (items.length === 0) gw.requireDevice(id)
+      const d = gw.getDevice(id)
+      return send(res, 200, { deviceId: id, ...(d ? { device: describeDevice(gw, d, hooks.live) } : {}), items })
+    }
+    if (route === 'GET /v1/devices' && parts.length === 4 && parts[3] === 'actions') {
+      const id = parts[2]!
+      gw.requireDevice(id)
+      return send(res, 200, { deviceId: id, actions: gw.actions.pending(id).map((a) => ({ id: a.id, act: a.act, seq: a.seq, queuedAt: a.queuedAt, deadline: a.deadline, reachable: hooks.actions?.dispatcher.isReachable(id) ?? false })) })
     }
     const request = (reason: string | undefined): OpRequest => ({ who: { ...who, ...(reason !== undefined ? { reason } : {}) }, receivedAt: performance.now(), receivedAtS: gw.nowS() })
     if (route === 'POST /v1/devices' && parts.length === 2) {
       const body = await readJson(req)
-      const reason = typeof body.reason === 'string' ? body.reason : undefined
+      const reason = typeof body.reason === 'string' ? body.reason.slice(0, 1024) : undefined
+      // An existing id is replaced only when asked (`device add --replace`), and the refusal says what would change.
+      const id = (body.device as { id?: unknown } | undefined)?.id
+      const existing = typeof id === 'string' ? gw.getDevice(id) : undefined
+      if (existing && body.replace !== true) {
+        const parsed = parseDeviceSpec(body.device)
+        const changes = parsed.ok ? recordChanges(existing, parsed.spec, reason) : []
+        throw new EdgewardenError(
+          'DEVICE_EXISTS',
+          `device ${existing.spec.id} is already enrolled (${existing.state}${existing.stateReason ? `: ${existing.stateReason}` : ''}); ${parsed.ok ? (changes.length ? `replacing it would change: ${changes.join('; ')}` : 'replacing it would change nothing') : 'and the new record is invalid'}. Give --replace to replace it`,
+        )
+      }
       const r = await hooks.ops['device.enroll']({ device: body.device }, request(reason))
-      // `result` carries the certificate chain of an enrollment with a CSR (PROTOCOL §3)
-      return send(res, 200, { result: r.local, device: describeDevice(gw, gw.requireDevice(r.deviceId!)) })
+      // `result` carries the certificate chain of an enrollment with a CSR (PROTOCOL §3), and what a replacement changed
+      return send(res, 200, { result: r.local, device: view(r.deviceId!) })
+    }
+    if (route === 'POST /v1/devices' && parts.length === 6 && parts[3] === 'actions' && parts[5] === 'cancel' && hooks.actions) {
+      const [, , id, , actionId] = parts as [string, string, string, string, string]
+      const body = await readJson(req)
+      const reason = typeof body.reason === 'string' ? body.reason.slice(0, 1024) : undefined
+      const pending = gw.actions.find(id, actionId)
+      if (pending?.act === 'wipe' && hooks.retirements?.isOpen(id)) {
+        throw new EdgewardenError('ILLEGAL_TRANSITION', `the retirement of ${id} waits for this wipe: close it without one instead (edgewarden device retire ${id} --no-wipe --reason TEXT)`)
+      }
+      const a = await hooks.actions.cancel(id, actionId, request(reason).who)
+      return send(res, 200, { result: { cancelled: { id: a.id, act: a.act } }, device: view(id) })
+    }
+    if (route === 'DELETE /v1/devices' && parts.length === 3) {
+      // Local only: an active or revoked device leaves the registry (revoked first, so every session and path closes as for any revocation).
+      const id = parts[2]!
+      const body = await readJson(req)
+      const reason = typeof body.reason === 'string' ? body.reason.slice(0, 1024) : undefined
+      const d = gw.requireDevice(id)
+      if (d.state !== 'active' && d.state !== 'revoked') {
+        throw new EdgewardenError('ILLEGAL_TRANSITION', `device ${id} is ${d.state}: only an active or revoked device is removed (a cut that is under way or finished stays on record)`)
+      }
+      if (d.state === 'revoked' && d.spec.network !== undefined && gw.config.quarantine !== 'none') {
+        throw new EdgewardenError('ILLEGAL_TRANSITION', `device ${id} is revoked and its network address is blocked: removing it would lift the block (retire it instead)`)
+      }
+      if ((d.certificates ?? []).some((c) => c.issuer === 'site' && !c.revoked)) {
+        throw new EdgewardenError('ILLEGAL_TRANSITION', `device ${id} holds a certificate of the site CA: retire it instead, so the certificate stays on the CRL`)
+      }
+      const r = request(reason ?? 'removed')
+      if (d.state === 'active') await hooks.ops['device.revoke']({ deviceId: id, reason: reason ?? 'removed' }, r)
+      await gw.removeDevice(id, r.who)
+      return send(res, 200, { result: { removed: id } })
     }
     if (route === 'POST /v1/devices' && parts.length === 4) {
       const verb = parts[3] as AdminVerb
@@ -171,8 +245,9 @@ export async function startAdminServer(gw: Gateway, hooks: AdminHooks, log: Logg
       return send(res, 200, { ...(await verifyAuditLog(gw.store, trusted.map((k) => k.key))), trusted })
     }
     if (route === 'GET /v1/audit' && parts[2] === 'export') {
+      const device = url.searchParams.get('device')
       res.writeHead(200, { 'content-type': 'application/x-ndjson' })
-      for await (const e of exportAuditLog(gw.store)) res.write(`${JSON.stringify(e)}\n`)
+      for await (const e of device !== null ? deviceAuditEntries(gw.store, device) : exportAuditLog(gw.store)) res.write(`${JSON.stringify(e)}\n`)
       res.end()
       return
     }

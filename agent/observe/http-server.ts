@@ -1,5 +1,6 @@
 // The HTTP endpoint (--http-port): Prometheus /metrics, /healthz, /readyz,
-// the status page and its /api/status, the CRL and CA chain of the site PKI
+// the status page and its /api/status, a page per device (/devices/<id>) and
+// its /api/devices/<id>, the CRL and CA chain of the site PKI
 // (/pki/crl, /pki/ca). Read-only: GET (and HEAD) only,
 // everything else 405. Bound to 127.0.0.1 by default; on a loopback address
 // it also refuses Host names other than localhost and loopback literals, so a
@@ -11,7 +12,8 @@ import type { Gateway } from '../gateway.ts'
 import { pkiResource } from '../pki/est.ts'
 import type { SitePki } from '../pki/site-pki.ts'
 import type { Logger } from './logger.ts'
-import { STATUS_PAGE_CSP, STATUS_PAGE_HTML, statusSnapshot, type StatusSources } from './status-page.ts'
+import { parseStatusQuery, STATUS_PAGE_CSP, STATUS_PAGE_HTML, statusSnapshot, type StatusSources } from './status-page.ts'
+import { DEVICE_PAGE_HTML, deviceSnapshot } from './device-page.ts'
 
 export type Readiness = 'starting' | 'ready' | 'stopping'
 
@@ -64,7 +66,22 @@ export async function startHttpEndpoint(gw: Gateway, opts: HttpEndpointOptions):
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     if (checkHost && !hostAllowed(req.headers.host)) return sendJson(res, 403, { error: 'Host must be localhost or a loopback address' })
     if (req.method !== 'GET' && req.method !== 'HEAD') return sendJson(res, 405, { error: `${req.method} is not allowed: this endpoint is read-only` })
-    const path = new URL(req.url ?? '/', 'http://localhost').pathname
+    const url = new URL(req.url ?? '/', 'http://localhost')
+    const path = url.pathname
+    // a page per device, and its data
+    const device = /^\/(api\/)?devices\/([^/]+)$/.exec(path)
+    if (device) {
+      let id: string
+      try {
+        id = decodeURIComponent(device[2]!)
+      } catch {
+        return sendJson(res, 400, { error: 'malformed device id' })
+      }
+      if (!device[1]) return send(res, 200, 'text/html; charset=utf-8', DEVICE_PAGE_HTML, { 'content-security-policy': STATUS_PAGE_CSP, 'x-frame-options': 'DENY' })
+      const after = Number(url.searchParams.get('after') ?? '0')
+      const snap = await deviceSnapshot(opts, id, Number.isSafeInteger(after) && after > 0 ? after : 0)
+      return snap ? sendJson(res, 200, snap) : sendJson(res, 404, { error: `no device ${id}` })
+    }
     switch (path) {
       case '/metrics': {
         const body = await opts.metrics.metrics()
@@ -90,7 +107,7 @@ export async function startHttpEndpoint(gw: Gateway, opts: HttpEndpointOptions):
         return send(res, doc.status, doc.type, doc.body)
       }
       case '/api/status':
-        return sendJson(res, 200, await statusSnapshot(opts))
+        return sendJson(res, 200, await statusSnapshot(opts, parseStatusQuery(url.searchParams)))
       case '/':
       case '/index.html':
         return send(res, 200, 'text/html; charset=utf-8', STATUS_PAGE_HTML, { 'content-security-policy': STATUS_PAGE_CSP, 'x-frame-options': 'DENY' })

@@ -21,6 +21,8 @@ export interface MetricSources {
   crlNextUpdate?: () => number | null
   /** residual-use attempts of a device since start (the residual-use monitor) */
   residualAttempts(deviceId: string): number
+  /** refused device connects since start, by protocol and reason (DeviceAdmission.refusals) */
+  connectRefusals?: () => readonly { protocol: string; reason: string; count: number }[]
 }
 
 export const PROTOCOLS: readonly Protocol[] = ['mqtt', 'opcua', 'modbus']
@@ -162,6 +164,17 @@ export function createMetrics(src: MetricSources): AgentMetrics {
     },
   })
 
+  new Counter({
+    name: 'edgewarden_connects_refused_total',
+    help: 'Device connects refused, by protocol and reason (wrong-audience, replayed, expired, not-yet-valid, wrong-key, unknown-device, throttled, ...; the log says why at info, once a minute per device and reason)',
+    labelNames: ['protocol', 'reason'],
+    ...m,
+    collect() {
+      this.reset()
+      for (const r of src.connectRefusals?.() ?? []) this.inc({ protocol: r.protocol, reason: r.reason }, r.count)
+    },
+  })
+
   const commands = new Counter({
     name: 'edgewarden_commands_total',
     help: 'Control-plane commands by outcome (accepted, completed, failed, rejected, duplicate) and reason',
@@ -194,7 +207,12 @@ export function createMetrics(src: MetricSources): AgentMetrics {
     for (const a of change.audit ?? []) onAudit(a)
     for (const e of change.events ?? []) {
       if (e.type === 'alert.residual-use') alerts.inc()
-      else if (e.type.startsWith('cmd.')) {
+      else if (e.type === 'cmd.rejected' && typeof e.data.count === 'number') {
+        // one report for a burst of junk: each message counted, by its own reason (the audit entry holds them)
+        const burst = (change.audit ?? []).find((a) => a.action === 'command.rejected' && (a.data as { reasons?: unknown } | undefined)?.reasons !== undefined)
+        const reasons = ((burst?.data as { reasons?: Record<string, number> } | undefined)?.reasons ?? { [String(e.data.reason)]: e.data.count }) as Record<string, number>
+        for (const [reason, n] of Object.entries(reasons)) commands.inc({ outcome: 'rejected', reason }, n)
+      } else if (e.type.startsWith('cmd.')) {
         const reason = e.type === 'cmd.duplicate' ? String(e.data.state ?? '') : typeof e.data.reason === 'string' ? e.data.reason : ''
         commands.inc({ outcome: e.type.slice(4), reason })
       }

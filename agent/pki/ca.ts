@@ -54,6 +54,26 @@ export interface CsrInfo {
   subject: string
 }
 
+/**
+ * What an OPC UA application's PKCS#10 request says (OPC 10000-12 §7.7.6
+ * CreateSigningRequest), once its signature verified: an RSA key (the
+ * RsaSha256ApplicationCertificateType of OPC 10000-12 §7.8.4.5) and the
+ * URIs it asks for. Its DNS names and addresses are not kept: the gateway
+ * names the host it reaches the device at, not what the device claims.
+ */
+export interface OpcuaCsrInfo {
+  /** the request's public key, as the CA signs it */
+  publicKey: unknown
+  /** RSA modulus length */
+  keyBits: number
+  /** the SAN URIs the request names (an application's applicationUri among them) */
+  uris: string[]
+  subject: string
+}
+
+/** OPC 10000-12 §7.8.4.5 RsaSha256ApplicationCertificateType: RSA keys of 2048 to 4096 bits. */
+export const OPCUA_RSA_BITS = { min: 2048, max: 4096 } as const
+
 /** The facts of a certificate the gateway needs, read with node:crypto. */
 export function certificateFacts(cert: X509Certificate): Omit<IssuedCertificate, 'pem'> {
   return {
@@ -181,24 +201,13 @@ export class SiteCa {
 
   /** Parse and check a device's PKCS#10 request (DER): its signature proves it holds the key; only P-256 and Ed25519 keys (§9). */
   async parseCsr(der: Uint8Array): Promise<CsrInfo> {
-    const m = await x509()
-    let csr: InstanceType<X509Lib['Pkcs10CertificateRequest']>
-    try {
-      csr = new m.Pkcs10CertificateRequest(Buffer.from(der))
-    } catch (err) {
-      throw new EdgewardenError('CSR_INVALID', `not a PKCS#10 certificate request: ${(err as Error).message}`, { cause: err })
-    }
-    const alg = csr.publicKey.algorithm as { name: string; namedCurve?: string }
-    const keyAlgorithm = alg.name === 'ECDSA' && alg.namedCurve === 'P-256' ? 'P-256' : alg.name === 'Ed25519' ? 'Ed25519' : null
-    if (keyAlgorithm === null) throw new EdgewardenError('CSR_INVALID', `the request's key is ${alg.name}${alg.namedCurve ? ` ${alg.namedCurve}` : ''}: only ECDSA P-256 and Ed25519 keys are issued for`)
-    let ok = false
-    try {
-      ok = await csr.verify()
-    } catch {}
-    if (!ok) throw new EdgewardenError('CSR_INVALID', 'the request is not signed by the key it carries (no proof of possession)')
-    const san = csr.extensions.find((e): e is InstanceType<X509Lib['SubjectAlternativeNameExtension']> => e instanceof m.SubjectAlternativeNameExtension)
-    const uri = san?.names.items.find((n) => n.type === 'url' && n.value.startsWith(DEVICE_URI_PREFIX))
-    return { publicKey: csr.publicKey, keyAlgorithm, sanDeviceId: uri ? uri.value.slice(DEVICE_URI_PREFIX.length) : null, subject: csr.subject }
+    const { csr, sanUris } = await checkedCsr(der, (c) => {
+      const alg = c.publicKey.algorithm as { name: string; namedCurve?: string }
+      if (!(alg.name === 'ECDSA' && alg.namedCurve === 'P-256') && alg.name !== 'Ed25519') throw new EdgewardenError('CSR_INVALID', `the request's key is ${alg.name}${alg.namedCurve ? ` ${alg.namedCurve}` : ''}: only ECDSA P-256 and Ed25519 keys are issued for`)
+    })
+    const keyAlgorithm = (csr.publicKey.algorithm as { name: string }).name === 'Ed25519' ? 'Ed25519' : 'P-256'
+    const uri = sanUris.find((u) => u.startsWith(DEVICE_URI_PREFIX))
+    return { publicKey: csr.publicKey, keyAlgorithm, sanDeviceId: uri ? uri.slice(DEVICE_URI_PREFIX.length) : null, subject: csr.subject }
   }
 
   /** A device certificate (§9) for `deviceId` and the key of a checked request, valid `lifetimeS` from `nowS`. */
@@ -216,11 +225,67 @@ export class SiteCa {
     return { ...certificateFacts(new X509Certificate(pem)), pem }
   }
 
+  /**
+   * Parse and check an OPC UA application's request (DER): its signature
+   * proves possession of the key; only RSA keys of OPCUA_RSA_BITS (the
+   * security policies the gateway accepts are all RSA, OPC 10000-7).
+   */
+  async parseOpcuaCsr(der: Uint8Array): Promise<OpcuaCsrInfo> {
+    let bits = 0
+    const { csr, sanUris } = await checkedCsr(der, (c) => {
+      let key: KeyObject
+      try {
+        key = createPublicKey({ key: Buffer.from(c.publicKey.rawData), format: 'der', type: 'spki' })
+      } catch (err) {
+        throw new EdgewardenError('CSR_INVALID', `the request's public key cannot be read: ${(err as Error).message}`, { cause: err })
+      }
+      bits = key.asymmetricKeyDetails?.modulusLength ?? 0
+      if (key.asymmetricKeyType !== 'rsa' || bits < OPCUA_RSA_BITS.min || bits > OPCUA_RSA_BITS.max) {
+        throw new EdgewardenError('CSR_INVALID', `the request's key is ${key.asymmetricKeyType ?? 'unknown'}${bits ? ` ${bits} bits` : ''}: an OPC UA application certificate needs RSA of ${OPCUA_RSA_BITS.min} to ${OPCUA_RSA_BITS.max} bits`)
+      }
+    })
+    return { publicKey: csr.publicKey, keyBits: bits, uris: sanUris, subject: csr.subject }
+  }
+
+  /**
+   * An OPC UA application instance certificate (OPC 10000-6 §6.2.2): the
+   * applicationUri as the first SAN URI (then any further URIs, the device's
+   * `urn:edgewarden:device:<id>` among them), the host names and addresses
+   * the application is reached at, key usage digitalSignature,
+   * nonRepudiation, keyEncipherment, dataEncipherment, extended key usage
+   * serverAuth and clientAuth. `publicKey`: a checked request's, or the SPKI
+   * DER of a key the gateway holds.
+   */
+  async issueOpcuaApplication(o: {
+    commonName: string
+    applicationUri: string
+    uris?: string[]
+    hosts: string[]
+    publicKey: unknown
+    lifetimeS: number
+    nowS: number
+  }): Promise<IssuedCertificate> {
+    const m = await x509()
+    const publicKey = Buffer.isBuffer(o.publicKey) ? new m.PublicKey(o.publicKey) : (o.publicKey as InstanceType<X509Lib['PublicKey']>)
+    const uris = [...new Set([o.applicationUri, ...(o.uris ?? [])])]
+    const pem = await this.#issueLeaf({
+      commonName: o.commonName,
+      organization: 'edgewarden',
+      publicKey,
+      lifetimeS: o.lifetimeS,
+      nowS: o.nowS,
+      keyUsage: m.KeyUsageFlags.digitalSignature | m.KeyUsageFlags.nonRepudiation | m.KeyUsageFlags.keyEncipherment | m.KeyUsageFlags.dataEncipherment,
+      extendedKeyUsage: [m.ExtendedKeyUsage.serverAuth, m.ExtendedKeyUsage.clientAuth],
+      sans: [...uris.map((value) => ({ type: 'url' as const, value })), ...hostNames([...new Set(o.hosts)])],
+    })
+    return { ...certificateFacts(new X509Certificate(pem)), pem }
+  }
+
   /** The gateway's own TLS server certificate (the mqtts listener, EST), with a new P-256 key. `sans`: DNS names and IP addresses. */
   async issueServer(o: { sans: string[]; lifetimeS: number; nowS: number; commonName: string }): Promise<{ certPem: string; keyPem: string; facts: Omit<IssuedCertificate, 'pem'> }> {
     const m = await x509()
     const keys = (await webcrypto.subtle.generateKey(ECDSA, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair
-    const names = o.sans.map((s) => (/^[0-9.]+$/.test(s) || s.includes(':') ? { type: 'ip' as const, value: s } : { type: 'dns' as const, value: s }))
+    const names = hostNames(o.sans)
     const certPem = await this.#issueLeaf({
       commonName: o.commonName,
       publicKey: keys.publicKey,
@@ -235,21 +300,22 @@ export class SiteCa {
     return { certPem, keyPem, facts: certificateFacts(new X509Certificate(certPem)) }
   }
 
-  /** One end-entity certificate signed by the site CA: not a CA, critical key usage, one extended key usage, the given names. PEM. */
+  /** One end-entity certificate signed by the site CA: not a CA, critical key usage, the given extended key usages and names. PEM. */
   async #issueLeaf(o: {
     commonName: string
+    organization?: string
     publicKey: InstanceType<X509Lib['PublicKey']> | webcrypto.CryptoKey
     lifetimeS: number
     nowS: number
     keyUsage: number
-    extendedKeyUsage: string
+    extendedKeyUsage: string | string[]
     sans: { type: 'url' | 'dns' | 'ip'; value: string }[]
   }): Promise<string> {
     const m = await x509()
     const issuer = await this.#issuerCert()
     const cert = await m.X509CertificateGenerator.create({
       serialNumber: serialHex(),
-      subject: `CN=${o.commonName}`,
+      subject: `CN=${o.commonName}${o.organization ? `, O=${o.organization}` : ''}`,
       issuer: issuer.subject,
       notBefore: date(o.nowS - NOT_BEFORE_SLACK_S),
       notAfter: date(o.nowS + o.lifetimeS),
@@ -259,7 +325,7 @@ export class SiteCa {
       extensions: [
         new m.BasicConstraintsExtension(false, undefined, true),
         new m.KeyUsagesExtension(o.keyUsage, true),
-        new m.ExtendedKeyUsageExtension([o.extendedKeyUsage]),
+        new m.ExtendedKeyUsageExtension(Array.isArray(o.extendedKeyUsage) ? o.extendedKeyUsage : [o.extendedKeyUsage]),
         ...(o.sans.length ? [new m.SubjectAlternativeNameExtension(o.sans)] : []),
         await m.AuthorityKeyIdentifierExtension.create(issuer),
       ],
@@ -278,13 +344,19 @@ export class SiteCa {
     return { issuer: await this.#issuerCert(), key: await this.#signer() }
   }
 
+  /** the CAs devices may chain to, parsed once (admission asks on every certificate connect) */
+  #trusted: { pem: readonly string[]; certs: X509Certificate[] } | null = null
+
   /** Whether `cert` was issued by one of the CAs devices may chain to (its signature checks). */
   issued(cert: X509Certificate): boolean {
-    return this.trustPem.some((pem) => {
-      const ca = new X509Certificate(pem)
-      return cert.checkIssued(ca) && cert.verify(ca.publicKey)
-    })
+    if (this.#trusted?.pem !== this.trustPem) this.#trusted = { pem: this.trustPem, certs: this.trustPem.map((p) => new X509Certificate(p)) }
+    return this.#trusted.certs.some((ca) => cert.checkIssued(ca) && cert.verify(ca.publicKey))
   }
+}
+
+/** SAN entries for host names and addresses: an IPv4 or IPv6 literal is an IP address, anything else a DNS name. */
+function hostNames(hosts: readonly string[]): { type: 'dns' | 'ip'; value: string }[] {
+  return hosts.map((s) => (/^[0-9.]+$/.test(s) || s.includes(':') ? { type: 'ip' as const, value: s } : { type: 'dns' as const, value: s }))
 }
 
 function readPemFile(path: string, what: string): string {
@@ -305,4 +377,27 @@ function checkCaPair(certPem: string, key: KeyObject, file: string, nowS: number
     throw new EdgewardenError('PKI', `${file}: the CA key must be ECDSA P-256 (is ${key.asymmetricKeyType ?? 'unknown'} ${key.asymmetricKeyDetails?.namedCurve ?? ''})`)
   }
   if (Date.parse(cert.validTo) / 1000 <= nowS) throw new EdgewardenError('PKI', `${file}: the CA certificate expired on ${cert.validTo}`)
+}
+
+/**
+ * A PKCS#10 request (DER) parsed, its key judged by `acceptKey` (which
+ * throws CSR_INVALID to refuse it), then its signature checked: the proof
+ * that the requester holds the key. Its SAN URIs beside it.
+ */
+async function checkedCsr(der: Uint8Array, acceptKey: (csr: InstanceType<X509Lib['Pkcs10CertificateRequest']>) => void): Promise<{ csr: InstanceType<X509Lib['Pkcs10CertificateRequest']>; sanUris: string[] }> {
+  const m = await x509()
+  let csr: InstanceType<X509Lib['Pkcs10CertificateRequest']>
+  try {
+    csr = new m.Pkcs10CertificateRequest(Buffer.from(der))
+  } catch (err) {
+    throw new EdgewardenError('CSR_INVALID', `not a PKCS#10 certificate request: ${(err as Error).message}`, { cause: err })
+  }
+  acceptKey(csr)
+  let ok = false
+  try {
+    ok = await csr.verify()
+  } catch {}
+  if (!ok) throw new EdgewardenError('CSR_INVALID', 'the request is not signed by the key it carries (no proof of possession)')
+  const san = csr.extensions.find((e): e is InstanceType<X509Lib['SubjectAlternativeNameExtension']> => e instanceof m.SubjectAlternativeNameExtension)
+  return { csr, sanUris: san?.names.items.filter((n) => n.type === 'url').map((n) => n.value) ?? [] }
 }

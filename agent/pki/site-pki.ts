@@ -15,7 +15,7 @@ import type { Logger } from '../observe/logger.ts'
 import { EdgewardenError } from '../runtime/errors.ts'
 import { readPrivateKeyFile, writePrivateKeyFile } from '../store/keys.ts'
 import type { WriteOp } from '../store/store.ts'
-import { certificateFacts, deviceIdOf, pemBlocks, SiteCa, type CsrInfo, type IssuedCertificate } from './ca.ts'
+import { certificateFacts, DEVICE_URI_PREFIX, deviceIdOf, pemBlocks, SiteCa, x509, type CsrInfo, type IssuedCertificate } from './ca.ts'
 import { RevocationList, type RevocationReason } from './crl.ts'
 
 /** How a certificate came to be (`certificate.issued` via, PROTOCOL §3). */
@@ -37,6 +37,7 @@ export class SitePki {
   readonly #log: Logger
   #chain: Promise<void> = Promise.resolve()
   readonly #pending = new Set<Promise<unknown>>()
+  readonly #crlListeners: (() => void)[] = []
 
   private constructor(gw: Gateway, ca: SiteCa, crl: RevocationList, deviceCaPem: string[], log: Logger) {
     this.#gw = gw
@@ -110,18 +111,42 @@ export class SitePki {
    * A renewal or re-enrollment (§9): `cert` becomes the device's current
    * certificate; the one it replaces stays valid beside it as `previous`
    * (until the device connects with the new one, or renewOverlapS). Older
-   * ones are superseded now.
+   * ones are superseded now. `replacing`: the certificate the device holds
+   * now, when that is not simply the current one (an OPC UA push, §8: the
+   * one its server presented; a pinned certificate of its own is recorded
+   * as `external`, so that it is refused once the overlap ends).
    */
-  async install(deviceId: string, cert: IssuedCertificate, via: IssuedVia, extra: Change = {}): Promise<CertificateRecord> {
+  async install(
+    deviceId: string,
+    cert: IssuedCertificate,
+    via: IssuedVia,
+    extra: Change = {},
+    opts: { replacing?: { sha256: string; serial?: string; notBefore?: number; notAfter?: number; issuerName?: string }; actionId?: string } = {},
+  ): Promise<CertificateRecord> {
     const gw = this.#gw
-    const fresh = this.record(cert, via)
+    const fresh: CertificateRecord = { ...this.record(cert, via), ...(opts.actionId !== undefined ? { actionId: opts.actionId } : {}) }
+    const replacing = opts.replacing?.sha256.toLowerCase()
     await gw.updateDevice(
       deviceId,
       (r) => {
         const old = (r.certificates ?? []).filter((c) => !c.revoked)
-        const current = old.find((c) => c.role === 'current')
+        const held = replacing === undefined ? undefined : old.find((c) => c.sha256 === replacing)
+        const current: CertificateRecord | undefined =
+          replacing === undefined
+            ? old.find((c) => c.role === 'current')
+            : (held ?? {
+                serial: opts.replacing?.serial ?? '',
+                sha256: replacing,
+                notBefore: opts.replacing?.notBefore ?? 0,
+                notAfter: opts.replacing?.notAfter ?? 0,
+                issuer: 'external',
+                ...(opts.replacing?.issuerName ? { issuerName: opts.replacing.issuerName } : {}),
+                role: 'previous',
+              })
         const rest = (r.certificates ?? []).filter((c) => c !== current)
-        r.certificates = [fresh, ...(current ? [{ ...current, role: 'previous' as const }] : []), ...rest.filter((c) => c.role !== 'previous' || c.revoked)]
+        // with `replacing`, every other valid certificate is gone from the record: #track supersedes it
+        const kept = replacing === undefined ? rest.filter((c) => c.role !== 'previous' || c.revoked) : rest.filter((c) => c.revoked)
+        r.certificates = [fresh, ...(current ? [{ ...current, role: 'previous' as const }] : []), ...kept]
         r.credentialExpiresAt = fresh.notAfter
         r.credentialIssuedAt = gw.nowS()
         delete r.credentialNotice
@@ -196,7 +221,9 @@ export class SitePki {
       if (!cur || !r.certificates!.some((c) => c.role === 'previous' && !c.revoked)) continue
       const since = r.credentialIssuedAt ?? cur.notBefore
       // Not while the device has yet to receive its new certificate: ending the overlap then would leave it with neither.
-      if (this.#gw.actions.pending(r.spec.id).some((a) => a.act === 'install-cert')) continue
+      // (An OPC UA push, §8, installs before the device applies it: its renew is settled only once ApplyChanges answered.)
+      const push = r.spec.opcua?.pushManagement === true
+      if (this.#gw.actions.pending(r.spec.id).some((a) => a.act === 'install-cert' || (push && a.act === 'renew'))) continue
       if (nowS - since >= overlap) await this.#serially(() => this.#supersedePrevious(r.spec.id, `the ${overlap} s overlap of the renewal ended`))
     }
     if (this.crl.stale(nowS)) await this.signCrl()
@@ -204,7 +231,142 @@ export class SitePki {
 
   /** Sign the CRL now (the maintenance pass and every change call this). */
   signCrl(): Promise<void> {
-    return this.crl.sign(this.#gw.store, this.#gw.nowS()).catch((err: unknown) => this.#log.error({ err }, 'signing the CRL failed'))
+    return this.crl.sign(this.#gw.store, this.#gw.nowS()).then(
+      () => {
+        for (const l of this.#crlListeners) {
+          try {
+            l()
+          } catch (err) {
+            this.#log.error({ err }, 'a CRL listener failed')
+          }
+        }
+      },
+      (err: unknown) => this.#log.error({ err }, 'signing the CRL failed'),
+    )
+  }
+
+  /**
+   * Called after every signing of the CRL (a revoke, retire, quarantine,
+   * release, supersede, or the daily signing): stores that hold a copy of
+   * it (the OPC UA relay's issuer store, §8) replace theirs. Returns the
+   * unsubscribe.
+   */
+  onCrlSigned(listener: () => void): () => void {
+    this.#crlListeners.push(listener)
+    return () => {
+      const i = this.#crlListeners.indexOf(listener)
+      if (i >= 0) this.#crlListeners.splice(i, 1)
+    }
+  }
+
+  /** Whether a CRL (DER) is one this site CA signed (an older one of the site's, on a device's trust list). */
+  async issuedCrl(der: Buffer): Promise<boolean> {
+    const m = await x509()
+    try {
+      const crl = new m.X509Crl(der)
+      const { issuer } = await this.ca.crlSigner()
+      return crl.issuer === issuer.subject && (await crl.verify({ publicKey: issuer.publicKey }))
+    } catch {
+      return false
+    }
+  }
+
+  /** DER of the site CA and the CAs device certificates may also chain to (a rollover's previous CA). */
+  caCertificatesDer(): Buffer[] {
+    return this.ca.trustPem.map((pem) => Buffer.from(new X509Certificate(pem).raw))
+  }
+
+  /**
+   * PROTOCOL §8: the application certificate of an OPC UA device, from the
+   * request its server made (CreateSigningRequest). The gateway sets the
+   * names: the applicationUri the request asks for (unless it claims an
+   * edgewarden identity other than this device's), the device's own
+   * `urn:edgewarden:device:<id>`, and the host the record's endpoint names;
+   * host names and addresses the request claims are dropped (a device must
+   * not get a site certificate for another host).
+   */
+  async issueOpcua(deviceId: string, csrDer: Uint8Array, o: { criticality: Criticality | undefined; host: string }): Promise<IssuedCertificate> {
+    const csr = await this.ca.parseOpcuaCsr(csrDer)
+    const own = `${DEVICE_URI_PREFIX}${deviceId}`
+    for (const u of csr.uris) {
+      if ((u.startsWith(DEVICE_URI_PREFIX) || u.startsWith('urn:edgewarden:gateway:')) && u !== own) {
+        throw new EdgewardenError('CSR_INVALID', `the request names ${u}: an OPC UA device's certificate names no edgewarden identity but its own (${own})`)
+      }
+    }
+    const applicationUri = csr.uris.find((u) => u !== own) ?? own
+    return this.ca.issueOpcuaApplication({
+      commonName: deviceId,
+      applicationUri,
+      uris: [own],
+      hosts: [o.host],
+      publicKey: csr.publicKey,
+      lifetimeS: this.lifetimeFor(o.criticality),
+      nowS: this.#gw.nowS(),
+    })
+  }
+
+  /**
+   * The gateway's own OPC UA application certificate (the client of every
+   * device session, §8), issued by the site CA for the key its OPC UA PKI
+   * holds (`spkiDer`): a PEM chain (the certificate, then the CA chain) to
+   * store, or null when `currentPem` is still good (issued by this CA for
+   * this key and URI, more than 30 days left).
+   */
+  async opcuaClientCertificate(o: { spkiDer: Buffer; applicationUri: string; hosts: string[]; currentPem?: string }): Promise<string | null> {
+    const nowS = this.#gw.nowS()
+    if (o.currentPem) {
+      try {
+        const leaf = new X509Certificate(o.currentPem)
+        const uris = (leaf.subjectAltName ?? '').split(/,\s*/).filter((e) => e.startsWith('URI:')).map((e) => e.slice(4))
+        const sameKey = Buffer.from(leaf.publicKey.export({ type: 'spki', format: 'der' })).equals(o.spkiDer)
+        // issued by the signing CA (after a rollover, the new one issues it again)
+        const bySigningCa = leaf.checkIssued(this.ca.certificate) && leaf.verify(this.ca.certificate.publicKey)
+        if (sameKey && uris[0] === o.applicationUri && bySigningCa && Date.parse(leaf.validTo) / 1000 - nowS > 30 * 86400) return null
+      } catch {}
+    }
+    const issued = await this.ca.issueOpcuaApplication({
+      commonName: `${this.#gw.site}/${this.#gw.id}`,
+      applicationUri: o.applicationUri,
+      hosts: o.hosts,
+      publicKey: o.spkiDer,
+      lifetimeS: 365 * 86400,
+      nowS,
+    })
+    this.#log.info({ serial: issued.serial, notAfter: issued.notAfter }, 'OPC UA client certificate issued by the site CA')
+    return [issued.pem, ...this.ca.chainPem].join('')
+  }
+
+  /**
+   * PROTOCOL §8: an OPC UA device presented a certificate of the site CA
+   * that names it and that its record does not hold yet (one provisioned
+   * with the site CA before enrollment): it is recorded as the device's
+   * current certificate, so that a revoke, quarantine or retire puts it on
+   * the CRL. For a device with push management it is also the credential
+   * the renewal schedule follows.
+   */
+  async learnOpcua(deviceId: string, der: Buffer): Promise<void> {
+    const x = new X509Certificate(der)
+    if (!this.ca.issued(x) || deviceIdOf(x) !== deviceId) throw new TypeError(`not a site certificate of ${deviceId}`)
+    const f = certificateFacts(x)
+    await this.#serially(async () => {
+      const r = this.#gw.registry.get(deviceId)
+      if (!r || r.certificates?.some((c) => c.sha256 === f.sha256)) return
+      const push = r.spec.opcua?.pushManagement === true
+      await this.#gw.updateDevice(
+        deviceId,
+        (d) => {
+          const others = (d.certificates ?? []).map((c) => (c.role === 'current' && !c.revoked ? { ...c, role: 'previous' as const } : c))
+          d.certificates = [{ ...f, issuer: 'site', role: 'current', pem: x.toString() }, ...others]
+          if (push) {
+            d.credentialExpiresAt = f.notAfter
+            d.credentialIssuedAt = f.notBefore
+            delete d.credentialNotice
+          }
+          return d
+        },
+        { audit: [{ actor: 'gateway', action: 'opcua.certificate-learned', subject: deviceId, data: { serial: f.serial, sha256: f.sha256, notAfter: f.notAfter } }] },
+      )
+    })
   }
 
   /** At start: the CRL and every record's certificates in step (a crash between a state change and its CRL write is carried on), and a fresh CRL. */
@@ -318,13 +480,18 @@ export class SitePki {
       (d) => ({ ...d, certificates: (d.certificates ?? []).map((c) => (c.role === 'previous' && !c.revoked ? { ...c, revoked: { reason: 'superseded' as const, at: nowS } } : c)) }),
       {
         ops,
-        audit: prev.map((c) => ({ actor: 'gateway', action: 'certificate.revoked', subject: deviceId, data: { serial: c.serial, reason: 'superseded', why } })),
-        events: prev.map((c) => ({ type: 'certificate.revoked', data: { deviceId, serial: c.serial, reason: 'superseded' } })),
+        audit: prev.map((c) => ({ actor: 'gateway', action: 'certificate.revoked', subject: deviceId, data: { serial: c.serial, reason: 'superseded', why, ...externalOf(c) } })),
+        events: prev.map((c) => ({ type: 'certificate.revoked', data: { deviceId, serial: c.serial, reason: 'superseded', ...externalOf(c) } })),
       },
     )
     this.#log.info({ deviceId, serials: prev.map((c) => c.serial), why }, 'previous certificate superseded')
     await this.signCrl()
   }
+}
+
+/** §9: the revocation of another CA's certificate names it as such, so the control plane revokes it where it was issued. */
+function externalOf(c: CertificateRecord): Record<string, string> {
+  return c.issuer === 'external' ? { issuer: 'external', issuerName: c.issuerName ?? 'unknown (never seen)', sha256: c.sha256 } : {}
 }
 
 function sameCertificates(a: DeviceRecord, b: DeviceRecord): boolean {

@@ -58,7 +58,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'modbusPort', flag: 'modbus-port', type: 'port', doc: 'port of the Modbus TCP proxy for SCADA and HMI clients; the proxy runs only when this is set (0: pick a free port)' },
   { key: 'modbusHost', flag: 'modbus-host', type: 'string', default: '0.0.0.0', doc: 'address the Modbus TCP proxy listens on' },
   { key: 'modbusTimeoutMs', flag: 'modbus-timeout', type: 'int', default: 1000, doc: 'how long the proxy and the hook relay wait for a Modbus device to answer, milliseconds' },
-  { key: 'modbusMaxClients', flag: 'modbus-max-clients', type: 'int', default: 128, min: 1, doc: 'connections the Modbus proxy holds at once; when full, a new one takes the place of the longest-idle connection no device has answered yet, or is refused (a connection being served is never displaced)' },
+  { key: 'modbusMaxClients', flag: 'modbus-max-clients', type: 'int', default: 128, min: 1, doc: 'connections the Modbus proxy holds at once; when full, a new one takes the place of the longest-idle connection no device has answered yet, else of the longest-idle one of the address holding the most connections (when it would still hold more than the newcomer\'s), else it is refused' },
   { key: 'modbusMaxClientsPerAddress', flag: 'modbus-max-clients-per-address', type: 'int', default: 32, min: 1, doc: 'connections to the Modbus proxy at once from one source address (an IPv6 source by its /64); more are refused' },
   { key: 'modbusIdleTimeoutMs', flag: 'modbus-idle-timeout', type: 'int', default: 120000, min: 100, doc: 'a Modbus proxy connection that sends nothing, has no answer to read and none awaited for this long is closed, milliseconds' },
   { key: 'quarantine', flag: 'quarantine', type: 'enum', values: ['none', 'nftables'], default: 'none', doc: 'network quarantine backend: none (applies nothing, says so in every evidence) or nftables (needs root and nft)' },
@@ -68,6 +68,9 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'authFailuresPerAddress', flag: 'auth-failures-per-address', type: 'int', default: 100, min: 1, doc: 'failed connects per source address (IPv6: per /64) per authThrottleWindowS before that address is blocked for authBlockS (blocked: garbage refused unparsed, a valid token still admitted)' },
   { key: 'authThrottleWindowS', flag: 'auth-throttle-window', type: 'int', default: 60, min: 1, doc: 'window over which failed connects are counted, seconds' },
   { key: 'authBlockS', flag: 'auth-block', type: 'int', default: 60, doc: 'how long a client id or address stays blocked, seconds' },
+  { key: 'sessionQueueMessages', flag: 'session-queue-messages', type: 'int', default: 1000, min: 1, doc: 'QoS 1/2 messages the site broker holds for one client at most (its stored session while offline, and those not yet acknowledged); more are not kept for it, as Mosquitto\'s max_queued_messages' },
+  { key: 'sessionQueueBytes', flag: 'session-queue-bytes', type: 'int', default: 8388608, min: 65536, doc: 'payload bytes the site broker holds for one client at most (with sessionQueueMessages)' },
+  { key: 'cryptoWorkers', flag: 'crypto-workers', type: 'int', min: 0, doc: "worker threads that check device signatures (tokens, acks) and sign events off the site broker's event loop; default: one less than the machine's cores, at most 4 (0: everything on the event loop)" },
   { key: 'connectTimeoutMs', flag: 'connect-timeout', type: 'int', default: 10000, min: 100, doc: 'a connection that has not completed MQTT CONNECT by then is closed (half-open connections), milliseconds' },
   { key: 'maxPacketBytes', flag: 'max-packet-bytes', type: 'int', default: 65536, min: 1024, doc: 'largest MQTT packet the site broker accepts from a device, bytes' },
   { key: 'uplink', flag: 'uplink', type: 'string', doc: 'central broker URL (mqtt:// or mqtts://); without it the agent runs standalone' },
@@ -126,6 +129,10 @@ export interface AgentConfig {
   http: { host: string; port: number } | null
   authThrottle: { perClient: number; perAddress: number; windowS: number; blockS: number }
   connectTimeoutMs: number
+  /** crypto worker threads; null: sized to the machine */
+  cryptoWorkers: number | null
+  /** what the site broker holds for one client at most */
+  sessionQueue: { messages: number; bytes: number }
   maxPacketBytes: number
   uplink: {
     url: string
@@ -344,6 +351,8 @@ export function loadConfig({ flags, env, cwd = process.cwd() }: ConfigSources): 
       blockS: v.authBlockS as number,
     },
     connectTimeoutMs: v.connectTimeoutMs as number,
+    cryptoWorkers: (v.cryptoWorkers as number | undefined) ?? null,
+    sessionQueue: { messages: v.sessionQueueMessages as number, bytes: v.sessionQueueBytes as number },
     maxPacketBytes: v.maxPacketBytes as number,
     quarantine: v.quarantine as 'none' | 'nftables',
     uplink:
@@ -372,3 +381,35 @@ export function loadConfig({ flags, env, cwd = process.cwd() }: ConfigSources): 
 }
 
 export { envName }
+
+/** EDGEWARDEN_* variables that are no option of start, and who reads them. */
+export const OTHER_ENV: Readonly<Record<string, string>> = {
+  EDGEWARDEN_CTL_PASSWORD: 'ctl send, watch, bulk: the password on the central broker',
+  EDGEWARDEN_FROM_SOURCE: 'bin/edgewarden.js: 1 runs the TypeScript sources through tsx instead of dist/',
+  EDGEWARDEN_TEST_COMPILED: 'the test suite: 1 spawns the compiled CLI (npm test sets it)',
+  EDGEWARDEN_TEST_SEED: 'the test suite: the seed of its randomised tests',
+  EDGEWARDEN_FUZZ_SEED: 'the fuzz tests: their seed',
+  EDGEWARDEN_FIGURES: 'npm run reliability: where the tests write their figures',
+  EDGEWARDEN_RELIABILITY_SCALE: 'npm run reliability: the scale of the tests',
+}
+
+/** The control-plane service's own variables (control-plane/): it checks them itself. */
+const CONTROL_PLANE_ENV = /^EDGEWARDEN_CP_/
+
+/**
+ * EDGEWARDEN_* variables in `env` that nothing reads (a typo: the option it
+ * meant keeps its default), each with the known name closest to it
+ * (`closest` compares what follows EDGEWARDEN_). Names only: a value may be
+ * a secret.
+ */
+export function unknownEnv(env: Record<string, string | undefined>, closest: (name: string, known: string[]) => string | undefined): { name: string; meant?: string }[] {
+  const known = new Set([...OPTIONS.map(envName), ...Object.keys(OTHER_ENV)])
+  const tail = (n: string): string => n.slice('EDGEWARDEN_'.length)
+  const out: { name: string; meant?: string }[] = []
+  for (const name of Object.keys(env).sort()) {
+    if (!name.startsWith('EDGEWARDEN_') || known.has(name) || CONTROL_PLANE_ENV.test(name)) continue
+    const meant = closest(tail(name), [...known].map(tail))
+    out.push({ name, ...(meant !== undefined ? { meant: `EDGEWARDEN_${meant}` } : {}) })
+  }
+  return out
+}

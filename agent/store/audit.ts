@@ -1,7 +1,13 @@
 // Append-only, hash-chained, signed audit log. Each entry holds the SHA-256
-// of the one before it and the gateway's signature over its own hash, and is
-// written in the same atomic batch as the change it records. Editing,
-// deleting or reordering any entry breaks the chain at that entry.
+// of the one before it and is written in the same atomic batch as the change
+// it records, with the head: the last entry's hash and the event seq, signed
+// by the gateway key. Editing, deleting or reordering any entry breaks the
+// chain at that entry; re-hashing the chain from there on needs the key to
+// sign a new head. One signature per store batch (the head's), none per
+// entry: an edit left un-re-hashed is located at its entry (or the next);
+// one re-hashed to the end without the key is caught at the head, which
+// then names the last entry (logs written before 0.2 carry a signature on
+// every entry, still verified, which locates it further).
 import { createHash } from 'node:crypto'
 import type { KeyObject } from 'node:crypto'
 import { b64urlDecode, b64urlEncode, utf8 } from '../../wire/base64url.ts'
@@ -28,7 +34,8 @@ export interface AuditEntry extends AuditInput {
   /** base64url public key of the signer */
   signer: string
   hash: string
-  sig: string
+  /** the gateway's signature over `hash`, in logs written before 0.2 (still verified); entries now are chained, and the head record written with each batch signs the chain */
+  sig?: string
 }
 
 interface AuditHead {
@@ -79,11 +86,9 @@ export class AuditChain {
    */
   append(input: AuditInput, atMs: number): { entry: AuditEntry; ops: WriteOp[] } {
     const body = { seq: this.#seq + 1, at: atMs, ...input, prev: this.#hash, signer: this.#key.publicKeyB64 }
-    const hash = hashOf(body)
-    const sig = b64urlEncode(signBytes(this.#key.privateKey, utf8(hash)))
-    const entry: AuditEntry = { ...body, hash, sig }
+    const entry: AuditEntry = { ...body, hash: hashOf(body) }
     this.#seq = entry.seq
-    this.#hash = hash
+    this.#hash = entry.hash
     return { entry, ops: [{ type: 'put', key: seqKey(AUDIT_PREFIX, entry.seq), value: JSON.stringify(entry) }] }
   }
 
@@ -118,8 +123,10 @@ export type AuditVerdict =
  * Walk the log in key order and check: each key matches its entry's seq and
  * seqs run 1, 2, 3… (catches deletion and reordering); each hash is the hash
  * of its content (catches edits); each prev is the hash before (catches
- * splicing); each signature verifies with a trusted key (catches re-hashing
- * by someone without the gateway key); the signed head names the last entry
+ * splicing); each entry names a trusted key as its signer and the
+ * signature the last entry of each batch carries verifies (catches
+ * re-hashing by someone without the gateway key, located to the batch);
+ * the signed head names the last entry
  * (catches truncation of the tail) and the store's event seq (catches a log
  * cut back to an older signed head); a store that has been in use has a log
  * (catches deleting all of it). Everything is read from one snapshot of the
@@ -150,8 +157,10 @@ export async function verifyAuditLog(store: Store, trustedKeys: readonly string[
       if (hashOf(e) !== e.hash) return fail(e.seq, 'content does not match its hash (entry edited)')
       const signer = trusted.get(e.signer)
       if (!signer) return fail(e.seq, `signed by ${e.signer}, which is not a trusted gateway key`)
-      const sig = b64urlDecode(e.sig)
-      if (!sig || !verifyBytes(signer, utf8(e.hash), sig)) return fail(e.seq, 'signature does not verify (entry re-hashed without the gateway key)')
+      if (e.sig !== undefined) {
+        const sig = b64urlDecode(e.sig)
+        if (!sig || !verifyBytes(signer, utf8(e.hash), sig)) return fail(e.seq, 'signature does not verify (entry re-hashed without the gateway key)')
+      }
       prev = e.hash
       expectSeq++
       count++
@@ -160,13 +169,21 @@ export async function verifyAuditLog(store: Store, trustedKeys: readonly string[
     const headText = await read(AUDIT_HEAD_KEY)
     const head = headText === undefined ? undefined : (JSON.parse(headText) as AuditHead)
     if (count === 0 && !head) {
-      if ((await read(IDENTITY_KEY)) !== undefined) return fail(1, 'the audit log is empty, but this store has been in use (the gateway identity is recorded): its entries and head were deleted')
+      // Any trace of use: the identity the first start records, an event counter, a device record (each written with an audit entry)
+      const used =
+        (await read(IDENTITY_KEY)) !== undefined ? 'the gateway identity is recorded' :
+        (await read(EVENT_SEQ_KEY)) !== undefined ? 'it has an event counter' :
+        (await store.db.keys({ gte: 'dev!', lt: 'dev"', limit: 1, snapshot }).all()).length > 0 ? 'it holds device records' : null
+      if (used) return fail(1, `the audit log is empty, but this store has been in use (${used}): its entries and head were deleted`)
       return { ok: true, entries: 0, head: GENESIS }
     }
     if (!head) return fail(expectSeq, 'the signed head record is missing')
     const headSig = b64urlDecode(head.sig)
     const headOk = headSig !== null && [...trusted.values()].some((k) => verifyBytes(k, headMessage(head), headSig))
     if (!headOk) return fail(head.seq, 'the head record signature does not verify')
+    if (head.seq === count && head.hash !== prev) {
+      return fail(head.seq, `the log does not end at the hash the signed head names: entries were edited and the chain re-hashed without the gateway key (at or before entry ${head.seq})`)
+    }
     if (head.seq !== count || head.hash !== prev) {
       return fail(count + 1, `the signed head names entry ${head.seq}, but the log ends at entry ${count} (entries removed from the end)`)
     }

@@ -14,6 +14,8 @@ export type WriteOp = { type: 'put'; key: string; value: string } | { type: 'del
 interface Pending {
   ops: WriteOp[]
   sync: boolean
+  /** settles once the ops' values can be read (signatures made off the event loop) */
+  ready: Promise<unknown> | null
   resolve: () => void
   reject: (err: unknown) => void
 }
@@ -88,12 +90,15 @@ export class Store {
    * Write ops atomically, in the order write() was called. With sync, the
    * promise resolves only once the batch is on disk (fsync): it survives
    * power loss. A failed write poisons the store: later writes fail too, so
-   * nothing is ever acknowledged out of order.
+   * nothing is ever acknowledged out of order. `ready`: the ops' values
+   * are read only once it has settled (a value may be a getter whose
+   * signature is being made on the crypto pool); the batches after it wait,
+   * so the order on disk stays the order of the calls.
    */
-  write(ops: WriteOp[], opts: { sync: boolean }): Promise<void> {
+  write(ops: WriteOp[], opts: { sync: boolean; ready?: Promise<unknown> | null }): Promise<void> {
     if (this.#failed) return Promise.reject(this.#failed)
     return new Promise((resolve, reject) => {
-      this.#queue.push({ ops, sync: opts.sync, resolve, reject })
+      this.#queue.push({ ops, sync: opts.sync, ready: opts.ready ?? null, resolve, reject })
       if (!this.#writing) void this.#drain()
     })
   }
@@ -103,6 +108,8 @@ export class Store {
     while (this.#queue.length > 0) {
       const group = this.#queue
       this.#queue = []
+      const waits = group.filter((p) => p.ready !== null).map((p) => p.ready)
+      if (waits.length) await Promise.allSettled(waits)
       const ops = lastPerKey(group.length === 1 ? group[0]!.ops : group.flatMap((p) => p.ops))
       const sync = group.some((p) => p.sync)
       try {

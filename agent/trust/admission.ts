@@ -9,15 +9,22 @@ import { JtiStore } from '../store/jti-store.ts'
 import { PublicKeyCache } from '../store/keys.ts'
 import type { Logger } from '../observe/logger.ts'
 import type { ResidualUseMonitor } from './residual-use.ts'
-import { certificateCredential, certificateRights, passwordCredential, currentRights, isCutState, rightsOf, signingKey, type Rights, type StateRefusal } from './rights.ts'
+import { certificateCredential, certificateRights, credentialValid, passwordCredential, currentRights, isCutState, rightsOf, signingCandidates, signingKey, type Rights, type StateRefusal } from './rights.ts'
 import { credentialKind, type DeviceRecord } from '../devices/device.ts'
 import { KnownPasswords, verifyPassword } from './password.ts'
+import type { CryptoPool } from '../runtime/crypto-pool.ts'
 import { checkTimeClaims, JwsFormatError, parseJws, type ParsedJws } from '../../wire/jws.ts'
 import { MAX_TOKEN_LIFETIME_S } from '../../wire/protocol.ts'
 
 export { MAX_TOKEN_LIFETIME_S }
 const JTI_NAMESPACE = 'token'
 const SWEEP_EVERY_S = 60
+/** A refused connect is logged at info once per device and reason in this long; the rest are counted into the next line. */
+export const REFUSAL_LOG_EVERY_MS = 60_000
+/** Devices (and made-up ids) whose last refusal log is remembered; the oldest is forgotten first. */
+const REFUSAL_LOG_MEMORY = 4096
+/** At most this many refusal lines a second in all, whatever the number of ids: a flood of made-up ids does not flood the log. */
+const REFUSAL_LOG_PER_S = 10
 
 /** Stable reasons (log lines, tests); the wire only says CONNACK 4 or 5. */
 export type AdmissionRefusal =
@@ -54,6 +61,51 @@ export type AdmissionDecision =
     }
   | { ok: false; reason: AdmissionRefusal; detail: string }
 
+/** A token that passed every check but its signature: who it claims to be, and the keys that could have signed it. */
+interface TokenCandidate {
+  ok: true
+  record: DeviceRecord
+  keys: string[]
+  jti: string
+  exp: number
+}
+
+/**
+ * Every check of a device token (§5) before its signature, synchronous,
+ * memory only: the identity (client id = user name = kid = iss), the
+ * audience, the time claims, an enrolled device, a jti not used before.
+ */
+export function precheckToken(
+  gw: Gateway,
+  deviceId: string,
+  username: string | undefined,
+  token: ParsedJws,
+  ctx: { jtis: JtiStore; nowS: number },
+): TokenCandidate | Extract<AdmissionDecision, { ok: false }> {
+  const { nowS } = ctx
+  const claims = token.payload
+  if (username !== deviceId) return { ok: false, reason: 'identity-mismatch', detail: `user name ${JSON.stringify(username ?? null)} is not the client id ${JSON.stringify(deviceId)}` }
+  if (token.header.kid !== deviceId || claims.iss !== deviceId) {
+    return { ok: false, reason: 'identity-mismatch', detail: `token kid ${JSON.stringify(token.header.kid ?? null)} and iss ${JSON.stringify(claims.iss ?? null)} must both be the client id ${JSON.stringify(deviceId)}` }
+  }
+  if (claims.aud !== gw.id) return { ok: false, reason: 'wrong-audience', detail: `aud is ${JSON.stringify(claims.aud ?? null)}, this gateway is ${JSON.stringify(gw.id)}` }
+  const time = checkTimeClaims(claims, nowS, { skewS: gw.config.clockSkewS, maxLifetimeS: MAX_TOKEN_LIFETIME_S })
+  if (time) return { ok: false, reason: time.reason === 'malformed' ? 'malformed-claims' : time.reason, detail: time.detail }
+  const jti = claims.jti as string
+  const record = gw.registry.get(deviceId)
+  if (!record) return { ok: false, reason: 'unknown-device', detail: `no device ${JSON.stringify(deviceId)} is enrolled on this gateway` }
+  if (ctx.jtis.has(jti, nowS)) return replayed(jti)
+  return { ok: true, record, keys: signingCandidates(record, nowS), jti, exp: claims.exp as number }
+}
+
+const replayed = (jti: string): Extract<AdmissionDecision, { ok: false }> => ({ ok: false, reason: 'replayed', detail: `token ${jti} was already used: a device makes a new token (new jti) for every connect` })
+
+const wrongKey = (deviceId: string, record: DeviceRecord): Extract<AdmissionDecision, { ok: false }> => ({
+  ok: false,
+  reason: 'wrong-key',
+  detail: `the signature is not by any key of ${deviceId} valid now (${record.keys.length} on record): a device with a new key must be enrolled with it`,
+})
+
 /**
  * Every check of a device token (§5), synchronous, memory only. `deviceId`
  * is the MQTT client id. The state is judged last, after the signature
@@ -66,26 +118,14 @@ export function decideAdmission(
   token: ParsedJws,
   ctx: { keys: PublicKeyCache; jtis: JtiStore; nowS: number; stats?: { verifies: number } },
 ): AdmissionDecision {
-  const { nowS } = ctx
-  const claims = token.payload
-  if (username !== deviceId) return { ok: false, reason: 'identity-mismatch', detail: `user name ${JSON.stringify(username ?? null)} is not the client id` }
-  if (token.header.kid !== deviceId || claims.iss !== deviceId) {
-    return { ok: false, reason: 'identity-mismatch', detail: 'token kid and iss must both be the device id' }
-  }
-  if (claims.aud !== gw.id) return { ok: false, reason: 'wrong-audience', detail: `aud ${JSON.stringify(claims.aud ?? null)} is not this gateway` }
-  const time = checkTimeClaims(claims, nowS, { skewS: gw.config.clockSkewS, maxLifetimeS: MAX_TOKEN_LIFETIME_S })
-  if (time) return { ok: false, reason: time.reason === 'malformed' ? 'malformed-claims' : time.reason, detail: time.detail }
-  const jti = claims.jti as string
-  const exp = claims.exp as number
-  const before = gw.registry.get(deviceId)
-  if (!before) return { ok: false, reason: 'unknown-device', detail: 'no such device is enrolled' }
-  if (ctx.jtis.has(jti, nowS)) return { ok: false, reason: 'replayed', detail: `token ${jti} was already used` }
-  const verified = signingKey(before, token, nowS, ctx.keys, { ...(ctx.stats ? { stats: ctx.stats } : {}) })
-  if (verified === null) return { ok: false, reason: 'wrong-key', detail: 'signature is not by any currently valid key of the device' }
-  // Synchronous since `before` was read: nothing can have replaced it.
-  const rights = rightsOf(gw, before, nowS)
+  const pre = precheckToken(gw, deviceId, username, token, ctx)
+  if (!pre.ok) return pre
+  const verified = signingKey(pre.record, token, ctx.nowS, ctx.keys, { ...(ctx.stats ? { stats: ctx.stats } : {}) })
+  if (verified === null) return wrongKey(deviceId, pre.record)
+  // Synchronous since the record was read: nothing can have replaced it.
+  const rights = rightsOf(gw, pre.record, ctx.nowS)
   if (!rights.ok) return rights
-  return { ok: true, deviceId, rights: rights.rights, jti, exp, key: verified }
+  return { ok: true, deviceId, rights: rights.rights, jti: pre.jti, exp: pre.exp, key: verified }
 }
 
 /** A TLS client certificate as the listener saw it (SitePki.inspect), and what the TLS stack said of its chain. */
@@ -151,6 +191,8 @@ export class DeviceAdmission {
   readonly #gw: Gateway
   readonly #jtis: JtiStore
   readonly #keys: PublicKeyCache
+  /** where signatures are checked off the event loop; null: inline */
+  readonly #pool: CryptoPool | null
   readonly #residual: ResidualUseMonitor | null
   readonly #log: Logger
   #lastSweepS = 0
@@ -159,18 +201,24 @@ export class DeviceAdmission {
   readonly #passwords = new KnownPasswords()
   /** when a throttled attempt last got a full password check, by device */
   readonly #blockedChecks = new Map<string, number>()
+  /** refused connects since start, by `protocol reason` (the metric edgewarden_connects_refused_total) */
+  readonly #refusals = new Map<string, number>()
+  /** per `client id, reason`: when its last refusal was logged, and how many since were not */
+  readonly #refusalLog = new Map<string, { atMs: number; unlogged: number }>()
+  #logWindow = { startMs: 0, lines: 0, unlogged: 0 }
 
-  private constructor(gw: Gateway, jtis: JtiStore, residual: ResidualUseMonitor | null, log: Logger, keys: PublicKeyCache) {
+  private constructor(gw: Gateway, jtis: JtiStore, residual: ResidualUseMonitor | null, log: Logger, keys: PublicKeyCache, pool: CryptoPool | null) {
     this.#gw = gw
+    this.#pool = pool !== null && pool.size > 0 ? pool : null
     this.#jtis = jtis
     this.#residual = residual
     this.#log = log
     this.#keys = keys
   }
 
-  static async open(gw: Gateway, opts: { log: Logger; residual?: ResidualUseMonitor; keys?: PublicKeyCache }): Promise<DeviceAdmission> {
+  static async open(gw: Gateway, opts: { log: Logger; residual?: ResidualUseMonitor; keys?: PublicKeyCache; pool?: CryptoPool }): Promise<DeviceAdmission> {
     const jtis = await JtiStore.load(gw.store, JTI_NAMESPACE)
-    return new DeviceAdmission(gw, jtis, opts.residual ?? null, opts.log, opts.keys ?? new PublicKeyCache())
+    return new DeviceAdmission(gw, jtis, opts.residual ?? null, opts.log, opts.keys ?? new PublicKeyCache(), opts.pool ?? null)
   }
 
   /**
@@ -207,9 +255,11 @@ export class DeviceAdmission {
         if (!(err instanceof JwsFormatError)) throw err
         decision = { ok: false, reason: err.reason === 'bad-alg' ? 'bad-alg' : 'malformed-token', detail: err.message }
       }
-      decision ??= decideAdmission(this.#gw, req.clientId, req.username, token!, { keys: this.#keys, jtis: this.#jtis, nowS, stats: this.stats })
+      decision ??= this.#pool ? await this.#decideOffloaded(req, token!, nowS) : decideAdmission(this.#gw, req.clientId, req.username, token!, { keys: this.#keys, jtis: this.#jtis, nowS, stats: this.stats })
     }
     if (decision.ok) {
+      // Checked again in the same step as it is remembered: two connects with one token, whose signatures were checked at once, let in one.
+      if (this.#jtis.has(decision.jti!, this.#gw.nowS())) return this.#refused(req, replayed(decision.jti!))
       // Remembered in memory now (a concurrent replay is refused at once), until exp plus the skew a token is accepted for.
       const op = this.#jtis.remember(decision.jti!, decision.exp! + this.#gw.config.clockSkewS, null)
       try {
@@ -225,6 +275,26 @@ export class DeviceAdmission {
       return { ...decision, rights: after.rights }
     }
     return this.#refused(req, decision)
+  }
+
+  /**
+   * decideAdmission with the signature checked on the crypto pool, off the
+   * event loop. What the check did not see is judged again once it is back:
+   * the record (a key taken away meanwhile, a state changed) by the key
+   * that verified; a replay of the same token by admit, as it remembers it.
+   */
+  async #decideOffloaded(req: AdmissionRequest, token: ParsedJws, nowS: number): Promise<AdmissionDecision> {
+    const pre = precheckToken(this.#gw, req.clientId, req.username, token, { jtis: this.#jtis, nowS })
+    if (!pre.ok) return pre
+    this.stats.verifies += pre.keys.length
+    const key = await this.#pool!.verifyAny(pre.keys, token.signingInput, token.signature)
+    if (key === null) return wrongKey(req.clientId, pre.record)
+    const now = this.#gw.nowS()
+    const record = this.#gw.registry.get(req.clientId)
+    if (!record || !credentialValid(record, key, now)) return wrongKey(req.clientId, record ?? pre.record)
+    const rights = rightsOf(this.#gw, record, now)
+    if (!rights.ok) return rights
+    return { ok: true, deviceId: req.clientId, rights: rights.rights, jti: pre.jti, exp: pre.exp, key }
   }
 
   /**
@@ -270,9 +340,52 @@ export class DeviceAdmission {
   }
 
   #refused(req: AdmissionRequest, d: Extract<AdmissionDecision, { ok: false }>): AdmissionDecision {
-    this.#log.debug({ deviceId: req.clientId, username: req.username, protocol: req.protocol, remote: req.remote, reason: d.reason, detail: d.detail }, 'connect refused')
+    this.noteRefusal(req, d.reason, d.detail)
     this.reportRefused(req, d.reason)
     return d
+  }
+
+  /**
+   * Count a refused connect (by protocol and reason) and log it at info with
+   * the reason a person can act on: once per device and reason a minute
+   * (REFUSAL_LOG_EVERY_MS; the line says how many were not logged since),
+   * and at most REFUSAL_LOG_PER_S lines a second in all. Never the password.
+   */
+  noteRefusal(req: Omit<AdmissionRequest, 'password'>, reason: string, detail: string): void {
+    const k = `${req.protocol} ${reason}`
+    this.#refusals.set(k, (this.#refusals.get(k) ?? 0) + 1)
+    const fields = { deviceId: req.clientId, username: req.username, protocol: req.protocol, remote: req.remote, reason, detail }
+    const now = this.#gw.clock.now()
+    const key = `${req.clientId}\0${reason}`
+    const last = this.#refusalLog.get(key)
+    if (last && now - last.atMs < REFUSAL_LOG_EVERY_MS) {
+      last.unlogged++
+      this.#log.debug(fields, 'connect refused')
+      return
+    }
+    const w = this.#logWindow
+    if (now - w.startMs >= 1000) {
+      if (w.unlogged) this.#log.info({ unlogged: w.unlogged }, `${w.unlogged} refused connect(s) of other ids not logged in the last second (see edgewarden_connects_refused_total)`)
+      this.#logWindow = { startMs: now, lines: 0, unlogged: 0 }
+    }
+    if (this.#logWindow.lines >= REFUSAL_LOG_PER_S) {
+      this.#logWindow.unlogged++
+      this.#log.debug(fields, 'connect refused')
+      return
+    }
+    this.#logWindow.lines++
+    this.#refusalLog.delete(key)
+    this.#refusalLog.set(key, { atMs: now, unlogged: 0 })
+    if (this.#refusalLog.size > REFUSAL_LOG_MEMORY) this.#refusalLog.delete(this.#refusalLog.keys().next().value as string)
+    this.#log.info({ ...fields, ...(last?.unlogged ? { alsoSince: last.unlogged } : {}) }, `connect of ${req.clientId} refused (${reason}): ${detail}`)
+  }
+
+  /** Refused connects since start, by protocol and reason. */
+  refusals(): { protocol: string; reason: string; count: number }[] {
+    return [...this.#refusals].map(([k, count]) => {
+      const [protocol, reason] = k.split(' ') as [string, string]
+      return { protocol, reason, count }
+    })
   }
 
   /** PROTOCOL §4: a refused connect by a cut identity (client id or user name) is residual use, whatever else was wrong with it. */

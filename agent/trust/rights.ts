@@ -107,14 +107,19 @@ export function signingKey(
   keys: PublicKeyCache,
   opts: { earlyS?: number; stats?: { verifies: number } } = {},
 ): string | null {
-  const early = opts.earlyS ?? 0
-  for (const k of record.keys) {
-    if (!keyValidAt(early ? { ...k, notBefore: k.notBefore - early } : k, nowS)) continue
-    const key = keys.get(k.publicKey)
+  for (const publicKey of signingCandidates(record, nowS, opts.earlyS ?? 0)) {
+    const key = keys.get(publicKey)
     if (opts.stats) opts.stats.verifies++
-    if (key && verifyBytes(key, jws.signingInput, jws.signature)) return k.publicKey
+    if (key && verifyBytes(key, jws.signingInput, jws.signature)) return publicKey
   }
   return null
+}
+
+/** The keys of a record that may have signed at `nowS` (signingKey tries them in this order), `earlyS` before their notBefore. */
+export function signingCandidates(record: DeviceRecord, nowS: number, earlyS = 0): string[] {
+  const out: string[] = []
+  for (const k of record.keys) if (keyValidAt(earlyS ? { ...k, notBefore: k.notBefore - earlyS } : k, nowS)) out.push(k.publicKey)
+  return out
 }
 
 /** The rights a certificate of a device grants now (§4, §5): by its own notAfter, renew-only within the grace after it. */

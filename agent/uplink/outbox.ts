@@ -3,12 +3,17 @@
 // seq has no gaps and an event exists exactly when its change does. The
 // uplink publishes from here in seq order and deletes only after PUBACK.
 import type { KeyObject } from 'node:crypto'
+import { utf8 } from '../../wire/base64url.ts'
 import { newJti } from '../../wire/ids.ts'
+import { assembleJws, jwsSigningInput } from '../../wire/jws.ts'
+import type { CryptoPool } from '../runtime/crypto-pool.ts'
 import { EVENT_SEQ_KEY } from '../store/audit.ts'
 import { signJws } from '../store/jws.ts'
 import { seqKey, type Store, type WriteOp, prefixEnd } from '../store/store.ts'
 
 export const EVENT_PREFIX = 'evt!'
+/** events kept in memory for the uplink (Outbox.#recent) */
+const RECENT_MAX = 1024
 
 export interface EventInput {
   type: string
@@ -24,9 +29,18 @@ export interface StoredEvent {
 export class Outbox {
   readonly #gateway: string
   readonly #key: KeyObject
+  /** where events are signed off the event loop; null: inline */
+  #pool: CryptoPool | null = null
   #seq: number
   /** seqs stored but not yet acknowledged by the central broker */
   readonly #unacked: Set<number>
+  /**
+   * The events appended in this process and not yet acknowledged, newest
+   * RECENT_MAX of them: the uplink sends from here without reading (and
+   * parsing) the store again; what is not here (after a restart, or past
+   * the bound in a long outage) is read from the store.
+   */
+  readonly #recent = new Map<number, StoredEvent>()
 
   private constructor(gateway: string, key: KeyObject, seq: number, unacked: Set<number>) {
     this.#gateway = gateway
@@ -50,10 +64,19 @@ export class Outbox {
     return this.#unacked.size
   }
 
-  /** Sign the next event; returns the ops that store it. The seq advances now. */
-  append(input: EventInput, nowS: number): { event: StoredEvent; ops: WriteOp[] } {
+  /** Sign events on `pool` from now on (its workers hold the gateway key); null: inline again. */
+  signOn(pool: CryptoPool | null): void {
+    this.#pool = pool !== null && pool.size > 0 ? pool : null
+  }
+
+  /**
+   * The next event and the ops that store it; the seq advances now. Signed
+   * inline, or on the crypto pool: then `ready` settles once the JWS is
+   * made, and the stored value is read only after (Store.write `ready`).
+   */
+  append(input: EventInput, nowS: number): { event: StoredEvent; ops: WriteOp[]; ready: Promise<void> | null } {
     const seq = ++this.#seq
-    const jws = signJws(this.#key, this.#gateway, {
+    const claims = {
       iss: this.#gateway,
       aud: 'cp',
       iat: nowS,
@@ -61,20 +84,50 @@ export class Outbox {
       seq,
       type: input.type,
       data: input.data,
-    })
+    }
     this.#unacked.add(seq)
-    const event = { seq, type: input.type, jws }
+    const keep = (e: StoredEvent): void => {
+      this.#recent.set(seq, e)
+      if (this.#recent.size > RECENT_MAX) this.#recent.delete(this.#recent.keys().next().value as number)
+    }
+    const seqOp: WriteOp = { type: 'put', key: EVENT_SEQ_KEY, value: String(seq) }
+    if (!this.#pool) {
+      const event = { seq, type: input.type, jws: signJws(this.#key, this.#gateway, claims) }
+      keep(event)
+      return { event, ops: [{ type: 'put', key: seqKey(EVENT_PREFIX, seq), value: JSON.stringify(event) }, seqOp], ready: null }
+    }
+    const input_ = jwsSigningInput(this.#gateway, claims)
+    const event: StoredEvent = { seq, type: input.type, jws: '' }
+    keep(event)
+    const ready = this.#pool.sign(utf8(input_)).then((sig) => void (event.jws = assembleJws(input_, sig)))
     return {
       event,
       ops: [
-        { type: 'put', key: seqKey(EVENT_PREFIX, seq), value: JSON.stringify(event) },
-        { type: 'put', key: EVENT_SEQ_KEY, value: String(seq) },
+        {
+          type: 'put',
+          key: seqKey(EVENT_PREFIX, seq),
+          get value(): string {
+            return JSON.stringify(event)
+          },
+        },
+        seqOp,
       ],
+      ready,
     }
   }
 
   /** Stored events from `afterSeq` on, in seq order. */
-  async pending(store: Store, afterSeq: number, limit: number): Promise<StoredEvent[]> {
+  async pending(store: Store, afterSeq: number, limit: number, durableSeq?: number): Promise<StoredEvent[]> {
+    // The uplink's own question (durableSeq: the last event on disk): answered from memory when every event asked for is there.
+    if (durableSeq !== undefined) {
+      const out: StoredEvent[] = []
+      for (let s = afterSeq + 1; s <= durableSeq && out.length < limit; s++) {
+        const e = this.#recent.get(s)
+        if (!e) break
+        out.push(e)
+      }
+      if (out.length === limit || afterSeq + out.length >= durableSeq) return out
+    }
     // one read from LevelDB for the whole window, not one per event (the uplink asks for every batch it sends)
     const entries = await store.db.iterator({ gt: seqKey(EVENT_PREFIX, afterSeq), lt: prefixEnd(EVENT_PREFIX), limit }).all()
     return entries.map(([, v]) => JSON.parse(v) as StoredEvent)
@@ -82,6 +135,7 @@ export class Outbox {
 
   /** The op that removes an event once the broker acknowledged it (null if it was already removed). */
   acknowledged(seq: number): WriteOp | null {
+    this.#recent.delete(seq)
     if (!this.#unacked.delete(seq)) return null
     return { type: 'del', key: seqKey(EVENT_PREFIX, seq) }
   }

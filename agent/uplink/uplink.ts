@@ -124,7 +124,7 @@ export class Uplink {
         do {
           this.#again = false
           while (!this.#stopped && this.#transport.connected && this.#inflight < WINDOW) {
-            const batch = await this.#gw.outbox.pending(this.#gw.store, this.#sentUpTo, Math.min(BATCH, WINDOW - this.#inflight))
+            const batch = await this.#gw.outbox.pending(this.#gw.store, this.#sentUpTo, Math.min(BATCH, WINDOW - this.#inflight), this.#gw.durableHead.seq)
             if (batch.length === 0) break
             for (const e of batch) this.#send(e)
           }

@@ -217,8 +217,16 @@ export class ClientConnection {
     const outs = this.#queue.splice(0, n).map((r) => r.out!)
     const batch = outs.length === 1 ? outs[0]! : Buffer.concat(outs)
     this.#unsentBytes -= batch.length
-    // write() says false at the socket's high-water mark: wait for 'drain' before writing or reading more.
-    if (!this.socket.write(batch) || this.socket.writableLength >= this.#opts.maxBufferedBytes) this.#needDrain = true
+    // write() says false at the socket's high-water mark: wait for 'drain' before writing or reading more. Our
+    // own bound may lie below that mark (Node 22 raised the default to 64 KiB): then write() says true and no
+    // 'drain' comes, so this write's callback (the bytes handed to the kernel) is what ends the wait.
+    const ok = this.socket.write(batch, () => {
+      if (this.#needDrain && !this.#closed && this.socket.writableLength < this.#opts.maxBufferedBytes) {
+        this.#needDrain = false
+        this.#pump()
+      }
+    })
+    if (!ok || this.socket.writableLength >= this.#opts.maxBufferedBytes) this.#needDrain = true
     this.#touch()
   }
 

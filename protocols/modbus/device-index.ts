@@ -23,6 +23,12 @@ export { DEFAULT_HOOK_BASE, HOOK_REGISTERS }
 /** PROTOCOL §7 map: cmd, actionSeq (2), status, envLen, then the envelope of at most 16 KiB (§1) at two bytes a register. */
 
 
+/** How often a device nothing else talked to is asked whether it is there, and how many at once. */
+export const PRESENCE_EVERY_MS = 60_000
+const PRESENCE_BATCH = 100
+/** FC 17 Report Server ID (Modbus App Proto §6.13): read-only, one byte */
+const REPORT_SERVER_ID = Buffer.from([0x11])
+
 /** The device's hook base, or null for a legacy device (`hookBase: null`) or a device without Modbus. */
 export function hookBaseOf(r: DeviceRecord): number | null {
   const m = r.spec.modbus
@@ -63,6 +69,9 @@ export class ModbusDeviceIndex {
   readonly #reachability = new Set<ReachabilityListener>()
   readonly #warnedAmbiguous = new Set<number>()
   readonly #identity = new Map<string, Identity>()
+  /** when each device last answered anything (performance.now()) */
+  readonly #answeredAt = new Map<string, number>()
+  #presence: NodeJS.Timeout | null = null
   #unsubscribe: (() => void) | null = null
   #stopped = false
 
@@ -140,6 +149,7 @@ export class ModbusDeviceIndex {
       log: this.#opts.log,
       ...(this.#opts.maxQueue !== undefined ? { maxQueue: this.#opts.maxQueue } : {}),
       onReachability: (up) => {
+        if (up) this.#answeredAt.set(deviceId, performance.now())
         for (const l of this.#reachability) l(deviceId, up)
         // after the listeners: an action the relay delivers now goes before the inventory's read
         if (up) this.#identify(deviceId, link)
@@ -196,8 +206,46 @@ export class ModbusDeviceIndex {
     )
   }
 
+  /**
+   * A Modbus device is a server: the gateway knows it is there only when it
+   * asks. Every `everyMs`, each device in service that answered nothing in
+   * that time (no SCADA request through the proxy, no hook action) is asked
+   * once for its server id (FC 17, read-only; an exception answer counts as
+   * an answer), at most `batch` at a time: its link is then open (a session)
+   * and its last-seen time current, as for any answer (the hook relay marks
+   * it seen).
+   */
+  startPresence(everyMs = PRESENCE_EVERY_MS, batch = PRESENCE_BATCH): void {
+    if (this.#presence || this.#stopped) return
+    const tick = async (): Promise<void> => {
+      const due: DeviceLink[] = []
+      const now = performance.now()
+      for (const r of this.#gw.registry.values()) {
+        if (!r.spec.modbus || !inService(r.state)) continue
+        const at = this.#answeredAt.get(r.spec.id)
+        if (at !== undefined && now - at < everyMs) continue
+        const link = this.link(r.spec.id)
+        if (link && link.backlog === 0) due.push(link)
+      }
+      for (let i = 0; i < due.length && !this.#stopped; i += batch) {
+        await Promise.all(due.slice(i, i + batch).map((l) => l.request(REPORT_SERVER_ID, 'gateway').catch(() => {})))
+      }
+    }
+    let running = false
+    const run = (): void => {
+      if (running) return
+      running = true
+      void tick().finally(() => (running = false))
+    }
+    // the first round a period after start: what answers at once (proxy, relay) needs no asking
+    this.#presence = setInterval(run, everyMs)
+    this.#presence.unref()
+  }
+
   stop(): void {
     this.#stopped = true
+    if (this.#presence) clearInterval(this.#presence)
+    this.#presence = null
     this.#unsubscribe?.()
     this.#unsubscribe = null
     for (const l of this.#links.values()) l.destroy()

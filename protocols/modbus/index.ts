@@ -26,7 +26,11 @@ export async function createModbus(core: ProtocolCore): Promise<ModbusParts> {
     adapter: proxy,
     channel: relay,
     index,
-    start: async () => relay.start(),
+    start: async () => {
+      relay.start()
+      // devices nothing else talks to are asked now and then whether they are there (sessions, last seen)
+      index.startPresence()
+    },
     stop: async () => {
       relay.stop()
       await proxy.stop()

@@ -34,8 +34,12 @@
 // by its /64: one host holds a whole /64), more are refused; at maxClients,
 // a new connection takes the place of the longest-idle connection that was
 // never served (no device has answered one of its requests) and has nothing
-// in flight, and is refused if there is none: a connection serving a client
-// is never displaced.
+// in flight; failing that, of the longest-idle connection with nothing in
+// flight of the address holding the most connections, when that address
+// would still hold more than the newcomer's; else it is refused. So a few
+// addresses that fill the proxy with connections they keep served cannot
+// keep a new SCADA host out, and many addresses with one connection each
+// displace nobody.
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import type { ProtocolAdapter } from '../../agent/adapter.ts'
 import { addressKey } from '../../agent/trust/auth-throttle.ts'
@@ -182,10 +186,10 @@ export class ModbusProxy implements ProtocolAdapter {
     const remote = `${sock.remoteAddress}:${sock.remotePort}`
     if ((this.#perAddress.get(key) ?? 0) >= this.#opts.maxClientsPerAddress) return this.#refuse(sock, 'per-address', remote)
     if (this.#clients.size >= this.#opts.maxClients) {
-      const victim = this.#evictable()
+      const victim = this.#evictable(key)
       if (!victim) return this.#refuse(sock, 'full', remote)
       this.stats.evicted++
-      this.#log.debug({ remote: victim.remote, for: remote }, 'modbus proxy full: closed the longest-idle connection never served')
+      this.#log.debug({ remote: victim.remote, for: remote }, 'modbus proxy full: closed the longest-idle connection of the address holding the most')
       this.#forget(victim)
       victim.close()
     }
@@ -222,13 +226,20 @@ export class ModbusProxy implements ProtocolAdapter {
   }
 
   /**
-   * The connection a newcomer may replace: never served, idle the longest.
-   * One with a request still to be answered is not idle: a SCADA client's
-   * first request may be waiting for its device while a flood goes on.
+   * The connection a newcomer from `newcomer` (an address key) may replace:
+   * one never served, idle the longest; else the longest-idle connection of
+   * the address holding the most, if it would still hold more than the
+   * newcomer's address. One with a request still to be answered is not
+   * idle: a SCADA client's request may be waiting for its device.
    */
-  #evictable(): ClientConnection | null {
+  #evictable(newcomer: string): ClientConnection | null {
     let victim: ClientConnection | null = null
     for (const c of this.#clients) if (!c.served && c.pending === 0 && (!victim || c.lastActiveAt < victim.lastActiveAt)) victim = c
+    if (victim) return victim
+    let most: string | null = null
+    for (const [k, n] of this.#perAddress) if (most === null || n > this.#perAddress.get(most)!) most = k
+    if (most === null || this.#perAddress.get(most)! <= (this.#perAddress.get(newcomer) ?? 0) + 1) return null
+    for (const c of this.#clients) if (this.#keyOf.get(c) === most && c.pending === 0 && (!victim || c.lastActiveAt < victim.lastActiveAt)) victim = c
     return victim
   }
 

@@ -6,7 +6,7 @@ import type { AedesOptions, AuthenticateError, Client } from 'aedes'
 import { TLSSocket } from 'node:tls'
 import type { SitePki } from '../../agent/pki/site-pki.ts'
 import type { DeviceAdmission, PeerCertificate } from '../../agent/trust/admission.ts'
-import { currentRights, grantHolds, keysRemoved, sessionRights, type Rights, type SessionGrant } from '../../agent/trust/rights.ts'
+import { currentRights, grantHolds, inService, keysRemoved, sessionRights, type Rights, type SessionGrant } from '../../agent/trust/rights.ts'
 import { AuthThrottle, failureKind, hasTokenShape } from '../../agent/trust/auth-throttle.ts'
 import type { DeviceRecord } from '../../agent/devices/device.ts'
 import type { Gateway } from '../../agent/gateway.ts'
@@ -28,6 +28,8 @@ export class MqttAdmissionPolicy {
   readonly #grants = new WeakMap<Client, SessionGrant & { acl: TopicAcl | undefined }>()
 
   readonly #pki: SitePki | null
+  /** who published a topic's retained message (the site broker tells, once it runs) */
+  retainedPublisher: (topic: string) => string | undefined = () => undefined
 
   constructor(gw: Gateway, admission: DeviceAdmission, residual: ResidualUseMonitor, log: Logger, pki: SitePki | null = null) {
     this.#gw = gw
@@ -67,7 +69,18 @@ export class MqttAdmissionPolicy {
       authorizeForward: (client, packet) => {
         const record = this.#gw.registry.get(client.id)
         const rights = this.#rights(client, record)
-        return rights && mayReceive(client.id, rights, record?.spec.acl, packet.topic) ? packet : null
+        if (!rights || !mayReceive(client.id, rights, record?.spec.acl, packet.topic)) return null
+        // A retained message speaks for its publisher as it is now: one a
+        // device left before it was cut (a fake reading, a setpoint) is not
+        // served while that device is out of service (served again if it is released).
+        if (packet.retain) {
+          const by = this.retainedPublisher(packet.topic)
+          if (by !== undefined && by !== client.id) {
+            const publisher = this.#gw.registry.get(by)
+            if (!publisher || !inService(publisher.state)) return null
+          }
+        }
+        return packet
       },
     }
   }
@@ -88,7 +101,7 @@ export class MqttAdmissionPolicy {
       // so a valid credential gets in whoever else failed here (auth-throttle.ts).
       this.throttle.refusedBy(block)
       this.throttle.failure(client.id, remote, 'garbage')
-      this.#log.debug({ deviceId: client.id, remote, scope: block.scope, untilS: block.untilS }, 'connect refused: authentication throttled')
+      this.admission.noteRefusal({ protocol: 'mqtt', clientId: client.id, username, ...(remote ? { remote } : {}) }, 'throttled', `too many failed connects for this ${block.scope === 'client' ? 'client id' : 'address'} until ${block.untilS} (a valid token or certificate still gets in)`)
       // A cut identity's attempt is still residual use (PROTOCOL §4).
       this.admission.reportRefused({ protocol: 'mqtt', clientId: client.id, username, ...(remote ? { remote } : {}) }, 'throttled')
       return done(Object.assign(new Error('connect refused: throttled'), { returnCode: 5 } as const), false)

@@ -28,8 +28,10 @@ export async function createMqtt(core: ProtocolCore): Promise<MqttParts> {
     sessions: policy,
     connectTimeoutMs: config.connectTimeoutMs,
     maxPacketBytes: config.maxPacketBytes,
+    sessionQueue: config.sessionQueue,
   })
   await broker.start()
+  policy.retainedPublisher = (topic) => broker.retainedPublisher(topic)
   // Last seen (written lazily by maintenance and at stop): admitted and disconnected devices.
   broker.aedes.on('client', (c) => gw.seen(c.id))
   broker.aedes.on('clientDisconnect', (c) => gw.seen(c.id))

@@ -1,6 +1,5 @@
 // The site MQTT broker: aedes on plain TCP (and TLS where configured). Policy
 // (who may connect, publish, subscribe) is injected, as aedes intends.
-import { randomBytes } from 'node:crypto'
 import { createServer as createTcpServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { createServer as createTlsServer } from 'node:tls'
 import { Aedes, type AedesOptions, type Client } from 'aedes'
@@ -11,6 +10,8 @@ import type { Logger } from '../../agent/observe/logger.ts'
 /** The part of aedes' persistence (aedes-persistence) that holds a client's session between connections. */
 interface StoredSessions {
   cleanSubscriptions(client: { id: string }): Promise<void>
+  outgoingEnqueue(sub: { clientId: string }, packet: { payload?: Buffer | string }): Promise<void>
+  outgoingEnqueueCombi(subs: { clientId: string }[], packet: { payload?: Buffer | string }): Promise<void>
   outgoingStream(client: { id: string }): AsyncIterable<unknown>
   outgoingClearMessageId(client: { id: string }, packet: unknown): Promise<unknown>
   delWill(client: { id: string }): Promise<unknown>
@@ -39,6 +40,8 @@ export interface SiteBrokerOptions {
   maxPacketBytes?: number
   /** a client that stops reading is disconnected once this much waits unsent for it (default 16 × maxPacketBytes, at least 1 MiB) */
   maxClientBufferBytes?: number
+  /** QoS 1/2 messages held for one client (offline with a stored session, or not yet acknowledged) at most, and their payload bytes; more are not kept for it (default 1000, 8 MiB) */
+  sessionQueue?: { messages: number; bytes: number }
   sessions?: SessionReview
 }
 
@@ -52,7 +55,12 @@ export class SiteBroker implements ProtocolAdapter {
   #ports: { mqtt?: number; mqtts?: number } = {}
   /** stored sessions being forgotten */
   readonly #forgetting = new Set<Promise<void>>()
-  #tls: import('node:tls').Server | null = null
+  /** what aedes holds per client id: QoS 1/2 messages queued and their payload bytes (kept within sessionQueue) */
+  readonly #queued = new Map<string, { messages: number; bytes: number; dropped: number }>()
+  /** messages not kept for a client whose queue was full, since start */
+  droppedFromQueues = 0
+  /** who published the retained message of each topic (aedes keeps the message, not its publisher) */
+  readonly #retainedBy = new Map<string, string>()
 
   constructor(opts: SiteBrokerOptions) {
     this.#opts = opts
@@ -68,11 +76,19 @@ export class SiteBroker implements ProtocolAdapter {
     const aedes = new Aedes({ ...this.#opts.policy, ...(this.#opts.connectTimeoutMs !== undefined ? { connectTimeout: this.#opts.connectTimeoutMs } : {}) })
     await aedes.listen()
     this.#aedes = aedes
+    this.#boundQueues(persistenceOf(aedes))
     aedes.on('client', (c) => {
       let set = this.#clients.get(c.id)
       if (!set) this.#clients.set(c.id, (set = new Set()))
       set.add(c)
     })
+    aedes.on('publish', (packet, client) => {
+      if (!client || !packet.retain) return
+      if (packet.payload.length === 0) this.#retainedBy.delete(packet.topic)
+      else this.#retainedBy.set(packet.topic, client.id)
+    })
+    // A session's count from its queue as aedes holds it once it is up (what a clean session threw away is not counted again).
+    aedes.on('clientReady', (c) => void this.#recount(c.id))
     aedes.on('clientDisconnect', (c) => this.#forget(c))
     aedes.on('clientError', (c, err) => {
       log.debug({ clientId: c.id, err: err.message }, 'mqtt client error')
@@ -97,15 +113,16 @@ export class SiteBroker implements ProtocolAdapter {
       if (tls) {
         // Client certificates are asked for, not required (token devices use
         // this listener too), and judged by admission, not by the handshake:
-        // a revoked certificate, one past its grace, or one resumed from an
-        // earlier session is refused at CONNECT, every time (PROTOCOL §5).
+        // a revoked certificate or one past its grace is refused at CONNECT,
+        // every time (PROTOCOL §5). A session resumed from an earlier
+        // handshake carries that handshake's certificate and is judged again
+        // like a new one, so resumption cannot bring a revoked certificate back.
         const secure = createTlsServer(
           { cert: tls.cert, key: tls.key, ...(tls.ca.length ? { ca: tls.ca } : {}), requestCert: tls.ca.length > 0, rejectUnauthorized: false, minVersion: 'TLSv1.2', noDelay: true },
           handle,
         )
         this.#ports.mqtts = await listen(secure, tls.port, this.#opts.host)
         this.#servers.push(secure)
-        this.#tls = secure
       }
     } catch (err) {
       // A port taken: the aedes instance (its timers) and a listener already
@@ -128,15 +145,6 @@ export class SiteBroker implements ProtocolAdapter {
    * that leaves `active` keeps nothing on the broker, so nothing published
    * while it was cut reaches it later, and nothing piles up for it.
    */
-  /**
-   * New session-ticket keys for the TLS listener: a ticket issued before
-   * (to a certificate since revoked) no longer resumes (admission refuses
-   * such a session anyway; this keeps resumption from even shortening it).
-   */
-  rotateTicketKeys(): void {
-    this.#tls?.setTicketKeys(randomBytes(48))
-  }
-
   closeSessions(deviceId: string): number {
     const set = this.#clients.get(deviceId)
     const n = set?.size ?? 0
@@ -164,6 +172,70 @@ export class SiteBroker implements ProtocolAdapter {
     return closed
   }
 
+  /**
+   * A client's queue in aedes (its stored session while offline with clean
+   * session off, and QoS 1/2 messages it has not acknowledged) is kept
+   * within sessionQueue, as Mosquitto's max_queued_messages: a message for a
+   * client whose queue is full is not kept for that client (others get it),
+   * counted, and logged once per client until its queue drains.
+   */
+  #boundQueues(p: StoredSessions): void {
+    const bound = this.#opts.sessionQueue ?? { messages: 1000, bytes: 8 << 20 }
+    const sizeOf = (packet: { payload?: Buffer | string }): number => (typeof packet.payload === 'string' ? Buffer.byteLength(packet.payload) : (packet.payload?.length ?? 0))
+    const admit = (subs: { clientId: string }[], packet: { payload?: Buffer | string }): { clientId: string }[] => {
+      const size = sizeOf(packet)
+      const kept: { clientId: string }[] = []
+      for (const sub of subs) {
+        let q = this.#queued.get(sub.clientId)
+        if (!q) this.#queued.set(sub.clientId, (q = { messages: 0, bytes: 0, dropped: 0 }))
+        if (q.messages >= bound.messages || q.bytes + size > bound.bytes) {
+          this.droppedFromQueues++
+          if (q.dropped++ === 0) this.#opts.log.warn({ clientId: sub.clientId, messages: q.messages, bytes: q.bytes, bound }, 'mqtt client queue full: further messages are not kept for it until it catches up')
+          continue
+        }
+        q.messages++
+        q.bytes += size
+        kept.push(sub)
+      }
+      return kept
+    }
+    const enqueueCombi = p.outgoingEnqueueCombi.bind(p)
+    const enqueue = p.outgoingEnqueue.bind(p)
+    const clear = p.outgoingClearMessageId.bind(p)
+    p.outgoingEnqueueCombi = (subs, packet) => enqueueCombi(admit(subs, packet), packet)
+    p.outgoingEnqueue = async (sub, packet) => {
+      if (admit([sub], packet).length) await enqueue(sub, packet)
+    }
+    p.outgoingClearMessageId = async (client, packet) => {
+      const removed = (await clear(client, packet)) as { payload?: Buffer | string } | undefined
+      const q = this.#queued.get(client.id)
+      if (removed && q) {
+        q.messages = Math.max(0, q.messages - 1)
+        q.bytes = Math.max(0, q.bytes - sizeOf(removed))
+        if (q.messages === 0) this.#queued.delete(client.id)
+        else if (q.messages < bound.messages / 2) q.dropped = 0
+      }
+      return removed
+    }
+  }
+
+  async #recount(clientId: string): Promise<void> {
+    if (!this.#aedes) return
+    let messages = 0
+    let bytes = 0
+    try {
+      for await (const packet of persistenceOf(this.#aedes).outgoingStream({ id: clientId })) {
+        messages++
+        const payload = (packet as { payload?: Buffer | string }).payload
+        bytes += typeof payload === 'string' ? Buffer.byteLength(payload) : (payload?.length ?? 0)
+      }
+    } catch {
+      return
+    }
+    if (messages === 0) this.#queued.delete(clientId)
+    else this.#queued.set(clientId, { messages, bytes, dropped: this.#queued.get(clientId)?.dropped ?? 0 })
+  }
+
   /** Drop what aedes keeps for a client id between connections. */
   #forgetStored(deviceId: string): void {
     if (!this.#aedes) return
@@ -175,6 +247,7 @@ export class SiteBroker implements ProtocolAdapter {
       for await (const packet of p.outgoingStream(c)) await p.outgoingClearMessageId(c, packet)
       await p.delWill(c)
       await p.cleanIncoming?.(c)
+      this.#queued.delete(deviceId)
     })()
       .catch((err: unknown) => this.#opts.log.error({ err, deviceId }, 'forgetting a stored MQTT session failed'))
       .finally(() => this.#forgetting.delete(done))
@@ -191,6 +264,11 @@ export class SiteBroker implements ProtocolAdapter {
     let n = 0
     for await (const _ of persistenceOf(this.aedes).outgoingStream({ id: deviceId })) n++
     return n
+  }
+
+  /** The device whose retained message a topic holds now (undefined: none, or one the broker itself set). */
+  retainedPublisher(topic: string): string | undefined {
+    return this.#retainedBy.get(topic)
   }
 
   sessionCount(deviceId: string): number {
@@ -257,22 +335,26 @@ function guardPacketSize(conn: Socket, max: number, log: Logger): void {
 }
 
 /**
- * Disconnect a client that stops reading once `max` bytes wait unsent for
- * it: aedes writes without looking at backpressure, so a slow or stalled
- * subscriber would otherwise grow the agent's memory without bound.
+ * A client that stops reading holds up nobody but itself, and costs at most
+ * `max` bytes: aedes waits for `drain` after a write that reports
+ * backpressure, with at most `concurrency` deliveries in flight across the
+ * whole broker, so one stalled QoS 1 subscriber would stop every delivery
+ * to everyone until aedes' own drain timeout (60 s). Here a write never
+ * reports backpressure: what the socket cannot take yet waits in its buffer,
+ * and once `max` bytes wait unsent the client is disconnected.
  */
 function guardWriteBuffer(conn: Socket, max: number, log: Logger): void {
   const write = conn.write.bind(conn) as (...a: unknown[]) => boolean
   let cut = false
   conn.write = ((...args: unknown[]): boolean => {
-    const ok = write(...args)
-    if (!ok && !cut && conn.writableLength > max) {
+    write(...args)
+    if (!cut && conn.writableLength > max) {
       cut = true
       log.info({ remote: conn.remoteAddress, buffered: conn.writableLength, max }, 'mqtt client stopped reading; connection closed')
       // Not in the middle of aedes' write: the packet being written finishes first.
       setImmediate(() => conn.destroy())
     }
-    return ok
+    return true
   }) as typeof conn.write
 }
 

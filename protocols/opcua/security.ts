@@ -13,6 +13,8 @@ export interface EndpointInfo {
   securityLevel: number
   /** DER; may be a chain (leaf first) */
   serverCertificate: Buffer
+  /** the endpoint accepts an X509 user identity token (OPC 10000-4 §7.41.5): how the gateway authenticates for push management */
+  certificateUserToken?: boolean
 }
 
 const POLICY = 'http://opcfoundation.org/UA/SecurityPolicy#'

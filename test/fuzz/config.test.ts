@@ -86,6 +86,9 @@ const INT_AT: Record<string, (c: AgentConfig) => number | undefined> = {
   authThrottleWindowS: (c) => c.authThrottle.windowS,
   authBlockS: (c) => c.authThrottle.blockS,
   connectTimeoutMs: (c) => c.connectTimeoutMs,
+  cryptoWorkers: (c) => c.cryptoWorkers ?? undefined,
+  sessionQueueMessages: (c) => c.sessionQueue.messages,
+  sessionQueueBytes: (c) => c.sessionQueue.bytes,
   maxPacketBytes: (c) => c.maxPacketBytes,
   outboxMax: (c) => c.outboxMax,
   residualAlertIntervalS: (c) => c.residualAlertIntervalS,
@@ -98,9 +101,9 @@ const INT_AT: Record<string, (c: AgentConfig) => number | undefined> = {
 test('valid values round-trip: whole numbers and ports, by file, environment or flag, in that precedence', (t) => {
   const dir = tempDir(t)
   const ints = settable.filter((o) => INT_AT[o.key] !== undefined)
-  assert.equal(ints.length, 22)
+  assert.equal(ints.length, 25)
   fc.assert(
-    fc.property(fc.constantFrom(...ints).chain((o) => fc.tuple(fc.constant(o), ...[0, 1, 2].map(() => fc.integer({ min: o.min ?? 0, max: 65535 })))), ([o, a, b, c]) => {
+    fc.property(fc.constantFrom(...ints).chain((o) => fc.tuple(fc.constant(o), ...[0, 1, 2].map(() => fc.integer({ min: o.min ?? 0, max: Math.max(65535, (o.min ?? 0) + 65535) })))), ([o, a, b, c]) => {
       const path = join(dir, 'c.json')
       writeFileSync(path, JSON.stringify({ [o.key]: a }))
       const fromFile = load({ flags: { config: path }, env: {}, cwd: dir })

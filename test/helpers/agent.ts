@@ -15,6 +15,11 @@ import { freePort } from '../../simulators/ports.ts'
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 export const BIN = join(ROOT, 'bin', 'edgewarden.js')
+// `npm test` builds dist/ first and sets EDGEWARDEN_TEST_COMPILED=1: the CLI
+// the tests spawn is then the compiled JavaScript that production runs. A
+// test file run on its own runs the sources (through tsx), which a build
+// may not have caught up with.
+if (process.env.EDGEWARDEN_TEST_COMPILED !== '1') process.env.EDGEWARDEN_FROM_SOURCE ??= '1'
 
 export function tempDir(t?: { after(fn: () => void): void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'edgewarden-test-'))

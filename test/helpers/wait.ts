@@ -30,3 +30,36 @@ export function settledFlag(p: Promise<unknown>): { readonly settled: boolean } 
   )
   return s
 }
+
+/** The next `event` on `emitter` whose arguments pass `pred`; rejects after `ms`. */
+export function nextEvent<A extends unknown[]>(emitter: { on(e: string, f: (...a: unknown[]) => void): unknown; off(e: string, f: (...a: unknown[]) => void): unknown }, event: string, pred: (...args: A) => boolean = () => true, ms = 20_000): Promise<A> {
+  return new Promise((resolve, reject) => {
+    const on = (...args: unknown[]): void => {
+      if (!pred(...(args as A))) return
+      clearTimeout(timer)
+      emitter.off(event, on)
+      resolve(args as A)
+    }
+    const timer = setTimeout(() => {
+      emitter.off(event, on)
+      reject(new Error(`no '${event}' within ${ms} ms`))
+    }, ms)
+    emitter.on(event, on)
+  })
+}
+
+/** Resolves when the gateway's device `id` reaches state `to`; rejects after `ms`. */
+export function stateReached(gateway: { onDeviceChange(l: (c: { record: { spec: { id: string } }; to: string }) => void): () => void }, id: string, to: string, ms = 15_000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      off()
+      reject(new Error(`${id} did not reach ${to} within ${ms} ms`))
+    }, ms)
+    const off = gateway.onDeviceChange((c) => {
+      if (c.record.spec.id !== id || c.to !== to) return
+      clearTimeout(timer)
+      off()
+      resolve()
+    })
+  })
+}

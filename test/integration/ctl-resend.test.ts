@@ -60,13 +60,15 @@ async function setup(t: TestContext) {
 }
 
 const ids = (prefix: string): string[] => Array.from({ length: N }, (_, i) => `${prefix}-${i}`)
+/** one device record a line, each with a key of its own (one credential, one identity: a shared key is refused) */
+const records = (prefix: string): string => ids(prefix).map((id) => JSON.stringify({ id, publicKey: generateKeyPair().publicKeyB64 })).join('\n')
 
 test(`ctl bulk: ${N} enrolls through a broker queue of ${QUEUE} all complete, each run once; published at once, most are lost`, async (t) => {
-  const { dir, agent, l, cp, link, devicePublicKey } = await setup(t)
+  const { dir, agent, l, cp, link } = await setup(t)
   const completedFor = (prefix: string): number => [...l.jtisOf.keys()].filter((id) => id.startsWith(`${prefix}-`)).length
 
   // Without the window, as ctl bulk did: every command published at once.
-  const burst = ids('a').map((id) => cp.sign('device.enroll', { device: { id, publicKey: devicePublicKey } }))
+  const burst = ids('a').map((id) => cp.sign('device.enroll', { device: { id, publicKey: generateKeyPair().publicKeyB64 } }))
   await Promise.all(burst.map((c) => cp.publishRaw(c.jws)))
   // Commands run in arrival order: once a later one completes, every burst
   // command the broker kept has run too. (It is re-sent until it gets in.)
@@ -79,9 +81,8 @@ test(`ctl bulk: ${N} enrolls through a broker queue of ${QUEUE} all complete, ea
 
   // Through the window, below the queue: nothing is lost, nothing needs re-sending.
   const bFile = join(dir, 'b.txt')
-  writeFileSync(bFile, ids('b').join('\n'))
-  const tmpl = JSON.stringify({ device: { publicKey: devicePublicKey } })
-  const b = await runCli(['ctl', 'bulk', ...link, '--file', bFile, '--args', tmpl, '--window', '50', '--json', 'device.enroll'])
+  writeFileSync(bFile, records('b'))
+  const b = await runCli(['ctl', 'bulk', ...link, '--file', bFile, '--window', '50', '--json', 'device.enroll'])
   assert.equal(b.code, 0, b.stderr + b.stdout)
   const bOut = JSON.parse(b.stdout.trim()) as Record<string, unknown>
   assert.equal(bOut.completed, N)
@@ -90,8 +91,8 @@ test(`ctl bulk: ${N} enrolls through a broker queue of ${QUEUE} all complete, ea
 
   // The default window (200) is above this small queue: some are dropped, and re-sent with their jti until answered.
   const cFile = join(dir, 'c.txt')
-  writeFileSync(cFile, ids('c').join('\n'))
-  const c = await runCli(['ctl', 'bulk', ...link, '--file', cFile, '--args', tmpl, '--resend-after', '0.5', '--json', 'device.enroll'])
+  writeFileSync(cFile, records('c'))
+  const c = await runCli(['ctl', 'bulk', ...link, '--file', cFile, '--resend-after', '0.5', '--json', 'device.enroll'])
   assert.equal(c.code, 0, c.stderr + c.stdout)
   const cOut = JSON.parse(c.stdout.trim()) as Record<string, unknown>
   assert.equal(cOut.completed, N)

@@ -161,8 +161,9 @@ test('ctl watch and a real agent: its live status and events over a restart rais
   const link = ['--broker', m.url, '--site', 'site1', '--gateway', 'gw1', '--gateway-key', gwKey]
   const enroll = async (prefix: string): Promise<void> => {
     const ids = join(dir, `${prefix}.txt`)
-    writeFileSync(ids, Array.from({ length: 20 }, (_, i) => `${prefix}-${i}`).join('\n'))
-    const r = await runCli(['ctl', 'bulk', ...link, '--key', keyFile, '--kid', 'ops', '--file', ids, '--args', JSON.stringify({ device: { publicKey: generateKeyPair().publicKeyB64 } }), '--json', 'device.enroll'])
+    // one device record a line, each with a key of its own (a key shared by two ids is refused)
+    writeFileSync(ids, Array.from({ length: 20 }, (_, i) => JSON.stringify({ id: `${prefix}-${i}`, publicKey: generateKeyPair().publicKeyB64 })).join('\n'))
+    const r = await runCli(['ctl', 'bulk', ...link, '--key', keyFile, '--kid', 'ops', '--file', ids, '--json', 'device.enroll'])
     assert.equal(r.code, 0, r.stderr + r.stdout)
   }
 

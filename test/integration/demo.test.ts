@@ -1,7 +1,8 @@
 // `edgewarden demo` run as an operator would, through bin/edgewarden.js, with
 // its standard output a pipe (not a terminal): it must end on its own, exit
-// 0, show the three retirements with their evidence, and leave nothing
-// behind (temporary folder, listening ports).
+// 0, show the four retirements with their evidence (the fourth a device
+// with a certificate of the site CA, whose serial goes on the CRL), and
+// leave nothing behind (temporary folder, listening ports).
 import assert from 'node:assert/strict'
 import { existsSync } from 'node:fs'
 import { spawn } from 'node:child_process'
@@ -24,7 +25,7 @@ function listening(port: number): Promise<boolean> {
   })
 }
 
-test('edgewarden demo --json: three retirements completed with their evidence, then everything cleaned up', async (t) => {
+test('edgewarden demo --json: four retirements completed with their evidence, then everything cleaned up', async (t) => {
   const t0 = performance.now()
   const run = await runCli(['demo', '--json'], { env: NO_COLOUR_ENV })
   t.diagnostic(`demo --json ran in ${((performance.now() - t0) / 1000).toFixed(1)} s`)
@@ -65,6 +66,25 @@ test('edgewarden demo --json: three retirements completed with their evidence, t
   assert.equal(steps('wipe')[0]?.wipe, 'unsupported')
   assert.deepEqual({ status: c.wipe.status, reason: c.wipe.reason }, { status: 'not-performed', reason: steps('operator')[0]?.reason })
 
+  // (d) certificate device: connected over mutual TLS, retired, its serial on the CRL, a copy of certificate and key refused
+  const enrolledCamera = steps('enrolled').find((l) => l.deviceId === 'camera-7')
+  assert.match(String(enrolledCamera?.serial), /^[0-9a-f]{16,}$/)
+  assert.ok(steps('connected').some((l) => l.deviceId === 'camera-7' && l.credential === 'x509' && l.sessions === 1))
+  const d = retired.get('certificate')?.evidence as Record<string, any>
+  assert.ok(d, 'the certificate device was retired')
+  assert.equal(d.wipe.status, 'done')
+  assert.deepEqual(d.certificatesRevoked, [enrolledCamera!.serial])
+  assert.equal(d.credentialsRevoked, 1, 'its certificate is the credential it held')
+  const crl = steps('crl')[0]!
+  assert.deepEqual({ serial: crl.serial, reason: crl.reason }, { serial: enrolledCamera!.serial, reason: 'cessationOfOperation' })
+  assert.match(String(steps('residual').find((l) => l.deviceId === 'camera-7')?.refused), /Not authorized|refused|5/i)
+
+  // the inventory flags the devices whose offboarding cannot be proven end to end
+  const inventory = new Map((steps('inventory')[0]!.devices as { id: string; exceptions?: string[] }[]).map((x) => [x.id, x.exceptions ?? []]))
+  assert.deepEqual(inventory.get('plc-5'), ['no-wipe-path'])
+  assert.deepEqual(inventory.get('hmi-6'), ['opcua-no-push'])
+  assert.deepEqual(inventory.get('meter-3'), [])
+
   // every event signed and gapless; the audit log verifies; summary says so
   assert.ok(events.length > 20)
   assert.ok(events.every((e) => e.verified === true))
@@ -76,6 +96,7 @@ test('edgewarden demo --json: three retirements completed with their evidence, t
     { deviceId: 'press-1', case: 'connected', wipe: 'done' },
     { deviceId: 'sensor-2', case: 'offline', wipe: 'done' },
     { deviceId: 'plc-5', case: 'legacy', wipe: 'not-performed' },
+    { deviceId: 'camera-7', case: 'certificate', wipe: 'done', serial: enrolledCamera!.serial },
   ])
 
   // nothing left: the temporary folder, the central broker, the site broker, the proxy
@@ -83,7 +104,7 @@ test('edgewarden demo --json: three retirements completed with their evidence, t
   assert.equal(existsSync(dirname(gw.dataDir as string)), false, 'temporary folder removed')
   const central = Number(new URL(steps('central')[0]!.url as string).port)
   const site = Number(new URL(gw.siteBroker as string).port)
-  for (const port of [central, site, gw.modbusProxy as number]) assert.equal(await listening(port), false, `port ${port} closed`)
+  for (const port of [central, site, gw.siteBrokerTls as number, gw.modbusProxy as number]) assert.equal(await listening(port), false, `port ${port} closed`)
 })
 
 test('demo human output: one readable line per step and event; colour on a terminal only', async () => {

@@ -35,7 +35,7 @@ describe('edgewarden simulate', () => {
     const r = await runCli([
       'simulate', '--data-dir', dataDir, '--mqtt-url', `mqtt://127.0.0.1:${port}`,
       '--devices', '6', '--mix', 'mqtt=2,modbus=1', '--online-fraction', '0.5', '--mean-offline', '0.3',
-      '--duration', '3', '--storm-every', '1.5', '--report-every', '1', '--seed', '3', '--prefix', 'cli', '--json', '--central', central.url,
+      '--duration', '3', '--storm-every', '1.5', '--report-every', '1', '--seed', '3', '--prefix', 'cli', '--json', '--central', central.url, '--keep',
     ])
     assert.equal(r.code, 0, r.stderr)
     const lines = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>)
@@ -66,5 +66,16 @@ describe('edgewarden simulate', () => {
         ['cli-mqtt-4', 'mqtt', 'active'],
       ],
     )
+
+    // Without --mqtt-url it dials the agent's own listener (asked over the admin socket, port chosen at run time),
+    // and without --keep it removes what it enrolled, and only that.
+    const again = await runCli(['simulate', '--data-dir', dataDir, '--devices', '2', '--mix', 'mqtt=1', '--duration', '1', '--report-every', '1', '--seed', '4', '--prefix', 'tmp', '--json'])
+    assert.equal(again.code, 0, again.stderr)
+    const out = again.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>)
+    const stopped = out.find((l) => l.event === 'stopped')!
+    assert.equal(stopped.failures, 0, JSON.stringify(stopped))
+    assert.deepEqual(out.at(-1), { event: 'removed', devices: 2 })
+    const after = JSON.parse((await runCli(['device', 'ls', '--json', '--data-dir', dataDir])).stdout) as { id: string }[]
+    assert.deepEqual(after.map((d) => d.id), devices.map((d) => d.id), 'the first run\'s devices stay, the second run\'s are gone')
   })
 })

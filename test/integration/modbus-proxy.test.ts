@@ -18,7 +18,7 @@ import type { RelayOutcome } from '../../protocols/modbus/hook-relay.ts'
 import { parseDeviceIdAnswer } from '../../protocols/modbus/identification.ts'
 import { encodeFrame, MbapReader } from '../../protocols/modbus/mbap.ts'
 import { createHookedModbusDevice, createLegacyModbusDevice, DEFAULT_IDENTIFICATION, DEFAULT_SERVER_ID, type SimulatedModbusDevice } from '../../simulators/modbus-device.ts'
-import { freePort, startTestAgent } from '../helpers/agent.ts'
+import { freePort, runCli, startTestAgent } from '../helpers/agent.ts'
 import { eventsOf, eventWhere, MBPOLL_EXCEPTION, mbpoll, RawModbusClient, readHoldingPdu } from '../helpers/modbus.ts'
 
 const WHO = { actor: 'local:test' }
@@ -506,6 +506,12 @@ describe('identification: Report Server ID (17) and Read Device Identification (
     assert.equal(device.requestsByFunction.get(43), 1)
     // what the core puts in the inventory event (PROTOCOL §3 inventory, `seen` by protocol)
     assert.deepEqual(agent.enforcer.inventoryOf('plc-1'), { modbus: inv })
+    // and what device show says of it, as the docs promise
+    const show = await runCli(['device', 'show', 'plc-1', '--data-dir', agent.gateway.config.dataDir])
+    assert.equal(show.code, 0, show.stderr)
+    assert.match(show.stdout, new RegExp(`^identified {4}modbus: .*${DEFAULT_IDENTIFICATION.vendorName}`, 'm'))
+    const shown = JSON.parse((await runCli(['device', 'show', 'plc-1', '--json', '--data-dir', agent.gateway.config.dataDir])).stdout) as { identification?: { modbus?: Record<string, unknown> } }
+    assert.deepEqual(shown.identification?.modbus, inv)
     // the device goes down and comes back: a new connection, but the identification is known
     await device.stop()
     assert.equal((await read(3)).failure, MBPOLL_EXCEPTION[0x0b])

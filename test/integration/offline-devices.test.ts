@@ -17,6 +17,7 @@ import { ControlPlane, publicKeyB64 } from '../../simulators/control-plane.ts'
 import { ManualSimClock, SimulatedMqttDevice, type SimClock } from '../../simulators/mqtt-device.ts'
 import { freePort, spawnAgent, startTestAgent, tempDir } from '../helpers/agent.ts'
 import { Mosquitto } from '../helpers/mosquitto.ts'
+import { until as untilWithin } from '../helpers/wait.ts'
 
 const DAY = 86400
 type Agent = Awaited<ReturnType<typeof startTestAgent>>
@@ -239,13 +240,17 @@ test('renewal with overlap and re-enrollment, through the real device runtime', 
   assert.equal(await dev.goOnline(), true, 'the new key is admitted')
 })
 
+/** Once the ack is settled (its signature is checked on the crypto pool first, a worker's round trip away). */
 async function untilKeys(gw: Gateway, id: string, n: number, pred: (k: string) => boolean = () => true): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    const keys = gw.getDevice(id)!.keys.map((k) => k.publicKey)
-    if (keys.length === n && keys.some(pred)) return
-    await new Promise((r) => setImmediate(r))
-  }
-  throw new Error(`${id} never had ${n} keys`)
+  await untilWithin(
+    `${id} has ${n} keys`,
+    () => {
+      const keys = gw.getDevice(id)!.keys.map((k) => k.publicKey)
+      return keys.length === n && keys.some(pred)
+    },
+    10_000,
+    5,
+  )
 }
 
 test('reconnect-and-renew: a device offline past its expiry renews within the grace; beyond the grace it is refused', async (t) => {
@@ -293,10 +298,9 @@ async function untilNewCredential(gw: Gateway, id: string, old: number): Promise
   })
 }
 
-/** Wait for in-process state that changes on the agent's own event loop (bounded). */
+/** Wait for in-process state that changes on the agent's own event loop, or its crypto pool's answer (bounded in time). */
 async function until(pred: () => boolean, what = 'condition'): Promise<void> {
-  for (let i = 0; i < 5000 && !pred(); i++) await new Promise((r) => setImmediate(r))
-  if (!pred()) throw new Error(`${what} never held`)
+  await untilWithin(what, pred, 10_000, 5)
 }
 
 test('a forged ack over MQTT changes nothing; the real ack settles the action; a repeat is harmless', async (t) => {

@@ -62,7 +62,8 @@ test('with an OPC UA device enrolled (node-opcua loaded and connecting), stdout 
   })
   assert.deepEqual(notJson, [], 'every stdout line is a JSON object')
   const fromOpcua = lines.map((l) => JSON.parse(l) as Record<string, unknown>).filter((l) => typeof l.msg === 'string' && l.msg.startsWith('node-opcua: '))
-  assert.ok(fromOpcua.length > 0, 'node-opcua warned (its certificate was made), through pino')
+  // node-opcua warns on Node 20 (NODE-OPCUA-W27: the node version and RSA PKCS#1 v1.5); on 22 and 24 it may write nothing
+  if (Number(process.versions.node.split('.')[0]) < 22) assert.ok(fromOpcua.length > 0, 'node-opcua warned (its certificate was made), through pino')
   for (const l of fromOpcua) {
     assert.equal(l.component, 'opcua')
     assert.equal(l.name, 'edgewarden')

@@ -4,18 +4,17 @@
 // file (two PKI folders: certificate A and certificate B) and reused; each
 // test has its own agent, hence its own gateway PKI.
 import assert from 'node:assert/strict'
-import type { EventEmitter } from 'node:events'
 import { existsSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, describe, test } from 'node:test'
 import type { RunningAgent } from '../../agent/compose.ts'
-import type { DeviceState } from '../../agent/devices/device.ts'
 import { exportAuditLog } from '../../agent/store/audit.ts'
 import { parseJws } from '../../wire/jws.ts'
 import type { DeliveryReport } from '../../protocols/opcua/relay.ts'
 import { SimulatedOpcuaDevice, type SimulatedOpcuaDeviceOptions } from '../../simulators/opcua-device.ts'
 import { freePort, startTestAgent, tempDir } from '../helpers/agent.ts'
 import { signAs, testKey } from '../helpers/device-keys.ts'
+import { nextEvent, stateReached } from '../helpers/wait.ts'
 
 type T = { after(fn: () => Promise<void> | void): void }
 type Agent = RunningAgent & { config: { dataDir: string } }
@@ -25,38 +24,6 @@ after(() => import('node:fs').then((fs) => fs.rmSync(shared, { recursive: true, 
 /** certificate A and certificate B: one PKI folder each, generated on first use */
 const PKI_A = { pkiDir: join(shared, 'device-a'), applicationUri: 'urn:edgewarden:test:device-a' }
 const PKI_B = { pkiDir: join(shared, 'device-b'), applicationUri: 'urn:edgewarden:test:device-b' }
-
-/** The next `event` on `emitter` whose arguments pass `pred`; rejects after `ms`. */
-function next<A extends unknown[]>(emitter: EventEmitter, event: string, pred: (...args: A) => boolean = () => true, ms = 15_000): Promise<A> {
-  return new Promise((resolve, reject) => {
-    const on = (...args: unknown[]): void => {
-      if (!pred(...(args as A))) return
-      clearTimeout(timer)
-      emitter.off(event, on)
-      resolve(args as A)
-    }
-    const timer = setTimeout(() => {
-      emitter.off(event, on)
-      reject(new Error(`no '${event}' within ${ms} ms`))
-    }, ms)
-    emitter.on(event, on)
-  })
-}
-
-function stateReached(agent: Agent, id: string, to: DeviceState, ms = 15_000): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      off()
-      reject(new Error(`${id} did not reach ${to} within ${ms} ms`))
-    }, ms)
-    const off = agent.gateway.onDeviceChange((c) => {
-      if (c.record.spec.id !== id || c.to !== to) return
-      clearTimeout(timer)
-      off()
-      resolve()
-    })
-  })
-}
 
 async function startAgent(t: T): Promise<Agent> {
   const agent = await startTestAgent(t)
@@ -119,7 +86,7 @@ describe('OPC UA relay (PROTOCOL §8)', () => {
   test('reachable device: reenroll and then retire relayed through EdgeWarden.Execute; certificate rejected once retired', async (t) => {
     const agent = await startAgent(t)
     const dev = await startDevice(t, agent, 'plc-1')
-    const connected = next<[string, { mode: string; policy: string }]>(agent.opcua.events, 'connected', (id) => id === 'plc-1')
+    const connected = nextEvent<[string, { mode: string; policy: string }]>(agent.opcua.events, 'connected', (id) => id === 'plc-1')
     await enroll(agent, dev)
     const [, sec] = await connected
     // the strongest the device offers
@@ -129,7 +96,7 @@ describe('OPC UA relay (PROTOCOL §8)', () => {
 
     // re-enrollment (a new device key) through Execute, as for other protocols
     const oldKey = dev.runtime.publicKeyB64
-    const rekeyed = next<[DeliveryReport]>(agent.opcua.events, 'delivery', (r) => r.act === 'reenroll')
+    const rekeyed = nextEvent<[DeliveryReport]>(agent.opcua.events, 'delivery', (r) => r.act === 'reenroll')
     await agent.actions.queue('plc-1', 'reenroll', WHO)
     const [rep] = await rekeyed
     assert.equal(rep.ok, true, rep.reason)
@@ -140,7 +107,7 @@ describe('OPC UA relay (PROTOCOL §8)', () => {
     assert.equal(dev.runtime.publicKeyB64, newKey)
 
     // retire: session closed at once, wipe over a new (wipe-only) session, evidence
-    const retired = stateReached(agent, 'plc-1', 'retired')
+    const retired = stateReached(agent.gateway, 'plc-1', 'retired')
     // the delivery report is written once Execute returned, which is after the ack settled the retirement
     const wipeDelivered = new Promise<void>((resolve) => {
       const off = agent.gateway.onEventsStored((stored) => {
@@ -172,10 +139,10 @@ describe('OPC UA relay (PROTOCOL §8)', () => {
   test('device down when the retire arrives: the wipe waits, and is done when the device answers again', async (t) => {
     const agent = await startAgent(t)
     const dev = await startDevice(t, agent, 'plc-2')
-    const connected = next(agent.opcua.events, 'connected', (id) => id === 'plc-2')
+    const connected = nextEvent(agent.opcua.events, 'connected', (id) => id === 'plc-2')
     await enroll(agent, dev)
     await connected
-    const down = next(agent.opcua.events, 'down', (id) => id === 'plc-2')
+    const down = nextEvent(agent.opcua.events, 'down', (id) => id === 'plc-2')
     await dev.stop()
     await down
     assert.equal(agent.opcua.sessionCount('plc-2'), 0)
@@ -183,14 +150,14 @@ describe('OPC UA relay (PROTOCOL §8)', () => {
     const r = await agent.retirements.start('plc-2', { receivedAt: performance.now(), receivedAtS: agent.gateway.nowS() }, WHO)
     assert.equal(r.done, false)
     // probed with backoff while down; the wipe stays queued
-    await next(agent.opcua.events, 'down', (id) => id === 'plc-2')
-    await next(agent.opcua.events, 'down', (id) => id === 'plc-2')
+    await nextEvent(agent.opcua.events, 'down', (id) => id === 'plc-2')
+    await nextEvent(agent.opcua.events, 'down', (id) => id === 'plc-2')
     assert.equal(agent.gateway.registry.get('plc-2')!.state, 'retiring')
     assert.deepEqual(agent.gateway.actions.pending('plc-2').map((a) => a.act), ['wipe'])
     assert.equal(dev.runtime.wiped, false)
 
-    const retired = stateReached(agent, 'plc-2', 'retired')
-    const wiped = next<[DeliveryReport]>(agent.opcua.events, 'delivery', (d) => d.deviceId === 'plc-2')
+    const retired = stateReached(agent.gateway, 'plc-2', 'retired')
+    const wiped = nextEvent<[DeliveryReport]>(agent.opcua.events, 'delivery', (d) => d.deviceId === 'plc-2')
     await dev.start()
     const [rep] = await wiped
     await retired
@@ -217,10 +184,10 @@ describe('OPC UA relay (PROTOCOL §8)', () => {
         },
       }),
     })
-    const connected = next(agent.opcua.events, 'connected', (id) => id === 'plc-3')
+    const connected = nextEvent(agent.opcua.events, 'connected', (id) => id === 'plc-3')
     await enroll(agent, dev)
     await connected
-    const refused = next<[DeliveryReport]>(agent.opcua.events, 'delivery', (d) => d.deviceId === 'plc-3')
+    const refused = nextEvent<[DeliveryReport]>(agent.opcua.events, 'delivery', (d) => d.deviceId === 'plc-3')
     const action = await agent.actions.queue('plc-3', 'wipe', WHO)
     const [rep] = await refused
     assert.equal(rep.ok, false)
@@ -230,7 +197,7 @@ describe('OPC UA relay (PROTOCOL §8)', () => {
     assert.equal((await events(agent)).filter((e) => e.type === 'action.acked').length, 0)
     assert.ok(agent.actions.strayAcks >= 1)
     // offered again later (backoff), refused again: still queued
-    const again = await next<[DeliveryReport]>(agent.opcua.events, 'delivery', (d) => d.deviceId === 'plc-3')
+    const again = await nextEvent<[DeliveryReport]>(agent.opcua.events, 'delivery', (d) => d.deviceId === 'plc-3')
     assert.equal(again[0].ok, false)
     assert.deepEqual(agent.gateway.actions.pending('plc-3').map((a) => a.id), [action.id])
   })
@@ -238,12 +205,12 @@ describe('OPC UA relay (PROTOCOL §8)', () => {
   test('quarantine and revoke move the certificate to rejected and close the session; release restores trust', async (t) => {
     const agent = await startAgent(t)
     const dev = await startDevice(t, agent, 'plc-4')
-    let connected = next(agent.opcua.events, 'connected', (id) => id === 'plc-4')
+    let connected = nextEvent(agent.opcua.events, 'connected', (id) => id === 'plc-4')
     await enroll(agent, dev)
     await connected
     assert.equal(dev.sessionCount, 1)
 
-    let closed = next(agent.opcua.events, 'closed', (id) => id === 'plc-4')
+    let closed = nextEvent(agent.opcua.events, 'closed', (id) => id === 'plc-4')
     await agent.gateway.transition('plc-4', 'quarantine', WHO)
     assert.equal((await agent.enforcer.settled('plc-4')).sessionsClosed.opcua, 1)
     assert.equal(agent.opcua.sessionCount('plc-4'), 0)
@@ -253,14 +220,14 @@ describe('OPC UA relay (PROTOCOL §8)', () => {
     assert.equal(await agent.opcua.certificateStatus(dev.certificate), 'rejected')
     assert.equal(agent.opcua.ready('plc-4'), false)
 
-    connected = next(agent.opcua.events, 'connected', (id) => id === 'plc-4')
+    connected = nextEvent(agent.opcua.events, 'connected', (id) => id === 'plc-4')
     await agent.gateway.transition('plc-4', 'release', WHO)
     await agent.opcua.settled('plc-4')
     assert.equal(await agent.opcua.certificateStatus(dev.certificate), 'trusted')
     await connected
     assert.equal(agent.opcua.sessionCount('plc-4'), 1)
 
-    closed = next(agent.opcua.events, 'closed', (id) => id === 'plc-4')
+    closed = nextEvent(agent.opcua.events, 'closed', (id) => id === 'plc-4')
     await agent.gateway.transition('plc-4', 'revoke', WHO)
     assert.equal((await agent.enforcer.settled('plc-4')).sessionsClosed.opcua, 1)
     await closed
@@ -277,7 +244,7 @@ describe('OPC UA relay (PROTOCOL §8)', () => {
     const agent = await startAgent(t)
     const dev = await startDevice(t, agent, 'plc-5', PKI_B)
     const pinned = 'ab'.repeat(32)
-    const refused = next<[string, string]>(agent.opcua.events, 'refused', (id) => id === 'plc-5')
+    const refused = nextEvent<[string, string]>(agent.opcua.events, 'refused', (id) => id === 'plc-5')
     await enroll(agent, dev, { certificateSha256: pinned })
     const [, why] = await refused
     assert.match(why, new RegExp(`${dev.certificateSha256} is not the pinned ${pinned}`))
@@ -300,8 +267,8 @@ describe('OPC UA relay (PROTOCOL §8)', () => {
     const agent = await startAgent(t)
     const port = await freePort()
     const first = await startDevice(t, agent, 'plc-6', { port })
-    const pinnedEv = next<[string, string]>(agent.opcua.events, 'pinned', (id) => id === 'plc-6')
-    const connected = next(agent.opcua.events, 'connected', (id) => id === 'plc-6')
+    const pinnedEv = nextEvent<[string, string]>(agent.opcua.events, 'pinned', (id) => id === 'plc-6')
+    const connected = nextEvent(agent.opcua.events, 'connected', (id) => id === 'plc-6')
     await enroll(agent, first, { trustOnFirstUse: true })
     const [, sha] = await pinnedEv
     await connected
@@ -313,15 +280,15 @@ describe('OPC UA relay (PROTOCOL §8)', () => {
     // an update of the record keeps the pin
     await enroll(agent, first, { trustOnFirstUse: true })
     assert.equal(agent.gateway.registry.get('plc-6')!.opcuaPin?.sha256, sha)
-    await next(agent.opcua.events, 'connected', (id) => id === 'plc-6')
+    await nextEvent(agent.opcua.events, 'connected', (id) => id === 'plc-6')
 
     // another server with another certificate on the same endpoint
-    const down = next(agent.opcua.events, 'down', (id) => id === 'plc-6')
+    const down = nextEvent(agent.opcua.events, 'down', (id) => id === 'plc-6')
     await first.stop()
     await down
     const other = await startDevice(t, agent, 'plc-6', { port, ...PKI_B })
     assert.notEqual(other.certificateSha256, sha)
-    const [, why] = await next<[string, string]>(agent.opcua.events, 'refused', (id) => id === 'plc-6')
+    const [, why] = await nextEvent<[string, string]>(agent.opcua.events, 'refused', (id) => id === 'plc-6')
     assert.match(why, /is not the pinned/)
     await agent.mqttPolicy.residual.idle()
     assert.ok((await events(agent)).some((e) => e.type === 'alert.residual-use' && e.data.deviceId === 'plc-6' && e.data.protocol === 'opcua'))

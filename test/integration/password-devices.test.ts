@@ -11,6 +11,7 @@ import { ManualClock } from '../../agent/runtime/clock.ts'
 import { startTestAgent } from '../helpers/agent.ts'
 import { mosquitto, WHO } from '../helpers/mqtt-devices.ts'
 import { connectPacket, rawExchange } from '../fuzz/mqtt-wire.ts'
+import { until } from '../helpers/wait.ts'
 
 const args = (port: number, id: string, password: string): string[] => ['-h', '127.0.0.1', '-p', String(port), '-i', id, '-u', id, '-P', password]
 
@@ -59,9 +60,7 @@ test('rotation by enrolling a new hash closes the old password session at once; 
   await gw.enroll({ id: 'bridge-1', password: await hashPassword('old-pass', { ln: 10 }) }, WHO)
   const sub = mosquitto('mosquitto_sub', [...args(port, 'bridge-1', 'old-pass'), '-t', 'dev/bridge-1/cmd', '-q', '1'], 30_000)
   t.after(() => sub.kill())
-  const deadline = Date.now() + 10_000
-  while (agent.broker.sessionCount('bridge-1') === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
-  assert.equal(agent.broker.sessionCount('bridge-1'), 1)
+  await until('a session of bridge-1', () => agent.broker.sessionCount('bridge-1') === 1, 10_000)
   await gw.enroll({ id: 'bridge-1', password: await hashPassword('new-pass', { ln: 10 }) }, WHO)
   assert.equal(await Promise.race([sub.exited.then(() => 'closed'), new Promise((r) => setTimeout(() => r('still open'), 5000))]), 'closed', 'the old password session is closed at once')
   const old = mosquitto('mosquitto_pub', [...args(port, 'bridge-1', 'old-pass'), '-t', 'dev/bridge-1/tele', '-m', 'x'])
@@ -79,9 +78,10 @@ test('rotation by enrolling a new hash closes the old password session at once; 
   await agent.maintenance.tick()
   assert.equal(gw.getDevice('bridge-1')?.state, 'retired')
   const { exportAuditLog } = await import('../../agent/store/audit.ts')
-  let evidence: { wipe?: { status: string } } | undefined
+  let evidence: { wipe?: { status: string }; credentialsRevoked?: number } | undefined
   for await (const e of exportAuditLog(gw.store)) if (e.action === 'device.retired' && e.subject === 'bridge-1') evidence = e.data as typeof evidence
   assert.equal(evidence?.wipe?.status, 'unsupported', 'the evidence says it could not be wiped')
+  assert.equal(evidence?.credentialsRevoked, 1, 'its password was the credential it held')
   const retired = await rawExchange(port, connectPacket({ clientId: 'bridge-1', username: 'bridge-1', password: 'new-pass' }))
   assert.equal(retired.connack, 5)
 })
@@ -101,6 +101,13 @@ test('edgewarden device add --password-stdin: hashed on the command line, the de
   const show = await runCli(['device', 'show', 'plug-9', '--json', '--data-dir', dataDir])
   assert.match(show.stdout, /"credentialKind":"password"/)
   assert.match(show.stdout, /\$scrypt\$ln=14,r=8,p=1\$/)
+  // an exception a person sees: it cannot be wiped, its offboarding is containment
+  assert.equal((JSON.parse(show.stdout) as { exceptions: { code: string }[] }).exceptions[0]?.code, 'no-wipe-path')
+  const ls = await runCli(['device', 'ls', '--data-dir', dataDir])
+  assert.match(ls.stdout, /plug-9 .* password .* ! no-wipe-path/)
+  assert.match(ls.stdout, /1 device\(s\) whose offboarding cannot be proven end to end/)
+  const human = await runCli(['device', 'show', 'plug-9', '--data-dir', dataDir])
+  assert.match(human.stdout, /offboarding +! no-wipe-path: fixed password/)
   assert.ok(!agent.lines.some((l) => JSON.stringify(l).includes(secret)), 'not in any log line at trace')
   const empty = await runCli(['device', 'add', 'plug-x', '--password-stdin', '--data-dir', dataDir], { input: '' })
   assert.equal(empty.code, 2)

@@ -11,6 +11,7 @@ import { keygen, publicKeyToB64 } from '../../firmware-hooks/crypto.ts'
 import { startTestAgent } from '../helpers/agent.ts'
 import { closed, connectDevice, enrollDevice, Inbox, mqttConnect, tokenFor, WHO } from '../helpers/mqtt-devices.ts'
 import { closedWithin, connectPacket, publishPacket, rawExchange, subscribePacket } from '../fuzz/mqtt-wire.ts'
+import { until } from '../helpers/wait.ts'
 
 const HISTORIAN = { acl: { subscribe: ['dev/+/tele/#'] } }
 
@@ -209,4 +210,98 @@ test('a subscriber that stops reading is disconnected once its unsent backlog pa
   assert.equal(agent.broker.sessionCount(slow.id), 0, `the slow subscriber was disconnected (after ${sent} messages of 60 KiB)`)
   assert.ok(sent < 2000)
   r.socket.destroy()
+})
+
+test('a QoS 1 subscriber that stops reading holds up nobody else: deliveries to others go on while its backlog grows, then it is cut', async (t) => {
+  const agent = await startTestAgent(t, { flags: { maxPacketBytes: '65536' } })
+  const gw = agent.gateway
+  const port = agent.mqttPort
+  const slow = await enrollDevice(gw, 'slow-hist', HISTORIAN)
+  const watcher = await enrollDevice(gw, 'watcher', { acl: { subscribe: ['dev/pump-1/tele/ping'] } })
+  const pump = await enrollDevice(gw, 'pump-1')
+  const r = await rawExchange(port, connectPacket({ clientId: slow.id, username: slow.id, password: await tokenFor(gw, slow) }), { keep: true })
+  assert.equal(r.connack, 0)
+  const subscribed = new Promise<void>((resolve) => r.socket.once('data', () => resolve()))
+  r.socket.write(subscribePacket(1, 'dev/+/tele/#', 1))
+  await subscribed
+  r.socket.pause()
+  const w = await connectDevice(gw, port, watcher)
+  t.after(() => w.end(true))
+  const pings = new Inbox(w)
+  await w.subscribeAsync('dev/pump-1/tele/ping', { qos: 0 })
+  const p = await connectDevice(gw, port, pump)
+  t.after(() => p.end(true))
+  // a flood at QoS 1 that the stalled subscriber gets its share of, with a ping between every 100 messages
+  const payload = Buffer.alloc(10 * 1024, 'x')
+  const flood = (async () => {
+    for (let i = 0; i < 3000; i++) {
+      if (i % 100 === 0) p.publish('dev/pump-1/tele/ping', String(i), { qos: 0 })
+      await p.publishAsync('dev/pump-1/tele/big', payload, { qos: 1 })
+    }
+  })()
+  // every ping reaches the watcher long before aedes' own 60 s drain timeout would free the stalled deliveries
+  for (let i = 0; i < 3000; i += 100) await pings.waitFor((m) => m.topic === 'dev/pump-1/tele/ping' && m.payload === String(i), 20_000)
+  await flood
+  assert.equal(agent.broker.sessionCount(slow.id), 0, 'the stalled subscriber was cut once its backlog passed the bound')
+  r.socket.destroy()
+})
+
+test('the stored session of an offline subscriber is bounded (messages and bytes), as Mosquitto\'s max_queued_messages; what it kept arrives when it returns', async (t) => {
+  const agent = await startTestAgent(t, { flags: { sessionQueueMessages: '50', sessionQueueBytes: '262144' } })
+  const gw = agent.gateway
+  const port = agent.mqttPort
+  const hist = await enrollDevice(gw, 'hist-q', HISTORIAN)
+  const pump = await enrollDevice(gw, 'pump-q')
+  const first = await connectDevice(gw, port, hist, { clean: false, clientId: hist.id })
+  await first.subscribeAsync('dev/+/tele/#', { qos: 1 })
+  await first.endAsync()
+  const p = await connectDevice(gw, port, pump)
+  t.after(() => p.end(true))
+  for (let i = 0; i < 120; i++) await p.publishAsync('dev/pump-q/tele/n', String(i), { qos: 1 })
+  assert.equal(await agent.broker.storedQueueLength(hist.id), 50, 'messages beyond the bound are not kept for it')
+  assert.equal(agent.broker.droppedFromQueues, 70)
+  // bytes: 8 KiB messages stop at 256 KiB (the 50 small ones are in it already)
+  for (let i = 0; i < 10; i++) await p.publishAsync('dev/pump-q/tele/big', Buffer.alloc(8192, 'y'), { qos: 1 })
+  assert.equal(await agent.broker.storedQueueLength(hist.id), 50)
+  // back: it gets the 50 it was kept, in order, and its queue is empty again
+  const back = await connectDevice(gw, port, hist, { clean: false, clientId: hist.id })
+  t.after(() => back.end(true))
+  const inbox = new Inbox(back)
+  await inbox.waitFor((m) => m.payload === '49', 10_000)
+  assert.deepEqual(inbox.messages.map((m) => m.payload).slice(0, 50), Array.from({ length: 50 }, (_, i) => String(i)))
+  await until('the queue drains', async () => (await agent.broker.storedQueueLength(hist.id)) === 0, 10_000)
+  // and new messages are kept for it again
+  await p.publishAsync('dev/pump-q/tele/n', 'after', { qos: 1 })
+  await inbox.waitFor((m) => m.payload === 'after', 10_000)
+})
+
+test('retained messages a device left are not served while it is cut (quarantined, revoked), and are again once it is released', async (t) => {
+  const agent = await startTestAgent(t)
+  const gw = agent.gateway
+  const port = agent.mqttPort
+  const stolen = await enrollDevice(gw, 'stolen-1', { acl: { publish: ['site/setpoints/#'] } })
+  const reader = await enrollDevice(gw, 'reader-1', { acl: { subscribe: ['dev/+/tele/#', 'site/#'] } })
+  const s = await connectDevice(gw, port, stolen)
+  await s.publishAsync('dev/stolen-1/tele/temp', 'FAKE-99C', { qos: 1, retain: true })
+  await s.publishAsync('site/setpoints/line2', 'FAKE-SETPOINT', { qos: 1, retain: true })
+  await s.endAsync()
+  const retainedSeen = async (): Promise<string[]> => {
+    const c = await connectDevice(gw, port, reader)
+    const inbox = new Inbox(c)
+    await c.subscribeAsync({ 'dev/+/tele/#': { qos: 1 }, 'site/#': { qos: 1 } })
+    // a marker published after the subscribe: everything retained was delivered before it
+    const marker = await connectDevice(gw, port, await enrollDevice(gw, `marker-${Date.now()}`, { acl: { publish: ['site/marker'] } }))
+    await marker.publishAsync('site/marker', 'm', { qos: 1 })
+    await inbox.waitFor((m) => m.topic === 'site/marker', 10_000)
+    await marker.endAsync()
+    await c.endAsync()
+    return inbox.messages.filter((m) => m.retain).map((m) => `${m.topic}=${m.payload}`).sort()
+  }
+  assert.deepEqual(await retainedSeen(), ['dev/stolen-1/tele/temp=FAKE-99C', 'site/setpoints/line2=FAKE-SETPOINT'])
+  await gw.transition('stolen-1', 'quarantine', WHO)
+  assert.deepEqual(await retainedSeen(), [], 'nothing of a quarantined device is served')
+  await gw.transition('stolen-1', 'release', WHO)
+  assert.deepEqual(await retainedSeen(), ['dev/stolen-1/tele/temp=FAKE-99C', 'site/setpoints/line2=FAKE-SETPOINT'], 'released: served again')
+  await gw.transition('stolen-1', 'revoke', WHO)
+  assert.deepEqual(await retainedSeen(), [])
 })

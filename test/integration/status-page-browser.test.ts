@@ -3,45 +3,21 @@
 // device, and reflects a quarantine on its own within a few seconds, with an
 // attacker-chosen reason shown as text, never as markup.
 import assert from 'node:assert/strict'
-import { existsSync } from 'node:fs'
 import { test } from 'node:test'
-import { chromium } from 'playwright-core'
 import { adminRequest } from '../../agent/cli/admin-client.ts'
 import { STATUS_REFRESH_MS } from '../../agent/observe/status-page.ts'
 import { keygen, publicKeyToB64 } from '../../firmware-hooks/crypto.ts'
+import { hashPassword } from '../../agent/trust/password.ts'
 import { startTestAgent } from '../helpers/agent.ts'
+import { chromiumSkipReason, openWatchedPage } from '../helpers/browser.ts'
 
-const CHROMIUM = [process.env.CHROMIUM_PATH, '/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/lib/chromium/chromium'].find((p) => p && existsSync(p))
-
-/** Skipped only on a developer machine without Chromium; in CI or as root (where .ci/run installs it) a missing browser fails. */
-function skipReason(): string | false {
-  if (CHROMIUM) return false
-  if (process.env.CI || process.getuid?.() === 0) return false
-  return 'needs Debian\'s chromium (apt-get install chromium); skipped because it is missing, not root and CI is unset'
-}
-
-test('the status page shows an enrolled device and reflects its quarantine within seconds', { skip: skipReason() }, async (t) => {
-  assert.ok(CHROMIUM, 'no Chromium binary (/usr/bin/chromium): .ci/run installs Debian\'s chromium package; set CHROMIUM_PATH to use another')
+test('the status page shows an enrolled device and reflects its quarantine within seconds', { skip: chromiumSkipReason() }, async (t) => {
   const agent = await startTestAgent(t, { flags: { httpPort: '0' } })
   const base = `http://127.0.0.1:${agent.http!.port}`
   const key = publicKeyToB64((await keygen()).publicKey)
   assert.equal((await adminRequest(agent.config.dataDir, 'POST', '/v1/devices', { device: { id: 'pump-7', publicKey: key, criticality: 'safety', owner: 'line-2' } })).status, 200)
 
-  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] })
-  t.after(() => browser.close())
-  const page = await browser.newPage()
-  const problems: string[] = []
-  page.on('console', (msg) => {
-    if (msg.type() === 'error') problems.push(msg.text())
-  })
-  page.on('pageerror', (err) => problems.push(err.message))
-  const dialogs: string[] = []
-  page.on('dialog', (d) => {
-    dialogs.push(d.message())
-    void d.dismiss()
-  })
-  const requests: string[] = []
-  page.on('request', (r) => requests.push(r.url()))
+  const { page, problems, dialogs, requests } = await openWatchedPage(t)
 
   const res = await page.goto(`${base}/`)
   assert.equal(res?.status(), 200)
@@ -54,6 +30,20 @@ test('the status page shows an enrolled device and reflects its quarantine withi
   assert.equal(cells[3], 'mqtt')
   assert.match(cells[6]!, /^in \d+d$/, 'credential expiry in days')
   assert.equal(await page.locator('#uplink').textContent(), 'not configured')
+  assert.equal(cells[9], 'provable', 'a token device with MQTT can be wiped with a signed ack')
+  assert.match((await page.locator('#exceptions-summary').textContent())!, /^none/)
+
+  // Devices whose offboarding cannot be proven end to end are flagged, with the reason, in the table and in their own panel.
+  const hash = await hashPassword('plug-secret', { ln: 10 })
+  assert.equal((await adminRequest(agent.config.dataDir, 'POST', '/v1/devices', { device: { id: 'plug-3', password: hash, mqtt: {} } })).status, 200)
+  assert.equal((await adminRequest(agent.config.dataDir, 'POST', '/v1/devices', { device: { id: 'plc-9', publicKey: publicKeyToB64((await keygen()).publicKey), modbus: { host: '127.0.0.1', port: 1, unitId: 9, hookBase: null } } })).status, 200)
+  await page.locator('#exceptions tr[data-device-id="plc-9"]').waitFor({ timeout: 8000 })
+  const exceptionRows = await page.locator('#exceptions tr').evaluateAll((trs) => trs.map((tr) => [...tr.querySelectorAll('td')].map((td) => td.textContent)))
+  assert.deepEqual(exceptionRows.map((r) => [r[0], r[2]]), [['plc-9', 'no-wipe-path'], ['plug-3', 'no-wipe-path']])
+  assert.match(exceptionRows[0]![3]!, /Modbus without the hook registers/)
+  assert.match(exceptionRows[1]![3]!, /fixed password/)
+  assert.match((await page.locator('#exceptions-summary').textContent())!, /^2 device\(s\) rely on containment/)
+  assert.equal(await page.locator('tr[data-device-id="plug-3"] td').nth(9).textContent(), 'no-wipe-path')
 
   // The reason is the operator's (or, by command, the control plane's) text: shown, never run.
   const reason = '<img src=x onerror="alert(1)"><script>alert(2)</script>'

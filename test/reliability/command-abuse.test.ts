@@ -5,7 +5,8 @@
 import assert from 'node:assert/strict'
 import { generateKeyPairSync } from 'node:crypto'
 import { test } from 'node:test'
-import { UNAUTHENTICATED_ANSWERED } from '../../agent/commands/processor.ts'
+import { JUNK_WINDOW_MAX_S, UNAUTHENTICATED_ANSWERED } from '../../agent/commands/processor.ts'
+import { ManualClock } from '../../agent/runtime/clock.ts'
 import { ControlPlane, publicKeyB64, type GatewayEvent } from '../../simulators/control-plane.ts'
 import { startTestAgent, tempDir } from '../helpers/agent.ts'
 import { recordFigure, scaled } from '../helpers/figures.ts'
@@ -83,6 +84,55 @@ test('a held-back command never undoes a newer decision (superseded), also after
   })
 })
 
+test('an iat ahead of the gateway (within the skew) does not make a later revoke look stale; a local decision is not undone by an older command', async (t) => {
+  const { agent, cp } = await setup(t)
+  const gw = agent.gateway
+  const now = gw.nowS()
+  // a control plane whose clock runs 240 s ahead enrolls; one whose clock is right revokes a moment later
+  assert.equal((await cp.run('device.enroll', { device: { id: 'pump-1', publicKey: devKey() } }, { nowS: now + 240 })).type, 'cmd.completed')
+  const revoke = await cp.run('device.revoke', { deviceId: 'pump-1', reason: 'stolen' }, { nowS: now + 1 })
+  assert.equal(revoke.type, 'cmd.completed', JSON.stringify(revoke.data))
+  assert.equal(gw.getDevice('pump-1')?.state, 'revoked')
+
+  // enrolled by command, revoked by an operator at the gateway, then an enroll the control plane signed before that arrives
+  assert.equal((await cp.run('device.enroll', { device: { id: 'pump-2', publicKey: devKey() } }, { nowS: now - 100 })).type, 'cmd.completed')
+  const { adminRequest } = await import('../../agent/cli/admin-client.ts')
+  assert.equal((await adminRequest(agent.config.dataDir, 'POST', '/v1/devices/pump-2/revoke', { reason: 'found on the loading dock' })).status, 200)
+  const stale = await cp.run('device.enroll', { device: { id: 'pump-2', publicKey: devKey() } }, { nowS: now - 50 })
+  assert.equal(stale.type, 'cmd.rejected')
+  assert.equal(stale.data.reason, 'superseded')
+  assert.equal(gw.getDevice('pump-2')?.state, 'revoked', 'the local revoke stands')
+  // a command signed after the local decision runs
+  assert.equal((await cp.run('device.enroll', { device: { id: 'pump-2', publicKey: devKey() } }, { nowS: gw.nowS() + 1 })).type, 'cmd.completed')
+  assert.equal(gw.getDevice('pump-2')?.state, 'active')
+})
+
+test('a captured command replayed in a loop is answered as a duplicate now and then, not once per copy', async (t) => {
+  const { agent, cp } = await setup(t)
+  const gw = agent.gateway
+  const done = await cp.run('device.enroll', { device: { id: 'valve-7', publicKey: devKey() } })
+  assert.equal(done.type, 'cmd.completed')
+  const captured = cp.sign('device.quarantine', { deviceId: 'valve-7' })
+  assert.equal((await (async () => {
+    const got = outcome(cp, captured.jti)
+    await cp.publishRaw(captured.jws)
+    return got
+  })()).type, 'cmd.completed')
+  await gw.store.flush()
+  const before = gw.outbox.lastSeq
+  const duplicates: number[] = []
+  cp.onEvent((e) => void (e.type === 'cmd.duplicate' && e.data.jti === captured.jti && e.seq > before && duplicates.push(e.seq)))
+  const n = scaled(500)
+  for (let i = 0; i < n; i++) await cp.publishRaw(captured.jws)
+  // the replays are all read: the last one is followed by a fresh command's answer
+  const fresh = await cp.run('device.release', { deviceId: 'valve-7' })
+  assert.equal(fresh.type, 'cmd.completed')
+  assert.ok(duplicates.length >= 1 && duplicates.length <= 3, `${duplicates.length} duplicate answers for ${n} replays`)
+  assert.ok(agent.commands.stats.duplicatesUnanswered >= n - 3)
+  assert.equal(gw.getDevice('valve-7')?.state, 'active', 'the replays ran nothing')
+  recordFigure(t, { area: 'uplink abuse', test: 'a captured command replayed in a loop', size: `${n} copies`, result: `${duplicates.length} cmd.duplicate answers; nothing run again`, pass: true })
+})
+
 test('junk on the command topic is answered a few at a time and reported per burst; nothing of it is kept', async (t) => {
   const { agent, cp } = await setup(t)
   const gw = agent.gateway
@@ -145,3 +195,41 @@ async function count(gw: { store: { scan(prefix: string): AsyncIterable<unknown>
   for await (const _ of gw.store.scan(prefix)) n++
   return n
 }
+
+test('a steady trickle of junk is folded into ever longer windows, not answered ten at a time per window; a quiet spell restores the first window\'s terms', async (t) => {
+  const clock = new ManualClock(Date.now())
+  const agent = await startTestAgent(t, { clock, flags: { httpPort: '0' } })
+  const gw = agent.gateway
+  const commands = agent.commands
+  const rejected = (): number => gw.outbox.lastSeq
+  const start = rejected()
+  const junk = async (n: number): Promise<void> => {
+    for (let i = 0; i < n; i++) {
+      await commands.handle(`not a jws ${i}`)
+      clock.advance(500) // two a second
+    }
+  }
+  // the first window: ten answered one by one, the rest folded into one report
+  await junk(20)
+  await commands.flushUnauthenticated()
+  assert.equal(rejected() - start, UNAUTHENTICATED_ANSWERED + 1)
+  // the trickle goes on for windows of 20, 40, 80 ... s: one report each, none answered alone
+  const windows = [20, 40, 80, 160, 320]
+  for (const w of windows) {
+    await junk(w * 2)
+    await commands.flushUnauthenticated()
+  }
+  const reports = rejected() - start
+  assert.equal(reports, UNAUTHENTICATED_ANSWERED + 1 + windows.length, `${20 + windows.reduce((a, w) => a + 2 * w, 0)} junk messages over ${10 + windows.reduce((a, b) => a + b, 0)} s`)
+  assert.ok(JUNK_WINDOW_MAX_S >= 640)
+  // quiet for longer than the last window: the next junk is answered alone again
+  clock.advance(700_000)
+  const before = rejected()
+  await commands.handle('junk after a quiet spell')
+  assert.equal(rejected() - before, 1)
+  // the metric counts every message, folded or not, by its reason
+  const text = await (await fetch(`http://127.0.0.1:${agent.http!.port}/metrics`)).text()
+  const counted = [...text.matchAll(/^edgewarden_commands_total\{outcome="rejected",reason="[\w-]+"\} (\d+)$/gm)].reduce((n, m) => n + Number(m[1]), 0)
+  assert.equal(counted, 1261)
+  recordFigure(t, { area: 'uplink abuse', test: 'a steady trickle of junk (2 a second)', size: '1,260 messages over 630 s', result: `${reports} events and audit entries (before: 11 per 10 s window, ~690)`, pass: true })
+})

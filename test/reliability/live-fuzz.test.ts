@@ -262,6 +262,8 @@ test('live fuzzing: hostile MQTT, Modbus and uplink input; the agent stays up, b
   const raw = await mqtt.connectAsync(central.url, { protocolVersion: 4, reconnectPeriod: 0 })
   t.after(() => raw.endAsync(true))
   let answered = 0
+  /** a replayed command is answered cmd.duplicate at most once per jti every 2 s (the rest only counted), not once per copy */
+  let duplicates = 0
   let allAnswered: (() => void) | null = null
   const answers = new Map<string, number>()
   const offAnswers = cp.onEvent((e) => {
@@ -269,8 +271,9 @@ test('live fuzzing: hostile MQTT, Modbus and uplink input; the agent stays up, b
     // a burst report of unauthenticated messages answers `count` of them at once
     const n = typeof e.data.count === 'number' ? e.data.count : 1
     answers.set(k, (answers.get(k) ?? 0) + n)
-    if (e.type === 'cmd.rejected' || e.type === 'cmd.duplicate') answered += n
-    if (answered >= uplinkSent) allAnswered?.()
+    if (e.type === 'cmd.rejected') answered += n
+    if (e.type === 'cmd.duplicate') duplicates++
+    if (answered >= uplinkSent - (uplinkKinds.get('replay') ?? 0)) allAnswered?.()
   })
 
   const kinds = new Map<string, number>()
@@ -321,17 +324,22 @@ test('live fuzzing: hostile MQTT, Modbus and uplink input; the agent stays up, b
     await new Promise((r) => setTimeout(r, 500)) // settle: closed sockets and timers drain (a bound, not a wait on an event)
   }
 
-  // Two rounds: the first grows the heap to its working size; a leak shows as growth in the second.
+  // Rounds of the same work: the first ones grow the heap to its working size (one on Node 20, two on
+  // Node 24, whose V8 grows its heap in larger steps: 150 → 220 → 295 → 330 → 331 → 333 MiB measured);
+  // a leak shows as growth from the next to last round to the last.
   const started = performance.now()
-  await round(0.5)
+  const warmUpRounds = Number(process.versions.node.split('.')[0]) >= 22 ? 2 : 1
+  for (let i = 0; i < warmUpRounds; i++) await round(0.5)
   const rssRound1 = rssKiB(pid)
   await round(0.5)
   const rssRound2 = rssKiB(pid)
   const fuzzMs = performance.now() - started
   // The last burst report comes when its interval (1 s here) ends.
-  if (answered < uplinkSent) await new Promise<void>((resolve) => ((allAnswered = resolve), setTimeout(resolve, 15_000).unref()))
+  const replays = uplinkKinds.get('replay') ?? 0
+  if (answered < uplinkSent - replays) await new Promise<void>((resolve) => ((allAnswered = resolve), setTimeout(resolve, 15_000).unref()))
   offAnswers()
-  assert.equal(answered, uplinkSent, 'every uplink message was answered (rejected, or duplicate for a replay; unsigned ones in burst reports)')
+  assert.equal(answered, uplinkSent - replays, 'every uplink message but the replays was answered cmd.rejected (unsigned ones in burst reports)')
+  assert.ok(replays === 0 || (duplicates >= 1 && duplicates <= Math.ceil(fuzzMs / 2000) + 2), `the ${replays} replays of one command were answered cmd.duplicate now and then, not each: ${duplicates}`)
   // ... devices with valid tokens are admitted (the one whose session was fuzzed, and one left alone), and their sessions work ...
   for (const id of ['sensor-1', 'sensor-2'] as const) {
     const c = await mqttConnect(mqttPort, { clientId: id, username: id, password: await token(id) })
@@ -358,14 +366,14 @@ test('live fuzzing: hostile MQTT, Modbus and uplink input; the agent stays up, b
   // heap warm-up); a leak proportional to the work would add about that much again.
   clearInterval(sampler)
   const growthMiB = (rssRound2 - rssRound1) / 1024
-  t.diagnostic(`RSS ${rssBefore} KiB before, ${rssRound1} after round 1, ${rssRound2} after round 2, peak ${rssPeak}`)
+  t.diagnostic(`RSS ${rssBefore} KiB before, ${rssRound1} after the warm-up (${warmUpRounds} round(s)), ${rssRound2} after one more, peak ${rssPeak}`)
   assert.equal(agent.proc.exitCode, null, 'the agent is alive')
   assert.equal(agent.proc.signalCode, null)
   const logs = agent.lines.map((l) => JSON.stringify(l)).join('\n') + agent.stderr()
   assert.doesNotMatch(logs, /uncaught|unhandled/i, 'no uncaught exception or unhandled rejection')
   const errors = agent.lines.filter((l) => typeof l.level === 'number' && l.level >= 50)
   assert.deepEqual(errors, [], 'no error-level log line')
-  assert.ok(growthMiB < 48, `RSS grew ${growthMiB.toFixed(1)} MiB from round 1 to round 2`)
+  assert.ok(growthMiB < 48, `RSS grew ${growthMiB.toFixed(1)} MiB in the round after the warm-up`)
   assert.ok(rssPeak - rssBefore < 256 * 1024, `RSS peaked ${mib(rssPeak - rssBefore)} MiB over its start`)
 
   const fmt = (m: Map<string, number>): string => [...m].sort((a, b) => b[1] - a[1]).map(([k, n]) => `${k} ${n}`).join(', ')

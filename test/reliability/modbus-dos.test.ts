@@ -158,17 +158,19 @@ test('a connection that sends nothing is closed after modbusIdleTimeoutMs; one t
   })
 })
 
-test('at most modbusMaxClientsPerAddress from one address: the next one is refused; at modbusMaxClients with every connection served, a newcomer is refused and nobody is displaced', async (t) => {
+test('at most modbusMaxClientsPerAddress from one address: the next one is refused; a proxy full of served connections from few addresses makes room for a new address, fairly', async (t) => {
   const agent = await agentWithProxy(t, { modbusMaxClientsPerAddress: '4', modbusMaxClients: '6' })
   const proxy = agent.modbus.proxy
   const plc = await device(t, agent, 'plc-1', 3)
   plc.holding[0] = 5
-  const served: RawModbusClient[] = []
+  const served: { c: RawModbusClient; from: string; closed: boolean }[] = []
   const serve = async (from: string): Promise<void> => {
     const c = await RawModbusClient.open(agent.port, from)
     t.after(() => c.end())
     assert.deepEqual([...(await c.request(1, 3, readHoldingPdu(0, 1))).pdu], [3, 2, 0, 5])
-    served.push(c)
+    const entry = { c, from, closed: false }
+    void c.closed.then(() => (entry.closed = true))
+    served.push(entry)
   }
   for (let i = 0; i < 4; i++) await serve('127.0.0.2')
   const fifth = await rawSocket(agent.port, '127.0.0.2')
@@ -176,17 +178,31 @@ test('at most modbusMaxClientsPerAddress from one address: the next one is refus
   assert.equal(proxy.stats.refused['per-address'], 1)
   // another address still gets in, up to the proxy's limit
   for (let i = 0; i < 2; i++) await serve('127.0.0.3')
-  const seventh = await rawSocket(agent.port, '127.0.0.4')
-  await within(seventh.closed, 5000, 'a newcomer to a proxy full of served connections was not refused')
+  // full, every connection served: a new address takes the place of the longest-idle one of the address holding the most (127.0.0.2: 4)
+  await serve('127.0.0.4')
+  await within(served[0]!.c.closed, 5000, 'the longest-idle connection of 127.0.0.2 was not displaced')
+  await serve('127.0.0.4') // 127.0.0.2 still holds 3, more than 127.0.0.4's 1 + 1
+  await within(served[1]!.c.closed, 5000, 'the next longest-idle connection of 127.0.0.2 was not displaced')
+  assert.equal(proxy.stats.evicted, 2)
+  // now 2, 2 and 2: nobody holds more than the newcomer's address would, so a third from 127.0.0.4 is refused
+  const third = await rawSocket(agent.port, '127.0.0.4')
+  await within(third.closed, 5000, 'a newcomer that would hold as many as anyone was not refused')
   assert.equal(proxy.stats.refused.full, 1)
-  assert.equal(proxy.stats.evicted, 0, 'no served connection was displaced')
-  for (const [i, c] of served.entries()) assert.deepEqual([...(await c.request(100 + i, 3, readHoldingPdu(0, 1))).pdu], [3, 2, 0, 5], `served connection ${i} still works`)
+  // a fresh address gets its share: one place from an address holding 2 (the first of them, 127.0.0.2)
+  await serve('127.0.0.5')
+  await within(served[2]!.c.closed, 5000, 'a fresh address got no place')
+  // at 1-2-2-1 a second from 127.0.0.5 would hold as many as the most: refused
+  const second = await rawSocket(agent.port, '127.0.0.5')
+  await within(second.closed, 5000, 'a newcomer that would hold as many as anyone was not refused')
+  assert.equal(proxy.stats.refused.full, 2)
+  for (const [i, e] of served.entries()) if (!e.closed) assert.deepEqual([...(await e.c.request(100 + i, 3, readHoldingPdu(0, 1))).pdu], [3, 2, 0, 5], `served connection ${i} still works`)
+  assert.deepEqual(served.filter((e) => !e.closed).map((e) => e.from).sort(), ['127.0.0.2', '127.0.0.3', '127.0.0.3', '127.0.0.4', '127.0.0.4', '127.0.0.5'])
   assert.equal(proxy.describe().clients, 6)
   recordFigure(t, {
     area: AREA,
-    test: 'Modbus proxy: one connection more than modbusMaxClientsPerAddress from one address, then one more than modbusMaxClients, all served',
+    test: 'Modbus proxy full of served connections from two addresses (4 + 2), then newcomers from a third and a fourth address',
     size: 'limits 4 per address, 6 in all',
-    result: `the extra one from the address refused, the newcomer to the full proxy refused, none of the 6 served connections displaced, each still answered`,
+    result: 'the extra one from an address refused; the third address took two places from the address holding the most (4 → 2), a fourth one more (2 → 1); a newcomer that would hold as many as anyone refused; every kept connection still answered',
     pass: true,
   })
 })

@@ -102,7 +102,7 @@ test('no private key, token or password in any log line at trace; key files open
   const text = logs.join('\n')
   const lines = text.split('\n').length
   assert.match(text, /"level":"debug"/, 'debug lines were written')
-  assert.match(text, /"connect refused"/, 'the refusals were logged (without their secrets)')
+  assert.match(text, /"msg":"connect of pump-1 refused \(/, 'the refusals were logged (without their secrets)')
   assert.match(text, /uplink error/, 'the refused uplink was logged')
   for (const [what, values] of secrets) {
     for (const v of values) assert.ok(!text.includes(v), `${what} appears in the logs`)

@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto'
 import { cpSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import { AUDIT_HEAD_KEY, AUDIT_PREFIX, verifyAuditLog, type AuditEntry, type AuditVerdict } from '../../../agent/store/audit.ts'
+import { AUDIT_HEAD_KEY, AUDIT_PREFIX, EVENT_SEQ_KEY, IDENTITY_KEY, verifyAuditLog, type AuditEntry, type AuditVerdict } from '../../../agent/store/audit.ts'
 import { canonicalJson } from '../../../agent/store/canonical-json.ts'
 import { Gateway } from '../../../agent/gateway.ts'
 import { b64urlEncode, generateKeyPair, readKeyFile, signBytes, type KeyPair } from '../../../agent/store/keys.ts'
@@ -169,18 +169,24 @@ test('deleting the tail and forging the head without the key is caught', async (
   assertBrokenAt(await verifyAuditLog(store, [gatewayKey]), 8, /head/, 8)
 })
 
-test('an edited entry re-hashed without the key is caught by its signature', async (t) => {
+test('an edited entry re-hashed without the key is caught: at the next entry if the rest is left, at the signed head if the whole chain is re-hashed', async (t) => {
   const { store, gatewayKey } = await copy(t)
   const e = await entry(store, 5)
   e.actor = 'local:mallory'
   e.hash = hashOf(e)
   await store.db.put(key(5), JSON.stringify(e))
-  // the next entry's prev is fixed too, so only the signature can tell
-  const next = await entry(store, 6)
-  next.prev = e.hash
-  next.hash = hashOf(next)
-  await store.db.put(key(6), JSON.stringify(next))
-  assertBrokenAt(await verifyAuditLog(store, [gatewayKey]), 5, /signature/)
+  // the chain after it still names the old hash: located at the next entry
+  assertBrokenAt(await verifyAuditLog(store, [gatewayKey]), 6, /prev hash/)
+  // re-hashed to the end, as someone without the key can: only the signed head can tell
+  let prev = e.hash
+  for (let s = 6; s <= ENTRIES; s++) {
+    const n = await entry(store, s)
+    n.prev = prev
+    n.hash = hashOf(n)
+    await store.db.put(key(s), JSON.stringify(n))
+    prev = n.hash
+  }
+  assertBrokenAt(await verifyAuditLog(store, [gatewayKey]), ENTRIES, /does not end at the hash the signed head names: entries were edited and the chain re-hashed without the gateway key/, ENTRIES)
 })
 
 /** Re-hash and re-sign entries from..end and the head with `signer`, as a forger holding another key would. */
@@ -279,6 +285,11 @@ test('a used store whose whole log and head were deleted is caught; a new empty 
   for await (const [k] of store.scan(AUDIT_PREFIX)) await store.db.del(k)
   await store.db.del(AUDIT_HEAD_KEY)
   assertBrokenAt(await verifyAuditLog(store, [gatewayKey]), 1, /has been in use/, 0)
+  // the identity record deleted as well: the event counter and the device records still tell
+  await store.db.del(IDENTITY_KEY)
+  assertBrokenAt(await verifyAuditLog(store, [gatewayKey]), 1, /has been in use \(it has an event counter\)/, 0)
+  await store.db.del(EVENT_SEQ_KEY)
+  assertBrokenAt(await verifyAuditLog(store, [gatewayKey]), 1, /has been in use \(it holds device records\)/, 0)
   const fresh = await Store.open(tempDir(t))
   t.after(() => fresh.close())
   assert.equal((await verifyAuditLog(fresh, [gatewayKey])).ok, true)
@@ -331,4 +342,31 @@ test('edgewarden audit verify needs only a public key: --trust-key with the priv
   const bad = await runCli(['audit', 'verify', '--data-dir', dataDir, '--trust-key', 'nope'])
   assert.equal(bad.code, 2)
   assert.match(bad.stderr, /not a public key/)
+})
+
+test('one signature per batch: entries are chained, not signed; the head is, and an edit inside a batch re-hashed without the key is caught at it', async (t) => {
+  const dataDir = tempDir(t)
+  const gw = await Gateway.open(testConfig(dataDir), { log: createLogger('silent') })
+  const first = gw.auditHead.seq
+  await gw.commit({ audit: [1, 2, 3, 4].map((n) => ({ actor: 'local:alice', action: 'bulk.step', subject: `d${n}` })) })
+  const gatewayKey = gw.key.publicKeyB64
+  await gw.close()
+  const store = await Store.open(dataDir)
+  t.after(() => store.close())
+  const batch = await Promise.all([1, 2, 3, 4].map((n) => entry(store, first + n)))
+  assert.deepEqual(batch.map((e) => e.sig !== undefined), [false, false, false, false], 'no entry signature')
+  const head = JSON.parse((await store.db.get(AUDIT_HEAD_KEY))!) as { seq: number; hash: string; sig: string }
+  assert.deepEqual([head.seq, head.hash, typeof head.sig], [first + 4, batch[3]!.hash, 'string'], 'the head signs the end of the chain')
+  assert.equal((await verifyAuditLog(store, [gatewayKey])).ok, true)
+  // edit the second entry of the batch and re-hash the chain after it, as someone without the key can
+  let prev = batch[0]!.hash
+  for (let i = 1; i < 4; i++) {
+    const e = batch[i]!
+    if (i === 1) e.actor = 'local:mallory'
+    e.prev = prev
+    e.hash = hashOf(e)
+    await store.db.put(key(first + 1 + i), JSON.stringify(e))
+    prev = e.hash
+  }
+  assertBrokenAt(await verifyAuditLog(store, [gatewayKey]), first + 4, /signed head/, first + 4)
 })

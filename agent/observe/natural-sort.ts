@@ -1,0 +1,7 @@
+// Ids as people sort them: sim-2 before sim-10, pump-7 before Pump-8.
+const collator = new Intl.Collator('en', { numeric: true, sensitivity: 'base' })
+
+/** Natural order of two ids; ids equal but for case in code-point order, so the order is total. */
+export function naturalCompare(a: string, b: string): number {
+  return collator.compare(a, b) || (a < b ? -1 : a > b ? 1 : 0)
+}

@@ -1,0 +1,21 @@
+// What the status page and the device pages share: their one style sheet
+// (allowed by its hash in the CSP, status-page.ts) and the hash itself.
+import { createHash } from 'node:crypto'
+
+/** A CSP source for an inline script or style: its SHA-256. */
+export const sha256 = (s: string): string => `'sha256-${createHash('sha256').update(s, 'utf8').digest('base64')}'`
+
+export const STYLE = `
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
+h1{font-size:1.3em;margin:0 0 .3em}h2{font-size:1.1em;margin:1.2em 0 .4em}
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.25em .6em;border-bottom:1px solid #ddd;vertical-align:top}
+th{background:#f4f4f4}td.num{text-align:right}.muted{color:#777}
+.state-active{color:#11722b}.state-quarantined{color:#a15c00;font-weight:bold}.state-revoked,.state-retired{color:#b00020;font-weight:bold}.state-retiring{color:#6a1b9a;font-weight:bold}
+.ok{color:#11722b}.bad{color:#b00020}#error{color:#b00020}
+.warn{background:#fff4e0;border:1px solid #e0a040;padding:.5em .8em;margin:.6em 0}.warn:empty{display:none}
+.filters{display:flex;flex-wrap:wrap;gap:.6em;align-items:center;margin:.4em 0}.filters input[type=search]{min-width:16em}
+#devices td:not(.state){white-space:nowrap}
+.pager{display:flex;gap:.6em;align-items:center;margin:.4em 0}
+.panels{display:grid;grid-template-columns:repeat(auto-fit,minmax(22em,1fr));gap:1em}
+dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:.2em 1em}dl.facts dt{color:#555}dl.facts dd{margin:0}
+`
