@@ -52,9 +52,9 @@ export interface SimulatedModbusDeviceOptions {
   size?: number
   /** the hook registers; null for a legacy device */
   hook: ModbusHookRegisters | null
-  /** what FC 43/14 answers (default DEFAULT_IDENTIFICATION); null: the function is not implemented (0x01) */
+  /** what FC 43/14 answers (default DEFAULT_IDENTIFICATION); null: the device refuses the function as an illegal function (exception 0x01), as a device without it does */
   identification?: ModbusIdentification | null
-  /** what FC 17 answers (default DEFAULT_SERVER_ID); null: the function is not implemented (0x01) */
+  /** what FC 17 answers (default DEFAULT_SERVER_ID); null: the device refuses the function as an illegal function (exception 0x01), as a device without it does */
   serverId?: ModbusServerId | null
   quirks?: ModbusQuirks
 }
