@@ -23,7 +23,7 @@ import { Uplink } from './uplink/uplink.ts'
 import type { ProtocolAdapter, ProtocolCore } from './adapter.ts'
 import { DeviceAdmission } from './trust/admission.ts'
 import { SitePki } from './pki/site-pki.ts'
-import { estTlsMaterial, startEstServer, type EstServer } from './pki/est.ts'
+import { serverTlsMaterial, startEstServer, type EstServer } from './pki/est.ts'
 import { isEdgewardenError } from './runtime/errors.ts'
 import { GuardedClock } from './runtime/clock.ts'
 import { ResidualUseMonitor } from './trust/residual-use.ts'
@@ -156,7 +156,7 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
     // EST (PROTOCOL §9) once the enforcer exists: a certificate it installs replaces one that live sessions may hold.
     let est: EstServer | null = null
     if (config.pki.est) {
-      const e = await startEstServer(gateway, pki, { ...config.pki.est, ...(await estTlsMaterial(pki, config.pki)), log: log.child({ component: 'est' }) })
+      const e = await startEstServer(gateway, pki, { ...config.pki.est, ...(await serverTlsMaterial(pki, config.pki)), log: log.child({ component: 'est' }) })
       stack.push(() => e.close())
       est = e
     }

@@ -98,6 +98,31 @@ export interface Broker extends Child {
 }
 
 /**
+ * The JSON line with `event: "ready"` a child prints on its stdout. Past
+ * `timeoutMs`, rejects with what `onTimeout` does and says; if the child
+ * exits first, with `onExit`'s error.
+ */
+export function readyLine(child: Child, timeoutMs: number, onTimeout: () => Error, onExit: (code: number | null) => Error): Promise<Record<string, any>> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(onTimeout()), timeoutMs)
+    createInterface({ input: child.proc.stdout! }).on('line', (line) => {
+      if (!line.startsWith('{')) return
+      try {
+        const obj = JSON.parse(line) as Record<string, any>
+        if (obj.event === 'ready') {
+          clearTimeout(timer)
+          resolve(obj)
+        }
+      } catch {}
+    })
+    void child.exited.then((code) => {
+      clearTimeout(timer)
+      reject(onExit(code))
+    })
+  })
+}
+
+/**
  * A node broker (the agent's CLI or bench/bare-aedes.ts) that prints a JSON
  * `ready` line with `mqtt.mqtt` as its port (`mqtt.mqtts` with `listener:
  * 'mqtts'`: the TLS listener is the one measured). With `probe`, it runs
@@ -120,26 +145,15 @@ export async function spawnNodeBroker(
     stdio: ['ignore', 'pipe', 'pipe', ...(opts.probe ? (['ipc'] as const) : [])],
   })
   const child = procs.add(name, proc)
-  const ready = await new Promise<Record<string, unknown>>((resolve, reject) => {
-    const timer = setTimeout(() => {
+  const ready = await readyLine(
+    child,
+    opts.timeoutMs ?? 60_000,
+    () => {
       proc.kill('SIGKILL')
-      reject(new Error(`${name} did not log ready within ${opts.timeoutMs ?? 60_000} ms; stderr: ${child.stderr().slice(-2000)}`))
-    }, opts.timeoutMs ?? 60_000)
-    createInterface({ input: proc.stdout! }).on('line', (line) => {
-      if (!line.startsWith('{')) return
-      try {
-        const obj = JSON.parse(line) as Record<string, unknown>
-        if (obj.event === 'ready') {
-          clearTimeout(timer)
-          resolve(obj)
-        }
-      } catch {}
-    })
-    void child.exited.then((code) => {
-      clearTimeout(timer)
-      reject(new Error(`${name} exited (${code}) before ready; stderr: ${child.stderr().slice(-2000)}`))
-    })
-  })
+      return new Error(`${name} did not log ready within ${opts.timeoutMs ?? 60_000} ms; stderr: ${child.stderr().slice(-2000)}`)
+    },
+    (code) => new Error(`${name} exited (${code}) before ready; stderr: ${child.stderr().slice(-2000)}`),
+  )
   const readyMs = performance.now() - started
   const listener = opts.listener ?? 'mqtt'
   const port = (ready.mqtt as { mqtt?: number; mqtts?: number } | undefined)?.[listener]

@@ -23,7 +23,6 @@ import { sign, type KeyObject } from 'node:crypto'
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { cpus, tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import mqtt, { type MqttClient } from 'mqtt'
@@ -32,7 +31,7 @@ import { generateKeyPair, writeKeyFile } from '../agent/store/keys.ts'
 import { b64urlDecode, fromUtf8, utf8 } from '../wire/base64url.ts'
 import { newJti } from '../wire/ids.ts'
 import { assembleJws, jwsSigningInput } from '../wire/jws.ts'
-import { MOSQUITTO, Procs, ROOT, startMosquitto } from './anchors.ts'
+import { MOSQUITTO, Procs, readyLine, ROOT, startMosquitto } from './anchors.ts'
 
 export interface ControlPlaneBenchOptions {
   /** events in the intake run (spread over `intakeGateways`) */
@@ -112,6 +111,11 @@ async function publishAll(url: string, sources: { topic: string; payloads: strin
   )
 }
 
+/** `p`, or an Error saying `message()` (what was missing then) past `timeoutMs`. */
+function within<T>(p: Promise<T>, timeoutMs: number, message: () => string): Promise<T> {
+  return Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(message())), timeoutMs).unref())])
+}
+
 async function until(what: string, check: () => Promise<boolean>, timeoutMs: number, everyMs = 50): Promise<void> {
   const t0 = performance.now()
   while (!(await check())) {
@@ -138,22 +142,12 @@ async function spawnCp(procs: Procs, o: { broker: string; database?: string; wor
   const flags: Record<string, string> = { 'data-dir': dataDir, broker: o.broker, key: keyFile, kid: KID, 'http-port': '0', tick: '50ms', 'resend-after': '30s', 'resend-max': '60s', 'log-level': 'info', ...(o.database ? { database: o.database } : {}) }
   const proc = spawn(process.execPath, [join(ROOT, 'bin', 'edgewarden.js'), 'control-plane', ...Object.entries(flags).flat().map((v, i) => (i % 2 ? v : `--${v}`))], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
   const child = procs.add(o.name, proc)
-  const ready = await new Promise<Record<string, any>>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${o.name}: no ready line within 30 s: ${child.stderr()}`)), 30_000)
-    createInterface({ input: proc.stdout! }).on('line', (line) => {
-      try {
-        const j = JSON.parse(line) as Record<string, any>
-        if (j.event === 'ready') {
-          clearTimeout(timer)
-          resolve(j)
-        }
-      } catch {}
-    })
-    void child.exited.then((code) => {
-      clearTimeout(timer)
-      reject(new Error(`${o.name} exited (${code}): ${child.stderr()}`))
-    })
-  })
+  const ready = await readyLine(
+    child,
+    30_000,
+    () => new Error(`${o.name}: no ready line within 30 s: ${child.stderr()}`),
+    (code) => new Error(`${o.name} exited (${code}): ${child.stderr()}`),
+  )
   const base = `http://127.0.0.1:${ready.http.port}`
   const token = readFileSync(join(dataDir, 'admin.token'), 'utf8').trim()
   const api = async (method: string, path: string, body?: unknown): Promise<any> => {
@@ -188,7 +182,7 @@ async function brokerIntake(url: string, sources: { topic: string; payloads: str
   }
   const t0 = performance.now()
   await publishAll(url, sources)
-  await Promise.race([all, new Promise((_, reject) => setTimeout(() => reject(new Error(`broker anchor: ${got} of ${total} within ${timeoutMs} ms`)), timeoutMs).unref())])
+  await within(all, timeoutMs, () => `broker anchor: ${got} of ${total} within ${timeoutMs} ms`)
   const r = rate(total, performance.now() - t0)
   await Promise.all(subs.map((s) => s.endAsync()))
   return r
@@ -287,7 +281,7 @@ export async function runControlPlaneBench(opts: ControlPlaneBenchOptions = {}):
         }
       }
       await Promise.all(inflight)
-      await Promise.race([all, new Promise((_, reject) => setTimeout(() => reject(new Error(`fan-out anchor: ${got} of ${nCommands}`)), o.timeoutMs).unref())])
+      await within(all, o.timeoutMs, () => `fan-out anchor: ${got} of ${nCommands}`)
       fanout.broker = rate(nCommands, performance.now() - t0)
       await pub.endAsync()
       await sims.stop()
@@ -325,7 +319,7 @@ export async function runControlPlaneBench(opts: ControlPlaneBenchOptions = {}):
         const before = await storedEvents(cp)
         const f0 = performance.now()
         await Promise.all(fgs.map((g, gi) => cp.api('POST', '/v1/commands', { op: 'device.enroll', site: SITE, gateway: g.id, devices: Array.from({ length: o.commandsPerGateway }, (_, k) => ({ id: `dev-${gi}-${k}`, publicKey: key })) })))
-        await Promise.race([delivered, new Promise((_, reject) => setTimeout(() => reject(new Error(`${engine} fan-out: ${got} of ${nCommands} delivered`)), o.timeoutMs).unref())])
+        await within(delivered, o.timeoutMs, () => `${engine} fan-out: ${got} of ${nCommands} delivered`)
         await until(`${engine}: every command completed`, async () => (await storedEvents(cp)) - before >= 2 * nCommands && (await cp.api('GET', '/v1/commands?waiting=true&limit=1')).items.length === 0, o.timeoutMs, 100)
         const completedMs = performance.now() - f0
         const d = rate(nCommands, deliveredMs)

@@ -27,8 +27,6 @@ import { openPglite } from './storage/pglite.ts'
 import { openPostgres } from './storage/postgres.ts'
 import { VERSION } from './runtime/version.ts'
 
-export { VERSION }
-
 export interface RunningControlPlane {
   readonly config: CpConfig
   readonly instanceId: string

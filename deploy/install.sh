@@ -57,9 +57,12 @@ PREFIX=${PREFIX%/}
 
 [ "$SYSTEM" = 0 ] || [ "$(id -u)" = 0 ] || die "run as root (sudo $0), or give --no-system --prefix DIR to install only the code"
 NODE=$(command -v node) || die "Node.js 22.13 or later is needed (24 LTS recommended; apt-get install nodejs, or NodeSource)"
-"$NODE" -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=10)?0:1)' \
-  || die "Node.js $("$NODE" --version) is too old: 22.13 or later is needed (24 LTS recommended)"
-"$NODE" -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>22||(a===22&&b>=13)?0:1)' \
+# node_at_least MAJOR MINOR: whether $NODE is that version or later
+node_at_least() {
+  "$NODE" -e 'const [a,b]=process.versions.node.split(".").map(Number); const [x,y]=process.argv.slice(1).map(Number); process.exit(a>x||(a===x&&b>=y)?0:1)' "$1" "$2"
+}
+node_at_least 20 10 || die "Node.js $("$NODE" --version) is too old: 22.13 or later is needed (24 LTS recommended)"
+node_at_least 22 13 \
   || echo "install.sh: warning: Node.js $("$NODE" --version) is past its end of life and not supported: install 22.13 or later (24 LTS recommended); it still runs" >&2
 [ "$SYSTEM" = 0 ] || command -v nft >/dev/null || echo "install.sh: note: nft not found; \`quarantine: nftables\` needs it (apt-get install nftables)" >&2
 

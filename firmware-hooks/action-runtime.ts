@@ -161,6 +161,16 @@ export const defaultHooks: DeviceHooks = {
 
 // --- the runtime ----------------------------------------------------------
 
+/** Runs tasks one at a time, in call order: each starts once the one before it settled; one that fails does not stop the next. */
+export function serialQueue(): <T>(task: () => Promise<T>) => Promise<T> {
+  let tail: Promise<unknown> = Promise.resolve()
+  return (task) => {
+    const run = tail.then(task)
+    tail = run.catch(() => {})
+    return run
+  }
+}
+
 export type HandleResult =
   | {
       kind: 'ack'
@@ -245,8 +255,8 @@ export class ActionRuntime {
   #publicKeyB64: string | null
   readonly #keyListeners = new Set<KeyChangeListener>()
   /** handle() calls run one at a time, so one action id is never run twice concurrently */
-  #lock: Promise<unknown> = Promise.resolve()
-  #saving: Promise<unknown> = Promise.resolve()
+  readonly #lock = serialQueue()
+  readonly #saves = serialQueue()
 
   private constructor(opts: ActionRuntimeOptions, gatewayKey: Uint8Array, state: DeviceState, secretKey: Uint8Array | null, publicKeyB64: string | null) {
     this.deviceId = opts.deviceId
@@ -336,9 +346,7 @@ export class ActionRuntime {
 
   /** Verify an action envelope, act on it once, return the signed ack; see HandleResult. Never throws on wire input. */
   handle(envelope: string | Uint8Array): Promise<HandleResult> {
-    const run = this.#lock.then(() => this.#handle(envelope))
-    this.#lock = run.catch(() => {})
-    return run
+    return this.#lock(() => this.#handle(envelope))
   }
 
   async #handle(envelope: string | Uint8Array): Promise<HandleResult> {
@@ -515,12 +523,10 @@ export class ActionRuntime {
 
   /** Saves run one at a time, each from the latest state, so the last one written is the newest. */
   #update(fn: (s: DeviceState) => DeviceState): Promise<void> {
-    const run = this.#saving.then(async () => {
+    return this.#saves(async () => {
       const next = fn(this.#state)
       await this.#storage.save(next)
       this.#state = next
     })
-    this.#saving = run.catch(() => {})
-    return run
   }
 }

@@ -10,7 +10,7 @@
 // The MQTT binding is mqtt-cert-device.ts; EST (RFC 7030) is est-client.ts.
 //
 // WebCrypto and @peculiar/x509 only: no node: imports.
-import { ActionRuntime, MemoryDeviceStorage, MemoryJsonStorage, type ActionContext, type DeviceHooks, type DeviceSigner, type DeviceStorage, type ExternalKeys, type HookResult } from './action-runtime.ts'
+import { ActionRuntime, MemoryDeviceStorage, MemoryJsonStorage, serialQueue, type ActionContext, type DeviceHooks, type DeviceSigner, type DeviceStorage, type ExternalKeys, type HookResult } from './action-runtime.ts'
 import { b64urlDecode, b64urlEncode } from '../wire/base64url.ts'
 import { isId } from '../wire/ids.ts'
 import {
@@ -80,7 +80,7 @@ export function validateCertDeviceState(v: unknown): CertDeviceState {
   return v as CertDeviceState
 }
 
-/** A client certificate and its key, PEM, as a TLS stack takes them (mqtt-device.ts ClientCertificate). */
+/** A client certificate and its key, PEM, as a TLS stack takes them (mqtt-device.ts `clientCertificate`). */
 export interface TlsCredentials {
   /** PKCS#8 */
   key: string
@@ -136,7 +136,7 @@ export class CertDevice {
   /** imported pending keys, by their stored text */
   readonly #pendingKeys = new Map<string, CertKey>()
   readonly #listeners = new Set<InstallListener>()
-  #saving: Promise<unknown> = Promise.resolve()
+  readonly #saves = serialQueue()
   /** the last failure of an install listener (a reconnect that was refused…) */
   lastError: Error | null = null
 
@@ -365,13 +365,11 @@ export class CertDevice {
 
   /** Saves run one at a time, each from the latest state. */
   #update(fn: (s: CertDeviceState) => CertDeviceState): Promise<void> {
-    const run = this.#saving.then(async () => {
+    return this.#saves(async () => {
       const next = fn(this.#state)
       await this.#storage.save(next)
       this.#state = next
     })
-    this.#saving = run.catch(() => {})
-    return run
   }
 }
 

@@ -19,9 +19,9 @@
 // reenroll and renew answer `unsupported` here without acting: a register
 // cannot carry the new public key and its proof back to the gateway, so a
 // key changed over Modbus would be a key the gateway never learns.
-import { ACTS, type ActionRuntime, type Act, type AckStatus } from './action-runtime.ts'
+import type { ActionRuntime, Act, AckStatus } from './action-runtime.ts'
 import { parseJws } from '../wire/jws.ts'
-import { DEFAULT_HOOK_BASE, HOOK_CMD, HOOK_ENVELOPE_MAX_BYTES } from '../wire/protocol.ts'
+import { DEFAULT_HOOK_BASE, HOOK_CMD, HOOK_ENVELOPE_MAX_BYTES, type HookAct } from '../wire/protocol.ts'
 
 export { DEFAULT_HOOK_BASE, HOOK_ENVELOPE_MAX_BYTES }
 const ENVELOPE_OFFSET = 5
@@ -29,7 +29,7 @@ const ENVELOPE_OFFSET = 5
 export const HookStatus = { idle: 0, working: 1, done: 2, failed: 3, unsupported: 4 } as const
 /** PROTOCOL §7 `cmd` codes: 1 wipe, 2 reenroll, 3 renew, 4 revoke-notice. */
 export { HOOK_CMD }
-const ACT_OF_CMD = new Map<number, Act>((Object.keys(HOOK_CMD) as (keyof typeof HOOK_CMD)[]).map((a) => [HOOK_CMD[a], a]))
+const ACT_OF_CMD = new Map<number, Act>((Object.keys(HOOK_CMD) as HookAct[]).map((a) => [HOOK_CMD[a], a]))
 
 const STATUS_OF: Record<AckStatus, number> = { done: HookStatus.done, failed: HookStatus.failed, unsupported: HookStatus.unsupported }
 

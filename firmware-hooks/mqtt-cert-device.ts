@@ -5,7 +5,7 @@
 // (mqtt-action-device.ts). Once a new certificate is installed (install-cert
 // acked, or an EST re-enrollment) it reconnects with it at once: the gateway
 // ends the renewal's overlap when it sees the new certificate in use.
-import type { CertDevice, InstalledCertificate } from './cert-device.ts'
+import type { CertDevice, InstalledCertificate, TlsCredentials } from './cert-device.ts'
 import { MqttActionDevice, type ActionStats, type IgnoredEnvelope, type MqttActionDeviceOptions, type SentAck } from './mqtt-action-device.ts'
 
 export interface MqttCertDeviceOptions extends Omit<MqttActionDeviceOptions, 'runtime' | 'clientCertificate' | 'secretKey' | 'lifetimeS'> {
@@ -31,7 +31,7 @@ export class MqttCertDevice {
     const { device, reconnectOnInstall, ...rest } = o
     if (!/^mqtts:\/\//.test(rest.url)) throw new TypeError('a certificate device connects to the TLS listener: the url must be mqtts://')
     if (!device.enrolled) throw new Error(`device ${device.id} has no certificate: enroll it first`)
-    const clientCertificate = (): { key: string; cert: string } => {
+    const clientCertificate = (): TlsCredentials => {
       const c = device.tlsCredentials()
       if (!c) throw new Error(`device ${device.id} has no certificate (wiped)`)
       return c

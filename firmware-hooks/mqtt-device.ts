@@ -3,13 +3,8 @@
 // topic, hand each command to one handler. The action runtime (verify, run
 // the hook, sign the ack) is built on top.
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
+import type { TlsCredentials } from './cert-device.ts'
 import { mintToken } from './token.ts'
-
-/** A client certificate and its key, PEM (PKCS#8 key; the device certificate first, then its CA chain). */
-export interface ClientCertificate {
-  key: string
-  cert: string
-}
 
 export interface MqttDeviceOptions {
   /** mqtt://host:port or mqtts://host:port (PROTOCOL §5: sites should use TLS) */
@@ -23,7 +18,7 @@ export interface MqttDeviceOptions {
    * certificate on the TLS listener, no user name nor password. Read at
    * every (re)connect, so a certificate installed since is used from then on.
    */
-  clientCertificate?: () => ClientCertificate
+  clientCertificate?: () => TlsCredentials
   /** token lifetime, seconds (default 300, at most 3600) */
   lifetimeS?: number
   /** seconds since the epoch, for the token's iat */

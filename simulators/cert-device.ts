@@ -8,11 +8,10 @@
 import { CertDevice, MemoryCertStorage, type CertStorage } from '../firmware-hooks/cert-device.ts'
 import { MemoryDeviceStorage, type ActionRuntime, type DeviceHooks, type DeviceStorage } from '../firmware-hooks/action-runtime.ts'
 import { MqttCertDevice } from '../firmware-hooks/mqtt-cert-device.ts'
-import { newActionStats, waitForAck, type ActionStats, type SentAck } from '../firmware-hooks/mqtt-action-device.ts'
 import type { MqttDeviceOptions } from '../firmware-hooks/mqtt-device.ts'
 import type { CertKeyAlg } from '../firmware-hooks/x509-keys.ts'
 import { b64urlEncode } from '../wire/base64url.ts'
-import { systemSimClock, type SimClock, type SimDeviceState } from './mqtt-device.ts'
+import { SimulatedLink, systemSimClock, type SimClock } from './mqtt-device.ts'
 
 export interface SimulatedCertDeviceOptions {
   /** the site broker's TLS listener, mqtts://host:port */
@@ -32,19 +31,13 @@ export interface SimulatedCertDeviceOptions {
   mqtt?: Pick<MqttDeviceOptions, 'connectTimeoutMs' | 'reconnectMs' | 'tls'>
 }
 
-export class SimulatedCertDevice {
+export class SimulatedCertDevice extends SimulatedLink<MqttCertDevice> {
   readonly id: string
   readonly device: CertDevice
-  readonly stats: ActionStats = newActionStats()
-  /** acks out, across connections */
-  readonly acked = new Map<string, SentAck>()
-  connectFailures = 0
-  lastError: Error | null = null
   readonly #o: SimulatedCertDeviceOptions
-  #conn: MqttCertDevice | null = null
-  readonly #ackListeners = new Set<(a: SentAck) => void>()
 
   private constructor(o: SimulatedCertDeviceOptions, device: CertDevice) {
+    super()
     this.#o = o
     this.id = o.deviceId
     this.device = device
@@ -79,56 +72,13 @@ export class SimulatedCertDevice {
     await this.device.installChain(chain, 'enroll')
   }
 
-  get state(): SimDeviceState {
-    if (this.runtime.wiped) return 'wiped'
-    return this.#conn?.connected ? 'online' : 'offline'
+  /** Connects with the current certificate: not before it has one. */
+  protected override canConnect(): boolean {
+    return this.device.enrolled
   }
 
-  /** Connect now with the current certificate. False (and counted) when refused or unreachable, not enrolled, or wiped. */
-  async goOnline(): Promise<boolean> {
-    if (this.runtime.wiped || !this.device.enrolled) return false
-    if (this.#conn?.connected) return true
-    await this.goOffline()
-    try {
-      const { tls, ...rest } = this.#o.mqtt ?? {}
-      const conn = await MqttCertDevice.connect({ url: this.#o.url, device: this.device, stats: this.stats, tls: { ...tls, ca: this.#o.ca }, ...rest })
-      conn.onAck((a) => {
-        this.acked.set(a.actionId, a)
-        for (const l of [...this.#ackListeners]) l(a)
-      })
-      this.#conn = conn
-      return true
-    } catch (err) {
-      this.connectFailures++
-      this.lastError = err as Error
-      return false
-    }
-  }
-
-  async goOffline(): Promise<void> {
-    const c = this.#conn
-    this.#conn = null
-    if (c) await c.close()
-  }
-
-  onAck(listener: (a: SentAck) => void): () => void {
-    this.#ackListeners.add(listener)
-    return () => this.#ackListeners.delete(listener)
-  }
-
-  /** Resolves once the ack of `actionId` is out and its follow-up is done (install-cert: reconnected with the new certificate). */
-  waitForAck(actionId: string, timeoutMs = 10_000): Promise<SentAck> {
-    return waitForAck(this, actionId, timeoutMs, this.id)
-  }
-
-  /** Telemetry under `dev/<id>/tele` while online; false when offline. */
-  async publishTelemetry(payload: string): Promise<boolean> {
-    if (!this.#conn?.connected) return false
-    await this.#conn.publish('tele', payload, { qos: 0 })
-    return true
-  }
-
-  async close(): Promise<void> {
-    await this.goOffline()
+  protected openConnection(): Promise<MqttCertDevice> {
+    const { tls, ...rest } = this.#o.mqtt ?? {}
+    return MqttCertDevice.connect({ url: this.#o.url, device: this.device, stats: this.stats, tls: { ...tls, ca: this.#o.ca }, ...rest })
   }
 }

@@ -20,7 +20,7 @@ import { defaultHooks, type ActionRuntime, type DeviceHooks } from '../firmware-
 import type { CertKeyAlg } from '../firmware-hooks/x509-keys.ts'
 import type { SimulatedCertDevice } from './cert-device.ts'
 import { createHookedModbusDevice, type SimulatedModbusDevice } from './modbus-device.ts'
-import { SimulatedMqttDevice, systemSimClock, type Intermittency, type SimClock } from './mqtt-device.ts'
+import { SimulatedMqttDevice, systemSimClock, type Intermittency, type SimClock, type SimulatedLink } from './mqtt-device.ts'
 import type { SimulatedOpcuaDevice } from './opcua-device.ts'
 import { freePort } from './ports.ts'
 
@@ -192,7 +192,7 @@ abstract class Member implements FleetMember {
 }
 
 /** A member that is one simulated MQTT device (token or certificate): online when its connection is. */
-abstract class DeviceMember<D extends SimulatedMqttDevice | SimulatedCertDevice> extends Member {
+abstract class DeviceMember<D extends SimulatedLink> extends Member {
   readonly protocol = 'mqtt'
   constructor(readonly device: D) {
     super()

@@ -100,23 +100,106 @@ export interface SimulatedMqttDeviceOptions extends Partial<Intermittency> {
 
 export type SimDeviceState = 'offline' | 'online' | 'wiped'
 
-export class SimulatedMqttDevice {
-  readonly id: string
-  readonly runtime: ActionRuntime
+/** What a simulated device's MQTT connection offers (MqttActionDevice, MqttCertDevice). */
+interface SimConnection {
+  readonly connected: boolean
+  onAck(listener: (a: SentAck) => void): () => void
+  publish(subtopic: string, payload: string | Buffer, opts?: { qos?: 0 | 1; retain?: boolean }): Promise<void>
+  close(): Promise<void>
+}
+
+/**
+ * The link of a simulated MQTT device, with a token (SimulatedMqttDevice)
+ * or a certificate (cert-device.ts): one connection at a time, acks gathered
+ * across connections, refused or failed connects counted.
+ */
+export abstract class SimulatedLink<C extends SimConnection = SimConnection> {
+  abstract readonly id: string
+  abstract readonly runtime: ActionRuntime
   readonly stats: ActionStats = newActionStats()
-  readonly intermittency: Intermittency
   /** acks out, across connections */
   readonly acked = new Map<string, SentAck>()
   /** connects refused or failed */
   connectFailures = 0
   lastError: Error | null = null
+  #conn: C | null = null
+  readonly #ackListeners = new Set<(a: SentAck) => void>()
+
+  /** A new connection with the device's current credential; rejects when refused or unreachable. */
+  protected abstract openConnection(): Promise<C>
+  /** Whether the device has what it connects with (it is not wiped either way). */
+  protected canConnect(): boolean {
+    return true
+  }
+
+  get state(): SimDeviceState {
+    if (this.runtime.wiped) return 'wiped'
+    return this.#conn?.connected ? 'online' : 'offline'
+  }
+
+  /** Connect now. Resolves false (and counts it) when the broker refuses or is unreachable; false when the device is wiped or cannot connect (a certificate device not enrolled). */
+  async goOnline(): Promise<boolean> {
+    if (this.runtime.wiped || !this.canConnect()) return false
+    if (this.#conn?.connected) return true
+    await this.#dropConnection()
+    try {
+      const conn = await this.openConnection()
+      conn.onAck((a) => {
+        this.acked.set(a.actionId, a)
+        for (const l of [...this.#ackListeners]) l(a)
+      })
+      this.#conn = conn
+      return true
+    } catch (err) {
+      this.connectFailures++
+      this.lastError = err as Error
+      return false
+    }
+  }
+
+  /** Disconnect now (a clean DISCONNECT: the link went away, the device did not crash). */
+  async goOffline(): Promise<void> {
+    await this.#dropConnection()
+  }
+
+  async #dropConnection(): Promise<void> {
+    const c = this.#conn
+    this.#conn = null
+    if (c) await c.close()
+  }
+
+  onAck(listener: (a: SentAck) => void): () => void {
+    this.#ackListeners.add(listener)
+    return () => this.#ackListeners.delete(listener)
+  }
+
+  /** Resolves once the ack of `actionId` is out and its follow-up (key switch, wipe; install-cert: reconnected with the new certificate) is done, on any connection. */
+  waitForAck(actionId: string, timeoutMs = 10_000): Promise<SentAck> {
+    return waitForAck(this, actionId, timeoutMs, this.id)
+  }
+
+  /** Telemetry under `dev/<id>/tele` while online; false when offline. */
+  async publishTelemetry(payload: string): Promise<boolean> {
+    if (!this.#conn?.connected) return false
+    await this.#conn.publish('tele', payload, { qos: 0 })
+    return true
+  }
+
+  async close(): Promise<void> {
+    await this.#dropConnection()
+  }
+}
+
+export class SimulatedMqttDevice extends SimulatedLink<MqttActionDevice> {
+  readonly id: string
+  readonly runtime: ActionRuntime
+  readonly intermittency: Intermittency
   readonly #o: SimulatedMqttDeviceOptions
   readonly #clock: SimClock
   readonly #random: () => number
-  #conn: MqttActionDevice | null = null
-  readonly #ackListeners = new Set<(a: SentAck) => void>()
 
   private constructor(o: SimulatedMqttDeviceOptions, runtime: ActionRuntime, clock: SimClock) {
+    super()
     this.#o = o
     this.id = o.deviceId
     this.runtime = runtime
@@ -144,46 +227,14 @@ export class SimulatedMqttDevice {
     return new SimulatedMqttDevice(o, runtime, clock)
   }
 
-  get state(): SimDeviceState {
-    if (this.runtime.wiped) return 'wiped'
-    return this.#conn?.connected ? 'online' : 'offline'
-  }
-
-  /** Connect now. Resolves false (and counts it) when the broker refuses or is unreachable, or the device is wiped. */
-  async goOnline(): Promise<boolean> {
-    if (this.runtime.wiped) return false
-    if (this.#conn?.connected) return true
-    await this.#dropConnection()
-    try {
-      const conn = await MqttActionDevice.connect({
-        url: this.#o.url,
-        runtime: this.runtime,
-        stats: this.stats,
-        nowS: () => Math.floor(this.#clock.now() / 1000),
-        ...this.#o.mqtt,
-      })
-      conn.onAck((a) => {
-        this.acked.set(a.actionId, a)
-        for (const l of [...this.#ackListeners]) l(a)
-      })
-      this.#conn = conn
-      return true
-    } catch (err) {
-      this.connectFailures++
-      this.lastError = err as Error
-      return false
-    }
-  }
-
-  /** Disconnect now (a clean DISCONNECT: the link went away, the device did not crash). */
-  async goOffline(): Promise<void> {
-    await this.#dropConnection()
-  }
-
-  async #dropConnection(): Promise<void> {
-    const c = this.#conn
-    this.#conn = null
-    if (c) await c.close()
+  protected openConnection(): Promise<MqttActionDevice> {
+    return MqttActionDevice.connect({
+      url: this.#o.url,
+      runtime: this.runtime,
+      stats: this.stats,
+      nowS: () => Math.floor(this.#clock.now() / 1000),
+      ...this.#o.mqtt,
+    })
   }
 
   /** The next period of the intermittency model, drawn from `random`. */
@@ -210,26 +261,5 @@ export class SimulatedMqttDevice {
       online = !online
     }
     await this.goOffline()
-  }
-
-  onAck(listener: (a: SentAck) => void): () => void {
-    this.#ackListeners.add(listener)
-    return () => this.#ackListeners.delete(listener)
-  }
-
-  /** Resolves once the ack of `actionId` is out and its follow-up (key switch, wipe) is done, on any connection. */
-  waitForAck(actionId: string, timeoutMs = 10_000): Promise<SentAck> {
-    return waitForAck(this, actionId, timeoutMs, this.id)
-  }
-
-  /** Telemetry under `dev/<id>/tele` while online; false when offline. */
-  async publishTelemetry(payload: string): Promise<boolean> {
-    if (!this.#conn?.connected) return false
-    await this.#conn.publish('tele', payload, { qos: 0 })
-    return true
-  }
-
-  async close(): Promise<void> {
-    await this.#dropConnection()
   }
 }

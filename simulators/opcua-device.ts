@@ -232,13 +232,19 @@ export class SimulatedOpcuaDevice {
 
   /** Install a certificate for the server's current key (DER, then its issuers), as provisioning would; a running server restarts with it. */
   async installCertificate(certificate: Buffer, issuers: Buffer[] = []): Promise<void> {
-    await writeAtomically(this.#certificateFile, [certificate, ...issuers].map((d) => pem(d, 'CERTIFICATE')).join(''))
-    await mkdir(join(this.opts.pkiDir, 'issuers', 'certs'), { recursive: true })
-    for (const issuer of issuers) await writeAtomically(join(this.opts.pkiDir, 'issuers', 'certs', `issuer_${sha1(issuer)}.pem`), pem(issuer, 'CERTIFICATE'))
+    await this.#writeChain([certificate, ...issuers])
     if (this.#server) {
       await this.stop()
       await this.start()
     }
+  }
+
+  /** The server's certificate file (the certificate, then its issuers), and each issuer in issuers/certs. */
+  async #writeChain(chain: Buffer[]): Promise<void> {
+    await writeAtomically(this.#certificateFile, chain.map((d) => pem(d, 'CERTIFICATE')).join(''))
+    const issuers = join(this.opts.pkiDir, 'issuers', 'certs')
+    await mkdir(issuers, { recursive: true })
+    for (const issuer of chain.slice(1)) await writeAtomically(join(issuers, `issuer_${sha1(issuer)}.pem`), pem(issuer, 'CERTIFICATE'))
   }
 
   /** The TrustList as the server's PKI holds it now. */
@@ -287,7 +293,7 @@ export class SimulatedOpcuaDevice {
             },
           }
         : {}),
-      serverInfo: { applicationUri: this.opts.applicationUri ?? `urn:edgewarden:device:${this.opts.deviceId}`, productUri: 'urn:edgewarden:simulator' },
+      serverInfo: { applicationUri: this.applicationUri, productUri: 'urn:edgewarden:simulator' },
       buildInfo: { productName: `edgewarden simulated OPC UA device ${this.opts.deviceId}` },
     })
     await server.initialize()
@@ -427,10 +433,8 @@ export class SimulatedOpcuaDevice {
       const staged = this.#staged
       if (!staged.chain) return bad(StatusCodes.BadNothingToDo)
       this.#staged = {}
-      await mkdir(join(this.opts.pkiDir, 'issuers', 'certs'), { recursive: true })
       if (staged.key) await writeAtomically(this.#privateKeyFile, staged.key.export({ type: 'pkcs8', format: 'pem' }) as string, 0o600)
-      await writeAtomically(this.#certificateFile, staged.chain.map((d) => pem(d, 'CERTIFICATE')).join(''))
-      for (const issuer of staged.chain.slice(1)) await writeAtomically(join(this.opts.pkiDir, 'issuers', 'certs', `issuer_${sha1(issuer)}.pem`), pem(issuer, 'CERTIFICATE'))
+      await this.#writeChain(staged.chain)
       // OPC 10000-12 §7.7.5: the answer leaves first, then the server takes the new certificate (its channels end)
       const restart = (async () => {
         await new Promise((r) => setTimeout(r, 50))
@@ -525,24 +529,22 @@ export class SimulatedOpcuaDevice {
     if (!channel || channel.securityMode !== MessageSecurityMode.SignAndEncrypt) return StatusCodes.BadSecurityModeInsufficient
     const chain = channel.clientCertificate
     if (!chain) return StatusCodes.BadUserAccessDenied
-    let leaf: Buffer
-    try {
-      leaf = Buffer.from(new X509Certificate(chain).raw)
-    } catch {
-      return StatusCodes.BadUserAccessDenied
-    }
+    const leaf = firstCertificate(chain)
+    if (!leaf) return StatusCodes.BadUserAccessDenied
     // trusted one by one (commissioning accepted it), or through a trusted CA and its CRL
     // (node-opcua's store may hold a whole chain as one item: its first certificate is what was trusted)
-    const firstOf = (d: Buffer): Buffer | null => {
-      try {
-        return Buffer.from(new X509Certificate(d).raw)
-      } catch {
-        return null
-      }
-    }
-    if ((await readDerDir(join(this.opts.pkiDir, 'trusted', 'certs'))).some((d) => firstOf(d)?.equals(leaf))) return null
+    if ((await readDerDir(join(this.opts.pkiDir, 'trusted', 'certs'))).some((d) => firstCertificate(d)?.equals(leaf))) return null
     const verdict = await cm.verifyCertificate(chain, { acceptCertificateWithValidIssuerChain: true })
     return verdict === 'Good' ? null : StatusCodes.BadUserAccessDenied
+  }
+}
+
+/** The DER of the first certificate of a chain (DER, concatenated); null when it does not start with one. */
+function firstCertificate(der: Buffer): Buffer | null {
+  try {
+    return Buffer.from(new X509Certificate(der).raw)
+  } catch {
+    return null
   }
 }
 

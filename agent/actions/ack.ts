@@ -11,6 +11,7 @@ import type { QueuedAction } from './action-queue.ts'
 import type { Gateway } from '../gateway.ts'
 import { type PublicKeyCache, publicKeyFromB64, verifyBytes } from '../store/keys.ts'
 import { signingCandidates, signingKey } from '../trust/rights.ts'
+import { BoundedMap } from '../runtime/bounded-map.ts'
 import { ACK_STATUSES, type AckStatus } from '../../wire/protocol.ts'
 
 export { ACK_STATUSES, type AckStatus }
@@ -40,8 +41,8 @@ export function verifyAck(
   input: string | Uint8Array,
   keys: PublicKeyCache,
   opts: {
-    /** a token-key device's signature checked already, off the event loop (ackSigner): the key that made it, or null */
-    signedBy?: string | null
+    /** a token-key device's signature checked already, off the event loop (ackSigner): the key that made it */
+    signedBy?: string
   } = {},
 ): AckVerdict {
   const record = gw.registry.get(deviceId)
@@ -65,7 +66,7 @@ export function verifyAck(
     ? signedByCertificate(record, jws)
     : opts.signedBy !== undefined
       ? // checked against the record as it was; the key must still be one the device may sign with now
-        opts.signedBy !== null && signingCandidates(record, nowS, gw.config.clockSkewS).includes(opts.signedBy)
+        signingCandidates(record, nowS, gw.config.clockSkewS).includes(opts.signedBy)
       : signingKey(record, jws, nowS, keys, { earlyS: gw.config.clockSkewS }) !== null
   if (!signedByDevice) return fail('signature is not by a currently valid key of the device')
   if (c.aud !== gw.id) return fail(`aud ${JSON.stringify(c.aud ?? null)} is not this gateway`)
@@ -98,24 +99,25 @@ export function verifyAck(
 /**
  * The signature check of a token-key device's ack, on the crypto pool (a
  * reconnect storm brings an ack from every device at once): the key of the
- * device that signed it, or null; undefined when it is not for the pool (a
- * certificate device, an unknown device, a malformed ack: verifyAck says why).
+ * device that signed it; null when none of its keys did, or when it is not
+ * for the pool (a certificate device, an unknown device, a malformed ack:
+ * verifyAck checks it inline and says why).
  */
-export async function ackSigner(gw: Gateway, deviceId: string, input: string | Uint8Array): Promise<string | null | undefined> {
+export async function ackSigner(gw: Gateway, deviceId: string, input: string | Uint8Array): Promise<string | null> {
   const record = gw.registry.get(deviceId)
-  if (!record || credentialKind(record.spec) === 'x509') return undefined
+  if (!record || credentialKind(record.spec) === 'x509') return null
   let jws
   try {
     jws = parseJws(input, {})
   } catch {
-    return undefined
+    return null
   }
-  if (jws.header.kid !== deviceId) return undefined
+  if (jws.header.kid !== deviceId) return null
   return gw.crypto.verifyAny(signingCandidates(record, gw.nowS(), gw.config.clockSkewS), jws.signingInput, jws.signature)
 }
 
 /** Certificate keys, parsed once per certificate (acks are rare next to connects, but a device may send many). */
-const certKeys = new Map<string, KeyObject>()
+const certKeys = new BoundedMap<string, KeyObject>(10_000)
 
 /** Whether an ack is signed by the key of one of the device's certificates still valid (current, or the one it replaces). */
 function signedByCertificate(record: DeviceRecord, jws: ParsedJws): boolean {
@@ -124,7 +126,6 @@ function signedByCertificate(record: DeviceRecord, jws: ParsedJws): boolean {
     let key = certKeys.get(cert.sha256)
     if (!key) {
       key = new X509Certificate(cert.pem).publicKey
-      if (certKeys.size > 10_000) certKeys.delete(certKeys.keys().next().value as string)
       certKeys.set(cert.sha256, key)
     }
     const type = key.asymmetricKeyType

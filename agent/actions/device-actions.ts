@@ -99,17 +99,13 @@ export class DeviceActions implements ActionSink {
     return action
   }
 
-  /** The ack's signature checked on the crypto pool where it can be (`signedBy` for verifyAck), else nothing: verifyAck checks it inline. */
-  async #signer(deviceId: string, payload: string | Uint8Array): Promise<{ signedBy?: string | null }> {
-    const by = await ackSigner(this.#gw, deviceId, payload)
-    // Not by a key the device had when it arrived: checked again inline against the keys it has now (an ack
-    // signed with a key proven by the ack just before it, settled meanwhile, is the device's own).
-    return by === undefined || by === null ? {} : { signedBy: by }
-  }
-
   /** An ack arrived from `deviceId` over `protocol`. A bad, stray or repeated ack changes nothing. */
   async ack(deviceId: string, payload: string | Uint8Array, protocol: string): Promise<{ ok: boolean; reason?: string }> {
-    const v = verifyAck(this.#gw, deviceId, payload, this.#keys, { ...(await this.#signer(deviceId, payload)) })
+    // The signature checked on the crypto pool where it can be. Not by a key the device had when it arrived (or not for
+    // the pool): verifyAck checks it inline against the keys it has now (an ack signed with a key proven by the ack just
+    // before it, settled meanwhile, is the device's own).
+    const signedBy = await ackSigner(this.#gw, deviceId, payload)
+    const v = verifyAck(this.#gw, deviceId, payload, this.#keys, signedBy !== null ? { signedBy } : {})
     if (!v.ok) {
       const repeated = v.ref !== undefined && this.#recentAcks.has(`${deviceId}/${v.ref}`)
       if (repeated) this.#log.debug({ deviceId, ref: v.ref, protocol }, 'repeated ack for an action already settled')

@@ -10,7 +10,7 @@ import { RevocationList } from '../pki/crl.ts'
 import type { PkiFacts } from '../observe/admin-server.ts'
 import { EdgewardenError } from '../runtime/errors.ts'
 import { adminRequest, expectOk } from './admin-client.ts'
-import { dataDirOf, out, withStore } from './common.ts'
+import { dataDirOf, fmtTime, out, withStore } from './common.ts'
 import { parseVerbArgs } from './main.ts'
 import { didYouMean } from './suggest.ts'
 import { UsageError } from './usage.ts'
@@ -104,8 +104,6 @@ async function stoppedFacts(dataDir: string, caCertFile: string | undefined): Pr
   }
   return { facts: { origin, chain, previous, crl }, crlIssuer }
 }
-
-const fmtTime = (s: number): string => new Date(s * 1000).toISOString().replace('.000Z', 'Z')
 
 const ORIGIN: Record<PkiFacts['origin'], string> = {
   created: 'created in the data dir on this start',

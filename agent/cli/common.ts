@@ -21,6 +21,9 @@ export function table(rows: string[][]): string {
   return rows.map((r, n) => (n === 0 ? bold : String)(r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!))).join('  '))).join('\n')
 }
 
+/** Seconds since the epoch as UTC ISO 8601 to the second (`2026-03-01T12:00:00Z`); null as `-`. */
+export const fmtTime = (s: number | null): string => (s === null ? '-' : new Date(s * 1000).toISOString().replace('.000Z', 'Z'))
+
 /** Runs `fn` on the store of a stopped agent; null when a running agent holds it (ask the agent instead). */
 export async function withStore<T>(dataDir: string, fn: (s: Store) => Promise<T>): Promise<T | null> {
   let store: Store

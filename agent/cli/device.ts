@@ -4,12 +4,12 @@ import { createHash, randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { CRITICALITIES } from '../devices/device.ts'
 import { b64urlEncode } from '../../wire/base64url.ts'
-import type { DeviceView } from '../observe/views.ts'
+import { CREDENTIAL_LABEL, type DeviceView } from '../observe/views.ts'
 import { adminRequest, expectOk } from './admin-client.ts'
-import { dataDirOf, out, table, withStore } from './common.ts'
+import { dataDirOf, fmtTime, out, table, withStore } from './common.ts'
 import { parseVerbArgs } from './main.ts'
 import { hashPassword } from '../trust/password.ts'
-import { describeEntry, deviceAuditEntries, type HistoryItem } from '../observe/device-history.ts'
+import { deviceHistory, type HistoryItem } from '../observe/device-history.ts'
 import { didYouMean } from './suggest.ts'
 import { UsageError } from './usage.ts'
 
@@ -154,10 +154,6 @@ export function readCsr(file: string): Buffer {
   return bytes
 }
 
-const fmtTime = (s: number | null): string => (s === null ? '-' : new Date(s * 1000).toISOString().replace('.000Z', 'Z'))
-
-const credentialLabel = (k: DeviceView['credentialKind']): string => (k === 'publicKey' ? 'token key' : k === 'x509' ? 'certificate' : k)
-
 async function list(args: string[]): Promise<number> {
   const { values, positionals } = parseVerbArgs(args, { json: { type: 'boolean' } })
   if (positionals.length) throw new UsageError('device ls takes no arguments')
@@ -174,7 +170,7 @@ async function list(args: string[]): Promise<number> {
   const rows = [['ID', 'STATE', 'CRITICALITY', 'PROTOCOLS', 'CREDENTIAL', 'PENDING', 'CREDENTIAL EXPIRES', 'LAST SEEN', 'OFFBOARDING']]
   for (const d of devices) {
     const exceptions = d.exceptions.map((x) => x.code).join(',')
-    rows.push([d.id, d.state, d.criticality, d.protocols.join(','), credentialLabel(d.credentialKind), String(d.pendingActions.length), fmtTime(d.credentialExpiresAt), fmtTime(d.lastSeenAt), exceptions ? `! ${exceptions}` : 'provable'])
+    rows.push([d.id, d.state, d.criticality, d.protocols.join(','), CREDENTIAL_LABEL[d.credentialKind], String(d.pendingActions.length), fmtTime(d.credentialExpiresAt), fmtTime(d.lastSeenAt), exceptions ? `! ${exceptions}` : 'provable'])
   }
   out(table(rows))
   const flagged = devices.filter((d) => d.exceptions.length).length
@@ -200,7 +196,7 @@ async function show(args: string[]): Promise<number> {
     ...(d.spec.acl?.publish?.length ? [`acl publish   ${d.spec.acl.publish.join(' ')}`] : []),
     ...(d.spec.acl?.subscribe?.length ? [`acl subscribe ${d.spec.acl.subscribe.join(' ')}`] : []),
     ...(d.publicKey !== undefined ? [`public key    ${d.publicKey}`] : []),
-    `credential    ${credentialLabel(d.credentialKind)}, expires ${fmtTime(d.credentialExpiresAt)}`,
+    `credential    ${CREDENTIAL_LABEL[d.credentialKind]}, expires ${fmtTime(d.credentialExpiresAt)}`,
     ...(d.certificate
       ? [
           `certificate   serial ${d.certificate.serial || '(not yet seen)'}, ${d.certificate.issuer === 'site' ? 'site CA' : 'external CA'}, not after ${fmtTime(d.certificate.notAfter || null)} (${d.certificate.daysLeft} days left)${d.certificate.overlap ? ', the one it replaces still valid (overlap)' : ''}${d.certificate.renewal ? `, ${d.certificate.renewal}` : ''}`,
@@ -231,11 +227,7 @@ async function history(args: string[]): Promise<number> {
   const id = oneId(positionals, 'history')
   const dataDir = dataDirOf(values['data-dir'])
   // the store of a stopped agent directly, else through the agent that holds it
-  let items = await withStore(dataDir, async (store) => {
-    const list: HistoryItem[] = []
-    for await (const e of deviceAuditEntries(store, id)) list.push(describeEntry(e))
-    return list
-  })
+  let items = await withStore(dataDir, (store) => deviceHistory(store, id))
   let device: DeviceView | undefined
   if (items === null) {
     const body = expectOk(await adminRequest(dataDir, 'GET', `/v1/devices/${encodeURIComponent(id)}/history`)) as { items: HistoryItem[]; device?: DeviceView }

@@ -11,7 +11,7 @@ import { runIdentity, runKeygen } from './identity.ts'
 import { runQuarantine } from './quarantine.ts'
 import { runStart } from './start.ts'
 import { runToken } from './token.ts'
-import { closest, didYouMean } from './suggest.ts'
+import { didYouMean } from './suggest.ts'
 import { helpName, UsageError, USAGE, usageOf } from './usage.ts'
 
 type Verb = (args: string[]) => Promise<number>
@@ -48,8 +48,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   const run = VERBS[verb]
   if (!run) {
-    const near = closest(verb, Object.keys(VERBS))
-    process.stderr.write(`edgewarden: unknown verb "${verb}"${near ? ` (did you mean ${near}?)` : ''}\nverbs: ${Object.keys(VERBS).join(', ')}\n(see edgewarden --help)\n`)
+    process.stderr.write(`edgewarden: unknown verb "${verb}"${didYouMean(verb, Object.keys(VERBS))}\nverbs: ${Object.keys(VERBS).join(', ')}\n(see edgewarden --help)\n`)
     return 2
   }
   // Help of this verb alone (narrowed to its sub-verb where it has one); options after `--` are not ours.

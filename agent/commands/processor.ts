@@ -10,6 +10,7 @@ import type { AccessEnforcer } from '../trust/enforcer.ts'
 import { EdgewardenError, isEdgewardenError } from '../runtime/errors.ts'
 import type { Gateway } from '../gateway.ts'
 import { GuardedClock } from '../runtime/clock.ts'
+import { BoundedMap } from '../runtime/bounded-map.ts'
 import { JtiStore } from '../store/jti-store.ts'
 import type { WriteOp } from '../store/store.ts'
 import { publicKeyFromB64 } from '../store/keys.ts'
@@ -108,7 +109,7 @@ export class CommandProcessor {
   /** what was refused and what was folded into burst reports so far */
   readonly stats = { unauthenticated: 0, unauthenticatedReports: 0, duplicatesUnanswered: 0 }
   /** when a duplicate of each jti was last answered */
-  readonly #duplicateAnswered = new Map<string, number>()
+  readonly #duplicateAnswered = new BoundedMap<string, number>(10_000)
   #duplicateWindow = { startMs: 0, answered: 0 }
 
   private constructor(gw: Gateway, enforcer: AccessEnforcer, ops: Record<Op, OpRunner>, jtis: JtiStore<Remembered>, lastIat: Map<string, number>, log: Logger) {
@@ -353,9 +354,7 @@ export class CommandProcessor {
     if (now - this.#duplicateWindow.startMs >= 1000) this.#duplicateWindow = { startMs: now, answered: 0 }
     if (this.#duplicateWindow.answered >= DUPLICATES_PER_S) return void this.stats.duplicatesUnanswered++
     this.#duplicateWindow.answered++
-    this.#duplicateAnswered.delete(jti)
     this.#duplicateAnswered.set(jti, now)
-    if (this.#duplicateAnswered.size > 10_000) this.#duplicateAnswered.delete(this.#duplicateAnswered.keys().next().value as string)
     await this.#gw.commit({ events: [{ type: 'cmd.duplicate', data: { jti, state } }] })
   }
 

@@ -14,7 +14,7 @@ import { naturalCompare } from './natural-sort.ts'
 import type { SitePki } from '../pki/site-pki.ts'
 import type { Logger } from './logger.ts'
 import { describeDevice, type LiveSources } from './views.ts'
-import { describeEntry, deviceAuditEntries } from './device-history.ts'
+import { deviceAuditEntries, deviceHistory } from './device-history.ts'
 import { recordChanges } from '../devices/record-changes.ts'
 import type { DeviceActions } from '../actions/device-actions.ts'
 import type { Retirements } from '../actions/retirement.ts'
@@ -89,6 +89,9 @@ async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> 
   throw new RequestError(400, 'request body is not a JSON object')
 }
 
+/** The `reason` of a request body, at most 1024 characters (what the audit entry keeps). */
+const reasonOf = (body: Record<string, unknown>): string | undefined => (typeof body.reason === 'string' ? body.reason.slice(0, 1024) : undefined)
+
 /** The name of the user the agent runs as: the owner of the socket it creates. */
 function ownerName(): string {
   try {
@@ -144,8 +147,7 @@ export async function startAdminServer(gw: Gateway, hooks: AdminHooks, log: Logg
     if (route === 'GET /v1/devices' && parts.length === 4 && parts[3] === 'history') {
       // a removed device still has its history: only an id the log never named is unknown
       const id = parts[2]!
-      const items = []
-      for await (const e of deviceAuditEntries(gw.store, id)) items.push(describeEntry(e))
+      const items = await deviceHistory(gw.store, id)
       if (items.length === 0) gw.requireDevice(id)
       const d = gw.getDevice(id)
       return send(res, 200, { deviceId: id, ...(d ? { device: describeDevice(gw, d, hooks.live) } : {}), items })
@@ -158,7 +160,7 @@ export async function startAdminServer(gw: Gateway, hooks: AdminHooks, log: Logg
     const request = (reason: string | undefined): OpRequest => ({ who: { ...who, ...(reason !== undefined ? { reason } : {}) }, receivedAt: performance.now(), receivedAtS: gw.nowS() })
     if (route === 'POST /v1/devices' && parts.length === 2) {
       const body = await readJson(req)
-      const reason = typeof body.reason === 'string' ? body.reason.slice(0, 1024) : undefined
+      const reason = reasonOf(body)
       // An existing id is replaced only when asked (`device add --replace`), and the refusal says what would change.
       const id = (body.device as { id?: unknown } | undefined)?.id
       const existing = typeof id === 'string' ? gw.getDevice(id) : undefined
@@ -177,7 +179,7 @@ export async function startAdminServer(gw: Gateway, hooks: AdminHooks, log: Logg
     if (route === 'POST /v1/devices' && parts.length === 6 && parts[3] === 'actions' && parts[5] === 'cancel' && hooks.actions) {
       const [, , id, , actionId] = parts as [string, string, string, string, string]
       const body = await readJson(req)
-      const reason = typeof body.reason === 'string' ? body.reason.slice(0, 1024) : undefined
+      const reason = reasonOf(body)
       const pending = gw.actions.find(id, actionId)
       if (pending?.act === 'wipe' && hooks.retirements?.isOpen(id)) {
         throw new EdgewardenError('ILLEGAL_TRANSITION', `the retirement of ${id} waits for this wipe: close it without one instead (edgewarden device retire ${id} --no-wipe --reason TEXT)`)
@@ -189,7 +191,7 @@ export async function startAdminServer(gw: Gateway, hooks: AdminHooks, log: Logg
       // Local only: an active or revoked device leaves the registry (revoked first, so every session and path closes as for any revocation).
       const id = parts[2]!
       const body = await readJson(req)
-      const reason = typeof body.reason === 'string' ? body.reason.slice(0, 1024) : undefined
+      const reason = reasonOf(body)
       const d = gw.requireDevice(id)
       if (d.state !== 'active' && d.state !== 'revoked') {
         throw new EdgewardenError('ILLEGAL_TRANSITION', `device ${id} is ${d.state}: only an active or revoked device is removed (a cut that is under way or finished stays on record)`)
@@ -210,7 +212,7 @@ export async function startAdminServer(gw: Gateway, hooks: AdminHooks, log: Logg
       if (!(ADMIN_VERBS as readonly string[]).includes(verb)) throw new RequestError(404, `unknown device verb ${verb}`)
       const op = `device.${verb}` as const
       const body = await readJson(req)
-      const reason = typeof body.reason === 'string' ? body.reason.slice(0, 1024) : undefined
+      const reason = reasonOf(body)
       // The op's own arguments, checked by the schema the control plane's are checked by.
       const args: Record<string, unknown> = { deviceId: parts[2]! }
       const shape = ARGS[op].shape as Record<string, unknown>

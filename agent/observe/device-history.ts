@@ -65,6 +65,13 @@ export async function* deviceAuditEntries(store: Store, deviceId: string, range:
   }
 }
 
+/** The entries about `deviceId` (in `range`, as deviceAuditEntries), each as one line, oldest first. */
+export async function deviceHistory(store: Store, deviceId: string, range: { afterSeq?: number; throughSeq?: number } = {}): Promise<HistoryItem[]> {
+  const items: HistoryItem[] = []
+  for await (const e of deviceAuditEntries(store, deviceId, range)) items.push(describeEntry(e))
+  return items
+}
+
 /** An audit entry as one line: what happened, and why where a reason was given. */
 export function describeEntry(e: AuditEntry): HistoryItem {
   const d = (e.data ?? {}) as Data

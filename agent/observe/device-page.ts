@@ -7,8 +7,8 @@
 // what is new (`?after=SEQ`).
 import type { StatusSources } from './status-page.ts'
 import { describeDevice, type DeviceView } from './views.ts'
-import { describeEntry, deviceAuditEntries, type HistoryItem } from './device-history.ts'
-import { STYLE } from './page-assets.ts'
+import { deviceHistory, type HistoryItem } from './device-history.ts'
+import { pageHead, SCRIPT_PRELUDE, table } from './page-assets.ts'
 
 export interface DeviceSnapshot {
   /** seconds since the epoch, the gateway's clock */
@@ -27,8 +27,7 @@ export async function deviceSnapshot(src: StatusSources, deviceId: string, after
   const gw = src.gateway
   // only entries on disk: a batch being written is read next time
   const through = gw.durableHead.audit.seq
-  const history: HistoryItem[] = []
-  if (after < through) for await (const e of deviceAuditEntries(gw.store, deviceId, { afterSeq: after, throughSeq: through })) history.push(describeEntry(e))
+  const history = after < through ? await deviceHistory(gw.store, deviceId, { afterSeq: after, throughSeq: through }) : []
   const record = gw.getDevice(deviceId)
   if (!record && history.length === 0 && after === 0) return null
   return {
@@ -40,11 +39,7 @@ export async function deviceSnapshot(src: StatusSources, deviceId: string, after
   }
 }
 
-export const DEVICE_SCRIPT = `
-'use strict'
-const $ = (id) => document.getElementById(id)
-const fmtTime = (s) => (s == null ? '-' : new Date(s * 1000).toISOString().replace('T', ' ').slice(0, 19) + 'Z')
-const deviceId = decodeURIComponent(location.pathname.replace(/^\\/devices\\//, ''))
+export const DEVICE_SCRIPT = `${SCRIPT_PRELUDE}const deviceId = decodeURIComponent(location.pathname.replace(/^\\/devices\\//, ''))
 document.title = deviceId + ' - edgewarden'
 $('device-id').textContent = deviceId
 const HISTORY_SHOWN = 500
@@ -117,15 +112,7 @@ async function refresh() {
 void refresh()
 `
 
-export const DEVICE_PAGE_HTML = `<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>edgewarden device</title>
-<style>${STYLE}</style>
-</head>
-<body>
+export const DEVICE_PAGE_HTML = `${pageHead('edgewarden device')}
 <p><a href="/">&larr; all devices</a></p>
 <h1>Device <span id="device-id"></span></h1>
 <p class="muted" id="updated"></p>
@@ -133,10 +120,7 @@ export const DEVICE_PAGE_HTML = `<!doctype html>
 <dl id="facts" class="facts"></dl>
 <h2>History</h2>
 <p id="history-summary"></p>
-<table>
-<thead><tr><th>#</th><th>Time</th><th>Actor</th><th>Action</th><th>What</th><th>Reason</th></tr></thead>
-<tbody id="history"></tbody>
-</table>
+${table('history', ['#', 'Time', 'Actor', 'Action', 'What', 'Reason'])}
 <script>${DEVICE_SCRIPT}</script>
 </body>
 </html>

@@ -58,6 +58,9 @@ function send(res: ServerResponse, status: number, type: string, body: string | 
 
 const sendJson = (res: ServerResponse, status: number, body: unknown): void => send(res, status, 'application/json; charset=utf-8', JSON.stringify(body))
 
+/** A page (the status page, a device page): its CSP, and never in a frame. */
+const sendPage = (res: ServerResponse, html: string): void => send(res, 200, 'text/html; charset=utf-8', html, { 'content-security-policy': STATUS_PAGE_CSP, 'x-frame-options': 'DENY' })
+
 export async function startHttpEndpoint(gw: Gateway, opts: HttpEndpointOptions): Promise<HttpEndpoint> {
   let readiness: Readiness = 'starting'
   const checkHost = isLoopbackAddress(opts.host)
@@ -77,7 +80,7 @@ export async function startHttpEndpoint(gw: Gateway, opts: HttpEndpointOptions):
       } catch {
         return sendJson(res, 400, { error: 'malformed device id' })
       }
-      if (!device[1]) return send(res, 200, 'text/html; charset=utf-8', DEVICE_PAGE_HTML, { 'content-security-policy': STATUS_PAGE_CSP, 'x-frame-options': 'DENY' })
+      if (!device[1]) return sendPage(res, DEVICE_PAGE_HTML)
       const after = Number(url.searchParams.get('after') ?? '0')
       const snap = await deviceSnapshot(opts, id, Number.isSafeInteger(after) && after > 0 ? after : 0)
       return snap ? sendJson(res, 200, snap) : sendJson(res, 404, { error: `no device ${id}` })
@@ -110,7 +113,7 @@ export async function startHttpEndpoint(gw: Gateway, opts: HttpEndpointOptions):
         return sendJson(res, 200, await statusSnapshot(opts, parseStatusQuery(url.searchParams)))
       case '/':
       case '/index.html':
-        return send(res, 200, 'text/html; charset=utf-8', STATUS_PAGE_HTML, { 'content-security-policy': STATUS_PAGE_CSP, 'x-frame-options': 'DENY' })
+        return sendPage(res, STATUS_PAGE_HTML)
       default:
         return sendJson(res, 404, { error: `no page ${path}` })
     }

@@ -1,5 +1,7 @@
 // What the status page and the device pages share: their one style sheet
-// (allowed by its hash in the CSP, status-page.ts) and the hash itself.
+// (allowed by its hash in the CSP, status-page.ts) and the hash itself, the
+// head of each document, the start of each inline script, and the markup of
+// a table the script fills.
 import { createHash } from 'node:crypto'
 
 /** A CSP source for an inline script or style: its SHA-256. */
@@ -19,3 +21,27 @@ th{background:#f4f4f4}td.num{text-align:right}.muted{color:#777}
 .panels{display:grid;grid-template-columns:repeat(auto-fit,minmax(22em,1fr));gap:1em}
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:.2em 1em}dl.facts dt{color:#555}dl.facts dd{margin:0}
 `
+
+/** The document up to `<body>`: the same head on every page, with its own title. */
+export const pageHead = (title: string): string => `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>${title}</title>
+<style>${STYLE}</style>
+</head>
+<body>`
+
+/** How each page's script begins: strict, `$` for an element by id, and the one way times are shown. */
+export const SCRIPT_PRELUDE = `
+'use strict'
+const $ = (id) => document.getElementById(id)
+const fmtTime = (s) => (s == null ? '-' : new Date(s * 1000).toISOString().replace('T', ' ').slice(0, 19) + 'Z')
+`
+
+/** A table whose rows the page's script puts in `<tbody id="bodyId">`. */
+export const table = (bodyId: string, headers: readonly string[]): string => `<table>
+<thead><tr>${headers.map((h) => `<th>${h}</th>`).join('')}</tr></thead>
+<tbody id="${bodyId}"></tbody>
+</table>`

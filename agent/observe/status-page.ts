@@ -17,12 +17,12 @@ import type { ProtocolAdapter } from '../adapter.ts'
 import { VERSION, type Gateway } from '../gateway.ts'
 import { credentialKind, protocolsOf, type DeviceRecord } from '../devices/device.ts'
 import { offboardingExceptions } from '../devices/offboarding.ts'
-import { describeDevice } from './views.ts'
+import { CREDENTIAL_LABEL, describeDevice, type DeviceView } from './views.ts'
 import { naturalCompare } from './natural-sort.ts'
 import type { DeviceActivity } from './device-activity.ts'
 import { prefixEnd } from '../store/store.ts'
 import { DEVICE_SCRIPT } from './device-page.ts'
-import { sha256, STYLE } from './page-assets.ts'
+import { pageHead, SCRIPT_PRELUDE, sha256, STYLE, table } from './page-assets.ts'
 
 export const STATUS_REFRESH_MS = 1500
 const RECENT_AUDIT = 25
@@ -111,23 +111,25 @@ export function parseStatusQuery(params: URLSearchParams): StatusQuery {
   return q
 }
 
-/** Device ids in natural order, per gateway, sorted again only when a device was added. */
-const sortedIds = new WeakMap<Gateway, { ids: string[] | null }>()
+/**
+ * Device ids in natural order, per gateway, sorted again only when a device
+ * was added (every addition is a record change with no record before; a
+ * removed id stays until then, and is skipped).
+ */
+const sortedIds = new WeakMap<Gateway, string[] | null>()
 
 function naturalOrder(gw: Gateway): string[] {
-  let cache = sortedIds.get(gw)
-  if (!cache) {
-    const c: { ids: string[] | null } = { ids: null }
+  if (!sortedIds.has(gw)) {
     gw.onRecordChange((before) => {
-      if (before === undefined) c.ids = null
+      if (before === undefined) sortedIds.set(gw, null)
     })
-    sortedIds.set(gw, (cache = c))
   }
-  if (cache.ids === null || cache.ids.length < gw.registry.size) cache.ids = [...gw.registry.values()].map((d) => d.spec.id).sort(naturalCompare)
-  return cache.ids
+  let ids = sortedIds.get(gw)
+  if (!ids) sortedIds.set(gw, (ids = [...gw.registry.values()].map((d) => d.spec.id).sort(naturalCompare)))
+  return ids
 }
 
-function credentialLabel(v: ReturnType<typeof describeDevice>): string {
+function credentialLabel(v: DeviceView): string {
   return v.certificate
     ? `certificate ${v.certificate.serial.slice(0, 12)}${v.certificate.overlap ? ', overlap' : ''}${v.certificate.renewal ? `, ${v.certificate.renewal}` : ''}`
     : v.credentialKind === 'publicKey'
@@ -207,7 +209,7 @@ export async function statusSnapshot(src: StatusSources, query: StatusQuery = {}
       residualAlerts: (src.activity?.recentAlerts(PANEL_ROWS) ?? []).map((a) => ({ at: a.at, deviceId: a.deviceId, protocol: a.protocol, detail: a.detail, count: a.count })),
       expiring: {
         count: expiring.length,
-        devices: expiring.slice(0, PANEL_ROWS).map((d) => ({ id: d.spec.id, state: d.state, credential: credentialKind(d.spec) === 'publicKey' ? 'token key' : credentialKind(d.spec) === 'x509' ? 'certificate' : 'password', credentialExpiresAt: d.credentialExpiresAt })),
+        devices: expiring.slice(0, PANEL_ROWS).map((d) => ({ id: d.spec.id, state: d.state, credential: CREDENTIAL_LABEL[credentialKind(d.spec)], credentialExpiresAt: d.credentialExpiresAt })),
       },
       exceptions: { count: flagged.length, devices: flagged.slice(0, 50).map((f) => ({ id: f.d.spec.id, state: f.d.state, exceptions: f.exceptions })) },
     },
@@ -215,11 +217,7 @@ export async function statusSnapshot(src: StatusSources, query: StatusQuery = {}
   }
 }
 
-const SCRIPT = `
-'use strict'
-const $ = (id) => document.getElementById(id)
-const fmtTime = (s) => (s == null ? '-' : new Date(s * 1000).toISOString().replace('T', ' ').slice(0, 19) + 'Z')
-function fmtLeft(s, now) {
+const SCRIPT = `${SCRIPT_PRELUDE}function fmtLeft(s, now) {
   if (s == null) return 'none'
   const d = s - now
   const a = Math.abs(d)
@@ -367,15 +365,7 @@ export const STATUS_PAGE_CSP = [
 
 const option = (v: string, label = v): string => `<option value="${v}">${label}</option>`
 
-export const STATUS_PAGE_HTML = `<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>edgewarden status</title>
-<style>${STYLE}</style>
-</head>
-<body>
+export const STATUS_PAGE_HTML = `${pageHead('edgewarden status')}
 <h1>edgewarden <span id="gateway" class="muted"></span></h1>
 <p>Uplink: <span id="uplink">-</span> &middot; Outbox: <span id="outbox">-</span> &middot; <span id="updated" class="muted"></span></p>
 <p id="quarantine-warning" class="warn" role="status"></p>
@@ -390,39 +380,24 @@ export const STATUS_PAGE_HTML = `<!doctype html>
 <select id="f-credential" aria-label="credential">${option('', 'any credential')}${option('publicKey', 'token key')}${option('x509', 'certificate')}${option('password', 'password')}</select>
 </form>
 <div class="pager"><button id="prev" type="button">&larr; previous</button><span id="page-info"></span><button id="next" type="button">next &rarr;</button></div>
-<table>
-<thead><tr><th>Device</th><th>State</th><th>Criticality</th><th>Protocols</th><th>Sessions</th><th>Pending actions</th><th>Credential expires</th><th>Last seen</th><th>Credential</th><th>Offboarding</th></tr></thead>
-<tbody id="devices"></tbody>
-</table>
+${table('devices', ['Device', 'State', 'Criticality', 'Protocols', 'Sessions', 'Pending actions', 'Credential expires', 'Last seen', 'Credential', 'Offboarding'])}
 <div class="panels">
 <section>
 <h2>Residual-use alerts</h2>
 <p id="alerts-summary"></p>
-<table>
-<thead><tr><th>Time</th><th>Device</th><th>Protocol</th><th>What</th></tr></thead>
-<tbody id="alerts"></tbody>
-</table>
+${table('alerts', ['Time', 'Device', 'Protocol', 'What'])}
 </section>
 <section>
 <h2>Credentials expiring soon</h2>
 <p id="expiring-summary"></p>
-<table>
-<thead><tr><th>Device</th><th>State</th><th>Credential</th><th>Expires</th></tr></thead>
-<tbody id="expiring"></tbody>
-</table>
+${table('expiring', ['Device', 'State', 'Credential', 'Expires'])}
 </section>
 </div>
 <h2>Offboarding exceptions</h2>
 <p id="exceptions-summary"></p>
-<table>
-<thead><tr><th>Device</th><th>State</th><th>Exception</th><th>Why</th></tr></thead>
-<tbody id="exceptions"></tbody>
-</table>
+${table('exceptions', ['Device', 'State', 'Exception', 'Why'])}
 <h2>Recent audit entries</h2>
-<table>
-<thead><tr><th>#</th><th>Time</th><th>Actor</th><th>Action</th><th>Subject</th></tr></thead>
-<tbody id="audit"></tbody>
-</table>
+${table('audit', ['#', 'Time', 'Actor', 'Action', 'Subject'])}
 <script>${SCRIPT}</script>
 </body>
 </html>

@@ -7,6 +7,9 @@ import { offboardingExceptions, type OffboardingException } from '../devices/off
 import type { Protocol, ProtocolAdapter } from '../adapter.ts'
 import type { DeviceActivity, RefusalFact } from './device-activity.ts'
 
+/** A credential kind as people read it (`device ls`, `device show`, the status page). */
+export const CREDENTIAL_LABEL: Readonly<Record<CredentialKind, string>> = { publicKey: 'token key', x509: 'certificate', password: 'password' }
+
 /** What a view adds from the running agent: live sessions, and the last refusal. */
 export interface LiveSources {
   adapters: readonly ProtocolAdapter[]
@@ -41,6 +44,7 @@ export interface DeviceView {
 }
 
 export function describeDevice(gw: Gateway, d: DeviceRecord, live?: LiveSources): DeviceView {
+  const pending = gw.actions.pending(d.spec.id)
   const v: DeviceView = {
     id: d.spec.id,
     state: d.state,
@@ -50,21 +54,21 @@ export function describeDevice(gw: Gateway, d: DeviceRecord, live?: LiveSources)
     credentialKind: credentialKind(d.spec),
     credentialExpiresAt: d.credentialExpiresAt ?? null,
     exceptions: offboardingExceptions(d),
-    pendingActions: gw.actions.pending(d.spec.id).map((a) => ({ id: a.id, act: a.act, queuedAt: a.queuedAt })),
+    pendingActions: pending.map((a) => ({ id: a.id, act: a.act, queuedAt: a.queuedAt })),
     stateChangedAt: d.stateChangedAt,
     lastSeenAt: d.lastSeenAt ?? null,
     spec: d.spec,
   }
   const cur = d.certificates?.find((c) => c.role === 'current')
   if (cur) {
-    const pending = gw.actions.pending(d.spec.id).find((a) => a.act === 'renew' || a.act === 'reenroll' || a.act === 'install-cert')
+    const renewal = pending.find((a) => a.act === 'renew' || a.act === 'reenroll' || a.act === 'install-cert')
     v.certificate = {
       serial: cur.serial,
       notAfter: cur.notAfter,
       daysLeft: cur.notAfter ? Math.floor((cur.notAfter - gw.nowS()) / 86400) : 0,
       issuer: cur.issuer,
       overlap: d.certificates!.some((c) => c.role === 'previous' && !c.revoked),
-      renewal: pending ? `${pending.act} queued` : null,
+      renewal: renewal ? `${renewal.act} queued` : null,
     }
   }
   if (d.spec.owner !== undefined) v.owner = d.spec.owner

@@ -92,6 +92,12 @@ export function deviceIdOf(cert: X509Certificate): string | null {
   return null
 }
 
+/** Base64 in lines of 64, ending in a newline: OpenSSL reads no longer lines. */
+export const base64Lines = (b64: string): string => `${b64.replace(/.{64}/g, '$&\n').replace(/\n$/, '')}\n`
+
+/** One PEM block of base64 DER under `label`. */
+export const pemOf = (b64: string, label: string): string => `-----BEGIN ${label}-----\n${base64Lines(b64)}-----END ${label}-----\n`
+
 /** PEM blocks of a bundle, each as one string. */
 export function pemBlocks(text: string, label = 'CERTIFICATE'): string[] {
   return text.match(new RegExp(`-----BEGIN ${label}-----[\\s\\S]+?-----END ${label}-----`, 'g'))?.map((b) => `${b}\n`) ?? []
@@ -185,7 +191,7 @@ export class SiteCa {
       ],
     })
     const pkcs8 = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey))
-    const keyPem = `-----BEGIN PRIVATE KEY-----\n${pkcs8.toString('base64').replace(/.{64}/g, '$&\n').replace(/\n$/, '')}\n-----END PRIVATE KEY-----\n`
+    const keyPem = pemOf(pkcs8.toString('base64'), 'PRIVATE KEY')
     // key first (0600, never overwritten), then the certificate by rename: a crash leaves no certificate without its key
     writePrivateKeyFile(keyFile, keyPem)
     writeFileSync(`${certFile}.tmp`, cert.toString('pem') + '\n', { mode: 0o644 })
@@ -296,7 +302,7 @@ export class SiteCa {
       sans: names,
     })
     const pkcs8 = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey))
-    const keyPem = `-----BEGIN PRIVATE KEY-----\n${pkcs8.toString('base64').replace(/.{64}/g, '$&\n').replace(/\n$/, '')}\n-----END PRIVATE KEY-----\n`
+    const keyPem = pemOf(pkcs8.toString('base64'), 'PRIVATE KEY')
     return { certPem, keyPem, facts: certificateFacts(new X509Certificate(certPem)) }
   }
 

@@ -7,7 +7,7 @@
 // the rest of the world (Mosquitto, OpenSSL, OPC UA stacks) learns them.
 import type { X509Certificate } from 'node:crypto'
 import type { Store, WriteOp } from '../store/store.ts'
-import { x509, type SiteCa } from './ca.ts'
+import { pemOf, x509, type SiteCa } from './ca.ts'
 
 /** RFC 5280 §5.3.1 reasons the gateway uses (§9). */
 export type RevocationReason = 'keyCompromise' | 'cessationOfOperation' | 'superseded' | 'certificateHold'
@@ -147,7 +147,7 @@ export class RevocationList {
   /** PEM of the current CRL under the label OpenSSL reads (`X509 CRL`). */
   get pem(): string | null {
     const s = this.#signed
-    return s ? `-----BEGIN X509 CRL-----\n${s.der.replace(/.{64}/g, '$&\n').replace(/\n$/, '')}\n-----END X509 CRL-----\n` : null
+    return s ? pemOf(s.der, 'X509 CRL') : null
   }
 
   /** Whether a certificate's serial is on the list (any reason, holds included). */

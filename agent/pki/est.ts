@@ -18,7 +18,7 @@ import type { Logger } from '../observe/logger.ts'
 import { EdgewardenError, isEdgewardenError } from '../runtime/errors.ts'
 import { decideCertificate, type PeerCertificate } from '../trust/admission.ts'
 import { rightsOf } from '../trust/rights.ts'
-import { x509 } from './ca.ts'
+import { base64Lines, x509 } from './ca.ts'
 import type { SitePki } from './site-pki.ts'
 
 export const EST_PATH = '/.well-known/est'
@@ -63,7 +63,7 @@ const COMMON_HEADERS = { 'cache-control': 'no-store', 'x-content-type-options': 
 export async function pkcs7CertsOnly(pems: string[]): Promise<string> {
   const m = await x509()
   const b64 = new m.X509Certificates(pems.map((p) => new m.X509Certificate(p))).export('base64')
-  return `${b64.replace(/.{64}/g, '$&\n').replace(/\n$/, '')}\n`
+  return base64Lines(b64)
 }
 
 /**
@@ -125,8 +125,8 @@ function csrOf(req: IncomingMessage, body: Buffer): Uint8Array {
   return Buffer.from(b64, 'base64')
 }
 
-/** The EST server's certificate: tlsCert/tlsKey when configured, else one the site CA issues for tlsSan (PROTOCOL §9). */
-export async function estTlsMaterial(pki: SitePki, o: { tlsFiles: { certFile: string; keyFile: string } | null; tlsSans: string[] }): Promise<{ cert: string; key: string }> {
+/** The certificate of the gateway's TLS listeners (site broker, EST): tlsCert/tlsKey when configured, else one the site CA issues for tlsSan (PROTOCOL §9). */
+export async function serverTlsMaterial(pki: SitePki, o: { tlsFiles: { certFile: string; keyFile: string } | null; tlsSans: string[] }): Promise<{ cert: string; key: string }> {
   if (!o.tlsFiles) return pki.serverCertificate(o.tlsSans)
   const read = (file: string, option: string): string => {
     try {

@@ -105,7 +105,7 @@ export interface AgentConfig {
   gateway: string
   keyFile: string
   /** port null: no plain listener (`off`); tls: the TLS listener, its certificate from files or (null) issued by the site CA */
-  mqtt: { host: string; port: number | null; tls: { port: number; certFile: string | null; keyFile: string | null } | null }
+  mqtt: { host: string; port: number | null; tls: { port: number } | null }
   /** the site PKI (PROTOCOL §9) */
   pki: {
     caCertFile: string | null
@@ -329,7 +329,7 @@ export function loadConfig({ flags, env, cwd = process.cwd() }: ConfigSources): 
     mqtt: {
       host: v.mqttHost as string,
       port: v.mqttPort === 'off' ? null : (v.mqttPort as number),
-      tls: v.mqttsPort === undefined ? null : { port: v.mqttsPort as number, certFile: v.tlsCert ? abs(v.tlsCert as string) : null, keyFile: v.tlsKey ? abs(v.tlsKey as string) : null },
+      tls: v.mqttsPort === undefined ? null : { port: v.mqttsPort as number },
     },
     pki: {
       caCertFile: v.caCert ? abs(v.caCert as string) : null,

@@ -12,6 +12,7 @@ import { createPublicKey, sign, verify, type KeyObject } from 'node:crypto'
 import { availableParallelism } from 'node:os'
 import { Worker } from 'node:worker_threads'
 import type { Logger } from '../observe/logger.ts'
+import { BoundedMap } from './bounded-map.ts'
 
 /** More threads than this buy nothing here: the broker's own thread is the bound long before. */
 export const MAX_WORKERS = 4
@@ -74,7 +75,7 @@ export class CryptoPool {
   readonly #slots: Slot[] = []
   readonly #log: Logger | null
   readonly #signKey: KeyObject | null
-  readonly #keys = new Map<string, KeyObject>()
+  readonly #keys = new BoundedMap<string, KeyObject>(KEY_CACHE)
   #pending: { items: Item[]; settle: ((a: Answer) => void)[] } = { items: [], settle: [] }
   #scheduled = false
   #nextId = 1
@@ -199,11 +200,8 @@ export class CryptoPool {
   #inlineVerify(publicKey: string, data: Uint8Array, signature: Uint8Array): boolean {
     this.stats.inline++
     try {
-      let k = this.#keys.get(publicKey)
-      if (k) this.#keys.delete(publicKey)
-      else k = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: publicKey }, format: 'jwk' })
+      const k = this.#keys.get(publicKey) ?? createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x: publicKey }, format: 'jwk' })
       this.#keys.set(publicKey, k)
-      if (this.#keys.size > KEY_CACHE) this.#keys.delete(this.#keys.keys().next().value as string)
       return verify(null, data, k, signature)
     } catch {
       return false

@@ -5,6 +5,7 @@ import { createPrivateKey, createPublicKey, randomBytes, sign, verify, type KeyO
 import { chmodSync, closeSync, fstatSync, openSync, readFileSync, writeSync } from 'node:fs'
 import { b64urlDecode, b64urlEncode } from '../../wire/base64url.ts'
 import { EdgewardenError } from '../runtime/errors.ts'
+import { BoundedMap } from '../runtime/bounded-map.ts'
 
 export interface KeyPair {
   privateKey: KeyObject
@@ -38,23 +39,14 @@ export function publicKeyFromB64(b64: string): KeyObject | null {
  * so one per device of a large site would cost more than it saves.
  */
 export class PublicKeyCache {
-  readonly #map = new Map<string, KeyObject>()
-  readonly #max: number
+  readonly #map: BoundedMap<string, KeyObject>
   constructor(max = 4096) {
-    this.#max = max
+    this.#map = new BoundedMap(max)
   }
   get(b64: string): KeyObject | null {
-    let key = this.#map.get(b64)
-    if (key) {
-      // most recently used last: the map's order is the eviction order
-      this.#map.delete(b64)
-      this.#map.set(b64, key)
-      return key
-    }
-    key = publicKeyFromB64(b64) ?? undefined
-    if (!key) return null
-    if (this.#map.size >= this.#max) this.#map.delete(this.#map.keys().next().value as string)
-    this.#map.set(b64, key)
+    // set again on a hit too: marked most recently used
+    const key = this.#map.get(b64) ?? publicKeyFromB64(b64)
+    if (key) this.#map.set(b64, key)
     return key
   }
 }

@@ -12,6 +12,7 @@ import type { ResidualUseMonitor } from './residual-use.ts'
 import { certificateCredential, certificateRights, credentialValid, passwordCredential, currentRights, isCutState, rightsOf, signingCandidates, signingKey, type Rights, type StateRefusal } from './rights.ts'
 import { credentialKind, type DeviceRecord } from '../devices/device.ts'
 import { KnownPasswords, verifyPassword } from './password.ts'
+import { BoundedMap } from '../runtime/bounded-map.ts'
 import type { CryptoPool } from '../runtime/crypto-pool.ts'
 import { checkTimeClaims, JwsFormatError, parseJws, type ParsedJws } from '../../wire/jws.ts'
 import { MAX_TOKEN_LIFETIME_S } from '../../wire/protocol.ts'
@@ -61,11 +62,10 @@ export type AdmissionDecision =
     }
   | { ok: false; reason: AdmissionRefusal; detail: string }
 
-/** A token that passed every check but its signature: who it claims to be, and the keys that could have signed it. */
+/** A token that passed every check but its signature: who it claims to be. */
 interface TokenCandidate {
   ok: true
   record: DeviceRecord
-  keys: string[]
   jti: string
   exp: number
 }
@@ -95,7 +95,7 @@ export function precheckToken(
   const record = gw.registry.get(deviceId)
   if (!record) return { ok: false, reason: 'unknown-device', detail: `no device ${JSON.stringify(deviceId)} is enrolled on this gateway` }
   if (ctx.jtis.has(jti, nowS)) return replayed(jti)
-  return { ok: true, record, keys: signingCandidates(record, nowS), jti, exp: claims.exp as number }
+  return { ok: true, record, jti, exp: claims.exp as number }
 }
 
 const replayed = (jti: string): Extract<AdmissionDecision, { ok: false }> => ({ ok: false, reason: 'replayed', detail: `token ${jti} was already used: a device makes a new token (new jti) for every connect` })
@@ -200,11 +200,11 @@ export class DeviceAdmission {
   readonly stats = { verifies: 0, passwordChecks: 0 }
   readonly #passwords = new KnownPasswords()
   /** when a throttled attempt last got a full password check, by device */
-  readonly #blockedChecks = new Map<string, number>()
+  readonly #blockedChecks = new BoundedMap<string, number>(10_000)
   /** refused connects since start, by `protocol reason` (the metric edgewarden_connects_refused_total) */
   readonly #refusals = new Map<string, number>()
   /** per `client id, reason`: when its last refusal was logged, and how many since were not */
-  readonly #refusalLog = new Map<string, { atMs: number; unlogged: number }>()
+  readonly #refusalLog = new BoundedMap<string, { atMs: number; unlogged: number }>(REFUSAL_LOG_MEMORY)
   #logWindow = { startMs: 0, lines: 0, unlogged: 0 }
 
   private constructor(gw: Gateway, jtis: JtiStore, residual: ResidualUseMonitor | null, log: Logger, keys: PublicKeyCache, pool: CryptoPool | null) {
@@ -230,20 +230,21 @@ export class DeviceAdmission {
     let decision: AdmissionDecision
     const nowS = this.#gw.nowS()
     const record = this.#gw.registry.get(req.clientId)
-    if (req.certificate && (record === undefined || credentialKind(record.spec) === 'x509')) {
+    const kind = record && credentialKind(record.spec)
+    if (req.certificate && (kind === undefined || kind === 'x509')) {
       // A certificate admission writes nothing (no jti to remember): decided now, state read in the same step.
       const d = decideCertificate(this.#gw, req.clientId, req.username, req.certificate, nowS)
       return d.ok ? d : this.#refused(req, d)
     }
-    if (record && credentialKind(record.spec) === 'password') {
-      decision = await this.#decidePassword(req, record, nowS)
+    if (kind === 'password') {
+      decision = await this.#decidePassword(req, record!, nowS)
       if (!decision.ok) return this.#refused(req, decision)
       // the state read again: a revoke may have landed while scrypt ran
       const after = rightsOf(this.#gw, this.#gw.registry.get(req.clientId), this.#gw.nowS())
       if (!after.ok) return this.#refused(req, after)
       return { ...decision, rights: after.rights }
     }
-    if (record && credentialKind(record.spec) === 'x509') {
+    if (kind === 'x509') {
       decision = { ok: false, reason: 'wrong-credential', detail: `device ${req.clientId} authenticates with a client certificate on the TLS listener` }
     } else if (req.password === undefined || req.password.length === 0) {
       decision = { ok: false, reason: 'malformed-token', detail: 'no password' }
@@ -286,8 +287,9 @@ export class DeviceAdmission {
   async #decideOffloaded(req: AdmissionRequest, token: ParsedJws, nowS: number): Promise<AdmissionDecision> {
     const pre = precheckToken(this.#gw, req.clientId, req.username, token, { jtis: this.#jtis, nowS })
     if (!pre.ok) return pre
-    this.stats.verifies += pre.keys.length
-    const key = await this.#pool!.verifyAny(pre.keys, token.signingInput, token.signature)
+    const keys = signingCandidates(pre.record, nowS)
+    this.stats.verifies += keys.length
+    const key = await this.#pool!.verifyAny(keys, token.signingInput, token.signature)
     if (key === null) return wrongKey(req.clientId, pre.record)
     const now = this.#gw.nowS()
     const record = this.#gw.registry.get(req.clientId)
@@ -333,9 +335,7 @@ export class DeviceAdmission {
     const now = performance.now()
     const last = this.#blockedChecks.get(deviceId)
     if (last !== undefined && now - last < 1000) return false
-    this.#blockedChecks.delete(deviceId)
     this.#blockedChecks.set(deviceId, now)
-    if (this.#blockedChecks.size > 10_000) this.#blockedChecks.delete(this.#blockedChecks.keys().next().value as string)
     return true
   }
 
@@ -374,9 +374,7 @@ export class DeviceAdmission {
       return
     }
     this.#logWindow.lines++
-    this.#refusalLog.delete(key)
     this.#refusalLog.set(key, { atMs: now, unlogged: 0 })
-    if (this.#refusalLog.size > REFUSAL_LOG_MEMORY) this.#refusalLog.delete(this.#refusalLog.keys().next().value as string)
     this.#log.info({ ...fields, ...(last?.unlogged ? { alsoSince: last.unlogged } : {}) }, `connect of ${req.clientId} refused (${reason}): ${detail}`)
   }
 

@@ -23,6 +23,7 @@
 // least recently touched dropped first.
 
 import type { AdmissionRefusal } from './admission.ts'
+import { BoundedMap } from '../runtime/bounded-map.ts'
 
 export interface AuthThrottleOptions {
   /** failures per client id within windowS that block the id (0: no per-id limit) */
@@ -113,31 +114,11 @@ export function hasTokenShape(password: Uint8Array | string | undefined, max = 1
   return dots === 2 && first >= 20
 }
 
-class BoundedMap<V> {
-  readonly #map = new Map<string, V>()
-  constructor(readonly max: number) {}
-  get(key: string): V | undefined {
-    return this.#map.get(key)
-  }
-  /** Set and mark most recently used, dropping the least recently used beyond the bound. */
-  set(key: string, value: V): void {
-    this.#map.delete(key)
-    this.#map.set(key, value)
-    if (this.#map.size > this.max) this.#map.delete(this.#map.keys().next().value as string)
-  }
-  delete(key: string): void {
-    this.#map.delete(key)
-  }
-  get size(): number {
-    return this.#map.size
-  }
-}
-
 export class AuthThrottle {
   readonly #opts: AuthThrottleOptions
   readonly #nowS: () => number
-  readonly #clients: BoundedMap<Counter>
-  readonly #addresses: BoundedMap<Counter>
+  readonly #clients: BoundedMap<string, Counter>
+  readonly #addresses: BoundedMap<string, Counter>
   /** attempts refused by a block before any parsing, by scope */
   readonly refused = { client: 0, address: 0 }
 
@@ -187,7 +168,7 @@ export class AuthThrottle {
     return { clients: this.#clients.size, addresses: this.#addresses.size }
   }
 
-  #count(map: BoundedMap<Counter>, key: string, limit: number, now: number): void {
+  #count(map: BoundedMap<string, Counter>, key: string, limit: number, now: number): void {
     if (limit <= 0) return
     let e = map.get(key)
     if (!e || now - e.startS >= this.#opts.windowS) e = { startS: now, failures: 0, blockedUntilS: e && e.blockedUntilS > now ? e.blockedUntilS : 0 }

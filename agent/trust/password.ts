@@ -6,6 +6,7 @@
 // password that verified is remembered as an HMAC under a key of this
 // process, never as itself.
 import { createHmac, randomBytes, scrypt, timingSafeEqual } from 'node:crypto'
+import { BoundedMap } from '../runtime/bounded-map.ts'
 
 export interface PhcScrypt {
   ln: number
@@ -51,10 +52,9 @@ export async function verifyPassword(phc: string, password: Uint8Array | string)
 /** Passwords that verified, as HMACs under a key that never leaves this process, by device and hash. */
 export class KnownPasswords {
   readonly #key = randomBytes(32)
-  readonly #known = new Map<string, Buffer>()
-  readonly #max: number
+  readonly #known: BoundedMap<string, Buffer>
   constructor(max = 100_000) {
-    this.#max = max
+    this.#known = new BoundedMap(max)
   }
   #mac(phc: string, password: Uint8Array | string): Buffer {
     return createHmac('sha256', this.#key).update(phc).update('\0').update(password).digest()
@@ -65,8 +65,6 @@ export class KnownPasswords {
     return m !== undefined && timingSafeEqual(m, this.#mac(phc, password))
   }
   remember(deviceId: string, phc: string, password: Uint8Array | string): void {
-    this.#known.delete(deviceId)
     this.#known.set(deviceId, this.#mac(phc, password))
-    if (this.#known.size > this.#max) this.#known.delete(this.#known.keys().next().value as string)
   }
 }

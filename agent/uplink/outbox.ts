@@ -7,6 +7,7 @@ import { utf8 } from '../../wire/base64url.ts'
 import { newJti } from '../../wire/ids.ts'
 import { assembleJws, jwsSigningInput } from '../../wire/jws.ts'
 import type { CryptoPool } from '../runtime/crypto-pool.ts'
+import { BoundedMap } from '../runtime/bounded-map.ts'
 import { EVENT_SEQ_KEY } from '../store/audit.ts'
 import { signJws } from '../store/jws.ts'
 import { seqKey, type Store, type WriteOp, prefixEnd } from '../store/store.ts'
@@ -40,7 +41,7 @@ export class Outbox {
    * parsing) the store again; what is not here (after a restart, or past
    * the bound in a long outage) is read from the store.
    */
-  readonly #recent = new Map<number, StoredEvent>()
+  readonly #recent = new BoundedMap<number, StoredEvent>(RECENT_MAX)
 
   private constructor(gateway: string, key: KeyObject, seq: number, unacked: Set<number>) {
     this.#gateway = gateway
@@ -86,20 +87,13 @@ export class Outbox {
       data: input.data,
     }
     this.#unacked.add(seq)
-    const keep = (e: StoredEvent): void => {
-      this.#recent.set(seq, e)
-      if (this.#recent.size > RECENT_MAX) this.#recent.delete(this.#recent.keys().next().value as number)
-    }
+    // signed now, inline; on the pool, its JWS is filled in once made
+    const event: StoredEvent = { seq, type: input.type, jws: this.#pool ? '' : signJws(this.#key, this.#gateway, claims) }
+    this.#recent.set(seq, event)
     const seqOp: WriteOp = { type: 'put', key: EVENT_SEQ_KEY, value: String(seq) }
-    if (!this.#pool) {
-      const event = { seq, type: input.type, jws: signJws(this.#key, this.#gateway, claims) }
-      keep(event)
-      return { event, ops: [{ type: 'put', key: seqKey(EVENT_PREFIX, seq), value: JSON.stringify(event) }, seqOp], ready: null }
-    }
-    const input_ = jwsSigningInput(this.#gateway, claims)
-    const event: StoredEvent = { seq, type: input.type, jws: '' }
-    keep(event)
-    const ready = this.#pool.sign(utf8(input_)).then((sig) => void (event.jws = assembleJws(input_, sig)))
+    if (!this.#pool) return { event, ops: [{ type: 'put', key: seqKey(EVENT_PREFIX, seq), value: JSON.stringify(event) }, seqOp], ready: null }
+    const signingInput = jwsSigningInput(this.#gateway, claims)
+    const ready = this.#pool.sign(utf8(signingInput)).then((sig) => void (event.jws = assembleJws(signingInput, sig)))
     return {
       event,
       ops: [

@@ -8,7 +8,7 @@
 // tokens, webhooks; implies every other scope).
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
 import { b64urlEncode } from '../../wire/base64url.ts'
-import type { Clock } from '../runtime/clock.ts'
+import { iso, type Clock } from '../runtime/clock.ts'
 import { badRequest, CpError } from '../runtime/errors.ts'
 import type { Database } from '../storage/database.ts'
 
@@ -73,7 +73,6 @@ export class Tokens {
     const rows = await this.#db.query<{ id: string; name: string; scopes: string[]; created_at: number; revoked_at: number | null; last_used_at: number | null }>(
       'SELECT id, name, scopes, created_at, revoked_at, last_used_at FROM tokens ORDER BY created_at',
     )
-    const iso = (v: number | null): string | null => (v === null ? null : new Date(v).toISOString())
     return rows.map((r) => ({ id: r.id, name: r.name, scopes: r.scopes, createdAt: iso(r.created_at), revokedAt: iso(r.revoked_at), lastUsedAt: iso(r.last_used_at) }))
   }
 

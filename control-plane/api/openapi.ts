@@ -13,7 +13,9 @@
 import { writeFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { stringify } from 'yaml'
+import { ID_PATTERN, JTI_PATTERN } from '../../wire/ids.ts'
 import { ALERT_KINDS } from '../fleet/alerts.ts'
+import { EVENT_TYPE } from '../intake/verify-event.ts'
 import { DEVICE_ACTIONS, OPS } from '../commands/spec.ts'
 import { WEBHOOK_EVENTS } from '../outward/webhooks.ts'
 import { CP_ERRORS } from '../runtime/errors.ts'
@@ -32,8 +34,8 @@ const obj = (properties: Record<string, Json>, required: string[] = Object.keys(
 const list = (item: Json, withNext = false): Json =>
   obj({ items: { type: 'array', items: item }, ...(withNext ? { next: nullable({ type: ['string', 'integer'], description: 'give it as `after` for the next page; null on the last page' }) } : {}) })
 
-const ID = '^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$'
-const JTI = '^[A-Za-z0-9._:-]{1,64}$'
+const ID = ID_PATTERN.source
+const JTI = JTI_PATTERN.source
 
 const pathParam = (name: string, description: string, schema: Json = str(undefined, { pattern: ID })): Json => ({ name, in: 'path', required: true, description, schema })
 const query = (name: string, description: string, schema: Json = str()): Json => ({ name, in: 'query', required: false, description, schema })
@@ -43,7 +45,7 @@ const q = {
   site: query('site', 'only this site', str(undefined, { pattern: ID })),
   gateway: query('gateway', 'only this gateway', str(undefined, { pattern: ID })),
   device: query('device', 'only this device', str(undefined, { pattern: ID })),
-  type: query('type', 'only events of this type (e.g. device.state, cmd.completed)', str(undefined, { pattern: '^[a-z][a-z0-9.-]{0,63}$' })),
+  type: query('type', 'only events of this type (e.g. device.state, cmd.completed)', str(undefined, { pattern: EVENT_TYPE.source })),
 }
 
 const json = (schema: Json, description: string): Json => ({ description, content: { 'application/json': { schema } } })

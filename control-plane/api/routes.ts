@@ -10,11 +10,12 @@ import { exportRows, EXPORT_COLUMNS, csvLine } from '../evidence/export.ts'
 import { offboarding } from '../evidence/offboarding.ts'
 import { deviceTimeline, eventView, type EventRow } from '../evidence/timeline.ts'
 import { ALERT_KINDS, alertView } from '../fleet/alerts.ts'
+import { EVENT_TYPE } from '../intake/verify-event.ts'
 import { fleetView } from '../fleet/fleet-view.ts'
 import type { GatewayRow, Registry } from '../fleet/registry.ts'
 import type { CpMetrics } from '../outward/metrics.ts'
 import { createWebhook, disableWebhook } from '../outward/webhooks.ts'
-import type { Clock } from '../runtime/clock.ts'
+import { iso, type Clock } from '../runtime/clock.ts'
 import { badRequest, CpError } from '../runtime/errors.ts'
 import type { Database } from '../storage/database.ts'
 import type { Tokens } from './auth.ts'
@@ -34,8 +35,6 @@ export interface ApiServices {
   kick(): void
   readiness(): { ready: boolean; detail: Record<string, unknown> }
 }
-
-const iso = (v: number | null | undefined): string | null => (v === null || v === undefined ? null : new Date(Number(v)).toISOString())
 
 function gatewayView(g: GatewayRow): Record<string, unknown> {
   return {
@@ -107,6 +106,12 @@ const optId = (q: URLSearchParams, name: string): string | undefined => {
   if (v === null) return undefined
   if (!isId(v)) throw badRequest(`${name} must be an identifier`)
   return v
+}
+
+const optType = (q: URLSearchParams): string | null => {
+  const type = q.get('type')
+  if (type !== null && !EVENT_TYPE.test(type)) throw badRequest('type must be an event type')
+  return type
 }
 
 /** The API document, built on first use. */
@@ -233,8 +238,7 @@ export function apiRoutes(s: ApiServices): Route[] {
     r('GET', '/v1/events', 'audit', async (ctx) => {
       const q = ctx.query
       const limit = intParam(q, 'limit', 500, 1, 10_000)
-      const type = q.get('type')
-      if (type !== null && !/^[a-z][a-z0-9.-]{0,63}$/.test(type)) throw badRequest('type must be an event type')
+      const type = optType(q)
       const rows = await s.db.query<EventRow>(
         `SELECT * FROM events WHERE id > $1 AND ($2::text IS NULL OR site = $2) AND ($3::text IS NULL OR gateway = $3) AND ($4::text IS NULL OR device_id = $4) AND ($5::text IS NULL OR type = $5) ORDER BY id LIMIT $6`,
         [intParam(q, 'after', 0, 0, Number.MAX_SAFE_INTEGER), optId(q, 'site') ?? null, optId(q, 'gateway') ?? null, optId(q, 'device') ?? null, type, limit],
@@ -244,15 +248,8 @@ export function apiRoutes(s: ApiServices): Route[] {
     ...(['jsonl', 'csv'] as const).map((format) =>
       r('GET', `/v1/export/events.${format}`, 'audit', async (ctx) => {
         const q = ctx.query
-        const type = q.get('type')
-        if (type !== null && !/^[a-z][a-z0-9.-]{0,63}$/.test(type)) throw badRequest('type must be an event type')
-        const filter = {
-          ...(optId(q, 'site') !== undefined ? { site: optId(q, 'site')! } : {}),
-          ...(optId(q, 'gateway') !== undefined ? { gateway: optId(q, 'gateway')! } : {}),
-          ...(optId(q, 'device') !== undefined ? { deviceId: optId(q, 'device')! } : {}),
-          ...(type !== null ? { type } : {}),
-          afterId: intParam(q, 'after', 0, 0, Number.MAX_SAFE_INTEGER),
-        }
+        const type = optType(q)
+        const filter = { site: optId(q, 'site'), gateway: optId(q, 'gateway'), deviceId: optId(q, 'device'), type: type ?? undefined, afterId: intParam(q, 'after', 0, 0, Number.MAX_SAFE_INTEGER) }
         const db = s.db
         async function* lines(): AsyncGenerator<string> {
           if (format === 'csv') yield csvLine(EXPORT_COLUMNS)

@@ -5,12 +5,13 @@
 // enroll a new device or ask a gateway's inventory).
 import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
+import { FINAL_STATES } from '../commands/command-store.ts'
 import { ApiClient, ApiError } from './api-client.ts'
+import { bindValues, out } from './args.ts'
 
 class CtlUsage extends Error {}
 
-const FINAL = new Set(['completed', 'failed', 'rejected', 'expired', 'superseded', 'reissued'])
-const out = (s: string): void => void process.stdout.write(s.endsWith('\n') ? s : `${s}\n`)
+const FINAL = new Set<string>(FINAL_STATES)
 
 const OPTIONS = {
   'control-plane': { type: 'string' },
@@ -24,17 +25,6 @@ const OPTIONS = {
   args: { type: 'string' },
   'idempotency-key': { type: 'string' },
 } as const
-
-function bind(args: string[]): string[] {
-  const out: string[] = []
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i]!
-    const name = a.startsWith('--') && !a.includes('=') ? a.slice(2) : null
-    if (name !== null && (OPTIONS as Record<string, { type: string }>)[name]?.type === 'string' && i + 1 < args.length) out.push(`${a}=${args[++i]!}`)
-    else out.push(a)
-  }
-  return out
-}
 
 function jsonObject(text: string | undefined, what: string): Record<string, unknown> {
   if (text === undefined) return {}
@@ -88,7 +78,7 @@ export async function runCtlViaService(argv: string[]): Promise<number> {
     if (sub !== 'send' && sub !== 'bulk') throw new CtlUsage(`ctl ${sub ?? ''} --control-plane: only send and bulk go through the service (watch the fleet at its page or GET /v1/events)`.trim())
     let parsed
     try {
-      parsed = parseArgs({ args: bind(rest), options: OPTIONS, strict: true, allowPositionals: true })
+      parsed = parseArgs({ args: bindValues(rest, OPTIONS), options: OPTIONS, strict: true, allowPositionals: true })
     } catch (err) {
       throw new CtlUsage((err as Error).message)
     }

@@ -13,6 +13,7 @@ import { CpError, isCpError } from '../runtime/errors.ts'
 import { openDatabase, startControlPlane } from '../service.ts'
 import { lockDataDir } from '../storage/data-dir-lock.ts'
 import { migrate } from '../storage/migrations.ts'
+import { bindValues, out } from './args.ts'
 
 export class CpUsageError extends Error {}
 
@@ -31,21 +32,11 @@ Options (each also an EDGEWARDEN_CP_* variable, e.g. EDGEWARDEN_CP_BROKER_PASSWO
 ${OPTIONS.map((o) => `  --${o.flag.padEnd(18)} ${o.doc}${o.default !== undefined ? ` (default ${o.default})` : ''}`).join('\n')}
 `
 
-const out = (s: string): void => void process.stdout.write(s.endsWith('\n') ? s : `${s}\n`)
-
 function flagsOf(args: string[], extra: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }> = {}) {
   const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }> = { ...extra }
   for (const o of OPTIONS) options[o.flag] = { type: 'string' }
-  // `--flag value` as `--flag=value`: a value may start with a dash (a base64url key does, one in 64).
-  const bound: string[] = []
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i]!
-    const name = a.startsWith('--') && !a.includes('=') ? a.slice(2) : null
-    if (name !== null && options[name]?.type === 'string' && i + 1 < args.length) bound.push(`${a}=${args[++i]!}`)
-    else bound.push(a)
-  }
   try {
-    return parseArgs({ args: bound, options, strict: true, allowPositionals: true })
+    return parseArgs({ args: bindValues(args, options), options, strict: true, allowPositionals: true })
   } catch (err) {
     throw new CpUsageError((err as Error).message)
   }

@@ -6,12 +6,11 @@
 // decisions it forgot (rollback.ts). Every transition is a command_history
 // row, with the event that caused it.
 import type { Clock } from '../runtime/clock.ts'
-import { nowS } from '../runtime/clock.ts'
+import { iso, nowS } from '../runtime/clock.ts'
 import type { Row, Sql } from '../storage/database.ts'
 import type { CommandSigner } from './signer.ts'
 import type { CommandSpec } from './spec.ts'
 
-export const OPEN_STATES = ['queued', 'sent'] as const
 export const FINAL_STATES = ['completed', 'failed', 'rejected', 'expired', 'superseded', 'reissued'] as const
 export const RANK: Record<string, number> = { queued: 0, sent: 1, accepted: 2, completed: 3, failed: 3, rejected: 3, expired: 3, superseded: 3, reissued: 3 }
 
@@ -84,8 +83,6 @@ export async function insertCommands(
   return out
 }
 
-const iso = (ms: number | null | undefined): string | null => (ms === null || ms === undefined ? null : new Date(Number(ms)).toISOString())
-
 /** A device record's password hash is not secret, but it is not for every reader either. */
 function redactArgs(args: Record<string, unknown>): Record<string, unknown> {
   const d = args.device as Record<string, unknown> | undefined
@@ -128,5 +125,3 @@ export function commandView(c: CommandRow, gw?: { online: boolean | null }): Rec
     reissuedAs: c.reissued_as,
   }
 }
-
-export { iso }

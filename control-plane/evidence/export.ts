@@ -8,10 +8,10 @@ import type { EventRow } from './timeline.ts'
 export const EXPORT_COLUMNS = ['id', 'site', 'gateway', 'gatewayPublicKey', 'epoch', 'seq', 'type', 'jti', 'iat', 'deviceId', 'commandJti', 'receivedAt', 'jws'] as const
 
 export interface ExportFilter {
-  site?: string
-  gateway?: string
-  deviceId?: string
-  type?: string
+  site?: string | undefined
+  gateway?: string | undefined
+  deviceId?: string | undefined
+  type?: string | undefined
   afterId?: number
 }
 

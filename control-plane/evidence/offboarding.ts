@@ -5,7 +5,8 @@
 // events verbatim (JWS) with the gateway's pinned key, so whoever reads it
 // can check it without trusting this service.
 import type { CommandRow } from '../commands/command-store.ts'
-import { commandView, iso, waitingReason } from '../commands/command-store.ts'
+import { commandView, waitingReason } from '../commands/command-store.ts'
+import { iso } from '../runtime/clock.ts'
 import { CpError } from '../runtime/errors.ts'
 import type { Database } from '../storage/database.ts'
 import type { EventRow } from './timeline.ts'

@@ -2,6 +2,7 @@
 // second instance, or a second sight of the same thing, a no-op) and, for
 // the kinds a webhook may want, queued for the webhooks in the same
 // transaction.
+import { iso } from '../runtime/clock.ts'
 import type { Sql } from '../storage/database.ts'
 import { enqueueWebhook, type WebhookEvent } from '../outward/webhooks.ts'
 
@@ -55,7 +56,7 @@ export function alertView(r: Record<string, unknown>): Record<string, unknown> {
     deviceId: r.device_id,
     detail: r.detail,
     createdAt: new Date(Number(r.created_at)).toISOString(),
-    resolvedAt: r.resolved_at === null ? null : new Date(Number(r.resolved_at)).toISOString(),
+    resolvedAt: iso(r.resolved_at as number | null),
     eventId: r.event_id,
   }
 }

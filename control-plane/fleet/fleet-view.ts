@@ -2,11 +2,10 @@
 // and their gateways' status, devices by state across sites, open
 // retirements and their age, credentials expiring, residual-use alerts,
 // offboarding exceptions and the other open alerts.
-import type { Clock } from '../runtime/clock.ts'
+import { iso, type Clock } from '../runtime/clock.ts'
 import type { Database } from '../storage/database.ts'
 import { alertView } from './alerts.ts'
 
-const iso = (v: number | null | undefined): string | null => (v === null || v === undefined ? null : new Date(Number(v)).toISOString())
 const EXPIRING_WITHIN_S = 30 * 86_400
 
 export async function fleetView(db: Database, clock: Clock): Promise<Record<string, unknown>> {

@@ -15,9 +15,8 @@ import mqtt, { type IClientOptions, type MqttClient } from 'mqtt'
 import type { CpConfig } from '../runtime/config.ts'
 import type { Logger } from '../runtime/log.ts'
 import { maskUrl } from '../runtime/log.ts'
+import { EVENT_FILTER, STATUS_FILTER } from './topics.ts'
 
-export const STATUS_FILTER = 'edgewarden/v1/+/+/status'
-export const EVENT_FILTER = 'edgewarden/v1/+/+/evt'
 
 interface Slot {
   k: number
@@ -132,14 +131,15 @@ export class BrokerLink {
     // PUBACK only after the event is stored (mqtt.js sends it when `done` is called).
     client.handleMessage = (packet, done) => {
       if (slot.closing) return // never acknowledged: redelivered to the slot's next holder
-      const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : Buffer.from(packet.payload)
-      const work = this.#store(slot, packet.topic, payload, log).then((stored) => {
-        if (stored) done()
-      })
-      slot.current = work.finally(() => {
-        if (slot.current === tracked) slot.current = null
-      })
-      const tracked = slot.current
+      const payload = typeof packet.payload === 'string' ? Buffer.from(packet.payload) : packet.payload
+      const work: Promise<void> = this.#store(slot, packet.topic, payload, log)
+        .then((stored) => {
+          if (stored) done()
+        })
+        .finally(() => {
+          if (slot.current === work) slot.current = null
+        })
+      slot.current = work
     }
   }
 

@@ -10,7 +10,7 @@
 // Seq (PROTOCOL §3): from 1, +1 per event, across restarts. Events of one
 // gateway may arrive out of order (several intake sessions, re-sends after a
 // reconnect), so a missing seq is a gap only once it stayed missing for
-// --gap-grace (sweep.ts). Two different events at one seq, or a new event
+// --gap-grace (gap-sweep.ts). Two different events at one seq, or a new event
 // signed after the newest one at a seq already passed, mean a restored
 // gateway: rollback.ts.
 import { isId, isJti } from '../../wire/ids.ts'
@@ -23,6 +23,7 @@ import { enqueueWebhook } from '../outward/webhooks.ts'
 import type { Clock } from '../runtime/clock.ts'
 import type { Database, Sql } from '../storage/database.ts'
 import { applyRollback, type RollbackFinding } from './rollback.ts'
+import { gatewayOfTopic } from './topics.ts'
 import { verifyEvent, type VerifiedEvent } from './verify-event.ts'
 
 export type IngestOutcome =
@@ -37,8 +38,9 @@ export interface IngestHooks {
   onAlert?(kind: AlertKind): void
 }
 
-const EVT_TOPIC = /^edgewarden\/v1\/([^/]+)\/([^/]+)\/evt$/
 const STATES = new Set<string>(DEVICE_STATES)
+/** The events that answer a command (PROTOCOL §3), each naming its jti. */
+const ANSWERS = new Set(['cmd.accepted', 'cmd.rejected', 'cmd.duplicate', 'cmd.completed', 'cmd.failed'])
 
 /**
  * How much older (by iat) than the newest event seen an event below the
@@ -46,12 +48,6 @@ const STATES = new Set<string>(DEVICE_STATES)
  * out of order, not old history replayed.
  */
 const BASELINE_SLACK_S = 60
-
-export function parseEventTopic(topic: string): { site: string; gateway: string } | null {
-  const m = EVT_TOPIC.exec(topic)
-  if (!m || !isId(m[1]) || !isId(m[2])) return null
-  return { site: m[1]!, gateway: m[2]! }
-}
 
 export class Ingest {
   readonly #db: Database
@@ -71,7 +67,7 @@ export class Ingest {
   }
 
   async handle(topic: string, payload: Uint8Array): Promise<IngestOutcome> {
-    const where = parseEventTopic(topic)
+    const where = gatewayOfTopic(topic, 'evt')
     if (!where) return { kind: 'ignored', why: 'not an event topic' }
     const { site, gateway } = where
     const pinned = await this.#registry.keyOf(site, gateway)
@@ -135,14 +131,18 @@ export class Ingest {
       g = (await q.query<GatewayRow>('SELECT * FROM gateways WHERE site = $1 AND id = $2', [site, gateway]))[0]!
     }
 
-    const id = await this.#insert(q, site, gateway, g.epoch, ev, now)
+    // An answer is stored naming the device of the command it answers, should it not name one itself.
+    const answering = ANSWERS.has(ev.type) && isJti(ev.data.jti) ? await this.#commandOf(q, g, ev.data.jti) : null
+    const id = await this.#insert(q, site, gateway, g.epoch, ev, now, answering?.device_id ?? null)
     await this.#advance(q, g, ev, now)
-    const answered = await this.#apply(q, g, ev, id, now)
+    let answered = false
+    if (answering) answered = await this.#answer(q, g, ev, answering, id, now)
+    else if (!ANSWERS.has(ev.type)) await this.#apply(q, g, ev, id, now)
     return { kind: 'stored', eventId: id, type: ev.type, answered, rollback: finding !== null }
   }
 
-  async #insert(q: Sql, site: string, gateway: string, epoch: number, ev: VerifiedEvent, now: number): Promise<number> {
-    const deviceId = isId(ev.data.deviceId) ? ev.data.deviceId : null
+  async #insert(q: Sql, site: string, gateway: string, epoch: number, ev: VerifiedEvent, now: number, commandDevice: string | null = null): Promise<number> {
+    const deviceId = isId(ev.data.deviceId) ? ev.data.deviceId : commandDevice
     const commandJti = ev.type.startsWith('cmd.') && isJti(ev.data.jti) ? ev.data.jti : null
     const rows = await q.query<{ id: number }>(
       `INSERT INTO events (site, gateway, epoch, seq, jti, type, iat, device_id, command_jti, jws, claims, received_at, received_by)
@@ -190,21 +190,15 @@ export class Ingest {
     )
   }
 
-  /** What the event says, applied; true when it answered an unanswered command (the window has room again). */
-  async #apply(q: Sql, g: GatewayRow, ev: VerifiedEvent, eventId: number, now: number): Promise<boolean> {
+  /** What an event other than a command's answer says, applied. */
+  async #apply(q: Sql, g: GatewayRow, ev: VerifiedEvent, eventId: number, now: number): Promise<void> {
     const d = ev.data
     const site = g.site
     const gateway = g.id
     switch (ev.type) {
-      case 'cmd.accepted':
-      case 'cmd.rejected':
-      case 'cmd.duplicate':
-      case 'cmd.completed':
-      case 'cmd.failed':
-        return isJti(d.jti) ? this.#answer(q, g, ev, eventId, now) : false
       case 'device.state':
         if (isId(d.deviceId) && STATES.has(d.to as string)) await this.#deviceState(q, g, ev, { id: d.deviceId, state: d.to as string })
-        return false
+        return
       case 'inventory':
         if (Array.isArray(d.devices)) {
           for (const x of d.devices as Record<string, unknown>[]) {
@@ -218,13 +212,13 @@ export class Ingest {
             })
           }
         }
-        return false
+        return
       case 'alert.residual-use':
         await raiseAlert(q, { kind: 'residual-use', site, gateway, deviceId: isId(d.deviceId) ? d.deviceId : null, detail: { ...d, seq: ev.seq }, dedupe: `event:${site}/${gateway}:${ev.jti}`, eventId }, now, this.#hooks.onAlert)
-        return false
+        return
       case 'credential.expiring':
       case 'credential.expired': {
-        if (!isId(d.deviceId)) return false
+        if (!isId(d.deviceId)) return
         const expired = ev.type === 'credential.expired'
         // an upsert: this event may be stored before the device.state that creates the row (events arrive in any order)
         if (Number.isSafeInteger(d.expiresAt))
@@ -239,19 +233,20 @@ export class Ingest {
           now,
           this.#hooks.onAlert,
         )
-        return false
       }
-      default:
-        return false
     }
   }
 
-  async #answer(q: Sql, g: GatewayRow, ev: VerifiedEvent, eventId: number, now: number): Promise<boolean> {
-    const d = ev.data
-    const c = (await q.query<CommandRow>('SELECT * FROM commands WHERE jti = $1 FOR UPDATE', [d.jti]))[0]
+  /** The command an answer is for, its row locked; null when it is not one of this gateway's. */
+  async #commandOf(q: Sql, g: GatewayRow, jti: string): Promise<CommandRow | null> {
+    const c = (await q.query<CommandRow>('SELECT * FROM commands WHERE jti = $1 FOR UPDATE', [jti]))[0]
     // Another control plane's command (ctl, a script): its events are evidence all the same.
-    if (!c || c.site !== g.site || c.gateway !== g.id) return false
-    if (c.device_id) await q.query('UPDATE events SET device_id = COALESCE(device_id, $2) WHERE id = $1', [eventId, c.device_id])
+    return c && c.site === g.site && c.gateway === g.id ? c : null
+  }
+
+  /** A command's answer applied to it; true when the command was unanswered (the window has room again). */
+  async #answer(q: Sql, g: GatewayRow, ev: VerifiedEvent, c: CommandRow, eventId: number, now: number): Promise<boolean> {
+    const d = ev.data
     // An answer from the history before a rollback says nothing of the round now under way.
     if (g.epoch < c.epoch) return false
     const dup = ev.type === 'cmd.duplicate'

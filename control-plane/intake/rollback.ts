@@ -62,13 +62,16 @@ export async function applyRollback(
     [g.site, g.id, g.epoch, restored],
   )
   const byDevice = new Map<string, CommandRow[]>()
-  for (const c of forgotten) byDevice.set(c.device_id ?? '', [...(byDevice.get(c.device_id ?? '') ?? []), c])
+  for (const c of forgotten) {
+    const list = byDevice.get(c.device_id ?? '')
+    if (list) list.push(c)
+    else byDevice.set(c.device_id ?? '', [c])
+  }
   const t = nowS(ctx.clock)
   const sendable = (c: CommandRow): boolean => c.exp + DEFAULT_CLOCK_SKEW_S > t + 60
   const result: RollbackResult = { epoch, requeued: [], reissued: [], superseded: [] }
   for (const list of byDevice.values()) {
-    let lastExpired = -1
-    list.forEach((c, i) => (sendable(c) ? null : (lastExpired = i)))
+    const lastExpired = list.findLastIndex((c) => !sendable(c))
     for (const [i, c] of list.entries()) {
       if (i > lastExpired) {
         await q.query(

@@ -22,11 +22,8 @@ import type { Clock } from '../runtime/clock.ts'
 import type { Logger } from '../runtime/log.ts'
 import type { Database } from '../storage/database.ts'
 import { applyRollback } from './rollback.ts'
-import { isId } from '../../wire/ids.ts'
+import { gatewayOfTopic } from './topics.ts'
 import { parseStatus, type GatewayStatus } from '../../wire/status.ts'
-export { parseStatus, type GatewayStatus }
-
-const STATUS_TOPIC = /^edgewarden\/v1\/([^/]+)\/([^/]+)\/status$/
 
 export class StatusWatch {
   readonly #db: Database
@@ -57,15 +54,15 @@ export class StatusWatch {
 
   /** Every status message this instance receives. */
   onMessage(topic: string, payload: Buffer): void {
-    const m = STATUS_TOPIC.exec(topic)
-    if (!m || !isId(m[1]) || !isId(m[2])) return
+    const where = gatewayOfTopic(topic, 'status')
+    if (!where) return
     // A cleared retained status (empty payload) says nothing.
     const s = parseStatus(payload.toString('utf8'))
     if (!s) return
-    const key = `${m[1]}/${m[2]}`
+    const key = `${where.site}/${where.gateway}`
     const before = this.#latest.get(key)
     const carriesHistory = s.seq !== undefined || s.audit !== undefined
-    this.#latest.set(key, { site: m[1]!, gateway: m[2]!, status: s, history: carriesHistory ? s : (before?.history ?? null) })
+    this.#latest.set(key, { ...where, status: s, history: carriesHistory ? s : (before?.history ?? null) })
     if (this.#leader) this.#evaluate(key)
   }
 

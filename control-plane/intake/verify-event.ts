@@ -22,6 +22,9 @@ export type EventRefusal = 'malformed' | 'bad-alg' | 'wrong-kid' | 'bad-signatur
 
 export type EventVerdict = { ok: true; event: VerifiedEvent } | { ok: false; reason: EventRefusal; detail: string }
 
+/** An event's type (PROTOCOL §3): device.state, cmd.completed, … */
+export const EVENT_TYPE = /^[a-z][a-z0-9.-]{0,63}$/
+
 const refuse = (reason: EventRefusal, detail: string): EventVerdict => ({ ok: false, reason, detail })
 
 export function verifyEvent(payload: Uint8Array | string, gatewayId: string, key: KeyObject): EventVerdict {
@@ -42,7 +45,7 @@ export function verifyEvent(payload: Uint8Array | string, gatewayId: string, key
   if (!isJti(c.jti)) return refuse('bad-claims', 'jti missing or not 1-64 of [A-Za-z0-9._:-]')
   if (!Number.isSafeInteger(c.seq) || (c.seq as number) < 1) return refuse('bad-claims', 'seq is not a positive integer')
   if (!Number.isSafeInteger(c.iat) || (c.iat as number) < 0) return refuse('bad-claims', 'iat is not an integer')
-  if (typeof c.type !== 'string' || !/^[a-z][a-z0-9.-]{0,63}$/.test(c.type)) return refuse('bad-claims', 'type is not an event type')
+  if (typeof c.type !== 'string' || !EVENT_TYPE.test(c.type)) return refuse('bad-claims', 'type is not an event type')
   const data = c.data ?? {}
   if (typeof data !== 'object' || data === null || Array.isArray(data)) return refuse('bad-claims', 'data is not an object')
   const jws = typeof payload === 'string' ? payload : Buffer.from(payload).toString('utf8')

@@ -44,38 +44,26 @@ export function createMetrics(db: Database, o: { instanceId: string; slots: () =
     leader: new Gauge({ name: 'edgewarden_cp_leader', help: '1 when this instance holds the re-send loop', registers: r, collect() { this.set(o.leader() ? 1 : 0) } }),
     slots: new Gauge({ name: 'edgewarden_cp_intake_slots', help: 'Intake sessions this instance holds and has connected', registers: r, collect() { this.set(o.slots()) } }),
   }
-  new Gauge({
-    name: 'edgewarden_cp_commands',
-    help: 'Commands by state, fleet-wide (queued and sent are waiting for an answer)',
-    labelNames: ['state'],
-    registers: r,
-    async collect() {
-      this.reset()
-      const rows = await db.query<{ state: string; n: number }>('SELECT state, COUNT(*) AS n FROM commands GROUP BY state').catch(() => [])
-      for (const x of rows) this.set({ state: x.state }, Number(x.n))
-    },
-  })
-  new Gauge({
-    name: 'edgewarden_cp_gateways',
-    help: 'Registered gateways by what their status says (online, offline, unknown)',
-    labelNames: ['status'],
-    registers: r,
-    async collect() {
-      this.reset()
-      const rows = await db.query<{ s: string; n: number }>("SELECT CASE WHEN online THEN 'online' WHEN online = false THEN 'offline' ELSE 'unknown' END AS s, COUNT(*) AS n FROM gateways GROUP BY 1").catch(() => [])
-      for (const x of rows) this.set({ status: x.s }, Number(x.n))
-    },
-  })
-  new Gauge({
-    name: 'edgewarden_cp_alerts_open',
-    help: 'Unresolved alerts, fleet-wide, by kind',
-    labelNames: ['kind'],
-    registers: r,
-    async collect() {
-      this.reset()
-      const rows = await db.query<{ kind: string; n: number }>('SELECT kind, COUNT(*) AS n FROM alerts WHERE resolved_at IS NULL GROUP BY kind').catch(() => [])
-      for (const x of rows) this.set({ kind: x.kind }, Number(x.n))
-    },
-  })
+  /** A gauge of fleet-wide counts, read at scrape time: `sql` returns rows of (k: the label's value, n). */
+  const counted = (name: string, help: string, label: string, sql: string): void =>
+    void new Gauge({
+      name,
+      help,
+      labelNames: [label],
+      registers: r,
+      async collect() {
+        this.reset()
+        const rows = await db.query<{ k: string; n: number }>(sql).catch(() => [])
+        for (const x of rows) this.set({ [label]: x.k }, Number(x.n))
+      },
+    })
+  counted('edgewarden_cp_commands', 'Commands by state, fleet-wide (queued and sent are waiting for an answer)', 'state', 'SELECT state AS k, COUNT(*) AS n FROM commands GROUP BY state')
+  counted(
+    'edgewarden_cp_gateways',
+    'Registered gateways by what their status says (online, offline, unknown)',
+    'status',
+    "SELECT CASE WHEN online THEN 'online' WHEN online = false THEN 'offline' ELSE 'unknown' END AS k, COUNT(*) AS n FROM gateways GROUP BY 1",
+  )
+  counted('edgewarden_cp_alerts_open', 'Unresolved alerts, fleet-wide, by kind', 'kind', 'SELECT kind AS k, COUNT(*) AS n FROM alerts WHERE resolved_at IS NULL GROUP BY kind')
   return m
 }

@@ -8,16 +8,5 @@ export const systemClock: Clock = { nowMs: () => Date.now() }
 
 export const nowS = (clock: Clock): number => Math.floor(clock.nowMs() / 1000)
 
-/** A clock the test moves by hand. */
-export class ManualClock implements Clock {
-  #t: number
-  constructor(startMs = Date.UTC(2026, 0, 1)) {
-    this.#t = startMs
-  }
-  nowMs(): number {
-    return this.#t
-  }
-  advance(ms: number): void {
-    this.#t += ms
-  }
-}
+/** A stored time (ms since the epoch) as the API gives it: ISO 8601, or null. */
+export const iso = (ms: number | null | undefined): string | null => (ms === null || ms === undefined ? null : new Date(Number(ms)).toISOString())

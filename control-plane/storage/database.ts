@@ -6,6 +6,7 @@
 // Error contract: every method rejects with CpError CP_DATABASE when the
 // engine fails (connection lost, statement refused); a unique violation keeps
 // its SQLSTATE in `pgCode` ('23505') so callers can tell a race from a fault.
+import { CpError } from '../runtime/errors.ts'
 
 export type Row = Record<string, unknown>
 
@@ -46,4 +47,19 @@ export const LOCK_LEADER = 2
 /** intake slot k is LOCK_SLOT_BASE + k */
 export const LOCK_SLOT_BASE = 100
 
-export const isUniqueViolation = (err: unknown): boolean => (err as { pgCode?: string })?.pgCode === '23505'
+/** An engine's failure as CP_DATABASE, its SQLSTATE kept in `pgCode`. */
+export function databaseError(err: unknown): CpError {
+  const e = err as { message?: string; code?: string }
+  const c = new CpError('CP_DATABASE', `database: ${e?.message ?? String(err)}`, { cause: err })
+  if (typeof e?.code === 'string') Object.assign(c, { pgCode: e.code })
+  return c
+}
+
+/** `run`, rejecting with databaseError when the engine fails. */
+export async function guarded<T>(run: () => Promise<T>): Promise<T> {
+  try {
+    return await run()
+  } catch (err) {
+    throw databaseError(err)
+  }
+}

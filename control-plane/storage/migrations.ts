@@ -223,12 +223,3 @@ export async function migrate(db: Database, nowMs: number): Promise<{ applied: n
     return { applied }
   })
 }
-
-/** The schema as the database describes it (tables, columns, types, nullability): the same on both engines. */
-export async function describeSchema(db: Database): Promise<string[]> {
-  const rows = await db.query<{ t: string; c: string; d: string; n: string }>(
-    `SELECT table_name AS t, column_name AS c, data_type AS d, is_nullable AS n FROM information_schema.columns
-      WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position`,
-  )
-  return rows.map((r) => `${r.t}.${r.c} ${r.d}${r.n === 'NO' ? ' not null' : ''}`)
-}

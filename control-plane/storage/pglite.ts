@@ -5,48 +5,22 @@
 import { mkdirSync } from 'node:fs'
 import { PGlite, type Transaction } from '@electric-sql/pglite'
 import { CpError } from '../runtime/errors.ts'
-import type { Database, LockSession, Row, Sql } from './database.ts'
-
-function wrap(err: unknown): CpError {
-  const e = err as { message?: string; code?: string }
-  const c = new CpError('CP_DATABASE', `database: ${e?.message ?? String(err)}`, { cause: err })
-  if (typeof e?.code === 'string') Object.assign(c, { pgCode: e.code })
-  return c
-}
+import { databaseError, guarded, type Database, type LockSession, type Row, type Sql } from './database.ts'
 
 function sqlOf(target: PGlite | Transaction): Sql {
   return {
-    async query<R = Row>(text: string, params: readonly unknown[] = []): Promise<R[]> {
-      try {
-        return (await target.query<R>(text, params as unknown[])).rows
-      } catch (err) {
-        throw wrap(err)
-      }
-    },
-    async exec(text: string): Promise<void> {
-      try {
-        await target.exec(text)
-      } catch (err) {
-        throw wrap(err)
-      }
-    },
+    query: async <R = Row>(text: string, params: readonly unknown[] = []): Promise<R[]> => (await guarded(() => target.query<R>(text, params as unknown[]))).rows,
+    exec: async (text: string): Promise<void> => void (await guarded(() => target.exec(text))),
   }
 }
 
 export async function openPglite(dir: string): Promise<Database> {
   mkdirSync(dir, { recursive: true, mode: 0o700 })
-  let db: PGlite
-  try {
-    db = await PGlite.create(dir)
-  } catch (err) {
-    throw wrap(err)
-  }
-  const base = sqlOf(db)
+  const db = await guarded(() => PGlite.create(dir))
   let closed = false
-  const lostListeners: ((err: Error) => void)[] = []
   return {
     kind: 'pglite',
-    ...base,
+    ...sqlOf(db),
     async tx<T>(fn: (q: Sql) => Promise<T>): Promise<T> {
       let inner: unknown = null
       try {
@@ -60,29 +34,20 @@ export async function openPglite(dir: string): Promise<Database> {
         })
       } catch (err) {
         if (err === inner) throw err
-        throw wrap(err)
+        throw databaseError(err)
       }
     },
     async lockSession(): Promise<LockSession> {
-      const held = new Set<number>()
       return {
-        async tryLock(key) {
-          if (closed) return false
-          held.add(key)
-          return true
+        async tryLock() {
+          return !closed
         },
-        async unlock(key) {
-          held.delete(key)
-        },
+        async unlock() {},
         async ping() {
           if (closed) throw new CpError('CP_DATABASE', 'database closed')
         },
-        onLost(fn) {
-          lostListeners.push(fn)
-        },
-        async close() {
-          held.clear()
-        },
+        onLost() {},
+        async close() {},
       }
     },
     async close() {

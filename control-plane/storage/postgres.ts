@@ -6,7 +6,7 @@
 import pg from 'pg'
 import { CpError } from '../runtime/errors.ts'
 import { maskUrl } from '../runtime/log.ts'
-import { LOCK_CLASS, type Database, type LockSession, type Row, type Sql } from './database.ts'
+import { databaseError, guarded, LOCK_CLASS, type Database, type LockSession, type Row, type Sql } from './database.ts'
 
 const INT8 = 20
 const types = {
@@ -16,29 +16,10 @@ const types = {
   },
 } as pg.CustomTypesConfig
 
-function wrap(err: unknown): CpError {
-  const e = err as { message?: string; code?: string }
-  const c = new CpError('CP_DATABASE', `database: ${e?.message ?? String(err)}`, { cause: err })
-  if (typeof e?.code === 'string') Object.assign(c, { pgCode: e.code })
-  return c
-}
-
 function sqlOf(target: pg.Pool | pg.PoolClient | pg.Client): Sql {
   return {
-    async query<R = Row>(text: string, params: readonly unknown[] = []): Promise<R[]> {
-      try {
-        return (await target.query(text, params as unknown[])).rows as R[]
-      } catch (err) {
-        throw wrap(err)
-      }
-    },
-    async exec(text: string): Promise<void> {
-      try {
-        await target.query(text)
-      } catch (err) {
-        throw wrap(err)
-      }
-    },
+    query: async <R = Row>(text: string, params: readonly unknown[] = []): Promise<R[]> => (await guarded(() => target.query(text, params as unknown[]))).rows as R[],
+    exec: async (text: string): Promise<void> => void (await guarded(() => target.query(text))),
   }
 }
 
@@ -59,12 +40,7 @@ export async function openPostgres(url: string, opts: { max?: number; applicatio
     kind: 'postgres',
     ...sqlOf(pool),
     async tx<T>(fn: (q: Sql) => Promise<T>): Promise<T> {
-      let client: pg.PoolClient
-      try {
-        client = await pool.connect()
-      } catch (err) {
-        throw wrap(err)
-      }
+      const client = await guarded(() => pool.connect())
       let broken = false
       try {
         await client.query('BEGIN')
@@ -77,7 +53,7 @@ export async function openPostgres(url: string, opts: { max?: number; applicatio
         } catch {
           broken = true
         }
-        throw err instanceof CpError ? err : wrap(err)
+        throw err instanceof CpError ? err : databaseError(err)
       } finally {
         client.release(broken)
       }
@@ -93,11 +69,7 @@ export async function openPostgres(url: string, opts: { max?: number; applicatio
       }
       client.on('error', (err) => lose(err))
       client.on('end', () => lose(new Error('lock session ended')))
-      try {
-        await client.connect()
-      } catch (err) {
-        throw wrap(err)
-      }
+      await guarded(() => client.connect())
       sessions.add(client)
       const q = async (text: string, params: unknown[]): Promise<Row[]> => {
         if (lost) throw new CpError('CP_DATABASE', `lock session lost: ${(lost as Error).message}`)
@@ -106,7 +78,7 @@ export async function openPostgres(url: string, opts: { max?: number; applicatio
         } catch (err) {
           // A query error on a broken connection means the session (and its locks) may be gone.
           if (!(err as { code?: string }).code) lose(err as Error)
-          throw wrap(err)
+          throw databaseError(err)
         }
       }
       return {

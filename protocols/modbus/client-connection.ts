@@ -220,14 +220,17 @@ export class ClientConnection {
     // write() says false at the socket's high-water mark: wait for 'drain' before writing or reading more. Our
     // own bound may lie below that mark (Node 22 raised the default to 64 KiB): then write() says true and no
     // 'drain' comes, so this write's callback (the bytes handed to the kernel) is what ends the wait.
-    const ok = this.socket.write(batch, () => {
-      if (this.#needDrain && !this.#closed && this.socket.writableLength < this.#opts.maxBufferedBytes) {
-        this.#needDrain = false
-        this.#pump()
-      }
-    })
+    const ok = this.socket.write(batch, this.#written)
     if (!ok || this.socket.writableLength >= this.#opts.maxBufferedBytes) this.#needDrain = true
     this.#touch()
+  }
+
+  /** A write's callback, one for every write (made once: this is the per-request path). */
+  readonly #written = (): void => {
+    if (this.#needDrain && !this.#closed && this.socket.writableLength < this.#opts.maxBufferedBytes) {
+      this.#needDrain = false
+      this.#pump()
+    }
   }
 
   #onIdle(): void {

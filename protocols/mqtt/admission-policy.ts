@@ -142,7 +142,7 @@ export class MqttAdmissionPolicy {
     const id = client?.id ?? packet.clientId
     if (id === undefined) return done(new Error('publish not authorized'))
     const record = this.#gw.registry.get(id)
-    const rights = client ? this.#rights(client, record) : currentRights(this.#gw, record)
+    const rights = this.#rights(client, record)
     if (rights && packet.topic.length <= MAX_TOPIC_LENGTH && mayPublish(id, rights, record?.spec.acl, packet.topic)) return done(null)
     const what = packet.cmd === 'publish' ? 'publish' : 'will'
     this.#log.debug({ deviceId: id, topic: packet.topic, rights, what }, 'publish denied')
@@ -173,9 +173,13 @@ export class MqttAdmissionPolicy {
     return keysRemoved(before, after, nowS) || currentRights(this.#gw, after) !== currentRights(this.#gw, before) || !aclCovers(after.spec.acl, before.spec.acl)
   }
 
-  /** A live session's rights now: bound by its own certificate's expiry where it was opened with one (rights.ts sessionRights). */
-  #rights(client: Client, record: DeviceRecord | undefined): Rights | null {
-    const r = sessionRights(this.#gw, this.#grants.get(client)?.key ?? null, record, this.#gw.nowS())
+  /**
+   * A session's rights now: bound by its own certificate's expiry where it
+   * was opened with one (rights.ts sessionRights); without a session (a will
+   * published after its client is gone), the record's own (currentRights).
+   */
+  #rights(client: Client | null, record: DeviceRecord | undefined): Rights | null {
+    const r = sessionRights(this.#gw, (client && this.#grants.get(client)?.key) ?? null, record, this.#gw.nowS())
     return r.ok ? r.rights : null
   }
 

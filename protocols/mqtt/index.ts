@@ -3,9 +3,8 @@
 // `dev/<id>/cmd` and `dev/<id>/ack`, started. The uplink to the central
 // broker (uplink-transport.ts) is the core's link to its control plane, not
 // a device protocol, and is built beside it.
-import { readFileSync } from 'node:fs'
-import { EdgewardenError } from '../../agent/runtime/errors.ts'
 import type { ProtocolCore, ProtocolParts } from '../../agent/adapter.ts'
+import { serverTlsMaterial } from '../../agent/pki/est.ts'
 import { MqttActionChannel } from './action-channel.ts'
 import { MqttAdmissionPolicy } from './admission-policy.ts'
 import { SiteBroker } from './site-broker.ts'
@@ -18,11 +17,12 @@ export async function createMqtt(core: ProtocolCore): Promise<MqttParts> {
   const { gateway: gw, config, log } = core
   const policy = new MqttAdmissionPolicy(gw, core.admission, core.residual, log.child({ component: 'mqtt-admission' }), core.pki)
   const t = config.mqtt.tls
-  const material = t === null ? null : t.certFile && t.keyFile ? { cert: readPem(t.certFile, 'tlsCert'), key: readPem(t.keyFile, 'tlsKey') } : await core.pki.serverCertificate(config.pki.tlsSans)
+  // every TLS listener has the same certificate (the EST server's too): tlsCert/tlsKey, else one the site CA issues for tlsSan
+  const tls = t === null ? null : { port: t.port, ...(await serverTlsMaterial(core.pki, config.pki)), ca: core.pki.trustPem }
   const broker = new SiteBroker({
     host: config.mqtt.host,
     port: config.mqtt.port,
-    tls: t === null || material === null ? null : { port: t.port, ...material, ca: core.pki.trustPem },
+    tls,
     log: log.child({ component: 'site-broker' }),
     policy: policy.handlers(),
     sessions: policy,
@@ -46,12 +46,4 @@ export async function createMqtt(core: ProtocolCore): Promise<MqttParts> {
     throw err
   }
   return { adapter: broker, channel, policy, start: async () => {}, stop: () => broker.stop() }
-}
-
-function readPem(path: string, option: string): string {
-  try {
-    return readFileSync(path, 'utf8')
-  } catch (err) {
-    throw new EdgewardenError('PKI', `cannot read ${option} ${path}: ${(err as Error).message}`, { cause: err })
-  }
 }

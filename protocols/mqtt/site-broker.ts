@@ -181,7 +181,6 @@ export class SiteBroker implements ProtocolAdapter {
    */
   #boundQueues(p: StoredSessions): void {
     const bound = this.#opts.sessionQueue ?? { messages: 1000, bytes: 8 << 20 }
-    const sizeOf = (packet: { payload?: Buffer | string }): number => (typeof packet.payload === 'string' ? Buffer.byteLength(packet.payload) : (packet.payload?.length ?? 0))
     const admit = (subs: { clientId: string }[], packet: { payload?: Buffer | string }): { clientId: string }[] => {
       const size = sizeOf(packet)
       const kept: { clientId: string }[] = []
@@ -226,8 +225,7 @@ export class SiteBroker implements ProtocolAdapter {
     try {
       for await (const packet of persistenceOf(this.#aedes).outgoingStream({ id: clientId })) {
         messages++
-        const payload = (packet as { payload?: Buffer | string }).payload
-        bytes += typeof payload === 'string' ? Buffer.byteLength(payload) : (payload?.length ?? 0)
+        bytes += sizeOf(packet as { payload?: Buffer | string })
       }
     } catch {
       return
@@ -292,6 +290,11 @@ export class SiteBroker implements ProtocolAdapter {
     if (aedes) await new Promise<void>((resolve) => aedes.close(() => resolve()))
     await Promise.all(closed)
   }
+}
+
+/** A queued message's payload bytes, as sessionQueue counts them. */
+function sizeOf(packet: { payload?: Buffer | string }): number {
+  return typeof packet.payload === 'string' ? Buffer.byteLength(packet.payload) : (packet.payload?.length ?? 0)
 }
 
 /**

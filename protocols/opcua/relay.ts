@@ -21,7 +21,7 @@ import type { DeviceRecord } from '../../agent/devices/device.ts'
 import type { DeviceChange, Gateway } from '../../agent/gateway.ts'
 import type { Logger } from '../../agent/observe/logger.ts'
 import type { SitePki } from '../../agent/pki/site-pki.ts'
-import { deviceIdOf } from '../../agent/pki/ca.ts'
+import { certificateFacts, deviceIdOf } from '../../agent/pki/ca.ts'
 import type { ResidualAttempt } from '../../agent/trust/residual-use.ts'
 import { BACKOFF, backoffDelay, realTimers, type BackoffPolicy, type Timers } from '../../agent/runtime/timers.ts'
 import type { DriverOptions, OpcuaDriver, OpcuaLink, TrustListContent } from './driver.ts'
@@ -323,7 +323,7 @@ export class OpcuaRelay implements ProtocolAdapter, ActionChannel {
         ...(pki ? { ownCertificate: (o: Parameters<SitePki['opcuaClientCertificate']>[0]) => pki.opcuaClientCertificate(o) } : {}),
       }).then(async (d) => {
         // a failure here leaves devices of the site CA refused (no CRL: BadCertificateRevocationUnknown), pinned ones still reached
-        if (pki) await d.setSiteTrust({ cas: pki.caCertificatesDer(), crl: pki.crl.current?.der ?? null }).catch((err: unknown) => this.#log.error({ err }, 'putting the site CA and CRL into the OPC UA PKI failed'))
+        if (pki) await d.setSiteTrust(siteTrust(pki)).catch((err: unknown) => this.#log.error({ err }, 'putting the site CA and CRL into the OPC UA PKI failed'))
         return d
       })
       this.#driver.then(
@@ -341,7 +341,7 @@ export class OpcuaRelay implements ProtocolAdapter, ActionChannel {
     if (!pki || !loading) return this.#trustSync
     const run = this.#trustSync.then(async () => {
       const driver = await loading
-      await driver.setSiteTrust({ cas: pki.caCertificatesDer(), crl: pki.crl.current?.der ?? null })
+      await driver.setSiteTrust(siteTrust(pki))
     })
     this.#trustSync = run.catch((err: unknown) => this.#log.error({ err }, 'putting the site CRL into the OPC UA PKI failed'))
     return this.#trustSync
@@ -587,7 +587,7 @@ export class OpcuaRelay implements ProtocolAdapter, ActionChannel {
       this.events.emit('refused', id, why)
       return false
     }
-    if (this.#siteIssued(leaf)) return this.#admitThroughCa(r, leaf, chain, refuse)
+    if (this.#siteIssued(leaf)) return this.#admitThroughCa(r, leaf, sha, entry, chain, refuse)
     if (entry?.revoked) return refuse(`server certificate ${sha} was ${entry.revoked.reason === 'superseded' ? 'replaced by a certificate of the site CA' : `revoked (${entry.revoked.reason})`}`, entry.revoked.reason !== 'superseded')
     if (!entry && r.certificates?.some((c) => c.issuer === 'site' && !c.revoked)) {
       return refuse(`server certificate ${sha} is not one of the device's: it holds a certificate of the site CA, and only that (or the one it replaces) is admitted`, true)
@@ -622,15 +622,20 @@ export class OpcuaRelay implements ProtocolAdapter, ActionChannel {
    * the record does not know yet is learnt, when the record holds no other.
    * The device presenting its current certificate ends the overlap.
    */
-  async #admitThroughCa(r: DeviceRecord, leaf: Buffer, chain: Buffer, refuse: (why: string, residual: boolean, o?: { keep?: boolean }) => Promise<false>): Promise<boolean> {
+  async #admitThroughCa(
+    r: DeviceRecord,
+    leaf: Buffer,
+    sha: string,
+    entry: NonNullable<DeviceRecord['certificates']>[number] | undefined,
+    chain: Buffer,
+    refuse: (why: string, residual: boolean, o?: { keep?: boolean }) => Promise<false>,
+  ): Promise<boolean> {
     const id = r.spec.id
     const pki = this.#pki!
     const driver = await this.#getDriver()
     await this.#siteTrustCurrent()
     const keep = { keep: true }
     const verdict = await driver.check(chain)
-    const sha = certificateSha256(leaf)
-    const entry = r.certificates?.find((c) => c.sha256 === sha)
     if (verdict !== 'Good') {
       // a revoked certificate presented again is residual use (§4); a superseded one is a device that kept its old certificate
       return refuse(`server certificate refused by the PKI: ${verdict}`, verdict === 'BadCertificateRevoked' && entry?.revoked?.reason !== 'superseded', keep)
@@ -714,13 +719,7 @@ export class OpcuaRelay implements ProtocolAdapter, ActionChannel {
       const held = new X509Certificate(presented)
       await pki.install(id, issued, 'opcua-push', {}, {
         actionId: action.id,
-        replacing: {
-          sha256: certificateSha256(presented),
-          serial: held.serialNumber.toLowerCase(),
-          notBefore: Math.floor(Date.parse(held.validFrom) / 1000),
-          notAfter: Math.floor(Date.parse(held.validTo) / 1000),
-          issuerName: held.issuer.replace(/\n/g, ', '),
-        },
+        replacing: { ...certificateFacts(held), issuerName: held.issuer.replace(/\n/g, ', ') },
       })
     } catch (err) {
       const verdict = deviceVerdict(err)
@@ -782,6 +781,9 @@ function endpointHost(url: string): string {
   const host = new URL(url.replace(/^opc\.tcp:/, 'http:')).hostname
   return host.startsWith('[') ? host.slice(1, -1) : host
 }
+
+/** What the driver's PKI holds of the site (PROTOCOL §8): its CA chain and current CRL. */
+const siteTrust = (pki: SitePki): { cas: Buffer[]; crl: Buffer | null } => ({ cas: pki.caCertificatesDer(), crl: pki.crl.current?.der ?? null })
 
 /** DER of a PEM certificate. */
 const derOf = (pem: string): Buffer => Buffer.from(new X509Certificate(pem).raw)

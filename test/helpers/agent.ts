@@ -58,16 +58,29 @@ export async function startTestAgent(
 export interface SpawnedAgent {
   proc: ChildProcess
   ready: Record<string, unknown>
+  /** every JSON log line so far */
   lines: Record<string, unknown>[]
   stderr: () => string
-  /** SIGTERM and wait for exit; resolves to the exit code */
+  /** SIGTERM (or `signal`) and wait for exit; resolves to the exit code */
   stop(signal?: NodeJS.Signals): Promise<number | null>
   exited: Promise<number | null>
 }
 
 /** The real command as a child process; resolves once it logs `ready`. */
-export async function spawnAgent(args: string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number } = {}): Promise<SpawnedAgent> {
-  const proc = spawn(process.execPath, [BIN, 'start', ...args], {
+export function spawnAgent(args: string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number } = {}): Promise<SpawnedAgent> {
+  return spawnReady(['start', ...args], { ...opts, timeoutMs: opts.timeoutMs ?? 20000, what: 'agent' })
+}
+
+/**
+ * `bin/edgewarden.js ARGS` as a child process; resolves once it logs a JSON
+ * line with event "ready" (`what` names it when it does not). With `t`, it
+ * is killed with SIGKILL when the test ends, if still running.
+ */
+export async function spawnReady(
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs: number; what: string; t?: { after(fn: () => Promise<void> | void): void } },
+): Promise<SpawnedAgent> {
+  const proc = spawn(process.execPath, [BIN, ...args], {
     cwd: opts.cwd ?? ROOT,
     env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -76,11 +89,16 @@ export async function spawnAgent(args: string[], opts: { env?: NodeJS.ProcessEnv
   let err = ''
   proc.stderr!.on('data', (c: Buffer) => (err += c.toString()))
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)))
+  const stop = async (signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> => {
+    if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal)
+    return exited
+  }
+  opts.t?.after(() => stop('SIGKILL').then(() => undefined))
   const ready = await new Promise<Record<string, unknown>>((resolve, reject) => {
     const timer = setTimeout(() => {
       proc.kill('SIGKILL')
-      reject(new Error(`agent did not log ready within ${opts.timeoutMs ?? 20000} ms; stderr: ${err}`))
-    }, opts.timeoutMs ?? 20000)
+      reject(new Error(`${opts.what} did not log ready within ${opts.timeoutMs} ms; stderr: ${err}`))
+    }, opts.timeoutMs)
     createInterface({ input: proc.stdout! }).on('line', (line) => {
       let obj: Record<string, unknown>
       try {
@@ -96,20 +114,10 @@ export async function spawnAgent(args: string[], opts: { env?: NodeJS.ProcessEnv
     })
     void exited.then((code) => {
       clearTimeout(timer)
-      reject(new Error(`agent exited (${code}) before ready; stderr: ${err}`))
+      reject(new Error(`${opts.what} exited (${code}) before ready; stderr: ${err}`))
     })
   })
-  return {
-    proc,
-    ready,
-    lines,
-    stderr: () => err,
-    exited,
-    async stop(signal = 'SIGTERM') {
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal)
-      return exited
-    },
-  }
+  return { proc, ready, lines, stderr: () => err, exited, stop }
 }
 
 /** Run the CLI to completion: exit code, stdout, stderr. With timeoutMs, a process still running then is killed (code null, timedOut). */

@@ -1,8 +1,7 @@
 // Modbus test clients: mbpoll (libmodbus, the SCADA side) and a raw MBAP
-// socket for what no well-behaved client sends; waiting on device states.
+// socket for what no well-behaved client sends; waiting on the gateway's events.
 import { execFile } from 'node:child_process'
 import { connect, type Socket } from 'node:net'
-import type { DeviceState } from '../../agent/devices/device.ts'
 import type { Gateway } from '../../agent/gateway.ts'
 import { parseJws } from '../../wire/jws.ts'
 import { encodeFrame, MbapReader, type MbapFrame } from '../../protocols/modbus/mbap.ts'
@@ -108,23 +107,6 @@ export class RawModbusClient {
 }
 
 export const readHoldingPdu = (start: number, qty: number): Buffer => Buffer.from([3, start >> 8, start & 0xff, qty >> 8, qty & 0xff])
-
-/** Resolves when a device reaches `state` (now or later); bounded. */
-export function deviceReaches(gw: Gateway, id: string, state: DeviceState, timeoutMs = 20_000): Promise<void> {
-  if (gw.registry.get(id)?.state === state) return Promise.resolve()
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      off()
-      reject(new Error(`device ${id} did not reach ${state} within ${timeoutMs} ms (it is ${gw.registry.get(id)?.state})`))
-    }, timeoutMs)
-    const off = gw.onDeviceChange((c) => {
-      if (c.record.spec.id !== id || c.to !== state) return
-      clearTimeout(timer)
-      off()
-      resolve()
-    })
-  })
-}
 
 /** Resolves with the data of the first stored event of `type` matching `where`, now or later; bounded. */
 export function eventWhere(gw: Gateway, type: string, where: (data: Record<string, unknown>) => boolean = () => true, timeoutMs = 20_000): Promise<Record<string, unknown>> {

@@ -4,6 +4,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { freePort, tempDir } from './agent.ts'
+import { stderrReady } from './wait.ts'
 
 const CANDIDATES = ['/usr/sbin/mosquitto', '/usr/bin/mosquitto', '/usr/local/sbin/mosquitto']
 export const MOSQUITTO = CANDIDATES.find((p) => existsSync(p)) ?? 'mosquitto'
@@ -76,21 +77,7 @@ export class Mosquitto {
     this.#proc = proc
     proc.stderr!.on('data', (c: Buffer) => (this.#log += c.toString()))
     // Mosquitto logs "mosquitto version … running" once its listeners are open.
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`mosquitto did not start: ${this.#log}`)), 10_000)
-      const onData = (): void => {
-        if (/mosquitto version \S+ running/.test(this.#log)) {
-          clearTimeout(timer)
-          proc.stderr!.off('data', onData)
-          resolve()
-        }
-      }
-      proc.stderr!.on('data', onData)
-      proc.once('exit', (code) => {
-        clearTimeout(timer)
-        reject(new Error(`mosquitto exited (${code}): ${this.#log}`))
-      })
-    })
+    await stderrReady(proc, /mosquitto version \S+ running/, () => this.#log, 'mosquitto', 10_000)
   }
 
   /** Stop it (SIGTERM saves its persistence; SIGKILL loses what is not saved). */

@@ -7,6 +7,7 @@ import { keygen, publicKeyToB64 } from '../../firmware-hooks/crypto.ts'
 import { mintToken, type MintTokenOptions } from '../../firmware-hooks/token.ts'
 import type { Gateway } from '../../agent/gateway.ts'
 import type { DeviceSpec } from '../../agent/devices/device.ts'
+import { nextEvent } from './wait.ts'
 
 export interface TestDevice {
   id: string
@@ -62,22 +63,8 @@ export function closed(client: MqttClient): Promise<void> {
   return new Promise((resolve) => client.once('close', () => resolve()))
 }
 
-/** The first event `name` whose arguments satisfy `pred`, within `timeoutMs`. */
-export function eventWhere<A extends unknown[]>(emitter: EventEmitter, name: string, pred: (...args: A) => boolean, timeoutMs = 10_000): Promise<A> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      emitter.removeListener(name, on)
-      reject(new Error(`no ${name} event within ${timeoutMs} ms`))
-    }, timeoutMs)
-    const on = (...args: unknown[]): void => {
-      if (!pred(...(args as A))) return
-      clearTimeout(timer)
-      emitter.removeListener(name, on)
-      resolve(args as A)
-    }
-    emitter.on(name, on)
-  })
-}
+/** The first event `name` whose arguments satisfy `pred`, within `timeoutMs` (wait.ts nextEvent). */
+export const eventWhere = <A extends unknown[]>(emitter: EventEmitter, name: string, pred: (...args: A) => boolean, timeoutMs = 10_000): Promise<A> => nextEvent<A>(emitter, name, pred, timeoutMs)
 
 /** Messages a client receives, and a way to await one. */
 export class Inbox {

@@ -1,6 +1,7 @@
 // Bounded waits for tests: a promise within a deadline, or a condition
 // that has no event of its own to await, re-checked until a deadline.
 // Either fails with what was awaited, never hangs a run.
+import type { ChildProcess } from 'node:child_process'
 
 /** `p`, or a rejection naming `what` once `boundMs` have passed. */
 export function within<T>(what: string, p: Promise<T>, boundMs: number): Promise<T> {
@@ -60,6 +61,29 @@ export function stateReached(gateway: { onDeviceChange(l: (c: { record: { spec: 
       clearTimeout(timer)
       off()
       resolve()
+    })
+  })
+}
+
+/**
+ * Resolves once `output()` (what the caller gathers from `proc`'s stderr,
+ * its listener added before this call) matches `ready`; rejects when `proc`
+ * exits first or after `ms`. `what` names the process in the rejection.
+ */
+export function stderrReady(proc: ChildProcess, ready: RegExp, output: () => string, what: string, ms: number): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${what} did not start within ${ms / 1000} s: ${output()}`)), ms)
+    const onData = (): void => {
+      if (ready.test(output())) {
+        clearTimeout(timer)
+        proc.stderr!.off('data', onData)
+        resolve()
+      }
+    }
+    proc.stderr!.on('data', onData)
+    proc.once('exit', (code) => {
+      clearTimeout(timer)
+      reject(new Error(`${what} exited (${code}): ${output()}`))
     })
   })
 }

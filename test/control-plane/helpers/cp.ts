@@ -3,15 +3,13 @@
 // 0.5 s), PGlite or a PostgreSQL database, the first admin token read back,
 // and a small JSON client of its API; or the real command as a child
 // process (spawnCp), to be killed like a production instance.
-import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { createInterface } from 'node:readline'
 import { generateKeyPair, writeKeyFile } from '../../../agent/store/keys.ts'
 import { loadConfig, type CpConfig } from '../../../control-plane/runtime/config.ts'
 import { createLogger } from '../../../control-plane/runtime/log.ts'
 import { startControlPlane, type RunningControlPlane } from '../../../control-plane/service.ts'
-import { BIN, ROOT, tempDir } from '../../helpers/agent.ts'
+import { spawnReady, tempDir, type SpawnedAgent } from '../../helpers/agent.ts'
 
 export const KID = 'cp-test'
 
@@ -90,17 +88,9 @@ export async function startTestCp(
   return { cp, base, admin, api: apiClient(base, admin), key, config, stop }
 }
 
-export interface SpawnedCp {
-  proc: ChildProcess
-  ready: Record<string, unknown>
+export interface SpawnedCp extends SpawnedAgent {
   base: string
   instanceId: string
-  /** every JSON log line so far */
-  lines: Record<string, unknown>[]
-  stderr(): string
-  exited: Promise<number | null>
-  /** SIGTERM (or `signal`) and wait for the exit */
-  stop(signal?: NodeJS.Signals): Promise<number | null>
 }
 
 /**
@@ -114,40 +104,7 @@ export async function spawnCp(
 ): Promise<SpawnedCp> {
   const flags: Record<string, string> = { 'data-dir': o.dataDir ?? tempDir(t), broker: o.broker, key: o.key.keyFile, kid: KID, 'http-port': '0', 'instance-id': o.instanceId, ...(o.database ? { database: o.database } : {}), ...FAST, 'log-level': 'info', ...o.flags }
   const args = Object.entries(flags).flatMap(([k, v]) => [`--${k}`, v])
-  const proc = spawn(process.execPath, [BIN, 'control-plane', ...args], { cwd: ROOT, env: { ...process.env }, stdio: ['ignore', 'pipe', 'pipe'] })
-  const lines: Record<string, unknown>[] = []
-  let err = ''
-  proc.stderr!.on('data', (c: Buffer) => (err += c.toString()))
-  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)))
-  const stop = async (signal: NodeJS.Signals = 'SIGTERM'): Promise<number | null> => {
-    if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal)
-    return exited
-  }
-  t.after(() => stop('SIGKILL').then(() => undefined))
-  const ready = await new Promise<Record<string, unknown>>((resolve, reject) => {
-    const ms = o.timeoutMs ?? 30_000
-    const timer = setTimeout(() => {
-      proc.kill('SIGKILL')
-      reject(new Error(`control plane ${o.instanceId} did not log ready within ${ms} ms; stderr: ${err}`))
-    }, ms)
-    createInterface({ input: proc.stdout! }).on('line', (line) => {
-      let obj: Record<string, unknown>
-      try {
-        obj = JSON.parse(line) as Record<string, unknown>
-      } catch {
-        return
-      }
-      lines.push(obj)
-      if (obj.event === 'ready') {
-        clearTimeout(timer)
-        resolve(obj)
-      }
-    })
-    void exited.then((code) => {
-      clearTimeout(timer)
-      reject(new Error(`control plane ${o.instanceId} exited (${code}) before ready; stderr: ${err}`))
-    })
-  })
-  const http = ready.http as { port: number }
-  return { proc, ready, base: `http://127.0.0.1:${http.port}`, instanceId: o.instanceId, lines, stderr: () => err, exited, stop }
+  const p = await spawnReady(['control-plane', ...args], { timeoutMs: o.timeoutMs ?? 30_000, what: `control plane ${o.instanceId}`, t })
+  const http = p.ready.http as { port: number }
+  return { ...p, base: `http://127.0.0.1:${http.port}`, instanceId: o.instanceId }
 }

@@ -81,19 +81,21 @@ export class HandGateway {
     return assembleJws(input, new Uint8Array(sign(null, utf8(input), o.key ?? this.#key)))
   }
 
-  async publish(broker: string, payloads: readonly string[], topic = `edgewarden/v1/${this.site}/${this.id}/evt`): Promise<void> {
-    const c = await mqtt.connectAsync(broker, { clientId: `hand-${this.id}-${newJti().slice(0, 8)}`, protocolVersion: 4, reconnectPeriod: 0 })
-    try {
+  publish(broker: string, payloads: readonly string[], topic = `edgewarden/v1/${this.site}/${this.id}/evt`): Promise<void> {
+    return this.#session(broker, async (c) => {
       for (const p of payloads) await c.publishAsync(topic, p, { qos: 1 })
-    } finally {
-      await c.endAsync()
-    }
+    })
   }
 
-  async status(broker: string, status: Record<string, unknown>): Promise<void> {
+  status(broker: string, status: Record<string, unknown>): Promise<void> {
+    return this.#session(broker, async (c) => void (await c.publishAsync(`edgewarden/v1/${this.site}/${this.id}/status`, JSON.stringify(status), { qos: 1, retain: true })))
+  }
+
+  /** `fn` on a connection of its own to the central broker, closed after. */
+  async #session(broker: string, fn: (c: mqtt.MqttClient) => Promise<void>): Promise<void> {
     const c = await mqtt.connectAsync(broker, { clientId: `hand-${this.id}-${newJti().slice(0, 8)}`, protocolVersion: 4, reconnectPeriod: 0 })
     try {
-      await c.publishAsync(`edgewarden/v1/${this.site}/${this.id}/status`, JSON.stringify(status), { qos: 1, retain: true })
+      await fn(c)
     } finally {
       await c.endAsync()
     }

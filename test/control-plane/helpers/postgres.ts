@@ -15,6 +15,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import pg from 'pg'
 import { freePort } from '../../../simulators/ports.ts'
+import { stderrReady } from '../../helpers/wait.ts'
 
 function findBin(): string | null {
   const env = process.env.EDGEWARDEN_PG_BIN
@@ -82,21 +83,7 @@ export class PgServer {
     const proc = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] })
     const s = new PgServer(`postgres://postgres@127.0.0.1:${port}/postgres`, proc, dir)
     proc.stderr!.on('data', (c: Buffer) => (s.#log += c.toString()))
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`postgres did not start within 20 s: ${s.#log}`)), 20_000)
-      const onData = (): void => {
-        if (/ready to accept connections/.test(s.#log)) {
-          clearTimeout(timer)
-          proc.stderr!.off('data', onData)
-          resolve()
-        }
-      }
-      proc.stderr!.on('data', onData)
-      proc.once('exit', (code) => {
-        clearTimeout(timer)
-        reject(new Error(`postgres exited (${code}): ${s.#log}`))
-      })
-    }).catch(async (err) => {
+    await stderrReady(proc, /ready to accept connections/, () => s.#log, 'postgres', 20_000).catch(async (err) => {
       await s.stop()
       throw err
     })
