@@ -49,13 +49,13 @@ export async function openDatabase(config: CpConfig): Promise<Database> {
 
 /** The first start makes one admin token and writes it to <data-dir>/admin.token (0600); it is never logged. */
 async function bootstrapAdmin(db: Database, tokens: Tokens, dataDir: string): Promise<string | null> {
-  const made = await db.tx(async (q) => {
+  // Counted and made under one lock, in one transaction: two instances starting on an empty database make one admin token.
+  const t = await db.tx(async (q) => {
     await q.query('SELECT pg_advisory_xact_lock($1::int, $2::int)', [LOCK_CLASS, LOCK_MIGRATIONS])
-    if (Number((await q.query<{ n: number }>('SELECT COUNT(*) AS n FROM tokens'))[0]?.n ?? 0) > 0) return false
-    return true
+    if (Number((await q.query<{ n: number }>('SELECT COUNT(*) AS n FROM tokens'))[0]?.n ?? 0) > 0) return null
+    return tokens.create({ name: 'admin', scopes: ['admin'] }, q)
   })
-  if (!made || (await tokens.count()) > 0) return null
-  const t = await tokens.create({ name: 'admin', scopes: ['admin'] })
+  if (!t) return null
   const file = join(dataDir, 'admin.token')
   writeFileSync(file, `${t.token}\n`, { mode: 0o600 })
   chmodSync(file, 0o600)

@@ -10,7 +10,7 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
 import { b64urlEncode } from '../../wire/base64url.ts'
 import { iso, type Clock } from '../runtime/clock.ts'
 import { badRequest, CpError } from '../runtime/errors.ts'
-import type { Database } from '../storage/database.ts'
+import type { Database, Sql } from '../storage/database.ts'
 
 export const SCOPES = ['read', 'command', 'audit', 'metrics', 'admin'] as const
 export type Scope = (typeof SCOPES)[number]
@@ -39,14 +39,15 @@ export class Tokens {
     this.#clock = clock
   }
 
-  async create(input: { name?: unknown; scopes?: unknown }): Promise<{ id: string; name: string; scopes: Scope[]; token: string }> {
+  /** A new token, shown this once; in `q`'s transaction when given. */
+  async create(input: { name?: unknown; scopes?: unknown }, q: Sql = this.#db): Promise<{ id: string; name: string; scopes: Scope[]; token: string }> {
     const { name, scopes } = input
     if (typeof name !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9 ._:@-]{0,63}$/.test(name)) throw badRequest('name must be 1 to 64 of letters, digits, space and ._:@- (it names the token in every command it creates)')
     if (!Array.isArray(scopes) || scopes.length === 0 || scopes.some((s) => !(SCOPES as readonly string[]).includes(s as string))) throw badRequest(`scopes must be a non-empty array of ${SCOPES.join(', ')}`)
     const id = b64urlEncode(randomBytes(9))
     const secret = b64urlEncode(randomBytes(32))
     const uniq = [...new Set(scopes as Scope[])]
-    await this.#db.query('INSERT INTO tokens (id, name, scopes, secret_sha256, created_at) VALUES ($1, $2, $3, $4, $5)', [id, name, uniq, sha256(secret), this.#clock.nowMs()])
+    await q.query('INSERT INTO tokens (id, name, scopes, secret_sha256, created_at) VALUES ($1, $2, $3, $4, $5)', [id, name, uniq, sha256(secret), this.#clock.nowMs()])
     return { id, name, scopes: uniq, token: `ewcp.${id}.${secret}` }
   }
 
@@ -79,9 +80,5 @@ export class Tokens {
   async revoke(id: string): Promise<void> {
     const rows = await this.#db.query('UPDATE tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL RETURNING id', [id, this.#clock.nowMs()])
     if (!rows.length) throw new CpError('CP_NOT_FOUND', `no active token ${id}`)
-  }
-
-  async count(): Promise<number> {
-    return Number((await this.#db.query<{ n: number }>('SELECT COUNT(*) AS n FROM tokens'))[0]?.n ?? 0)
   }
 }
