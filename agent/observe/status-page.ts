@@ -132,9 +132,7 @@ function naturalOrder(gw: Gateway): string[] {
 function credentialLabel(v: DeviceView): string {
   return v.certificate
     ? `certificate ${v.certificate.serial.slice(0, 12)}${v.certificate.overlap ? ', overlap' : ''}${v.certificate.renewal ? `, ${v.certificate.renewal}` : ''}`
-    : v.credentialKind === 'publicKey'
-      ? 'token key'
-      : v.credentialKind
+    : CREDENTIAL_LABEL[v.credentialKind]
 }
 
 function matches(d: DeviceRecord, q: StatusQuery, text: string | undefined): boolean {
