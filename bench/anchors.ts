@@ -93,9 +93,12 @@ export interface Broker extends Child {
   /** ms from spawn to the ready line */
   readyMs: number
   ready: Record<string, unknown>
-  /** process.memoryUsage() after GC, from bench/probe.mjs (brokers started with probe: true) */
-  memory(): Promise<NodeJS.MemoryUsage & { statusRss: number | null }>
+  /** process.memoryUsage() after GC and V8's heap spaces, from bench/probe.mjs (brokers started with probe: true) */
+  memory(): Promise<NodeJS.MemoryUsage & { statusRss: number | null; spaces: HeapSpaces }>
 }
+
+/** V8's heap spaces by name (new_space, old_space, …): bytes reserved and in use */
+export type HeapSpaces = Record<string, { size: number; used: number }>
 
 /**
  * The JSON line with `event: "ready"` a child prints on its stdout. Past
@@ -168,11 +171,11 @@ export async function spawnNodeBroker(
       new Promise((resolve, reject) => {
         if (!opts.probe) return reject(new TypeError(`${name} runs without the memory probe`))
         const timer = setTimeout(() => reject(new Error(`${name}: no memory answer`)), 10_000)
-        const on = (m: { memory?: NodeJS.MemoryUsage }): void => {
+        const on = (m: { memory?: NodeJS.MemoryUsage; spaces?: HeapSpaces }): void => {
           if (!m.memory) return
           clearTimeout(timer)
           proc.off('message', on)
-          resolve({ ...m.memory, statusRss: rssOf(proc.pid!) })
+          resolve({ ...m.memory, statusRss: rssOf(proc.pid!), spaces: m.spaces ?? {} })
         }
         proc.on('message', on)
         proc.send('memory')

@@ -27,7 +27,7 @@ export interface BenchResults {
   quick: boolean
   devices: number
   coldStartDevices: number
-  machine: { cpus: number; cpuModel: string; node: string; platform: string; mosquitto: string | null; fdLimit: number | null }
+  machine: { cpus: number; cpuModel: string; node: string; nodeFlags?: string[]; platform: string; mosquitto: string | null; fdLimit: number | null }
   figures: Figure[]
   /** workloads that failed, with why (the run goes on with the others) */
   errors: { name: string; error: string }[]
@@ -56,7 +56,7 @@ export function renderTable(r: BenchResults): string {
     rows.join('\n'),
     '',
     `Run ${r.startedAt} – ${r.finishedAt}${r.quick ? ' (--quick)' : ''}: ${r.devices.toLocaleString('en-US')} devices, cold start with ${r.coldStartDevices.toLocaleString('en-US')}; ` +
-      `${m.cpus} × ${m.cpuModel}, Node ${m.node}, ${m.platform}, Mosquitto ${m.mosquitto ?? 'not installed'}, open files limit ${m.fdLimit ?? 'unknown'}.`,
+      `${m.cpus} × ${m.cpuModel}, Node ${m.node}${m.nodeFlags?.length ? ` (the agent with \`${m.nodeFlags.join(' ')}\` as deployed, the anchors on Node's defaults)` : ''}, ${m.platform}, Mosquitto ${m.mosquitto ?? 'not installed'}, open files limit ${m.fdLimit ?? 'unknown'}.`,
   ]
   if (r.errors.length) lines.push('', 'Workloads that failed in this run:', '', ...r.errors.map((e) => `- ${e.name}: ${cell(e.error.split('\n')[0] ?? '')}`))
   return lines.join('\n')

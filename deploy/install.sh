@@ -117,7 +117,7 @@ cat > /usr/local/bin/edgewarden <<WRAP
 # edgewarden CLI against the service's data dir (installed by deploy/install.sh).
 # Device verbs need the admin socket: run them as root or as edgewarden.
 export EDGEWARDEN_DATA_DIR="\${EDGEWARDEN_DATA_DIR:-/var/lib/edgewarden}"
-exec "$NODE" "$PREFIX/bin/edgewarden.js" "\$@"
+exec "$NODE" --max-semi-space-size=32 "$PREFIX/bin/edgewarden.js" "\$@"
 WRAP
 chmod 0755 /usr/local/bin/edgewarden
 

@@ -72,16 +72,28 @@ export class Store {
     for await (const batch of this.scanBatches(prefix, 1000, opts)) yield* batch
   }
 
-  /** The same, `size` entries at a time: one read from LevelDB per batch, not per entry (a 100,000-device registry loads at start). */
-  async *scanBatches(prefix: string, size = 1000, opts: { snapshot?: Snapshot } = {}): AsyncGenerator<[string, string][]> {
+  /**
+   * The same, `size` entries at a time: one read from LevelDB per batch, not
+   * per entry (a 100,000-device registry loads at start). With `readAhead`
+   * the next batch is asked for before this one is handed out, so LevelDB
+   * reads while the caller works on it.
+   */
+  async *scanBatches(prefix: string, size = 1000, opts: { snapshot?: Snapshot; readAhead?: boolean } = {}): AsyncGenerator<[string, string][]> {
     const it = this.db.iterator({ gte: prefix, ...(prefix ? { lt: prefixEnd(prefix) } : {}), ...(opts.snapshot ? { snapshot: opts.snapshot } : {}) })
+    let next: Promise<[string, string][]> | null = null
     try {
       for (;;) {
-        const batch = await it.nextv(size)
+        const batch = await (next ?? it.nextv(size))
+        next = null
         if (batch.length === 0) return
+        if (opts.readAhead) {
+          next = it.nextv(size)
+          next.catch(() => {}) // awaited on the next turn; a caller that stops early closes the iterator instead
+        }
         yield batch
       }
     } finally {
+      if (next) await next.catch(() => {})
       await it.close()
     }
   }

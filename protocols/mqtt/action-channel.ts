@@ -7,6 +7,7 @@ import type { ActionChannel } from '../../agent/actions/action-dispatcher.ts'
 import type { QueuedAction } from '../../agent/actions/action-queue.ts'
 import type { Logger } from '../../agent/observe/logger.ts'
 import type { SiteBroker } from './site-broker.ts'
+import { SessionsById } from './sessions-by-id.ts'
 
 export interface MqttActionHooks {
   ready(deviceId: string): void
@@ -20,7 +21,7 @@ export class MqttActionChannel implements ActionChannel {
   readonly #broker: SiteBroker
   readonly #log: Logger
   /** clients listening on their command topic, by device id */
-  readonly #listening = new Map<string, Set<Client>>()
+  readonly #listening = new SessionsById<Client>()
 
   constructor(broker: SiteBroker, log: Logger) {
     this.#broker = broker
@@ -33,17 +34,10 @@ export class MqttActionChannel implements ActionChannel {
     aedes.on('subscribe', (subs: Subscription[], client: Client) => {
       const own = `dev/${client.id}/cmd`
       if (!subs.some((s) => s.topic === own)) return
-      let set = this.#listening.get(client.id)
-      if (!set) this.#listening.set(client.id, (set = new Set()))
-      set.add(client)
+      this.#listening.add(client.id, client)
       hooks.ready(client.id)
     })
-    const gone = (client: Client): void => {
-      const set = this.#listening.get(client.id)
-      if (!set) return
-      set.delete(client)
-      if (set.size === 0) this.#listening.delete(client.id)
-    }
+    const gone = (client: Client): void => void this.#listening.delete(client.id, client)
     aedes.on('clientDisconnect', gone)
     aedes.on('clientError', gone)
     await new Promise<void>((resolve) =>
@@ -60,10 +54,7 @@ export class MqttActionChannel implements ActionChannel {
   }
 
   ready(deviceId: string): boolean {
-    const set = this.#listening.get(deviceId)
-    if (!set) return false
-    for (const c of set) if (!c.closed) return true
-    return false
+    return this.#listening.some(deviceId, (c) => !c.closed)
   }
 
   send(action: QueuedAction): Promise<void> {

@@ -6,6 +6,7 @@ import { Aedes, type AedesOptions, type Client } from 'aedes'
 import type { ProtocolAdapter } from '../../agent/adapter.ts'
 import type { DeviceRecord } from '../../agent/devices/device.ts'
 import type { Logger } from '../../agent/observe/logger.ts'
+import { SessionsById } from './sessions-by-id.ts'
 
 /** The part of aedes' persistence (aedes-persistence) that holds a client's session between connections. */
 interface StoredSessions {
@@ -51,7 +52,7 @@ export class SiteBroker implements ProtocolAdapter {
   #aedes: Aedes | null = null
   #servers: Server[] = []
   /** live clients by device id (client id = device id, PROTOCOL §5) */
-  readonly #clients = new Map<string, Set<Client>>()
+  readonly #clients = new SessionsById<Client>()
   #ports: { mqtt?: number; mqtts?: number } = {}
   /** stored sessions being forgotten */
   readonly #forgetting = new Set<Promise<void>>()
@@ -77,18 +78,17 @@ export class SiteBroker implements ProtocolAdapter {
     await aedes.listen()
     this.#aedes = aedes
     this.#boundQueues(persistenceOf(aedes))
-    aedes.on('client', (c) => {
-      let set = this.#clients.get(c.id)
-      if (!set) this.#clients.set(c.id, (set = new Set()))
-      set.add(c)
-    })
+    aedes.on('client', (c) => this.#clients.add(c.id, c))
     aedes.on('publish', (packet, client) => {
       if (!client || !packet.retain) return
       if (packet.payload.length === 0) this.#retainedBy.delete(packet.topic)
       else this.#retainedBy.set(packet.topic, client.id)
     })
     // A session's count from its queue as aedes holds it once it is up (what a clean session threw away is not counted again).
-    aedes.on('clientReady', (c) => void this.#recount(c.id))
+    // Every message queued for a client is counted on the way in, so a client without a count has nothing stored to recount.
+    aedes.on('clientReady', (c) => {
+      if (this.#queued.has(c.id)) void this.#recount(c.id)
+    })
     aedes.on('clientDisconnect', (c) => this.#forget(c))
     aedes.on('clientError', (c, err) => {
       log.debug({ clientId: c.id, err: err.message }, 'mqtt client error')
@@ -99,8 +99,7 @@ export class SiteBroker implements ProtocolAdapter {
     const maxBuffered = this.#opts.maxClientBufferBytes ?? Math.max(1 << 20, 16 * (max ?? 65536))
     const handle = (conn: Socket): void => {
       const c = aedes.handle(conn).conn as Socket
-      if (max !== undefined) guardPacketSize(c, max, log)
-      guardWriteBuffer(c, maxBuffered, log)
+      guardConnection(c, max, maxBuffered, log)
     }
     try {
       // Small packets (CONNACK, SUBACK, actions, PUBACKs): sent at once, not held by Nagle.
@@ -133,10 +132,7 @@ export class SiteBroker implements ProtocolAdapter {
   }
 
   #forget(c: Client): void {
-    const set = this.#clients.get(c.id)
-    if (!set) return
-    set.delete(c)
-    if (set.size === 0) this.#clients.delete(c.id)
+    this.#clients.delete(c.id, c)
   }
 
   /**
@@ -146,12 +142,10 @@ export class SiteBroker implements ProtocolAdapter {
    * while it was cut reaches it later, and nothing piles up for it.
    */
   closeSessions(deviceId: string): number {
-    const set = this.#clients.get(deviceId)
-    const n = set?.size ?? 0
-    if (set) for (const c of set) c.close()
-    this.#clients.delete(deviceId)
+    const sessions = this.#clients.take(deviceId)
+    for (const c of sessions) c.close()
     this.#forgetStored(deviceId)
-    return n
+    return sessions.length
   }
 
   /** PROTOCOL §4: close the sessions a changed record no longer admits (key, rights, acl); returns how many. */
@@ -159,15 +153,13 @@ export class SiteBroker implements ProtocolAdapter {
     const review = this.#opts.sessions
     if (!review) return 0
     const id = after.spec.id
-    const set = this.#clients.get(id)
     let closed = 0
-    for (const c of set ?? []) {
+    for (const c of this.#clients.of(id)) {
       if (review.keeps(c, after)) continue
-      set!.delete(c)
+      this.#clients.delete(id, c)
       c.close()
       closed++
     }
-    if (set?.size === 0) this.#clients.delete(id)
     if (closed > 0 || (!this.#clients.has(id) && review.narrowed(before, after))) this.#forgetStored(id)
     return closed
   }
@@ -270,7 +262,7 @@ export class SiteBroker implements ProtocolAdapter {
   }
 
   sessionCount(deviceId: string): number {
-    return this.#clients.get(deviceId)?.size ?? 0
+    return this.#clients.count(deviceId)
   }
 
   get connectedClients(): number {
@@ -298,68 +290,91 @@ function sizeOf(packet: { payload?: Buffer | string }): number {
 }
 
 /**
- * Close a connection as soon as a packet's fixed header announces more than
- * `max` bytes [MQTT-2.2.3], before the parser buffers any of it. It watches
- * the bytes aedes reads ('data' fires on each read() while aedes' 'readable'
- * listener keeps control of the flow), skipping packet bodies.
+ * Each connection's two guards, as one small object and two functions shared
+ * by every connection (a closure per guard and per connection cost ~300
+ * bytes a connected device; issue 19).
+ *
+ * Packet size: the connection is closed as soon as a packet's fixed header
+ * announces more than `maxPacket` bytes [MQTT-2.2.3], before the parser
+ * buffers any of it. It watches the bytes aedes reads ('data' fires on each
+ * read() while aedes' 'readable' listener keeps control of the flow),
+ * skipping packet bodies.
+ *
+ * Write buffer: a client that stops reading holds up nobody but itself, and
+ * costs at most `maxBuffered` bytes: aedes waits for `drain` after a write
+ * that reports backpressure, with at most `concurrency` deliveries in flight
+ * across the whole broker, so one stalled QoS 1 subscriber would stop every
+ * delivery to everyone until aedes' own drain timeout (60 s). Here a write
+ * never reports backpressure: what the socket cannot take yet waits in its
+ * buffer, and once `maxBuffered` bytes wait unsent the client is disconnected.
  */
-function guardPacketSize(conn: Socket, max: number, log: Logger): void {
-  let skip = 0 // body bytes of the current packet not yet seen
-  let lengthBytes = -1 // -1: next byte is a packet type; else remaining-length bytes read so far
-  let length = 0
-  conn.on('data', (chunk: Buffer) => {
-    let i = 0
-    while (i < chunk.length) {
-      if (skip > 0) {
-        const n = Math.min(skip, chunk.length - i)
-        skip -= n
-        i += n
-        continue
-      }
-      const b = chunk[i++]!
-      if (lengthBytes < 0) {
-        lengthBytes = 0
-        length = 0
-        continue
-      }
-      length += (b & 0x7f) * 128 ** lengthBytes++
-      // A partial length is already a lower bound; a fifth length byte is malformed [MQTT-1.5.5].
-      if (1 + lengthBytes + length > max || ((b & 0x80) !== 0 && lengthBytes === 4)) {
-        log.debug({ remote: conn.remoteAddress, announced: length, max }, 'mqtt packet over the size bound; connection closed')
-        conn.destroy()
-        return
-      }
-      if ((b & 0x80) === 0) {
-        skip = length
-        lengthBytes = -1
-      }
-    }
-  })
+class ConnGuard {
+  skip = 0 // body bytes of the current packet not yet seen
+  lengthBytes = -1 // -1: next byte is a packet type; else remaining-length bytes read so far
+  length = 0
+  cut = false
+  constructor(
+    readonly maxPacket: number | undefined,
+    readonly maxBuffered: number,
+    readonly write: Socket['write'],
+    readonly log: Logger,
+  ) {}
 }
 
-/**
- * A client that stops reading holds up nobody but itself, and costs at most
- * `max` bytes: aedes waits for `drain` after a write that reports
- * backpressure, with at most `concurrency` deliveries in flight across the
- * whole broker, so one stalled QoS 1 subscriber would stop every delivery
- * to everyone until aedes' own drain timeout (60 s). Here a write never
- * reports backpressure: what the socket cannot take yet waits in its buffer,
- * and once `max` bytes wait unsent the client is disconnected.
- */
-function guardWriteBuffer(conn: Socket, max: number, log: Logger): void {
-  const write = conn.write.bind(conn) as (...a: unknown[]) => boolean
-  let cut = false
-  conn.write = ((...args: unknown[]): boolean => {
-    write(...args)
-    if (!cut && conn.writableLength > max) {
-      cut = true
-      log.info({ remote: conn.remoteAddress, buffered: conn.writableLength, max }, 'mqtt client stopped reading; connection closed')
-      // Not in the middle of aedes' write: the packet being written finishes first.
-      setImmediate(() => conn.destroy())
-    }
-    return true
-  }) as typeof conn.write
+const GUARD = Symbol('edgewarden.connGuard')
+type Guarded = Socket & { [GUARD]: ConnGuard }
+
+function guardConnection(conn: Socket, maxPacket: number | undefined, maxBuffered: number, log: Logger): void {
+  const g = new ConnGuard(maxPacket, maxBuffered, conn.write, log)
+  ;(conn as Guarded)[GUARD] = g
+  if (maxPacket !== undefined) conn.on('data', watchPacketSizes)
+  conn.write = writeUnblocked as Socket['write']
 }
+
+function watchPacketSizes(this: Guarded, chunk: Buffer): void {
+  const g = this[GUARD]
+  const max = g.maxPacket!
+  let i = 0
+  while (i < chunk.length) {
+    if (g.skip > 0) {
+      const n = Math.min(g.skip, chunk.length - i)
+      g.skip -= n
+      i += n
+      continue
+    }
+    const b = chunk[i++]!
+    if (g.lengthBytes < 0) {
+      g.lengthBytes = 0
+      g.length = 0
+      continue
+    }
+    g.length += (b & 0x7f) << (7 * g.lengthBytes++) // at most 2^28: stays a small integer
+    // A partial length is already a lower bound; a fifth length byte is malformed [MQTT-1.5.5].
+    if (1 + g.lengthBytes + g.length > max || ((b & 0x80) !== 0 && g.lengthBytes === 4)) {
+      g.log.debug({ remote: this.remoteAddress, announced: g.length, max }, 'mqtt packet over the size bound; connection closed')
+      this.destroy()
+      return
+    }
+    if ((b & 0x80) === 0) {
+      g.skip = g.length
+      g.lengthBytes = -1
+    }
+  }
+}
+
+function writeUnblocked(this: Guarded, ...args: unknown[]): boolean {
+  const g = this[GUARD]
+  ;(g.write as (...a: unknown[]) => boolean).apply(this, args)
+  if (!g.cut && this.writableLength > g.maxBuffered) {
+    g.cut = true
+    g.log.info({ remote: this.remoteAddress, buffered: this.writableLength, max: g.maxBuffered }, 'mqtt client stopped reading; connection closed')
+    // Not in the middle of aedes' write: the packet being written finishes first.
+    setImmediate(destroyLater, this)
+  }
+  return true
+}
+
+const destroyLater = (conn: Socket): void => void conn.destroy()
 
 function listen(server: Server, port: number, host: string): Promise<number> {
   return new Promise((resolve, reject) => {
