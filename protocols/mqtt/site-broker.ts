@@ -85,9 +85,12 @@ export class SiteBroker implements ProtocolAdapter {
       else this.#retainedBy.set(packet.topic, client.id)
     })
     // A session's count from its queue as aedes holds it once it is up (what a clean session threw away is not counted again).
-    // Every message queued for a client is counted on the way in, so a client without a count has nothing stored to recount.
+    // A clean session without a count is not walked again (one pass over aedes' outgoing
+    // stream per connect): aedes delivers and clears what it holds for it at once, through
+    // the counting clear below. A stored session is always recounted: a count can be lost
+    // in a race (a recount or a forget running while messages are queued), and this heals it.
     aedes.on('clientReady', (c) => {
-      if (this.#queued.has(c.id)) void this.#recount(c.id)
+      if (!c.clean || this.#queued.has(c.id)) void this.#recount(c.id)
     })
     aedes.on('clientDisconnect', (c) => this.#forget(c))
     aedes.on('clientError', (c, err) => {
@@ -362,6 +365,7 @@ function watchPacketSizes(this: Guarded, chunk: Buffer): void {
   }
 }
 
+// Called as the socket's method (`conn.write(…)`, as mqtt-packet and aedes do), never detached.
 function writeUnblocked(this: Guarded, ...args: unknown[]): boolean {
   const g = this[GUARD]
   ;(g.write as (...a: unknown[]) => boolean).apply(this, args)
