@@ -93,18 +93,46 @@ function basicCredentials(header: string | undefined): { id: string; secret: str
   return { id: text.slice(0, colon), secret: text.slice(colon + 1) }
 }
 
+/**
+ * An oversize body up to this size is read to its end and thrown away before
+ * the 413 goes out: a connection closed while the client is still sending
+ * is reset, and a reset throws away the answer the client had not read yet
+ * (curl then sees no status at all). A larger declared one is answered at
+ * once and the connection closed; a chunked one that goes on past it is cut
+ * (requestTimeout bounds a slow sender either way).
+ */
+const DRAIN_EST_BODY = 1 << 20
+
 /** The body, at most MAX_EST_BODY bytes. */
 async function readBody(req: IncomingMessage): Promise<Buffer> {
+  const tooLarge = (): Refusal => new Refusal(413, `request body over ${MAX_EST_BODY} bytes`, 'body too large')
   const declared = Number(req.headers['content-length'])
-  if (Number.isFinite(declared) && declared > MAX_EST_BODY) throw new Refusal(413, `request body over ${MAX_EST_BODY} bytes`, 'body too large')
+  if (Number.isFinite(declared) && declared > MAX_EST_BODY) {
+    if (declared <= DRAIN_EST_BODY) await drain(req, DRAIN_EST_BODY)
+    throw tooLarge()
+  }
   const chunks: Buffer[] = []
   let size = 0
-  for await (const c of req as AsyncIterable<Buffer>) {
+  // not destroyed when the loop stops early: what is left is drained below
+  for await (const c of req.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>) {
     size += c.length
-    if (size > MAX_EST_BODY) throw new Refusal(413, `request body over ${MAX_EST_BODY} bytes`, 'body too large')
+    if (size > MAX_EST_BODY) break
     chunks.push(c)
   }
+  if (size > MAX_EST_BODY) {
+    await drain(req, DRAIN_EST_BODY - size)
+    throw tooLarge()
+  }
   return Buffer.concat(chunks)
+}
+
+/** Read and discard the rest of a request body, at most `max` more bytes (past that the request is destroyed). */
+async function drain(req: IncomingMessage, max: number): Promise<void> {
+  let left = max
+  for await (const c of req as AsyncIterable<Buffer>) {
+    left -= c.length
+    if (left < 0) return
+  }
 }
 
 /**

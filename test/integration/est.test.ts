@@ -220,6 +220,12 @@ test('simpleenroll refusals: no or wrong authentication 401 (unknown id alike), 
   writeFileSync(big, 'A'.repeat(70 * 1024))
   const tooBig = await curl(dir, enrollArgs(caFile, 'pump-1', secret, big, base))
   assert.equal(tooBig.status, 413)
+  // over the bound and still being sent when the answer is ready (curl held to 128 KB/s): the body is
+  // read to its end first, so the 413 is not thrown away by the reset of a connection closed mid-upload
+  const huge = join(dir, 'huge')
+  writeFileSync(huge, 'A'.repeat(256 * 1024))
+  const slow = await curl(dir, [...enrollArgs(caFile, 'pump-1', secret, huge, base), '--limit-rate', '128k'])
+  assert.equal(slow.status, 413, `a 256 KiB body sent slowly: ${slow.status} ${slow.body}`)
   assert.equal(agent.gateway.requireDevice('pump-1').bootstrap?.spentAt, undefined, 'refused requests spend nothing')
 
   // the body may come as PEM, or base64 in one line: both tolerated; two at once with one secret: one certificate
