@@ -73,7 +73,6 @@ const STORM_TIMEOUT_MS = 240_000
  * generation) is counted against it. (The same flag on bare aedes moves its
  * RSS by when its young generation happens to grow, not by the broker.)
  */
-const DEPLOYED_FLAGS = [...DEPLOYED_NODE_FLAGS]
 const AGENT_NODE_FLAGS = [...DEPLOYED_NODE_FLAGS, ...(process.env.BENCH_AGENT_NODE_FLAGS ?? '').split(' ').filter(Boolean)]
 const REVOCATION_SAMPLES = Math.min(N, QUICK ? 100 : 200)
 /** devices of each admission run over TLS: certificate devices (and as many token devices), each with its own P-256 key and certificate */
@@ -149,7 +148,7 @@ async function main(): Promise<BenchResults> {
     quick: QUICK,
     devices: N,
     coldStartDevices: COLD_N,
-    machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? 'unknown', node: process.version, nodeFlags: DEPLOYED_FLAGS, platform: `${process.platform} ${process.arch}`, mosquitto: mosquittoVersion(), fdLimit: limit === Infinity ? null : limit },
+    machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model ?? 'unknown', node: process.version, nodeFlags: [...DEPLOYED_NODE_FLAGS], platform: `${process.platform} ${process.arch}`, mosquitto: mosquittoVersion(), fdLimit: limit === Infinity ? null : limit },
     figures: [],
     errors: [],
   }
@@ -212,7 +211,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
   await attempt(results, 'cold start', async () => {
     const cli = join(ROOT, 'bin', 'edgewarden.js')
     const once = async (dir: string): Promise<number> => {
-      const b = await spawnNodeBroker(procs, 'cold-start agent', cli, ['start', '--data-dir', dir, '--site', SITE, '--gateway', GATEWAY, '--mqtt-host', '127.0.0.1', '--mqtt-port', '0', '--log-level', 'info'], { nodeFlags: DEPLOYED_FLAGS })
+      const b = await spawnNodeBroker(procs, 'cold-start agent', cli, ['start', '--data-dir', dir, '--site', SITE, '--gateway', GATEWAY, '--mqtt-host', '127.0.0.1', '--mqtt-port', '0', '--log-level', 'info'], { nodeFlags: [...DEPLOYED_NODE_FLAGS] })
       if (b.ready.devices !== undefined && b.ready.devices !== (dir === dirCold ? COLD_N : 0)) throw new Error(`the agent reported ${String(b.ready.devices)} devices`)
       await b.stop()
       return b.readyMs

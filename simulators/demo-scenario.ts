@@ -18,6 +18,7 @@ import { MqttDevice } from '../firmware-hooks/mqtt-device.ts'
 import { ControlPlane, newPrivateKey, publicKeyB64, TERMINAL, type GatewayEvent } from './control-plane.ts'
 import { startCentralBroker } from './demo-broker.ts'
 import { freePort } from './ports.ts'
+import { x509 } from './x509-lib.ts'
 
 const SITE = 'demo-site'
 const GATEWAY = 'gw-demo'
@@ -149,8 +150,7 @@ function check(ok: boolean, what: string): void {
 
 /** The serials a CRL (PEM) lists, with their reasons, and its CRL Number; @peculiar/x509 loaded on first use. */
 async function readCrl(pem: string): Promise<{ number: string | null; entries: Map<string, string> }> {
-  await import('reflect-metadata')
-  const x = await import('@peculiar/x509')
+  const x = await x509()
   const crl = new x.X509Crl(pem)
   const entries = new Map(crl.entries.map((e) => [e.serialNumber.toLowerCase().replace(/^0+/, ''), x.X509CrlReason[e.reason ?? 0] ?? String(e.reason)]))
   const ext = crl.extensions.find((e) => e.type === '2.5.29.20')

@@ -44,6 +44,7 @@ import { TrustListDataType } from 'node-opcua-types'
 import { ActionRuntime, MemoryDeviceStorage, type DeviceHooks, type DeviceStorage, type HandleResult } from '../firmware-hooks/action-runtime.ts'
 import { keygen } from '../firmware-hooks/crypto.ts'
 import { installEdgeWardenHook, type EnvelopeHandler } from '../firmware-hooks/opcua-hook.ts'
+import { x509 } from './x509-lib.ts'
 
 export interface SimulatedOpcuaDeviceOptions {
   deviceId: string
@@ -95,18 +96,6 @@ const MASK = { trustedCertificates: 1, trustedCrls: 2, issuerCertificates: 4, is
 /** where each list lives in a node-opcua PKI folder */
 const LIST_DIRS: Record<keyof DeviceTrustList, string> = { trustedCertificates: 'trusted/certs', trustedCrls: 'trusted/crl', issuerCertificates: 'issuers/certs', issuerCrls: 'issuers/crl' }
 
-type X509Lib = typeof import('@peculiar/x509')
-let x509lib: Promise<X509Lib> | null = null
-/** @peculiar/x509 on node's WebCrypto, for the certificate requests a server makes. */
-function x509(): Promise<X509Lib> {
-  x509lib ??= (async () => {
-    await import('reflect-metadata')
-    const m = await import('@peculiar/x509')
-    m.cryptoProvider.set(webcrypto as unknown as Parameters<typeof m.cryptoProvider.set>[0])
-    return m
-  })()
-  return x509lib
-}
 
 const pem = (der: Buffer, label: string): string => `-----BEGIN ${label}-----\n${der.toString('base64').replace(/.{64}/g, '$&\n').replace(/\n$/, '')}\n-----END ${label}-----\n`
 const pemBlocksDer = (text: string): Buffer[] => [...text.matchAll(/-----BEGIN [A-Z0-9 ]+-----([\s\S]+?)-----END [A-Z0-9 ]+-----/g)].map((m) => Buffer.from(m[1]!.replace(/\s+/g, ''), 'base64'))

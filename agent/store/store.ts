@@ -74,22 +74,21 @@ export class Store {
 
   /**
    * The same, `size` entries at a time: one read from LevelDB per batch, not
-   * per entry (a 100,000-device registry loads at start). With `readAhead`
-   * the next batch is asked for before this one is handed out, so LevelDB
-   * reads while the caller works on it.
+   * per entry (a 100,000-device registry loads at start). The next batch is
+   * asked for before this one is handed out, so LevelDB reads on its thread
+   * while the caller works on this one (the registry: ~390 ms in turn, ~250
+   * ms so).
    */
-  async *scanBatches(prefix: string, size = 1000, opts: { snapshot?: Snapshot; readAhead?: boolean } = {}): AsyncGenerator<[string, string][]> {
+  async *scanBatches(prefix: string, size = 1000, opts: { snapshot?: Snapshot } = {}): AsyncGenerator<[string, string][]> {
     const it = this.db.iterator({ gte: prefix, ...(prefix ? { lt: prefixEnd(prefix) } : {}), ...(opts.snapshot ? { snapshot: opts.snapshot } : {}) })
-    let next: Promise<[string, string][]> | null = null
+    let next: Promise<[string, string][]> | null = it.nextv(size)
     try {
       for (;;) {
-        const batch = await (next ?? it.nextv(size))
+        const batch = await next!
         next = null
         if (batch.length === 0) return
-        if (opts.readAhead) {
-          next = it.nextv(size)
-          next.catch(() => {}) // awaited on the next turn; a caller that stops early closes the iterator instead
-        }
+        next = it.nextv(size)
+        next.catch(() => {}) // awaited on the next turn; a caller that stops early gets it settled in finally
         yield batch
       }
     } finally {
