@@ -195,7 +195,7 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
     let http: HttpEndpoint | null = null
     if (config.http) {
       const sources = { gateway, adapters, uplink, activity, quarantineBackend: quarantine.name }
-      const metrics = createMetrics({ ...sources, residualAttempts: (id) => residual.attempts(id), connectRefusals: () => admission.refusals(), crlNextUpdate: () => pki.crl.current?.nextUpdate ?? null })
+      const metrics = createMetrics({ ...sources, residualAttempts: (id) => residual.attempts(id), connectRefusals: () => admission.refusals(), admissionWaiting: () => ({ waiting: admission.gate.waiting, oldestWaitMs: admission.gate.oldestWaitMs }), crlNextUpdate: () => pki.crl.current?.nextUpdate ?? null })
       stack.push(async () => metrics.close())
       const h = await startHttpEndpoint(gateway, { ...sources, ...config.http, metrics: metrics.registry, pki, log: log.child({ component: 'http' }) })
       // closed last, just before the store: /readyz says `stopping` for the whole stop

@@ -66,6 +66,24 @@ attacker) and under a blocked id (someone who knows its id), and a forged
 token costs one signature check. At most 10,000 ids and addresses are
 tracked (least recently used dropped).
 
+## Connect storms
+
+When a site comes back after a power cut every device connects at once.
+What memory alone can refuse (a password that is no token, an unknown id,
+a wrong audience, an expired or replayed token, a throttled address) is
+refused at once, whoever else is waiting. The rest take turns: at most
+\`admissionConcurrency\` connects have their signature (or password) checked
+and their token's jti written at the same time, and the others wait in
+arrival order, so the first to arrive are answered first. A connect that
+waits is not timed out by the broker (\`connectTimeoutMs\` ends when its
+CONNECT arrives), and one whose device hung up while it waited costs no
+check. Once the oldest waiting connect has waited \`admissionMaxWaitMs\`, the
+queue is not draining in time, and a new connect is refused at once with
+CONNACK 3 (server unavailable) so the device retries later instead of
+timing out at its own end: \`edgewarden_admission_waiting\` and
+\`edgewarden_connects_refused_total{reason="busy"}\` show it. Such a refusal
+says nothing about the device's credential: the throttle does not count it.
+
 ## Certificate lifetimes and renewal
 
 The site CA issues device certificates for \`certLifetime\` by criticality

@@ -23,6 +23,8 @@ export interface MetricSources {
   residualAttempts(deviceId: string): number
   /** refused device connects since start, by protocol and reason (DeviceAdmission.refusals) */
   connectRefusals?: () => readonly { protocol: string; reason: string; count: number }[]
+  /** device connects waiting their turn at the admission gate now, and how long the oldest has waited (DeviceAdmission.gate) */
+  admissionWaiting?: () => { waiting: number; oldestWaitMs: number }
 }
 
 export const PROTOCOLS: readonly Protocol[] = ['mqtt', 'opcua', 'modbus']
@@ -172,6 +174,23 @@ export function createMetrics(src: MetricSources): AgentMetrics {
     collect() {
       this.reset()
       for (const r of src.connectRefusals?.() ?? []) this.inc({ protocol: r.protocol, reason: r.reason }, r.count)
+    },
+  })
+
+  new Gauge({
+    name: 'edgewarden_admission_waiting',
+    help: 'Device connects waiting their turn to be checked (signature or password, and the token jti written); above zero only in a storm',
+    ...m,
+    collect() {
+      this.set(src.admissionWaiting?.().waiting ?? 0)
+    },
+  })
+  new Gauge({
+    name: 'edgewarden_admission_oldest_wait_seconds',
+    help: 'How long the oldest waiting device connect has waited its turn; at admissionMaxWaitMs new connects are refused with CONNACK 3 (retry)',
+    ...m,
+    collect() {
+      this.set((src.admissionWaiting?.().oldestWaitMs ?? 0) / 1000)
     },
   })
 

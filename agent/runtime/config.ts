@@ -74,6 +74,8 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'sessionQueueMessages', flag: 'session-queue-messages', type: 'int', default: 1000, min: 1, doc: 'QoS 1/2 messages the site broker holds for one client at most (its stored session while offline, and those not yet acknowledged); more are not kept for it, as Mosquitto\'s max_queued_messages' },
   { key: 'sessionQueueBytes', flag: 'session-queue-bytes', type: 'int', default: 8388608, min: 65536, doc: 'payload bytes the site broker holds for one client at most (with sessionQueueMessages)' },
   { key: 'cryptoWorkers', flag: 'crypto-workers', type: 'int', min: 0, doc: "worker threads that check device signatures (tokens, acks) and sign events off the site broker's event loop; default: one less than the machine's cores, at most 4 (0: everything on the event loop)" },
+  { key: 'admissionConcurrency', flag: 'admission-concurrency', type: 'int', default: 512, min: 1, doc: 'device connects whose signature (or password) and token jti are being checked and written at once; the rest wait their turn in arrival order' },
+  { key: 'admissionMaxWaitMs', flag: 'admission-max-wait', type: 'int', default: 10000, min: 0, doc: 'once the oldest waiting connect has waited this long, a new one is refused at once (MQTT CONNACK 3, server unavailable) so the device retries instead of timing out, milliseconds' },
   { key: 'connectTimeoutMs', flag: 'connect-timeout', type: 'int', default: 10000, min: 100, doc: 'a connection that has not completed MQTT CONNECT by then is closed (half-open connections), milliseconds' },
   { key: 'maxPacketBytes', flag: 'max-packet-bytes', type: 'int', default: 65536, min: 1024, doc: 'largest MQTT packet the site broker accepts from a device, bytes' },
   { key: 'uplink', flag: 'uplink', type: 'string', doc: 'central broker URL (mqtt:// or mqtts://); without it the agent runs standalone' },
@@ -134,6 +136,8 @@ export interface AgentConfig {
   connectTimeoutMs: number
   /** crypto worker threads; null: sized to the machine */
   cryptoWorkers: number | null
+  admissionConcurrency: number
+  admissionMaxWaitMs: number
   /** what the site broker holds for one client at most */
   sessionQueue: { messages: number; bytes: number }
   maxPacketBytes: number
@@ -355,6 +359,8 @@ export function loadConfig({ flags, env, cwd = process.cwd() }: ConfigSources): 
     },
     connectTimeoutMs: v.connectTimeoutMs as number,
     cryptoWorkers: (v.cryptoWorkers as number | undefined) ?? null,
+    admissionConcurrency: v.admissionConcurrency as number,
+    admissionMaxWaitMs: v.admissionMaxWaitMs as number,
     sessionQueue: { messages: v.sessionQueueMessages as number, bytes: v.sessionQueueBytes as number },
     maxPacketBytes: v.maxPacketBytes as number,
     quarantine: v.quarantine as 'none' | 'nftables',

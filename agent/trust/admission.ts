@@ -13,6 +13,7 @@ import { certificateCredential, certificateRights, credentialValid, passwordCred
 import { credentialKind, type DeviceRecord } from '../devices/device.ts'
 import { KnownPasswords, verifyPassword } from './password.ts'
 import { BoundedMap } from '../runtime/bounded-map.ts'
+import { AdmissionGate } from './admission-gate.ts'
 import type { CryptoPool } from '../runtime/crypto-pool.ts'
 import { checkTimeClaims, JwsFormatError, parseJws, type ParsedJws } from '../../wire/jws.ts'
 import { MAX_TOKEN_LIFETIME_S } from '../../wire/protocol.ts'
@@ -47,6 +48,8 @@ export type AdmissionRefusal =
   | 'untrusted-certificate' // does not chain to the site CA (or a pinned device CA)
   | 'revoked-certificate'
   | 'wrong-password'
+  | 'busy' // refused before any check: connects have waited too long already (admission-gate.ts); CONNACK 3
+  | 'gone' // the client closed its connection while the connect waited its turn
   | StateRefusal
 
 export type AdmissionDecision =
@@ -184,6 +187,8 @@ export interface AdmissionRequest {
   remote?: string
   /** the client certificate of a TLS connection, where one was presented */
   certificate?: PeerCertificate
+  /** whether the client went away (its connection closed): checked when a waiting connect gets its turn */
+  gone?: () => boolean
 }
 
 /** Token admission with its durable one-connect-per-token memory and residual-use reporting. */
@@ -195,6 +200,8 @@ export class DeviceAdmission {
   readonly #pool: CryptoPool | null
   readonly #residual: ResidualUseMonitor | null
   readonly #log: Logger
+  /** connects past the memory-only checks take a turn here: bounded concurrency, FIFO, early refusal (admission-gate.ts) */
+  readonly gate: AdmissionGate
   #lastSweepS = 0
   /** signature checks and password derivations made so far (a throttled storm of garbage makes none) */
   readonly stats = { verifies: 0, passwordChecks: 0 }
@@ -214,6 +221,7 @@ export class DeviceAdmission {
     this.#residual = residual
     this.#log = log
     this.#keys = keys
+    this.gate = new AdmissionGate({ concurrency: gw.config.admissionConcurrency, maxWaitMs: gw.config.admissionMaxWaitMs })
   }
 
   static async open(gw: Gateway, opts: { log: Logger; residual?: ResidualUseMonitor; keys?: PublicKeyCache; pool?: CryptoPool }): Promise<DeviceAdmission> {
@@ -227,7 +235,6 @@ export class DeviceAdmission {
    * at once: a revoke that landed during the write refuses the connect.
    */
   async admit(req: AdmissionRequest): Promise<AdmissionDecision> {
-    let decision: AdmissionDecision
     const nowS = this.#gw.nowS()
     const record = this.#gw.registry.get(req.clientId)
     const kind = record && credentialKind(record.spec)
@@ -236,46 +243,68 @@ export class DeviceAdmission {
       const d = decideCertificate(this.#gw, req.clientId, req.username, req.certificate, nowS)
       return d.ok ? d : this.#refused(req, d)
     }
-    if (kind === 'password') {
-      decision = await this.#decidePassword(req, record!, nowS)
-      if (!decision.ok) return this.#refused(req, decision)
-      // the state read again: a revoke may have landed while scrypt ran
-      const after = rightsOf(this.#gw, this.#gw.registry.get(req.clientId), this.#gw.nowS())
-      if (!after.ok) return this.#refused(req, after)
-      return { ...decision, rights: after.rights }
-    }
-    if (kind === 'x509') {
-      decision = { ok: false, reason: 'wrong-credential', detail: `device ${req.clientId} authenticates with a client certificate on the TLS listener` }
-    } else if (req.password === undefined || req.password.length === 0) {
-      decision = { ok: false, reason: 'malformed-token', detail: 'no password' }
-    } else {
-      let token: ParsedJws | null = null
+    // What memory alone refuses is refused now, without a turn at the gate:
+    // garbage waits behind nobody and takes nobody's place.
+    let token: ParsedJws | null = null
+    if (kind !== 'password') {
+      if (kind === 'x509') return this.#refused(req, { ok: false, reason: 'wrong-credential', detail: `device ${req.clientId} authenticates with a client certificate on the TLS listener` })
+      if (req.password === undefined || req.password.length === 0) return this.#refused(req, { ok: false, reason: 'malformed-token', detail: 'no password' })
       try {
         token = parseJws(req.password)
       } catch (err) {
         if (!(err instanceof JwsFormatError)) throw err
-        decision = { ok: false, reason: err.reason === 'bad-alg' ? 'bad-alg' : 'malformed-token', detail: err.message }
+        return this.#refused(req, { ok: false, reason: err.reason === 'bad-alg' ? 'bad-alg' : 'malformed-token', detail: err.message })
       }
-      decision ??= this.#pool ? await this.#decideOffloaded(req, token!, nowS) : decideAdmission(this.#gw, req.clientId, req.username, token!, { keys: this.#keys, jtis: this.#jtis, nowS, stats: this.stats })
+      const pre = precheckToken(this.#gw, req.clientId, req.username, token, { jtis: this.#jtis, nowS })
+      if (!pre.ok) return this.#refused(req, pre)
     }
-    if (decision.ok) {
-      // Checked again in the same step as it is remembered: two connects with one token, whose signatures were checked at once, let in one.
-      if (this.#jtis.has(decision.jti!, this.#gw.nowS())) return this.#refused(req, replayed(decision.jti!))
-      // Remembered in memory now (a concurrent replay is refused at once), until exp plus the skew a token is accepted for.
-      const op = this.#jtis.remember(decision.jti!, decision.exp! + this.#gw.config.clockSkewS, null)
-      try {
-        await this.#gw.commit({ ops: [op] }, { sync: true })
-      } catch (err) {
-        this.#log.error({ err, deviceId: req.clientId }, 'cannot store the token jti; connect refused')
-        return this.#refused(req, { ok: false, reason: 'unavailable', detail: 'token jti could not be stored' })
-      }
-      this.#maybeSweep(nowS)
-      // The decisive read: after verification and after the write.
-      const after = rightsOf(this.#gw, this.#gw.registry.get(req.clientId), this.#gw.nowS())
-      if (!after.ok) return this.#refused(req, after)
-      return { ...decision, rights: after.rights }
+    // The signature (or password) and the durable jti: one turn at the gate, in arrival order.
+    const turn = this.gate.enter()
+    if (turn === null) {
+      return this.#refused(req, { ok: false, reason: 'busy', detail: `too many connects at once: the oldest waiting one has waited ${Math.round(this.gate.oldestWaitMs)} ms (admissionMaxWaitMs); retry` })
     }
-    return this.#refused(req, decision)
+    const release = await turn
+    try {
+      // its client went away while it waited: nobody to answer, nothing to check
+      if (req.gone?.()) return this.#refused(req, { ok: false, reason: 'gone', detail: 'the connection closed while the connect waited its turn' })
+      return await (token ? this.#judgeToken(req, token) : this.#judgePassword(req))
+    } finally {
+      release()
+    }
+  }
+
+  async #judgePassword(req: AdmissionRequest): Promise<AdmissionDecision> {
+    // read again: the record may have changed while the connect waited
+    const record = this.#gw.registry.get(req.clientId)
+    if (!record) return this.#refused(req, { ok: false, reason: 'unknown-device', detail: `no device ${JSON.stringify(req.clientId)} is enrolled on this gateway` })
+    if (credentialKind(record.spec) !== 'password') return this.#refused(req, { ok: false, reason: 'wrong-credential', detail: `device ${req.clientId} no longer authenticates with a password` })
+    const decision = await this.#decidePassword(req, record, this.#gw.nowS())
+    if (!decision.ok) return this.#refused(req, decision)
+    // the state read again: a revoke may have landed while scrypt ran
+    const after = rightsOf(this.#gw, this.#gw.registry.get(req.clientId), this.#gw.nowS())
+    if (!after.ok) return this.#refused(req, after)
+    return { ...decision, rights: after.rights }
+  }
+
+  async #judgeToken(req: AdmissionRequest, token: ParsedJws): Promise<AdmissionDecision> {
+    const nowS = this.#gw.nowS()
+    const decision = this.#pool ? await this.#decideOffloaded(req, token, nowS) : decideAdmission(this.#gw, req.clientId, req.username, token, { keys: this.#keys, jtis: this.#jtis, nowS, stats: this.stats })
+    if (!decision.ok) return this.#refused(req, decision)
+    // Checked again in the same step as it is remembered: two connects with one token, whose signatures were checked at once, let in one.
+    if (this.#jtis.has(decision.jti!, this.#gw.nowS())) return this.#refused(req, replayed(decision.jti!))
+    // Remembered in memory now (a concurrent replay is refused at once), until exp plus the skew a token is accepted for.
+    const op = this.#jtis.remember(decision.jti!, decision.exp! + this.#gw.config.clockSkewS, null)
+    try {
+      await this.#gw.commit({ ops: [op] }, { sync: true })
+    } catch (err) {
+      this.#log.error({ err, deviceId: req.clientId }, 'cannot store the token jti; connect refused')
+      return this.#refused(req, { ok: false, reason: 'unavailable', detail: 'token jti could not be stored' })
+    }
+    this.#maybeSweep(nowS)
+    // The decisive read: after verification and after the write.
+    const after = rightsOf(this.#gw, this.#gw.registry.get(req.clientId), this.#gw.nowS())
+    if (!after.ok) return this.#refused(req, after)
+    return { ...decision, rights: after.rights }
   }
 
   /**

@@ -58,6 +58,8 @@ export function failureKind(reason: AdmissionRefusal): FailureKind | null {
     case 'retired':
     case 'credential-expired':
     case 'unavailable':
+    case 'busy':
+    case 'gone':
       return null
     case 'malformed-token':
     case 'bad-alg':

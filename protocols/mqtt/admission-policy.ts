@@ -107,14 +107,14 @@ export class MqttAdmissionPolicy {
       return done(Object.assign(new Error('connect refused: throttled'), { returnCode: 5 } as const), false)
     }
     this.admission
-      .admit({ protocol: 'mqtt', clientId: client.id, username, password, ...(remote ? { remote } : {}), ...(certificate ? { certificate } : {}) })
+      .admit({ protocol: 'mqtt', clientId: client.id, username, password, ...(remote ? { remote } : {}), ...(certificate ? { certificate } : {}), gone: () => (client as { closed?: boolean }).closed === true || (client.conn as { destroyed?: boolean }).destroyed === true })
       .then(
         (d) => {
           if (!d.ok) {
             const kind = failureKind(d.reason)
             if (kind) this.throttle.failure(client.id, remote, kind)
-            // [MQTT-3.2.2-5]: 4 bad user name or password (not a JWS), 5 not authorized (every other refusal)
-            return done(Object.assign(new Error(`connect refused: ${d.reason}`), { returnCode: d.reason === 'malformed-token' ? 4 : 5 } as const), false)
+            // [MQTT-3.2.2-5]: 3 server unavailable (busy: retry), 4 bad user name or password (not a JWS), 5 not authorized (every other refusal)
+            return done(Object.assign(new Error(`connect refused: ${d.reason}`), { returnCode: d.reason === 'busy' ? 3 : d.reason === 'malformed-token' ? 4 : 5 } as const), false)
           }
           this.throttle.success(client.id)
           if (certificate) this.#pki?.connectedWith(client.id, certificate)
