@@ -131,6 +131,7 @@ export class Gateway {
     this.outbox = init.outbox
     this.crypto = init.crypto
     this.outbox.signOn(init.crypto)
+    this.actions.signOn(init.crypto)
     this.#audit = init.audit
     this.#log = init.log
     this.#durable = { seq: init.outbox.lastSeq, audit: init.audit.head }
@@ -229,14 +230,14 @@ export class Gateway {
    * and signed event for each item. Sequence numbers are taken now, so the
    * order of commit() calls is the order on disk. Resolves once durable.
    */
-  async #commit(change: Change, opts: { sync: boolean } = { sync: true }): Promise<StoredEvent[]> {
+  async #commit(change: Change, opts: { sync: boolean; ready?: Promise<void> | null } = { sync: true }): Promise<StoredEvent[]> {
     const nowMs = this.clock.now()
     const ops: WriteOp[] = [...(change.ops ?? [])]
     // Entries are chained, not signed: the head written with every store batch is (one signature per batch, AuditChain.headOp)
     for (const a of change.audit ?? []) ops.push(...this.#audit.append(a, nowMs).ops)
     const events: StoredEvent[] = []
     /** event signatures being made on the crypto pool: the batch is written once they are */
-    let signed: Promise<void>[] | undefined
+    let signed: Promise<void>[] | undefined = opts.ready ? [opts.ready] : undefined
     for (const e of change.events ?? []) {
       if (this.outbox.depth >= this.config.outboxMax) {
         // At the bound (uplink down for long): events that only inform are
@@ -444,7 +445,7 @@ export class Gateway {
     }
     if (!allowed[act].includes(d.state)) throw new IllegalTransitionError(id, d.state, `${act} queued`, `queueing ${act}`)
     const now = this.nowS()
-    const { action, superseded, ops } = this.actions.enqueue(id, act, opts.args ?? {}, now, now + (opts.deadlineS ?? DEFAULT_ACTION_DEADLINE_S))
+    const { action, superseded, ops, ready } = this.actions.enqueue(id, act, opts.args ?? {}, now, now + (opts.deadlineS ?? DEFAULT_ACTION_DEADLINE_S))
     // what the caller writes with it, in the same atomic batch (its audit entries first)
     const withIt = opts.with?.(action) ?? {}
     await this.#commit({
@@ -454,7 +455,7 @@ export class Gateway {
         ...(withIt.audit ?? []),
         { actor: who.actor, action: 'action.queued', subject: id, data: { actionId: action.id, act, seq: action.seq, reason: who.reason, jti: who.jti, claimedBy: who.claimedBy, superseded: superseded.map((a) => a.id) } },
       ],
-    })
+    }, { sync: true, ready })
     return action
   }
 

@@ -43,6 +43,8 @@ export class ActionDispatcher {
     const channel = this.#channels.find((c) => c.ready(deviceId))
     if (!channel || actions.length === 0) return
     for (const a of [...actions]) {
+      // its signature is still being made (and it is not stored yet): it is sent once its queueing is durable (queued())
+      if (a.jws === '') continue
       try {
         await channel.send(a)
       } catch (err) {

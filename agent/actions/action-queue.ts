@@ -1,9 +1,14 @@
 // Per-device, ordered, durable queue of actions for devices (PROTOCOL §5).
-// An action is signed and stored (sync) before anyone may send it; it stays
+// An action is signed and stored (sync) before anyone may send it (signed
+// on the crypto pool where there is one: its `jws` is empty until then, and
+// the dispatcher sends no action without one); it stays
 // until an ack, a superseding wipe, or its deadline removes it. The queue is
 // mirrored in memory so delivery on (re)connect reads no disk.
 import type { KeyObject } from 'node:crypto'
 import { newJti } from '../../wire/ids.ts'
+import { utf8 } from '../../wire/base64url.ts'
+import { assembleJws, jwsSigningInput } from '../../wire/jws.ts'
+import type { CryptoPool } from '../runtime/crypto-pool.ts'
 import { signJws } from '../store/jws.ts'
 import { seqKey, type Store, type WriteOp } from '../store/store.ts'
 import type { Act } from '../../wire/protocol.ts'
@@ -17,7 +22,7 @@ export interface QueuedAction {
   deviceId: string
   act: Act
   args: Record<string, unknown>
-  /** the signed action, exactly as every (re)delivery sends it */
+  /** the signed action, exactly as every (re)delivery sends it ('' for the moment its signature is being made on the crypto pool, before it is stored) */
   jws: string
   /** gateway-wide sequence; also the Modbus `actionSeq` (PROTOCOL §7) */
   seq: number
@@ -32,6 +37,8 @@ export class ActionQueue {
   readonly #key: KeyObject
   readonly #byDevice = new Map<string, QueuedAction[]>()
   #seq: number
+  /** where actions are signed off the event loop; null: inline */
+  #pool: CryptoPool | null = null
 
   private constructor(gateway: string, key: KeyObject, seq: number) {
     this.#gateway = gateway
@@ -53,6 +60,11 @@ export class ActionQueue {
     let l = this.#byDevice.get(deviceId)
     if (!l) this.#byDevice.set(deviceId, (l = []))
     return l
+  }
+
+  /** Sign actions on `pool` from now on (its workers hold the gateway key); null: inline again. */
+  signOn(pool: CryptoPool | null): void {
+    this.#pool = pool !== null && pool.size > 0 ? pool : null
   }
 
   pending(deviceId: string): readonly QueuedAction[] {
@@ -84,11 +96,12 @@ export class ActionQueue {
     args: Record<string, unknown>,
     nowS: number,
     deadline: number,
-  ): { action: QueuedAction; superseded: QueuedAction[]; ops: WriteOp[] } {
+  ): { action: QueuedAction; superseded: QueuedAction[]; ops: WriteOp[]; ready: Promise<void> | null } {
     const seq = ++this.#seq
     const id = newJti('act.')
-    const jws = signJws(this.#key, this.#gateway, { iss: this.#gateway, aud: deviceId, iat: nowS, jti: id, act, args })
-    const action: QueuedAction = { id, deviceId, act, args, jws, seq, queuedAt: nowS, deadline }
+    const claims = { iss: this.#gateway, aud: deviceId, iat: nowS, jti: id, act, args }
+    const pool = this.#pool
+    const action: QueuedAction = { id, deviceId, act, args, jws: pool ? '' : signJws(this.#key, this.#gateway, claims), seq, queuedAt: nowS, deadline }
     const list = this.#list(deviceId)
     const ops: WriteOp[] = []
     let superseded: QueuedAction[] = []
@@ -98,8 +111,21 @@ export class ActionQueue {
       list.splice(0, list.length, ...list.filter((a) => a.act === 'wipe'))
     }
     list.push(action)
-    ops.push({ type: 'put', key: keyOf(action), value: JSON.stringify(action) }, { type: 'put', key: ACTION_SEQ_KEY, value: String(seq) })
-    return { action, superseded, ops }
+    let ready: Promise<void> | null = null
+    if (pool) {
+      // The stored value is read once the signature is in (Store.write `ready`): the batch waits for it.
+      const input = jwsSigningInput(this.#gateway, claims)
+      ready = pool.sign(utf8(input)).then((sig) => void (action.jws = assembleJws(input, sig)))
+      ops.push({
+        type: 'put',
+        key: keyOf(action),
+        get value(): string {
+          return JSON.stringify(action)
+        },
+      })
+    } else ops.push({ type: 'put', key: keyOf(action), value: JSON.stringify(action) })
+    ops.push({ type: 'put', key: ACTION_SEQ_KEY, value: String(seq) })
+    return { action, superseded, ops, ready }
   }
 
   /** Remove an action (acked, superseded or past its deadline); returns the op, or null if it was not pending. */

@@ -56,6 +56,16 @@ export class SiteBroker implements ProtocolAdapter {
   #ports: { mqtt?: number; mqtts?: number } = {}
   /** stored sessions being forgotten */
   readonly #forgetting = new Set<Promise<void>>()
+  /**
+   * Device ids admitted with a stored session (clean session off) since
+   * start: only they can leave anything in aedes' (in-memory) persistence
+   * once their connection is gone. aedes keeps nothing of a clean session
+   * after it closes (no queue while offline, its will and QoS 2 state
+   * deleted), so cutting a device that has no live session and is not here
+   * has nothing to forget, and a bulk retire of offline devices walks no
+   * queues. Bounded by the registry: only admitted ids are added.
+   */
+  readonly #persistent = new Set<string>()
   /** what aedes holds per client id: QoS 1/2 messages queued and their payload bytes (kept within sessionQueue) */
   readonly #queued = new Map<string, { messages: number; bytes: number; dropped: number }>()
   /** messages not kept for a client whose queue was full, since start */
@@ -74,7 +84,21 @@ export class SiteBroker implements ProtocolAdapter {
 
   async start(): Promise<void> {
     const log = this.#opts.log
-    const aedes = new Aedes({ ...this.#opts.policy, ...(this.#opts.connectTimeoutMs !== undefined ? { connectTimeout: this.#opts.connectTimeoutMs } : {}) })
+    const authenticate = this.#opts.policy.authenticate
+    const aedes = new Aedes({
+      ...this.#opts.policy,
+      ...(authenticate
+        ? {
+            authenticate: (client, username, password, done) =>
+              authenticate(client, username, password, (err, ok) => {
+                // marked before aedes restores or stores anything of the session (aedes sets client.clean before it authenticates)
+                if (!err && ok && client.clean === false) this.#persistent.add(client.id)
+                done(err, ok)
+              }),
+          }
+        : {}),
+      ...(this.#opts.connectTimeoutMs !== undefined ? { connectTimeout: this.#opts.connectTimeoutMs } : {}),
+    })
     await aedes.listen()
     this.#aedes = aedes
     this.#boundQueues(persistenceOf(aedes))
@@ -147,7 +171,7 @@ export class SiteBroker implements ProtocolAdapter {
   closeSessions(deviceId: string): number {
     const sessions = this.#clients.take(deviceId)
     for (const c of sessions) c.close()
-    this.#forgetStored(deviceId)
+    if (sessions.length > 0 || this.#persistent.has(deviceId)) this.#forgetStored(deviceId)
     return sessions.length
   }
 
@@ -163,7 +187,7 @@ export class SiteBroker implements ProtocolAdapter {
       c.close()
       closed++
     }
-    if (closed > 0 || (!this.#clients.has(id) && review.narrowed(before, after))) this.#forgetStored(id)
+    if (closed > 0 || (!this.#clients.has(id) && this.#persistent.has(id) && review.narrowed(before, after))) this.#forgetStored(id)
     return closed
   }
 

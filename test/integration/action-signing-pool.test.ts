@@ -1,0 +1,61 @@
+// Actions signed on the crypto pool (cryptoWorkers 1): until its signature
+// is back an action has no JWS and is not stored, so a delivery pass that
+// runs meanwhile (the device reconnecting, say) sends nothing for it; once
+// its queueing is durable it is sent once, signed by the gateway, exactly
+// as it was stored.
+import assert from 'node:assert/strict'
+import { test } from 'node:test'
+import { startTestAgent } from '../helpers/agent.ts'
+import { enrollDevice, mqttConnect, tokenFor, WHO } from '../helpers/mqtt-devices.ts'
+import { within } from '../helpers/wait.ts'
+import { parseJws } from '../../wire/jws.ts'
+import { verifyParsed } from '../../agent/store/jws.ts'
+import { ACTION_PREFIX } from '../../agent/actions/action-queue.ts'
+
+test('an action signed on the crypto pool is sent only once signed and stored, exactly as stored', async (t) => {
+  const agent = await startTestAgent(t, { flags: { cryptoWorkers: '1' } })
+  const gw = agent.gateway
+  assert.equal(gw.crypto.size, 1)
+  const dev = await enrollDevice(gw, 'press-1')
+  const c = await mqttConnect(agent.mqttPort, { clientId: dev.id, username: dev.id, password: await tokenFor(gw, dev) })
+  assert.ok(c.ok, 'admitted')
+  t.after(() => c.client.end(true))
+  const received: string[] = []
+  let first!: (payload: string) => void
+  const arrived = new Promise<string>((r) => (first = r))
+  c.client.on('message', (_topic, payload) => {
+    received.push(payload.toString())
+    first(payload.toString())
+  })
+  await c.client.subscribeAsync(`dev/${dev.id}/cmd`, { qos: 1 })
+
+  // every signature on the pool waits until the test lets it go
+  const pool = gw.crypto
+  const sign = pool.sign.bind(pool)
+  let release!: () => void
+  const held = new Promise<void>((r) => (release = r))
+  let asked = 0
+  pool.sign = (data) => {
+    asked++
+    return held.then(() => sign(data))
+  }
+  const queued = agent.actions.queue(dev.id, 'wipe', WHO)
+  const pending = gw.actions.pending(dev.id)
+  assert.equal(pending.length, 1)
+  assert.equal(pending[0]!.jws, '', 'no JWS yet: its signature is on the pool')
+  assert.ok(asked >= 1)
+  // a delivery pass now (as on a reconnect) has nothing it may send
+  agent.actions.dispatcher.deviceReady(dev.id)
+  release()
+  const action = await queued
+  const payload = await within('the wipe delivered', arrived, 10_000)
+  assert.equal(payload, action.jws)
+  assert.deepEqual(received, [action.jws], 'sent once, and never without its JWS')
+  const parsed = parseJws(payload)
+  assert.ok(verifyParsed(parsed, gw.key.publicKey), 'signed by the gateway key')
+  assert.equal(parsed.payload.jti, action.id)
+  assert.equal(parsed.payload.act, 'wipe')
+  // stored with the same JWS (the stored value is read once the signature is in)
+  const stored = [...(await gw.store.db.iterator({ gte: ACTION_PREFIX, lt: 'act"' }).all())].map(([, v]) => JSON.parse(v) as { id: string; jws: string })
+  assert.deepEqual(stored.map((a) => [a.id, a.jws]), [[action.id, action.jws]])
+})
