@@ -24,6 +24,7 @@ import { DeviceAdmission } from './trust/admission.ts'
 import { SitePki } from './pki/site-pki.ts'
 import { serverTlsMaterial, startEstServer, type EstServer } from './pki/est.ts'
 import { isEdgewardenError } from './runtime/errors.ts'
+import { zod } from './runtime/zod.ts'
 import { GuardedClock } from './runtime/clock.ts'
 import { ResidualUseMonitor } from './trust/residual-use.ts'
 import { startAdminServer } from './observe/admin-server.ts'
@@ -31,8 +32,7 @@ import type { Clock } from './runtime/clock.ts'
 import type { AgentConfig } from './runtime/config.ts'
 import { AccessEnforcer } from './trust/enforcer.ts'
 import { Gateway, VERSION } from './gateway.ts'
-import { startHttpEndpoint, type HttpEndpoint } from './observe/http-server.ts'
-import { createMetrics } from './observe/metrics.ts'
+import type { HttpEndpoint } from './observe/http-server.ts'
 import { DeviceActivity } from './observe/device-activity.ts'
 import type { Logger } from './observe/logger.ts'
 import { openQuarantine, quarantineReport, registrySource } from './quarantine/setup.ts'
@@ -67,9 +67,13 @@ export interface RunningAgent {
 }
 
 /** Start every part of the agent; used by `edgewarden start` and by in-process tests. */
-export async function startAgent(config: AgentConfig, opts: { log: Logger; clock?: Clock; maintenanceIntervalMs?: number }): Promise<RunningAgent> {
+export async function startAgent(
+  config: AgentConfig,
+  opts: { log: Logger; clock?: Clock; maintenanceIntervalMs?: number; gateway?: Promise<Gateway> },
+): Promise<RunningAgent> {
   const { log } = opts
-  const gateway = await Gateway.open(config, { log: log.child({ component: 'gateway' }), ...(opts.clock ? { clock: opts.clock } : {}) })
+  // `gateway`: being opened by the caller already (Gateway.open with this config and log; the CLI reads the store while it loads this module)
+  const gateway = await (opts.gateway ?? Gateway.open(config, { log: log.child({ component: 'gateway' }), ...(opts.clock ? { clock: opts.clock } : {}) }))
   // Last-seen times are written just before the store closes, after every adapter has stopped.
   const stack: (() => Promise<void>)[] = [() => gateway.close(), () => gateway.flushSeen()]
   const stopAll = async (): Promise<void> => {
@@ -160,9 +164,17 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
       est = e
     }
     const maintenance = new Maintenance(gateway, { retirements, actions, credentials, pki }, log.child({ component: 'maintenance' }))
-    await maintenance.tick()
+    // The first pass runs once the registry is parsed in full (in steps:
+    // devices/registry.ts), while the agent already serves: the broker has
+    // been admitting since its start above, as before, and nothing a pass
+    // does is needed to judge a connect (every check of a key, certificate
+    // or state reads the time itself).
+    let firstPass: Promise<void> = Promise.resolve()
     maintenance.start(opts.maintenanceIntervalMs)
-    stack.push(() => maintenance.stop())
+    stack.push(async () => {
+      await firstPass
+      await maintenance.stop()
+    })
 
     const ops = opTable({ gw: gateway, enforcer, actions, retirements, pki })
     const commands = await CommandProcessor.create(gateway, enforcer, ops, log.child({ component: 'commands' }))
@@ -194,6 +206,8 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
     // Metrics, /healthz, /readyz and the status page (--http-port); /readyz says ready once everything below started.
     let http: HttpEndpoint | null = null
     if (config.http) {
+      // loaded only with --http-port: prom-client and the pages are ~40 ms of a start
+      const [{ createMetrics }, { startHttpEndpoint }] = await Promise.all([import('./observe/metrics.ts'), import('./observe/http-server.ts')])
       const sources = { gateway, adapters, uplink, activity, quarantineBackend: quarantine.name }
       const metrics = createMetrics({ ...sources, residualAttempts: (id) => residual.attempts(id), connectRefusals: () => admission.refusals(), admissionWaiting: () => ({ waiting: admission.gate.waiting, oldestWaitMs: admission.gate.oldestWaitMs }), crlNextUpdate: () => pki.crl.current?.nextUpdate ?? null })
       stack.push(async () => metrics.close())
@@ -218,6 +232,13 @@ export async function startAgent(config: AgentConfig, opts: { log: Logger; clock
       // pushed last, so it is the first thing a stop does
       stack.push(async () => h.setReadiness('stopping'))
     }
+    // after the caller has said ready: the rest of the registry parsed, in
+    // steps; the validators loaded (the first command does not wait for
+    // them); then the first maintenance pass
+    firstPass = new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => gateway.registry.parseAll())
+      .then(() => void zod())
+      .then(() => maintenance.tick())
     return {
       gateway,
       broker: mqtt.adapter,

@@ -4,7 +4,8 @@
 // local retire takes `wipe` and `deadlineS` as the control plane's does).
 // Each op returns what happened; the command processor turns it into
 // `cmd.completed` evidence, the admin socket into its answer.
-import { z } from 'zod'
+import type { z as Zod } from 'zod'
+import { zod } from '../runtime/zod.ts'
 import { ID_PATTERN } from '../../wire/ids.ts'
 import type { Act } from '../../wire/protocol.ts'
 import type { DeviceActions } from '../actions/device-actions.ts'
@@ -22,25 +23,36 @@ import { accessRemovedMs, noSessions, type AccessEnforcer } from '../trust/enfor
 import { inService } from '../trust/rights.ts'
 import type { Transition } from '../trust/state-machine.ts'
 
-const deviceId = z.string().regex(ID_PATTERN, 'must be a device id')
-const reason = z.string().max(1024)
+/** PROTOCOL §3: the ops, each with the schema of its arguments (opArgs). */
+export const OPS = ['device.enroll', 'device.revoke', 'device.quarantine', 'device.release', 'device.wipe', 'device.reenroll', 'device.renew', 'device.retire', 'inventory.report'] as const
+export type Op = (typeof OPS)[number]
 
-/** PROTOCOL §3: the arguments of each op, checked before a command is accepted (`invalid-args`). */
-export const ARGS = {
-  'device.enroll': z.object({ device: z.unknown() }).strict(),
-  'device.revoke': z.object({ deviceId, reason: reason.optional() }).strict(),
-  'device.quarantine': z.object({ deviceId, reason: reason.optional() }).strict(),
-  'device.release': z.object({ deviceId }).strict(),
-  'device.wipe': z.object({ deviceId }).strict(),
-  'device.reenroll': z.object({ deviceId }).strict(),
-  'device.renew': z.object({ deviceId }).strict(),
-  'device.retire': z
-    .object({ deviceId, reason: reason.optional(), wipe: z.boolean().optional(), deadlineS: z.number().int().positive().max(10 * 365 * 86400).optional() })
-    .strict(),
-  'inventory.report': z.object({}).strict(),
-} as const
-export type Op = keyof typeof ARGS
-export const OPS = Object.keys(ARGS) as Op[]
+function buildArgs(z: typeof Zod) {
+  const deviceId = z.string().regex(ID_PATTERN, 'must be a device id')
+  const reason = z.string().max(1024)
+  return {
+    'device.enroll': z.object({ device: z.unknown() }).strict(),
+    'device.revoke': z.object({ deviceId, reason: reason.optional() }).strict(),
+    'device.quarantine': z.object({ deviceId, reason: reason.optional() }).strict(),
+    'device.release': z.object({ deviceId }).strict(),
+    'device.wipe': z.object({ deviceId }).strict(),
+    'device.reenroll': z.object({ deviceId }).strict(),
+    'device.renew': z.object({ deviceId }).strict(),
+    'device.retire': z
+      .object({ deviceId, reason: reason.optional(), wipe: z.boolean().optional(), deadlineS: z.number().int().positive().max(10 * 365 * 86400).optional() })
+      .strict(),
+    'inventory.report': z.object({}).strict(),
+  } as const satisfies Record<Op, unknown>
+}
+let args: ReturnType<typeof buildArgs> | undefined
+
+/** PROTOCOL §3: the arguments of each op, checked before a command is accepted (`invalid-args`); built on first use (runtime/zod.ts). */
+export function opArgs(): ReturnType<typeof buildArgs> {
+  return (args ??= buildArgs(zod()))
+}
+
+/** Whether `op` names an op. */
+export const isOp = (op: unknown): op is Op => typeof op === 'string' && (OPS as readonly string[]).includes(op)
 
 /** What the ops act with: the core's parts. */
 export interface OpParts {

@@ -7,7 +7,7 @@ import { isJti } from '../../wire/ids.ts'
 import { MAX_COMMAND_LIFETIME_S, type RejectReason } from '../../wire/protocol.ts'
 import { parseDeviceSpec } from '../devices/device.ts'
 import { verifyParsed } from '../store/jws.ts'
-import { ARGS, type Op } from './ops.ts'
+import { isOp, opArgs, type Op } from './ops.ts'
 
 export interface Command {
   jti: string
@@ -52,8 +52,8 @@ export function verifyCommand(input: string | Uint8Array, ctx: VerifyContext): V
   if (time) return reject(time.reason, time.detail, true)
   const op = claims.op
   // Own keys only: `in` would take '__proto__' or 'constructor' for an op and throw below.
-  if (typeof op !== 'string' || !Object.hasOwn(ARGS, op)) return reject('unknown-op', `op ${JSON.stringify(op ?? null)} is not known`, true)
-  const parsed = ARGS[op as Op].safeParse(claims.args ?? undefined)
+  if (!isOp(op)) return reject('unknown-op', `op ${JSON.stringify(op ?? null)} is not known`, true)
+  const parsed = opArgs()[op].safeParse(claims.args ?? undefined)
   if (!parsed.success) {
     return reject('invalid-args', parsed.error.issues.map((i) => `${i.path.join('.') || 'args'}: ${i.message}`).join('; '), true)
   }

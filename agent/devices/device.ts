@@ -1,7 +1,8 @@
 // The Device record of PROTOCOL §3, validated once at the edge (command args,
 // admin API) into a typed DeviceSpec, and the stored DeviceRecord around it.
 import { isIP } from 'node:net'
-import { z } from 'zod'
+import type { z as Zod } from 'zod'
+import { zod } from '../runtime/zod.ts'
 import { ID_PATTERN } from '../../wire/ids.ts'
 import { rawPublicKey } from '../store/keys.ts'
 import { DEVICE_STATES, type DeviceState } from '../../wire/protocol.ts'
@@ -10,82 +11,86 @@ export { DEVICE_STATES, type DeviceState }
 export const CRITICALITIES = ['low', 'medium', 'high', 'safety'] as const
 export type Criticality = (typeof CRITICALITIES)[number]
 
-const publicKey = z.string().refine((s) => rawPublicKey(s) !== null, 'must be base64url of a raw 32-byte Ed25519 public key')
-// MQTT topic filter: no NUL, '#' only last, wildcards fill whole levels [MQTT-4.7.1-2], [MQTT-4.7.1-3]
-const topicFilter = z
-  .string()
-  .min(1)
-  .max(1024)
-  .refine((f) => {
-    if (f.includes('\u0000')) return false
-    const levels = f.split('/')
-    return levels.every((l, i) => (l.includes('#') ? l === '#' && i === levels.length - 1 : !l.includes('+') || l === '+'))
-  }, 'is not a valid MQTT topic filter')
-const port = z.number().int().min(1).max(65535)
-const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i
-
-const sha256Hex = z.string().regex(/^[0-9a-fA-F]{64}$/, 'must be 64 hex digits (a SHA-256)').transform((h) => h.toLowerCase())
-/** PROTOCOL §3 `x509`: a request for the gateway to sign, a one-time EST bootstrap secret, or a certificate of another CA the site trusts, pinned. */
-const x509Credential = z.union([
-  z.object({ csr: z.string().min(16).max(16_384).regex(/^[A-Za-z0-9_-]+$/, 'must be base64url of a DER PKCS#10 request') }).strict(),
-  z.object({ bootstrapSecretSha256: sha256Hex }).strict(),
-  z.object({ certificateSha256: sha256Hex }).strict(),
-])
-/** PROTOCOL §3 `password`: a PHC-format scrypt hash; the gateway never holds the password itself. */
-const passwordHash = z.string().max(512).regex(/^\$scrypt\$ln=\d{1,2},r=\d{1,2},p=\d{1,2}\$[A-Za-z0-9+/]+={0,2}\$[A-Za-z0-9+/]+={0,2}$/, 'must be a PHC scrypt hash $scrypt$ln=…,r=…,p=…$salt$hash')
-
 export const CREDENTIAL_KINDS = ['publicKey', 'x509', 'password'] as const
 export type CredentialKind = (typeof CREDENTIAL_KINDS)[number]
 
-export const deviceSpecSchema = z
-  .object({
-    id: z.string().regex(ID_PATTERN, 'must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$'),
-    publicKey: publicKey.optional(),
-    x509: x509Credential.optional(),
-    password: passwordHash.optional(),
-    criticality: z.enum(CRITICALITIES).optional(),
-    owner: z.string().max(256).optional(),
-    credentialExpiresAt: z.number().int().positive().optional(),
-    mqtt: z.object({}).strict().optional(),
-    modbus: z
-      .object({
-        host: z.string().min(1).max(255),
-        port: port.default(502),
-        unitId: z.number().int().min(0).max(255),
-        hookBase: z.number().int().min(0).max(65535).nullable().optional(),
-        // absent means true: an answer from another unit id fails that request (0x0B); false accepts it (devices that answer with a fixed unit id)
-        strictUnitId: z.boolean().optional(),
-      })
-      .strict()
-      .optional(),
-    opcua: z
-      .object({
-        endpoint: z.string().regex(/^opc\.tcp:\/\/[^\s]+$/, 'must be an opc.tcp:// URL'),
-        certificateSha256: z.string().regex(/^[0-9a-fA-F]{64}$/, 'must be 64 hex digits').optional(),
-        trustOnFirstUse: z.boolean().optional(),
-        // PROTOCOL §8: the device's server does OPC UA Part 12 push management; `renew` rotates its application certificate through the site CA
-        pushManagement: z.boolean().optional(),
-      })
-      .strict()
-      .optional(),
-    network: z
-      .object({
-        ip: z.string().refine((s) => isIP(s) !== 0, 'must be an IPv4 or IPv6 address').optional(),
-        mac: z.string().regex(MAC, 'must be a MAC address like 02:00:00:00:00:01').optional(),
-      })
-      .strict()
-      .optional(),
-    acl: z
-      .object({ publish: z.array(topicFilter).max(64).optional(), subscribe: z.array(topicFilter).max(64).optional() })
-      .strict()
-      .optional(),
-  })
-  .strict()
-  .refine((d) => CREDENTIAL_KINDS.filter((k) => d[k] !== undefined).length === 1, {
-    message: 'a device has exactly one credential: publicKey, x509 or password (PROTOCOL §3)',
-  })
+/** The schema of a device spec (PROTOCOL §3), built on first use (runtime/zod.ts). */
+function buildDeviceSpecSchema(z: typeof Zod) {
+  const publicKey = z.string().refine((s) => rawPublicKey(s) !== null, 'must be base64url of a raw 32-byte Ed25519 public key')
+  // MQTT topic filter: no NUL, '#' only last, wildcards fill whole levels [MQTT-4.7.1-2], [MQTT-4.7.1-3]
+  const topicFilter = z
+    .string()
+    .min(1)
+    .max(1024)
+    .refine((f) => {
+      if (f.includes('\u0000')) return false
+      const levels = f.split('/')
+      return levels.every((l, i) => (l.includes('#') ? l === '#' && i === levels.length - 1 : !l.includes('+') || l === '+'))
+    }, 'is not a valid MQTT topic filter')
+  const port = z.number().int().min(1).max(65535)
+  const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i
 
-export type DeviceSpec = z.infer<typeof deviceSpecSchema>
+  const sha256Hex = z.string().regex(/^[0-9a-fA-F]{64}$/, 'must be 64 hex digits (a SHA-256)').transform((h) => h.toLowerCase())
+  /** PROTOCOL §3 `x509`: a request for the gateway to sign, a one-time EST bootstrap secret, or a certificate of another CA the site trusts, pinned. */
+  const x509Credential = z.union([
+    z.object({ csr: z.string().min(16).max(16_384).regex(/^[A-Za-z0-9_-]+$/, 'must be base64url of a DER PKCS#10 request') }).strict(),
+    z.object({ bootstrapSecretSha256: sha256Hex }).strict(),
+    z.object({ certificateSha256: sha256Hex }).strict(),
+  ])
+  /** PROTOCOL §3 `password`: a PHC-format scrypt hash; the gateway never holds the password itself. */
+  const passwordHash = z.string().max(512).regex(/^\$scrypt\$ln=\d{1,2},r=\d{1,2},p=\d{1,2}\$[A-Za-z0-9+/]+={0,2}\$[A-Za-z0-9+/]+={0,2}$/, 'must be a PHC scrypt hash $scrypt$ln=…,r=…,p=…$salt$hash')
+
+  return z
+    .object({
+      id: z.string().regex(ID_PATTERN, 'must match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$'),
+      publicKey: publicKey.optional(),
+      x509: x509Credential.optional(),
+      password: passwordHash.optional(),
+      criticality: z.enum(CRITICALITIES).optional(),
+      owner: z.string().max(256).optional(),
+      credentialExpiresAt: z.number().int().positive().optional(),
+      mqtt: z.object({}).strict().optional(),
+      modbus: z
+        .object({
+          host: z.string().min(1).max(255),
+          port: port.default(502),
+          unitId: z.number().int().min(0).max(255),
+          hookBase: z.number().int().min(0).max(65535).nullable().optional(),
+          // absent means true: an answer from another unit id fails that request (0x0B); false accepts it (devices that answer with a fixed unit id)
+          strictUnitId: z.boolean().optional(),
+        })
+        .strict()
+        .optional(),
+      opcua: z
+        .object({
+          endpoint: z.string().regex(/^opc\.tcp:\/\/[^\s]+$/, 'must be an opc.tcp:// URL'),
+          certificateSha256: z.string().regex(/^[0-9a-fA-F]{64}$/, 'must be 64 hex digits').optional(),
+          trustOnFirstUse: z.boolean().optional(),
+          // PROTOCOL §8: the device's server does OPC UA Part 12 push management; `renew` rotates its application certificate through the site CA
+          pushManagement: z.boolean().optional(),
+        })
+        .strict()
+        .optional(),
+      network: z
+        .object({
+          ip: z.string().refine((s) => isIP(s) !== 0, 'must be an IPv4 or IPv6 address').optional(),
+          mac: z.string().regex(MAC, 'must be a MAC address like 02:00:00:00:00:01').optional(),
+        })
+        .strict()
+        .optional(),
+      acl: z
+        .object({ publish: z.array(topicFilter).max(64).optional(), subscribe: z.array(topicFilter).max(64).optional() })
+        .strict()
+        .optional(),
+    })
+    .strict()
+    .refine((d) => CREDENTIAL_KINDS.filter((k) => d[k] !== undefined).length === 1, {
+      message: 'a device has exactly one credential: publicKey, x509 or password (PROTOCOL §3)',
+    })
+}
+let deviceSpecSchema: ReturnType<typeof buildDeviceSpecSchema> | undefined
+
+export type DeviceSpec = Zod.infer<ReturnType<typeof buildDeviceSpecSchema>>
 
 /** A key the device may sign with, and when (seconds since the epoch). */
 export interface DeviceKey {
@@ -158,7 +163,7 @@ export interface DeviceRecord {
 
 /** Validate untrusted input; returns the spec or the list of problems, one line each. */
 export function parseDeviceSpec(input: unknown): { ok: true; spec: DeviceSpec } | { ok: false; problems: string[] } {
-  const r = deviceSpecSchema.safeParse(input)
+  const r = (deviceSpecSchema ??= buildDeviceSpecSchema(zod())).safeParse(input)
   if (r.success) return { ok: true, spec: r.data }
   return { ok: false, problems: r.error.issues.map((i) => `${i.path.length ? i.path.join('.') : 'device'}: ${i.message}`) }
 }

@@ -5,7 +5,7 @@ import { chmodSync, rmSync } from 'node:fs'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { userInfo } from 'node:os'
 import { join } from 'node:path'
-import { ARGS, type Op, type OpRequest, type OpRunner } from '../commands/ops.ts'
+import { opArgs, type Op, type OpRequest, type OpRunner } from '../commands/ops.ts'
 import { exportAuditLog, verifyAuditLog } from '../store/audit.ts'
 import { EdgewardenError, isEdgewardenError, type ErrorCode } from '../runtime/errors.ts'
 import type { Gateway } from '../gateway.ts'
@@ -215,12 +215,12 @@ export async function startAdminServer(gw: Gateway, hooks: AdminHooks, log: Logg
       const reason = reasonOf(body)
       // The op's own arguments, checked by the schema the control plane's are checked by.
       const args: Record<string, unknown> = { deviceId: parts[2]! }
-      const shape = ARGS[op].shape as Record<string, unknown>
+      const shape = opArgs()[op].shape as Record<string, unknown>
       for (const k of ['reason', 'wipe', 'deadlineS'] as const) {
         const v = k === 'reason' ? reason : body[k]
         if (v !== undefined && k in shape) args[k] = v
       }
-      const parsed = ARGS[op].safeParse(args)
+      const parsed = opArgs()[op].safeParse(args)
       if (!parsed.success) throw new RequestError(400, parsed.error.issues.map((i) => `${i.path.join('.') || 'body'}: ${i.message}`).join('; '))
       const r = await hooks.ops[op](parsed.data as Record<string, unknown>, request(reason))
       return send(res, 200, { result: r.local, device: describeDevice(gw, gw.requireDevice(parts[2]!)) })

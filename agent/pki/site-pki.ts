@@ -216,7 +216,7 @@ export class SitePki {
   /** Maintenance: overlaps past renewOverlapS end (superseded), external certificates learnt, the CRL signed when stale. */
   async tick(nowS: number): Promise<void> {
     const overlap = this.#gw.config.renewOverlapS
-    for (const r of [...this.#gw.registry.values()]) {
+    for (const r of [...this.#gw.registry.mayHoldProtocolOrCertificate()]) {
       const cur = r.certificates?.find((c) => c.role === 'current')
       if (!cur || !r.certificates!.some((c) => c.role === 'previous' && !c.revoked)) continue
       const since = r.credentialIssuedAt ?? cur.notBefore
@@ -371,7 +371,7 @@ export class SitePki {
 
   /** At start: the CRL and every record's certificates in step (a crash between a state change and its CRL write is carried on), and a fresh CRL. */
   async reconcile(): Promise<void> {
-    for (const r of [...this.#gw.registry.values()]) if (r.certificates?.length) await this.#serially(() => this.#apply(undefined, r.spec.id))
+    for (const r of [...this.#gw.registry.mayHoldProtocolOrCertificate()]) if (r.certificates?.length) await this.#serially(() => this.#apply(undefined, r.spec.id))
     if (this.crl.stale(this.#gw.nowS())) await this.signCrl()
   }
 

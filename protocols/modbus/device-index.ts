@@ -98,7 +98,7 @@ export class ModbusDeviceIndex {
 
   #rebuild(): void {
     const byUnit = new Map<number, string[]>()
-    for (const r of this.#gw.registry.values()) {
+    for (const r of this.#gw.registry.mayHoldProtocolOrCertificate()) {
       const m = r.spec.modbus
       if (!m) continue
       const ids = byUnit.get(m.unitId) ?? []
@@ -220,7 +220,7 @@ export class ModbusDeviceIndex {
     const tick = async (): Promise<void> => {
       const due: DeviceLink[] = []
       const now = performance.now()
-      for (const r of this.#gw.registry.values()) {
+      for (const r of this.#gw.registry.mayHoldProtocolOrCertificate()) {
         if (!r.spec.modbus || !inService(r.state)) continue
         const at = this.#answeredAt.get(r.spec.id)
         if (at !== undefined && now - at < everyMs) continue

@@ -134,7 +134,7 @@ export class ModbusHookRelay implements ActionChannel {
 
   /** Devices with pending actions are tried at start (delivery happens when they answer). */
   start(): void {
-    for (const r of this.#gw.registry.values()) {
+    for (const r of this.#gw.registry.mayHoldProtocolOrCertificate()) {
       if (this.#relayable(r) && this.#gw.actions.pending(r.spec.id).length > 0) this.#schedule(r.spec.id, 0)
     }
   }

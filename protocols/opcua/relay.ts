@@ -143,7 +143,7 @@ export class OpcuaRelay implements ProtocolAdapter, ActionChannel {
 
   /** Probe every OPC UA device in the background; resolves at once (node-opcua loads lazily). */
   async start(): Promise<void> {
-    for (const r of this.#gw.registry.values()) {
+    for (const r of this.#gw.registry.mayHoldProtocolOrCertificate()) {
       if (!r.spec.opcua) continue
       if (reachable(r.state)) this.#schedule(r.spec.id, 0)
       else this.#serial(r.spec.id, () => this.#distrust(r.spec.id, 'start'))

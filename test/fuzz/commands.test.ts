@@ -65,7 +65,7 @@ test('verifyCommand on random claims signed by the pinned key: never throws; acc
       const v = verify(signJws(cp.privateKey, 'cp1', c))
       if (!v.ok) {
         assert.ok(v.signed, 'the signature verified, so the refusal is a signed one')
-        if (typeof c.op === 'string' && !(OPS as string[]).includes(c.op) && c.aud === 'gw1' && v.reason !== 'malformed' && !['expired', 'not-yet-valid', 'lifetime-too-long'].includes(v.reason)) {
+        if (typeof c.op === 'string' && !(OPS as readonly string[]).includes(c.op) && c.aud === 'gw1' && v.reason !== 'malformed' && !['expired', 'not-yet-valid', 'lifetime-too-long'].includes(v.reason)) {
           assert.equal(v.reason, 'unknown-op')
         }
         return
