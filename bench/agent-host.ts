@@ -5,7 +5,10 @@
 //   command would), answering when every wipe action is durably queued;
 // - {op:'acks'}: acks recorded (settled: removed from the queue, audited,
 //   event written) so far, and when the last one was;
-// - {op:'waitAcks', count, timeoutMs}: answers once `count` acks are recorded.
+// - {op:'waitAcks', count, timeoutMs}: answers once `count` acks are recorded;
+// - {op:'accessRemoved'}: the agent's own accessRemovedMs (command received
+//   to every session closed, PROTOCOL §6) of each device.revoke completed
+//   since the last ask: the part of a revocation spent inside the agent.
 // Memory is answered by bench/probe.mjs (preloaded by the benchmark).
 import { parseArgs } from 'node:util'
 import { startAgent } from '../agent/compose.ts'
@@ -13,7 +16,7 @@ import { flagsToKeys, startFlagOptions } from '../agent/cli/start.ts'
 import { loadConfig } from '../agent/runtime/config.ts'
 import { createLogger } from '../agent/observe/logger.ts'
 
-export type HostRequest = { op: 'retire'; ids: string[] } | { op: 'acks' } | { op: 'waitAcks'; count: number; timeoutMs: number }
+export type HostRequest = { op: 'retire'; ids: string[] } | { op: 'acks' } | { op: 'waitAcks'; count: number; timeoutMs: number } | { op: 'accessRemoved' }
 
 export interface RetireReply {
   retired: number
@@ -38,6 +41,13 @@ const agent = await startAgent(config, { log })
 let acks = 0
 let lastAt = 0
 const ackWaiters = new Set<() => void>()
+let accessRemoved: number[] = []
+agent.gateway.onCommitted((change) => {
+  for (const e of change.events ?? []) {
+    const evidence = e.type === 'cmd.completed' && e.data.op === 'device.revoke' ? (e.data.evidence as { accessRemovedMs?: unknown } | undefined) : undefined
+    if (typeof evidence?.accessRemovedMs === 'number') accessRemoved.push(evidence.accessRemovedMs)
+  }
+})
 agent.actions.onAck(() => {
   acks++
   lastAt = epochMs()
@@ -65,6 +75,11 @@ async function handle(req: HostRequest): Promise<unknown> {
     }
     case 'acks':
       return { acks, lastAt } satisfies AcksReply
+    case 'accessRemoved': {
+      const out = accessRemoved
+      accessRemoved = []
+      return out
+    }
     case 'waitAcks':
       await new Promise<void>((resolve, reject) => {
         const check = (): void => {
