@@ -8,13 +8,22 @@
 // - {op:'waitAcks', count, timeoutMs}: answers once `count` acks are recorded;
 // - {op:'accessRemoved'}: the agent's own accessRemovedMs (command received
 //   to every session closed, PROTOCOL §6) of each device.revoke completed
-//   since the last ask: the part of a revocation spent inside the agent.
+//   since the last ask: the part of a revocation spent inside the agent;
+//   and the agent's event-loop delay over the same time (a stall there
+//   delays a command before the agent has it).
 // Memory is answered by bench/probe.mjs (preloaded by the benchmark).
+import { monitorEventLoopDelay } from 'node:perf_hooks'
 import { parseArgs } from 'node:util'
 import { startAgent } from '../agent/compose.ts'
 import { flagsToKeys, startFlagOptions } from '../agent/cli/start.ts'
 import { loadConfig } from '../agent/runtime/config.ts'
 import { createLogger } from '../agent/observe/logger.ts'
+
+export interface AccessRemovedReply {
+  accessRemovedMs: number[]
+  /** the event loop's delay since the last ask (null on the first) */
+  loopDelayMs: { p99: number; max: number } | null
+}
 
 export type HostRequest = { op: 'retire'; ids: string[] } | { op: 'acks' } | { op: 'waitAcks'; count: number; timeoutMs: number } | { op: 'accessRemoved' }
 
@@ -42,6 +51,7 @@ let acks = 0
 let lastAt = 0
 const ackWaiters = new Set<() => void>()
 let accessRemoved: number[] = []
+let loopDelay: ReturnType<typeof monitorEventLoopDelay> | null = null
 agent.gateway.onCommitted((change) => {
   for (const e of change.events ?? []) {
     const evidence = e.type === 'cmd.completed' && e.data.op === 'device.revoke' ? (e.data.evidence as { accessRemovedMs?: unknown } | undefined) : undefined
@@ -76,8 +86,11 @@ async function handle(req: HostRequest): Promise<unknown> {
     case 'acks':
       return { acks, lastAt } satisfies AcksReply
     case 'accessRemoved': {
-      const out = accessRemoved
+      const out = { accessRemovedMs: accessRemoved, loopDelayMs: loopDelay ? { p99: loopDelay.percentile(99) / 1e6, max: loopDelay.max / 1e6 } : null }
       accessRemoved = []
+      loopDelay?.disable()
+      loopDelay = monitorEventLoopDelay({ resolution: 1 })
+      loopDelay.enable()
       return out
     }
     case 'waitAcks':
