@@ -170,8 +170,10 @@ export async function startAgent(
     // does is needed to judge a connect (every check of a key, certificate
     // or state reads the time itself).
     let firstPass: Promise<void> = Promise.resolve()
+    let stopping = false
     maintenance.start(opts.maintenanceIntervalMs)
     stack.push(async () => {
+      stopping = true
       await firstPass
       await maintenance.stop()
     })
@@ -236,9 +238,9 @@ export async function startAgent(
     // steps; the validators loaded (the first command does not wait for
     // them); then the first maintenance pass
     firstPass = new Promise<void>((resolve) => setImmediate(resolve))
-      .then(() => gateway.registry.parseAll())
+      .then(() => gateway.registry.parseAll(() => stopping))
       .then(() => void zod())
-      .then(() => maintenance.tick())
+      .then(() => (stopping ? undefined : maintenance.tick()))
     return {
       gateway,
       broker: mqtt.adapter,

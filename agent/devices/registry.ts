@@ -80,8 +80,12 @@ export class Registry {
     }
   }
 
-  /** Parse every record still held as JSON, PARSE_STEP per turn of the event loop, so connects are judged meanwhile. */
-  async parseAll(): Promise<void> {
+  /**
+   * Parse every record still held as JSON, PARSE_STEP per turn of the event
+   * loop, so connects are judged meanwhile; `stop` ends it early (the agent
+   * is stopping: what is left is parsed on first read, as before).
+   */
+  async parseAll(stop: () => boolean = () => false): Promise<void> {
     // one walk of the map across the steps (a Map iterator survives changes made meanwhile)
     const it = this.#devices.entries()
     for (;;) {
@@ -94,6 +98,7 @@ export class Registry {
       }
       if (n < PARSE_STEP || this.#unparsed === 0) return
       await new Promise<void>((resolve) => setImmediate(resolve))
+      if (stop()) return
     }
   }
 

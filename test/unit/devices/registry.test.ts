@@ -66,6 +66,18 @@ test('registry: parsed on first read and once; the narrow pass sees every certif
   assert.equal(r.has('plc-1'), false)
 
   // parseAll: everything parsed, in steps (connects are judged meanwhile), the same records as stored
+  // a stop asked for ends it after the step in progress: the rest is parsed on first read
+  const fresh = await Registry.load(store)
+  await fresh.parseAll(() => true)
+  let late = 0
+  JSON.parse = ((text: string, reviver?: (this: unknown, key: string, value: unknown) => unknown) => (late++, parse(text, reviver))) as typeof JSON.parse
+  try {
+    assert.equal([...fresh.values()].length, fresh.size)
+  } finally {
+    JSON.parse = parse
+  }
+  assert.ok(late > 0 && late < fresh.size, `parseAll stopped after a step (${late} of ${fresh.size} left)`)
+
   let yielded = false
   setImmediate(() => (yielded = true)) // runs only if parseAll gives the event loop a turn before it is done
   await r.parseAll()
