@@ -241,6 +241,7 @@ export async function startAgent(
       .then(() => gateway.registry.parseAll(() => stopping))
       .then(() => void zod())
       .then(() => (stopping ? undefined : maintenance.tick()))
+      .catch((err: unknown) => log.error({ err }, 'reading the registry in full failed; the records that can be read are served'))
     return {
       gateway,
       broker: mqtt.adapter,

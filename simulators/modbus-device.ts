@@ -14,7 +14,7 @@
 // a loopback port of its own. The front is also where a field device's
 // quirks are played (an answer under a fixed unit id, or another
 // transaction id than the request's).
-import { connect, createServer, type Server, type Socket } from 'node:net'
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { ServerTCP, type IServiceVector } from 'modbus-serial'
 import { ActionRuntime, MemoryDeviceStorage, type DeviceHooks } from '../firmware-hooks/action-runtime.ts'
 import { keygen, publicKeyToB64 } from '../firmware-hooks/crypto.ts'
@@ -145,13 +145,26 @@ export class SimulatedModbusDevice {
 
   async start(): Promise<void> {
     if (this.#server) return
-    if (this.#port === 0) this.#port = await freePort(this.host) // ServerTCP takes port 0 to mean 502
-    const backendPort = await freePort(this.host)
-    const server = new ServerTCP(this.#vector() as IServiceVector, { host: this.host, port: backendPort, unitID: 255 })
-    await new Promise<void>((resolve, reject) => {
-      server.once('initialized', () => resolve())
-      server.once('serverError', (err: Error) => reject(err))
-    })
+    // The front listens where it is told, or on a port the system picks
+    // (port 0; read back once bound, so no other process can take it in
+    // between). ServerTCP behind it takes port 0 to mean 502, so its port
+    // is chosen free first, and chosen again if something took it meanwhile.
+    let server: ServerTCP | undefined
+    let backendPort = 0
+    for (let attempt = 0; !server; attempt++) {
+      backendPort = await freePort(this.host)
+      const s = new ServerTCP(this.#vector() as IServiceVector, { host: this.host, port: backendPort, unitID: 255 })
+      try {
+        await new Promise<void>((resolve, reject) => {
+          s.once('initialized', () => resolve())
+          s.once('serverError', (err: Error) => reject(err))
+        })
+        server = s
+      } catch (err) {
+        await new Promise<void>((resolve) => s.close(() => resolve()))
+        if ((err as { code?: string }).code !== 'EADDRINUSE' || attempt >= 4) throw err
+      }
+    }
     server.on('socketError', () => {}) // a client that vanishes is not the device's failure
     const front = createServer((client) => this.#serve(client, backendPort))
     try {
@@ -163,9 +176,11 @@ export class SimulatedModbusDevice {
         })
       })
     } catch (err) {
-      await new Promise<void>((resolve) => server.close(() => resolve()))
+      const backend = server
+      await new Promise<void>((resolve) => backend.close(() => resolve()))
       throw err
     }
+    this.#port = (front.address() as AddressInfo).port
     this.#server = server
     this.#front = front
   }

@@ -13,6 +13,7 @@
 // pass, after ready, parses the rest in small steps (parseAll).
 import type { DeviceRecord } from './device.ts'
 import type { Store, WriteOp } from '../store/store.ts'
+import { EdgewardenError } from '../runtime/errors.ts'
 
 export const DEVICE_PREFIX = 'dev!'
 /** Records parsed per turn of the event loop by parseAll. */
@@ -120,7 +121,13 @@ export class Registry {
   }
 
   #parse(id: string, json: string): DeviceRecord {
-    const r = JSON.parse(json) as DeviceRecord
+    let r: DeviceRecord
+    try {
+      r = JSON.parse(json) as DeviceRecord
+    } catch (err) {
+      // only a store written by something else (or damaged) holds such a value: said once per read, with whose it is
+      throw new EdgewardenError('STORE_OPEN', `the stored record of device ${JSON.stringify(id)} is not valid JSON (${(err as Error).message}): restore the data dir from a backup`, { cause: err })
+    }
     this.#devices.set(id, r)
     this.#unparsed--
     return r

@@ -88,3 +88,17 @@ test('registry: parsed on first read and once; the narrow pass sees every certif
   assert.deepEqual(r.get('cert-1'), special[2])
   assert.ok(yielded, 'the event loop turned while it parsed')
 })
+
+test('registry: a stored record that is not JSON is refused by name when read, and the others are still served', async (t) => {
+  const dir = tempDir(t)
+  const store = await Store.open(dir)
+  t.after(() => store.close())
+  const r0 = await Registry.load(store)
+  await store.write([r0.set(record({ id: 'ok-1', publicKey: KEY }))], { sync: true })
+  await store.db.put('dev!bad-1', '{"spec":{"id":"bad-1"')
+  const r = await Registry.load(store)
+  assert.equal(r.size, 2)
+  assert.throws(() => r.get('bad-1'), (err: Error & { code?: string }) => err.code === 'STORE_OPEN' && /device "bad-1" is not valid JSON/.test(err.message))
+  await assert.rejects(r.parseAll(), /device "bad-1" is not valid JSON/)
+  assert.equal(r.get('ok-1')?.spec.id, 'ok-1')
+})
