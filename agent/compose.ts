@@ -239,9 +239,12 @@ export async function startAgent(
     // them); then the first maintenance pass
     firstPass = new Promise<void>((resolve) => setImmediate(resolve))
       .then(() => gateway.registry.parseAll(() => stopping))
+      .then(() => {
+        for (const u of gateway.registry.takeUnreadable()) log.error({ deviceId: u.id }, u.problem)
+      })
       .then(() => void zod())
       .then(() => (stopping ? undefined : maintenance.tick()))
-      .catch((err: unknown) => log.error({ err }, 'reading the registry in full failed; the records that can be read are served'))
+      .catch((err: unknown) => log.error({ err }, 'the first maintenance pass failed'))
     return {
       gateway,
       broker: mqtt.adapter,

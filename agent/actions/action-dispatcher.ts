@@ -43,8 +43,10 @@ export class ActionDispatcher {
     const channel = this.#channels.find((c) => c.ready(deviceId))
     if (!channel || actions.length === 0) return
     for (const a of [...actions]) {
-      // its signature is still being made (and it is not stored yet): it is sent once its queueing is durable (queued())
-      if (a.jws === '') continue
+      // its signature is still being made (and it is not stored yet): it and
+      // what follows it are sent once their queueing is durable (queued(), in
+      // queueing order), never one behind another out of order
+      if (a.jws === '') break
       try {
         await channel.send(a)
       } catch (err) {

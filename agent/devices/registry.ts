@@ -13,7 +13,6 @@
 // pass, after ready, parses the rest in small steps (parseAll).
 import type { DeviceRecord } from './device.ts'
 import type { Store, WriteOp } from '../store/store.ts'
-import { EdgewardenError } from '../runtime/errors.ts'
 
 export const DEVICE_PREFIX = 'dev!'
 /** Records parsed per turn of the event loop by parseAll. */
@@ -37,6 +36,8 @@ export class Registry {
   readonly #flagged = new Set<string>()
   /** records still held as JSON */
   #unparsed = 0
+  /** stored records that were not JSON, dropped from memory when read (takeUnreadable) */
+  #unreadable: { id: string; problem: string }[] = []
 
   static async load(store: Store): Promise<Registry> {
     const r = new Registry()
@@ -51,9 +52,23 @@ export class Registry {
     return r
   }
 
+  /** The record of `id`; undefined for an unknown id, and for one whose stored record is not JSON (fail closed: see takeUnreadable). */
   get(id: string): DeviceRecord | undefined {
     const v = this.#devices.get(id)
     return typeof v === 'string' ? this.#parse(id, v) : v
+  }
+
+  /**
+   * The stored records found not to be JSON since the last call (only a
+   * store written by something else, or damaged, holds one): each was
+   * dropped from memory when read, so its device is unknown here (refused
+   * as such) and every pass over the registry goes on without it. The
+   * caller reports them.
+   */
+  takeUnreadable(): { id: string; problem: string }[] {
+    const out = this.#unreadable
+    this.#unreadable = []
+    return out
   }
 
   has(id: string): boolean {
@@ -66,7 +81,10 @@ export class Registry {
 
   /** Every record (each parsed as it is reached). */
   *values(): IterableIterator<DeviceRecord> {
-    for (const [id, v] of this.#devices) yield typeof v === 'string' ? this.#parse(id, v) : v
+    for (const [id, v] of this.#devices) {
+      const r = typeof v === 'string' ? this.#parse(id, v) : v
+      if (r) yield r
+    }
   }
 
   /**
@@ -120,13 +138,16 @@ export class Registry {
     return { type: 'put', key: DEVICE_PREFIX + id, value: JSON.stringify(record) }
   }
 
-  #parse(id: string, json: string): DeviceRecord {
+  #parse(id: string, json: string): DeviceRecord | undefined {
     let r: DeviceRecord
     try {
       r = JSON.parse(json) as DeviceRecord
     } catch (err) {
-      // only a store written by something else (or damaged) holds such a value: said once per read, with whose it is
-      throw new EdgewardenError('STORE_OPEN', `the stored record of device ${JSON.stringify(id)} is not valid JSON (${(err as Error).message}): restore the data dir from a backup`, { cause: err })
+      this.#devices.delete(id)
+      this.#flagged.delete(id)
+      this.#unparsed--
+      this.#unreadable.push({ id, problem: `the stored record of device ${JSON.stringify(id)} is not valid JSON (${(err as Error).message}): its device is refused as unknown; restore the data dir from a backup, or enroll it again` })
+      return undefined
     }
     this.#devices.set(id, r)
     this.#unparsed--

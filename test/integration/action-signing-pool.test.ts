@@ -7,7 +7,7 @@ import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { startTestAgent } from '../helpers/agent.ts'
 import { enrollDevice, mqttConnect, tokenFor, WHO } from '../helpers/mqtt-devices.ts'
-import { within } from '../helpers/wait.ts'
+import { until, within } from '../helpers/wait.ts'
 import { parseJws } from '../../wire/jws.ts'
 import { verifyParsed } from '../../agent/store/jws.ts'
 import { ACTION_PREFIX } from '../../agent/actions/action-queue.ts'
@@ -58,4 +58,41 @@ test('an action signed on the crypto pool is sent only once signed and stored, e
   // stored with the same JWS (the stored value is read once the signature is in)
   const stored = [...(await gw.store.db.iterator({ gte: ACTION_PREFIX, lt: 'act"' }).all())].map(([, v]) => JSON.parse(v) as { id: string; jws: string })
   assert.deepEqual(stored.map((a) => [a.id, a.jws]), [[action.id, action.jws]])
+})
+
+test('actions signed on the pool out of order are still sent in queueing order', async (t) => {
+  const agent = await startTestAgent(t, { flags: { cryptoWorkers: '1' } })
+  const gw = agent.gateway
+  const dev = await enrollDevice(gw, 'press-2')
+  const c = await mqttConnect(agent.mqttPort, { clientId: dev.id, username: dev.id, password: await tokenFor(gw, dev) })
+  assert.ok(c.ok, 'admitted')
+  t.after(() => c.client.end(true))
+  const received: string[] = []
+  let second!: () => void
+  const both = new Promise<void>((r) => (second = r))
+  c.client.on('message', (_topic, payload) => {
+    received.push(payload.toString())
+    if (received.length === 2) second()
+  })
+  await c.client.subscribeAsync(`dev/${dev.id}/cmd`, { qos: 1 })
+  // the first action's signature comes back last (as from a second worker)
+  const pool = gw.crypto
+  const sign = pool.sign.bind(pool)
+  let release!: () => void
+  const held = new Promise<void>((r) => (release = r))
+  let calls = 0
+  pool.sign = (data) => (++calls === 1 ? held.then(() => sign(data)) : sign(data))
+  const first = agent.actions.queue(dev.id, 'renew', WHO)
+  await new Promise((r) => setImmediate(r)) // the next action in another turn (another pool batch)
+  const later = agent.actions.queue(dev.id, 'reenroll', WHO)
+  const [a, b] = gw.actions.pending(dev.id)
+  assert.ok(a && b)
+  // the later one signed, the first not yet: a delivery pass now sends neither
+  await until('the later action signed', () => b.jws !== '', 5000)
+  assert.equal(a.jws, '')
+  agent.actions.dispatcher.deviceReady(dev.id)
+  release()
+  const [x, y] = await Promise.all([first, later])
+  await within('both delivered', both, 10_000)
+  assert.deepEqual(received, [x.jws, y.jws], 'in queueing order, each once')
 })
