@@ -3,7 +3,7 @@
 // then execution in arrival order through the op table (ops.ts), each
 // outcome answered by a signed event.
 import type { KeyObject } from 'node:crypto'
-import { opArgs, OPS, type Op, type OpRunner } from './ops.ts'
+import { OPS, type Op, type OpRunner } from './ops.ts'
 import { CommandFailure } from './failure.ts'
 import { deviceOf, verifyCommand, type Command, type Verification, type VerifyContext } from './verify.ts'
 import type { AccessEnforcer } from '../trust/enforcer.ts'
@@ -19,7 +19,7 @@ import { MAX_COMMAND_LIFETIME_S, REJECT_REASONS, type FailReason, type RejectRea
 
 export { MAX_COMMAND_LIFETIME_S, REJECT_REASONS, type RejectReason }
 
-export { opArgs, OPS, type Op }
+export { OPS, type Op }
 export { deviceOf, verifyCommand, type Command, type Verification, type VerifyContext }
 
 export type CommandState = 'accepted' | 'completed' | 'failed' | 'rejected'

@@ -314,6 +314,8 @@ export class DeviceAdmission {
    * that verified; a replay of the same token by admit, as it remembers it.
    */
   async #decideOffloaded(req: AdmissionRequest, token: ParsedJws, nowS: number): Promise<AdmissionDecision> {
+    // admit() ran these checks when the connect arrived; they are run again here, after its turn at the
+    // gate, because a turn may come seconds later (a record gone, the jti used, the token expired meanwhile)
     const pre = precheckToken(this.#gw, req.clientId, req.username, token, { jtis: this.#jtis, nowS })
     if (!pre.ok) return pre
     const keys = signingCandidates(pre.record, nowS)

@@ -12,22 +12,29 @@ import { parseJws } from '../../wire/jws.ts'
 import { verifyParsed } from '../../agent/store/jws.ts'
 import { ACTION_PREFIX } from '../../agent/actions/action-queue.ts'
 
-test('an action signed on the crypto pool is sent only once signed and stored, exactly as stored', async (t) => {
+/** An agent with one crypto worker and a device `id` connected and listening on its command topic: what it receives, and a wait for the n-th. */
+async function listeningDevice(t: Parameters<typeof startTestAgent>[0], id: string) {
   const agent = await startTestAgent(t, { flags: { cryptoWorkers: '1' } })
   const gw = agent.gateway
-  assert.equal(gw.crypto.size, 1)
-  const dev = await enrollDevice(gw, 'press-1')
+  const dev = await enrollDevice(gw, id)
   const c = await mqttConnect(agent.mqttPort, { clientId: dev.id, username: dev.id, password: await tokenFor(gw, dev) })
   assert.ok(c.ok, 'admitted')
-  t.after(() => c.client.end(true))
+  t.after(() => void c.client.end(true))
   const received: string[] = []
-  let first!: (payload: string) => void
-  const arrived = new Promise<string>((r) => (first = r))
+  const waiters: { n: number; resolve: () => void }[] = []
   c.client.on('message', (_topic, payload) => {
     received.push(payload.toString())
-    first(payload.toString())
+    for (const w of waiters) if (received.length >= w.n) w.resolve()
   })
   await c.client.subscribeAsync(`dev/${dev.id}/cmd`, { qos: 1 })
+  const receivedCount = (n: number): Promise<void> => new Promise((resolve) => (received.length >= n ? resolve() : waiters.push({ n, resolve })))
+  return { agent, gw, dev, received, receivedCount }
+}
+
+test('an action signed on the crypto pool is sent only once signed and stored, exactly as stored', async (t) => {
+  const { agent, gw, dev, received, receivedCount } = await listeningDevice(t, 'press-1')
+  assert.equal(gw.crypto.size, 1)
+  const arrived = receivedCount(1).then(() => received[0]!)
 
   // every signature on the pool waits until the test lets it go
   const pool = gw.crypto
@@ -61,20 +68,8 @@ test('an action signed on the crypto pool is sent only once signed and stored, e
 })
 
 test('actions signed on the pool out of order are still sent in queueing order', async (t) => {
-  const agent = await startTestAgent(t, { flags: { cryptoWorkers: '1' } })
-  const gw = agent.gateway
-  const dev = await enrollDevice(gw, 'press-2')
-  const c = await mqttConnect(agent.mqttPort, { clientId: dev.id, username: dev.id, password: await tokenFor(gw, dev) })
-  assert.ok(c.ok, 'admitted')
-  t.after(() => c.client.end(true))
-  const received: string[] = []
-  let second!: () => void
-  const both = new Promise<void>((r) => (second = r))
-  c.client.on('message', (_topic, payload) => {
-    received.push(payload.toString())
-    if (received.length === 2) second()
-  })
-  await c.client.subscribeAsync(`dev/${dev.id}/cmd`, { qos: 1 })
+  const { agent, gw, dev, received, receivedCount } = await listeningDevice(t, 'press-2')
+  const both = receivedCount(2)
   // the first action's signature comes back last (as from a second worker)
   const pool = gw.crypto
   const sign = pool.sign.bind(pool)
