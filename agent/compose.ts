@@ -101,8 +101,10 @@ export async function startAgent(
       activity.noteRefusal(req.clientId, req.protocol, reason, detail, req.remote)
       noteRefusal(req, reason, detail)
     }
-    const dispatcher = new ActionDispatcher(gateway, log.child({ component: 'actions' }))
-    const actions = new DeviceActions(gateway, dispatcher, log.child({ component: 'actions' }))
+    // Acks and action delivery yield to admission: in a connect storm the devices get in first, what they bring follows.
+    const turn = () => admission.gate.background()
+    const dispatcher = new ActionDispatcher(gateway, log.child({ component: 'actions' }), { turn })
+    const actions = new DeviceActions(gateway, dispatcher, log.child({ component: 'actions' }), { turn })
     const credentials = new CredentialLifecycle(gateway, actions, log.child({ component: 'credentials' }))
     actions.beforeDelivery((id) => credentials.deviceReady(id))
     // The site PKI (PROTOCOL §9): its CA (created on first start), the CRL kept in step with the registry.
@@ -211,7 +213,7 @@ export async function startAgent(
       // loaded only with --http-port: prom-client and the pages are ~40 ms of a start
       const [{ createMetrics }, { startHttpEndpoint }] = await Promise.all([import('./observe/metrics.ts'), import('./observe/http-server.ts')])
       const sources = { gateway, adapters, uplink, activity, quarantineBackend: quarantine.name }
-      const metrics = createMetrics({ ...sources, residualAttempts: (id) => residual.attempts(id), connectRefusals: () => admission.refusals(), admissionWaiting: () => ({ waiting: admission.gate.waiting, oldestWaitMs: admission.gate.oldestWaitMs }), crlNextUpdate: () => pki.crl.current?.nextUpdate ?? null })
+      const metrics = createMetrics({ ...sources, residualAttempts: (id) => residual.attempts(id), connectRefusals: () => admission.refusals(), admissionWaiting: () => ({ waiting: admission.gate.waiting, oldestWaitMs: admission.gate.oldestWaitMs, backgroundWaiting: admission.gate.backgroundWaiting }), crlNextUpdate: () => pki.crl.current?.nextUpdate ?? null })
       stack.push(async () => metrics.close())
       const h = await startHttpEndpoint(gateway, { ...sources, ...config.http, metrics: metrics.registry, pki, log: log.child({ component: 'http' }) })
       // closed last, just before the store: /readyz says `stopping` for the whole stop

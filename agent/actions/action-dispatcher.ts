@@ -9,16 +9,25 @@ import type { Logger } from '../observe/logger.ts'
 
 export type { ActionChannel }
 
+/** A turn for work that yields to admission in a connect storm (trust/admission-gate.ts background()): resolves with its release. */
+export type YieldTurn = () => Promise<() => void>
+
+/** No storm to yield to (a gateway without admission, tests of the parts alone). */
+export const NO_YIELD: YieldTurn = () => Promise.resolve(() => {})
+
 export class ActionDispatcher {
   readonly #gw: Gateway
   readonly #log: Logger
   readonly #channels: ActionChannel[] = []
   /** actions already reported as delivered (action.delivered is sent once per action) */
   readonly #reported = new Set<string>()
+  readonly #turn: YieldTurn
 
-  constructor(gw: Gateway, log: Logger) {
+  /** `turn`: delivery yields to admission in a connect storm (trust/admission-gate.ts background()) */
+  constructor(gw: Gateway, log: Logger, opts: { turn?: YieldTurn } = {}) {
     this.#gw = gw
     this.#log = log
+    this.#turn = opts.turn ?? NO_YIELD
   }
 
   addChannel(channel: ActionChannel): void {
@@ -40,9 +49,22 @@ export class ActionDispatcher {
   }
 
   async #deliver(deviceId: string, actions: readonly QueuedAction[]): Promise<void> {
+    if (actions.length === 0 || !this.isReachable(deviceId)) return
+    // In a connect storm delivery waits until the connects waiting are checked (or it has waited admissionMaxWaitMs).
+    // The turn is given back at once: a device that stops reading holds up its own sends (aedes waits for its socket
+    // to drain), never a turn connects need.
+    const list = [...actions]
+    ;(await this.#turn())()
+    await this.#send(deviceId, list)
+  }
+
+  async #send(deviceId: string, actions: readonly QueuedAction[]): Promise<void> {
+    // the device may have gone while this waited its turn: then it gets them when it is back
     const channel = this.#channels.find((c) => c.ready(deviceId))
-    if (!channel || actions.length === 0) return
-    for (const a of [...actions]) {
+    if (!channel) return
+    for (const a of actions) {
+      // taken back, acked or expired while this waited: never sent again
+      if (this.#gw.actions.find(deviceId, a.id) === undefined) continue
       // its signature is still being made (and it is not stored yet): it and
       // what follows it are sent once their queueing is durable (queued(), in
       // queueing order), never one behind another out of order

@@ -5,7 +5,7 @@
 // It is the ActionSink of every protocol's channel: readiness and acks from
 // MQTT, OPC UA and Modbus all come back here.
 import { ackSigner, verifyAck, type VerifiedAck } from './ack.ts'
-import type { ActionDispatcher } from './action-dispatcher.ts'
+import { NO_YIELD, type ActionDispatcher, type YieldTurn } from './action-dispatcher.ts'
 import type { Act, QueuedAction } from './action-queue.ts'
 import type { DeviceRecord } from '../devices/device.ts'
 import type { Actor, Change, Gateway, QueueOptions } from '../gateway.ts'
@@ -21,6 +21,7 @@ export class DeviceActions implements ActionSink {
   readonly #dispatcher: ActionDispatcher
   readonly #log: Logger
   readonly #keys: PublicKeyCache
+  readonly #turn: YieldTurn
   readonly #ackListeners: AckListener[] = []
   readonly #readyHooks: ((deviceId: string) => Promise<void>)[] = []
   #renewCertificate: ((ack: VerifiedAck, settlement: Change) => Promise<void>) | null = null
@@ -28,11 +29,12 @@ export class DeviceActions implements ActionSink {
   readonly #recentAcks = new Map<string, number>()
   strayAcks = 0
 
-  constructor(gw: Gateway, dispatcher: ActionDispatcher, log: Logger, keys = new PublicKeyCache()) {
+  constructor(gw: Gateway, dispatcher: ActionDispatcher, log: Logger, opts: { keys?: PublicKeyCache; turn?: YieldTurn } = {}) {
     this.#gw = gw
     this.#dispatcher = dispatcher
     this.#log = log
-    this.#keys = keys
+    this.#keys = opts.keys ?? new PublicKeyCache()
+    this.#turn = opts.turn ?? NO_YIELD
   }
 
   get dispatcher(): ActionDispatcher {
@@ -103,9 +105,16 @@ export class DeviceActions implements ActionSink {
   async ack(deviceId: string, payload: string | Uint8Array, protocol: string): Promise<{ ok: boolean; reason?: string }> {
     // The signature checked on the crypto pool where it can be. Not by a key the device had when it arrived (or not for
     // the pool): verifyAck checks it inline against the keys it has now (an ack signed with a key proven by the ack just
-    // before it, settled meanwhile, is the device's own).
-    const signedBy = await ackSigner(this.#gw, deviceId, payload)
-    const v = verifyAck(this.#gw, deviceId, payload, this.#keys, signedBy !== null ? { signedBy } : {})
+    // before it, settled meanwhile, is the device's own). In a connect storm the check waits until the connects waiting
+    // are checked (or it has waited admissionMaxWaitMs): the devices get in first, their acks follow.
+    const release = await this.#turn()
+    let v
+    try {
+      const signedBy = await ackSigner(this.#gw, deviceId, payload)
+      v = verifyAck(this.#gw, deviceId, payload, this.#keys, signedBy !== null ? { signedBy } : {})
+    } finally {
+      release()
+    }
     if (!v.ok) {
       const repeated = v.ref !== undefined && this.#recentAcks.has(`${deviceId}/${v.ref}`)
       if (repeated) this.#log.debug({ deviceId, ref: v.ref, protocol }, 'repeated ack for an action already settled')

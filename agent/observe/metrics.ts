@@ -24,7 +24,7 @@ export interface MetricSources {
   /** refused device connects since start, by protocol and reason (DeviceAdmission.refusals) */
   connectRefusals?: () => readonly { protocol: string; reason: string; count: number }[]
   /** device connects waiting their turn at the admission gate now, and how long the oldest has waited (DeviceAdmission.gate) */
-  admissionWaiting?: () => { waiting: number; oldestWaitMs: number }
+  admissionWaiting?: () => { waiting: number; oldestWaitMs: number; backgroundWaiting: number }
 }
 
 export const PROTOCOLS: readonly Protocol[] = ['mqtt', 'opcua', 'modbus']
@@ -183,6 +183,14 @@ export function createMetrics(src: MetricSources): AgentMetrics {
     ...m,
     collect() {
       this.set(src.admissionWaiting?.().waiting ?? 0)
+    },
+  })
+  new Gauge({
+    name: 'edgewarden_admission_background_waiting',
+    help: 'Acks to check and action deliveries waiting for the device connects waiting to be checked first (each waits admissionMaxWaitMs at most); above zero only in a storm',
+    ...m,
+    collect() {
+      this.set(src.admissionWaiting?.().backgroundWaiting ?? 0)
     },
   })
   new Gauge({

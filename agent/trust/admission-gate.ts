@@ -15,6 +15,13 @@
 // queue therefore holds at most about what is served in `maxWaitMs`, and
 // never more than MAX_WAITING. A connect whose client went away while it
 // waited costs nothing when its turn comes (`gone`).
+//
+// Acks and action delivery yield to admission (`background()`): they take a
+// turn from the same slots, but only when no connect waits, so a storm's
+// connects are checked first and the acks and wipes they bring follow. Never
+// for longer than `maxWaitMs`: a background turn that has waited that long
+// goes before the connects, so a flood of connects (forged ones included)
+// delays a device's ack by at most that, never locks it out.
 
 /** Waiting connects at most, whatever the wait: a bound on memory under a flood. */
 export const MAX_WAITING = 65_536
@@ -37,12 +44,13 @@ export class AdmissionGate {
   readonly #concurrency: number
   readonly #maxWaitMs: number
   readonly #now: () => number
-  /** FIFO: waiting from #head on; the array is compacted when half of it is spent */
-  #waiting: Waiter[] = []
-  #head = 0
+  /** connects, FIFO */
+  readonly #connects = new Fifo()
+  /** background work (acks, action delivery), FIFO; served when no connect waits */
+  readonly #background = new Fifo()
   #running = 0
-  /** connects let through, refused as busy, and the most that waited at once (metrics, tests) */
-  readonly stats = { entered: 0, refused: 0, peakWaiting: 0 }
+  /** connects let through, refused as busy, and the most that waited at once; background turns given, and those that went first for having waited maxWaitMs (metrics, tests) */
+  readonly stats = { entered: 0, refused: 0, peakWaiting: 0, background: 0, backgroundAged: 0 }
 
   constructor(o: GateOptions) {
     if (!(o.concurrency >= 1)) throw new RangeError('admission concurrency must be at least 1')
@@ -58,12 +66,17 @@ export class AdmissionGate {
 
   /** Connects waiting for their turn now. */
   get waiting(): number {
-    return this.#waiting.length - this.#head
+    return this.#connects.size
+  }
+
+  /** Background work (acks, action delivery) waiting for the connects to be served. */
+  get backgroundWaiting(): number {
+    return this.#background.size
   }
 
   /** How long the connect at the head of the queue has waited, milliseconds (0: none waits). */
   get oldestWaitMs(): number {
-    const w = this.#waiting[this.#head]
+    const w = this.#connects.peek()
     return w ? this.#now() - w.since : 0
   }
 
@@ -83,9 +96,26 @@ export class AdmissionGate {
       return null
     }
     return new Promise((resolve) => {
-      this.#waiting.push({ since: this.#now(), resolve })
+      this.#connects.push({ since: this.#now(), resolve })
       if (this.waiting > this.stats.peakWaiting) this.stats.peakWaiting = this.waiting
     })
+  }
+
+  /**
+   * A turn for work that yields to admission (verifying an ack, delivering
+   * actions): resolves with its release (call it once, when the work's
+   * costly part is done) when a slot is free and no connect waits, or once
+   * it has waited maxWaitMs. Nothing is refused: with MAX_WAITING turns
+   * waiting already, it goes at once, outside the bound.
+   */
+  background(): Promise<() => void> {
+    if (this.#running < this.#concurrency && this.waiting === 0 && this.backgroundWaiting === 0) {
+      this.#running++
+      this.stats.background++
+      return Promise.resolve(this.#release())
+    }
+    if (this.backgroundWaiting >= MAX_WAITING) return Promise.resolve(() => {})
+    return new Promise((resolve) => this.#background.push({ since: this.#now(), resolve }))
   }
 
   #release(): () => void {
@@ -99,19 +129,50 @@ export class AdmissionGate {
   }
 
   #next(): void {
-    while (this.#running < this.#concurrency && this.waiting > 0) {
-      const w = this.#waiting[this.#head]!
-      this.#waiting[this.#head++] = undefined as unknown as Waiter
-      if (this.waiting === 0) {
-        this.#waiting = []
-        this.#head = 0
-      } else if (this.#head >= 1024 && this.#head * 2 >= this.#waiting.length) {
-        this.#waiting = this.#waiting.slice(this.#head)
-        this.#head = 0
-      }
+    while (this.#running < this.#concurrency) {
+      // background work that has waited maxWaitMs goes first; else connects; else background
+      const bg = this.#background.peek()
+      const aged = bg !== undefined && this.#now() - bg.since >= this.#maxWaitMs
+      const w = aged || this.waiting === 0 ? this.#background.shift() : this.#connects.shift()
+      if (!w) return
       this.#running++
-      this.stats.entered++
+      if (w === bg) {
+        this.stats.background++
+        if (aged && this.waiting > 0) this.stats.backgroundAged++
+      } else this.stats.entered++
       w.resolve(this.#release())
     }
+  }
+}
+
+/** A FIFO of waiters: taken from #head on; the array is compacted when half of it is spent. */
+class Fifo {
+  #items: (Waiter | undefined)[] = []
+  #head = 0
+
+  get size(): number {
+    return this.#items.length - this.#head
+  }
+
+  push(w: Waiter): void {
+    this.#items.push(w)
+  }
+
+  peek(): Waiter | undefined {
+    return this.#items[this.#head]
+  }
+
+  shift(): Waiter | undefined {
+    const w = this.#items[this.#head]
+    if (!w) return undefined
+    this.#items[this.#head++] = undefined
+    if (this.size === 0) {
+      this.#items = []
+      this.#head = 0
+    } else if (this.#head >= 1024 && this.#head * 2 >= this.#items.length) {
+      this.#items = this.#items.slice(this.#head)
+      this.#head = 0
+    }
+    return w
   }
 }

@@ -4,31 +4,39 @@
 // admissionMaxWaitMs, a new one is refused at once with CONNACK 3 (server
 // unavailable: retry), which is not a failure of its credential; garbage
 // is refused from memory without waiting; a connect whose client left while
-// it waited costs no check.
+// it waited costs no check; a device's ack and the actions sent to it wait
+// for the connects waiting, then follow.
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { startTestAgent } from '../helpers/agent.ts'
-import { enrollDevice, tokenFor } from '../helpers/mqtt-devices.ts'
+import { connectDevice, enrollDevice, Inbox, tokenFor, WHO } from '../helpers/mqtt-devices.ts'
+import { sign } from '../../firmware-hooks/crypto.ts'
+import { newJti } from '../../wire/ids.ts'
+import { assembleJws, jwsSigningInput } from '../../wire/jws.ts'
 import { until, within } from '../helpers/wait.ts'
 import { connectPacket, rawExchange } from '../fuzz/mqtt-wire.ts'
 import { utf8 } from '../../wire/base64url.ts'
 
-async function heldAgent(t: Parameters<typeof startTestAgent>[0]) {
-  // one connect judged at a time, and a new one refused as soon as another waits
-  const agent = await startTestAgent(t, { flags: { cryptoWorkers: '1', admissionConcurrency: '1', admissionMaxWaitMs: '0', authFailuresPerClient: '1' } })
+/** one connect judged at a time; by default a new one refused as soon as another waits */
+async function heldAgent(t: Parameters<typeof startTestAgent>[0], admissionMaxWaitMs = '0') {
+  const agent = await startTestAgent(t, { flags: { cryptoWorkers: '1', admissionConcurrency: '1', admissionMaxWaitMs, authFailuresPerClient: '1' } })
   const gw = agent.gateway
-  const pool = gw.crypto
+  return { agent, gw, gate: agent.mqttPolicy.admission.gate, ...holdFirstVerify(agent) }
+}
+
+/** From now on: the keys of every signature check on the pool, in order; the first is held until `open`. */
+function holdFirstVerify(agent: Awaited<ReturnType<typeof startTestAgent>>) {
+  const pool = agent.gateway.crypto
   const verify = pool.verify.bind(pool)
   const verified: string[] = []
   let open!: () => void
   const held = new Promise<void>((r) => (open = r))
-  // the signature check of the first connect is held until the test opens it
   pool.verify = (k, d, s) => {
     verified.push(k)
     const answer = verify(k, d, s)
     return verified.length === 1 ? held.then(() => answer) : answer
   }
-  return { agent, gw, verified, open, gate: agent.mqttPolicy.admission.gate }
+  return { verified, open }
 }
 
 test('storm admission: turns in arrival order; CONNACK 3 at once when the oldest has waited, not held against the device, which gets in on its retry', async (t) => {
@@ -80,4 +88,45 @@ test('storm admission: a connect whose client went away while it waited gets no 
   assert.equal(!d.ok && d.reason, 'gone')
   assert.deepEqual(verified, [a!.publicKey], 'only the first was checked')
   assert.equal(gate.running, 0)
+})
+
+test('storm admission: an ack and an action delivery wait for the connects waiting, then follow', async (t) => {
+  const agent = await startTestAgent(t, { flags: { cryptoWorkers: '1', admissionConcurrency: '1', admissionMaxWaitMs: '60000' } })
+  const gw = agent.gateway
+  const gate = agent.mqttPolicy.admission.gate
+  const [x, a, b] = await Promise.all(['meter-x', 'meter-a', 'meter-b'].map((id) => enrollDevice(gw, id)))
+  // x is connected, listening, and has got a first action
+  const client = await connectDevice(gw, agent.mqttPort, x!)
+  t.after(() => void client.end(true))
+  const inbox = new Inbox(client)
+  await client.subscribeAsync(`dev/${x!.id}/cmd`, { qos: 1 })
+  const renew = await agent.actions.queue(x!.id, 'renew', WHO)
+  await inbox.waitFor((m) => m.payload === renew.jws)
+
+  // a storm: a's connect is being checked, b's waits its turn
+  const { verified, open } = holdFirstVerify(agent)
+  const connect = async (d: typeof a) => rawExchange(agent.mqttPort, connectPacket({ clientId: d!.id, username: d!.id, password: await tokenFor(gw, d!) }))
+  const first = connect(a)
+  await until('a is being checked', () => verified.length === 1 && gate.running === 1, 5000)
+  const second = connect(b)
+  await until('b waits its turn', () => gate.waiting === 1, 5000)
+
+  // x acks the renewal (it could not), and the gateway queues it another action: both wait behind b
+  const input = jwsSigningInput(x!.id, { iss: x!.id, aud: gw.id, iat: gw.nowS(), jti: newJti('ack.'), ref: renew.id, status: 'failed', detail: 'no entropy' })
+  await client.publishAsync(`dev/${x!.id}/ack`, assembleJws(input, await sign(utf8(input), x!.secretKey)), { qos: 1 })
+  const reenroll = await agent.actions.queue(x!.id, 'reenroll', WHO)
+  await until('the ack and the delivery wait their turn', () => gate.backgroundWaiting === 2, 5000)
+  assert.deepEqual(verified, [a!.publicKey], "the ack's signature not checked yet")
+  assert.equal(inbox.messages.length, 1, 'the new action not sent yet')
+  assert.ok(gw.actions.find(x!.id, renew.id), 'the renewal still pending')
+
+  open()
+  const [ra, rb] = await Promise.all([first, second])
+  assert.deepEqual([ra.connack, rb.connack], [0, 0])
+  await inbox.waitFor((m) => m.payload === reenroll.jws)
+  await until('the ack settled', () => gw.actions.find(x!.id, renew.id) === undefined, 5000)
+  assert.deepEqual(verified, [a!.publicKey, b!.publicKey, x!.publicKey], 'the connects checked first, then the ack')
+  assert.equal(gate.backgroundWaiting, 0)
+  assert.equal(gate.running, 0)
+  assert.equal(gate.stats.backgroundAged, 0)
 })

@@ -1,6 +1,8 @@
 // The admission gate on its own: at most `concurrency` connects judged at
 // once, the rest let through in arrival order, and a new arrival refused at
-// once only when the oldest waiting connect has waited maxWaitMs already.
+// once only when the oldest waiting connect has waited maxWaitMs already;
+// background work (acks, action delivery) served after the connects waiting,
+// or first once it has waited maxWaitMs itself.
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { AdmissionGate, MAX_WAITING } from '../../../agent/trust/admission-gate.ts'
@@ -79,6 +81,60 @@ test('admission gate: maxWaitMs 0 queues one behind a full gate and refuses the 
   for (const q of queued) (await q)()
   assert.equal(big.waiting, 0)
   assert.equal(big.running, 0)
+})
+
+test('admission gate: background work waits while connects wait, and goes first once it has waited maxWaitMs', async () => {
+  let now = 0
+  const gate = new AdmissionGate({ concurrency: 1, maxWaitMs: 5000, now: () => now })
+  // idle: a background turn is given at once, and holds the slot until released
+  const bg0 = await gate.background()
+  assert.equal(gate.running, 1)
+  const order: string[] = []
+  const took = (name: string) => (release: () => void) => (order.push(name), release)
+  const c1 = turn(gate.enter()).then(took('c1'))
+  const b1 = gate.background().then(took('b1'))
+  const c2 = turn(gate.enter()).then(took('c2'))
+  assert.equal(gate.waiting, 2)
+  assert.equal(gate.backgroundWaiting, 1)
+  bg0()
+  ;(await c1)()
+  ;(await c2)()
+  ;(await b1)()
+  assert.deepEqual(order, ['c1', 'c2', 'b1'], 'connects waiting go first, whatever the arrival order')
+  assert.equal(gate.stats.backgroundAged, 0)
+
+  // a flood of connects never locks background work out: once it has waited maxWaitMs it goes before them
+  order.length = 0
+  const hold = await turn(gate.enter())
+  const b2 = gate.background().then(took('b2'))
+  now = 1000
+  const c3 = turn(gate.enter()).then(took('c3'))
+  now = 5000
+  const c4 = turn(gate.enter()).then(took('c4'))
+  hold()
+  ;(await b2)()
+  ;(await c3)()
+  ;(await c4)()
+  assert.deepEqual(order, ['b2', 'c3', 'c4'])
+  assert.equal(gate.stats.backgroundAged, 1)
+  // background waiting makes no connect refused: the refusal looks at connects only
+  assert.equal(gate.running, 0)
+  assert.equal(gate.stats.background, 3)
+})
+
+test('admission gate: background turns beyond the bound go at once (nothing is refused), outside the slots', async () => {
+  const gate = new AdmissionGate({ concurrency: 1, maxWaitMs: Number.MAX_SAFE_INTEGER })
+  const hold = await turn(gate.enter())
+  const queued: Promise<() => void>[] = []
+  for (let i = 0; i < MAX_WAITING; i++) queued.push(gate.background())
+  const over = await gate.background()
+  assert.equal(gate.running, 1, 'the one over the bound takes no slot')
+  over()
+  assert.equal(gate.running, 1)
+  hold()
+  for (const q of queued) (await q)()
+  assert.equal(gate.backgroundWaiting, 0)
+  assert.equal(gate.running, 0)
 })
 
 test('admission gate: a concurrency below 1 is refused', () => {
