@@ -22,6 +22,8 @@ export class ActionDispatcher {
   /** actions already reported as delivered (action.delivered is sent once per action) */
   readonly #reported = new Set<string>()
   readonly #turn: YieldTurn
+  /** each device's deliveries in progress, chained: the last one's promise */
+  readonly #delivering = new Map<string, Promise<void>>()
 
   /** `turn`: delivery yields to admission in a connect storm (trust/admission-gate.ts background()) */
   constructor(gw: Gateway, log: Logger, opts: { turn?: YieldTurn } = {}) {
@@ -36,26 +38,37 @@ export class ActionDispatcher {
 
   /** A channel reports the device connected and listening: send everything pending, in order. */
   deviceReady(deviceId: string): void {
-    void this.#deliver(deviceId, this.#gw.actions.pending(deviceId))
+    this.#deliver(deviceId, this.#gw.actions.pending(deviceId))
   }
 
   /** A new action was queued: send it now if the device is listening. */
   queued(action: QueuedAction): void {
-    void this.#deliver(action.deviceId, [action])
+    this.#deliver(action.deviceId, [action])
   }
 
   isReachable(deviceId: string): boolean {
     return this.#channels.some((c) => c.ready(deviceId))
   }
 
-  async #deliver(deviceId: string, actions: readonly QueuedAction[]): Promise<void> {
+  #deliver(deviceId: string, actions: readonly QueuedAction[]): void {
     if (actions.length === 0 || !this.isReachable(deviceId)) return
+    // A device's deliveries run one after another, in the order they were asked for, whatever order turns come in.
+    const list = [...actions]
+    const next = (this.#delivering.get(deviceId) ?? Promise.resolve())
+      .then(() => this.#deliverInTurn(deviceId, list))
+      .catch((err: unknown) => this.#log.error({ err, deviceId }, 'delivering actions failed; they stay queued'))
+    this.#delivering.set(deviceId, next)
+    void next.then(() => {
+      if (this.#delivering.get(deviceId) === next) this.#delivering.delete(deviceId)
+    })
+  }
+
+  async #deliverInTurn(deviceId: string, actions: readonly QueuedAction[]): Promise<void> {
     // In a connect storm delivery waits until the connects waiting are checked (or it has waited admissionMaxWaitMs).
     // The turn is given back at once: a device that stops reading holds up its own sends (aedes waits for its socket
     // to drain), never a turn connects need.
-    const list = [...actions]
     ;(await this.#turn())()
-    await this.#send(deviceId, list)
+    await this.#send(deviceId, actions)
   }
 
   async #send(deviceId: string, actions: readonly QueuedAction[]): Promise<void> {

@@ -13,6 +13,7 @@ import { PublicKeyCache } from '../store/keys.ts'
 import type { Logger } from '../observe/logger.ts'
 import type { ActionSink, Protocol } from '../adapter.ts'
 import { EdgewardenError } from '../runtime/errors.ts'
+import { parseJws } from '../../wire/jws.ts'
 
 export type AckListener = (ack: VerifiedAck) => Promise<void> | void
 
@@ -27,6 +28,8 @@ export class DeviceActions implements ActionSink {
   #renewCertificate: ((ack: VerifiedAck, settlement: Change) => Promise<void>) | null = null
   /** ack jtis seen recently, so a repeated ack is recognised as such (harmless) */
   readonly #recentAcks = new Map<string, number>()
+  /** acks of each device waiting for their turn or being checked (#mayWait) */
+  readonly #acksWaiting = new Map<string, number>()
   strayAcks = 0
 
   constructor(gw: Gateway, dispatcher: ActionDispatcher, log: Logger, opts: { keys?: PublicKeyCache; turn?: YieldTurn } = {}) {
@@ -106,14 +109,23 @@ export class DeviceActions implements ActionSink {
     // The signature checked on the crypto pool where it can be. Not by a key the device had when it arrived (or not for
     // the pool): verifyAck checks it inline against the keys it has now (an ack signed with a key proven by the ack just
     // before it, settled meanwhile, is the device's own). In a connect storm the check waits until the connects waiting
-    // are checked (or it has waited admissionMaxWaitMs): the devices get in first, their acks follow.
-    const release = await this.#turn()
+    // are checked (or it has waited admissionMaxWaitMs): the devices get in first, their acks follow. Only an ack that
+    // may settle something waits (memory-only checks, as a connect's before its turn), and no more of a device's than
+    // it has actions pending: what a device floods takes no turn and holds no place in the queue.
+    const waits = this.#mayWait(deviceId, payload)
+    if (waits) this.#acksWaiting.set(deviceId, (this.#acksWaiting.get(deviceId) ?? 0) + 1)
+    const release = waits ? await this.#turn() : null
     let v
     try {
       const signedBy = await ackSigner(this.#gw, deviceId, payload)
       v = verifyAck(this.#gw, deviceId, payload, this.#keys, signedBy !== null ? { signedBy } : {})
     } finally {
-      release()
+      if (release) {
+        release()
+        const n = this.#acksWaiting.get(deviceId)! - 1
+        if (n === 0) this.#acksWaiting.delete(deviceId)
+        else this.#acksWaiting.set(deviceId, n)
+      }
     }
     if (!v.ok) {
       const repeated = v.ref !== undefined && this.#recentAcks.has(`${deviceId}/${v.ref}`)
@@ -126,6 +138,26 @@ export class DeviceActions implements ActionSink {
     }
     await this.settle(v.ack, protocol)
     return { ok: true }
+  }
+
+  /**
+   * Whether an ack takes a turn that yields to admission: it names the
+   * sending device, refers to an action pending for it that is not settled,
+   * and fewer of the device's acks than it has actions pending are waiting
+   * or being checked. Anything else is checked at once, as before there
+   * was a turn to take: it settles nothing, and must not fill the queue.
+   */
+  #mayWait(deviceId: string, payload: string | Uint8Array): boolean {
+    const pending = this.#gw.actions.pending(deviceId).length
+    if (pending === 0 || (this.#acksWaiting.get(deviceId) ?? 0) >= pending) return false
+    let jws
+    try {
+      jws = parseJws(payload, { algs: ['EdDSA', 'ES256'] })
+    } catch {
+      return false
+    }
+    const ref = jws.payload.ref
+    return jws.header.kid === deviceId && jws.payload.iss === deviceId && typeof ref === 'string' && this.#gw.actions.find(deviceId, ref) !== undefined
   }
 
   /**

@@ -84,11 +84,14 @@ timing out at its own end: \`edgewarden_admission_waiting\` and
 \`edgewarden_connects_refused_total{reason="busy"}\` show it. Such a refusal
 says nothing about the device's credential: the throttle does not count it.
 Acks and action delivery yield to the connects: while connects wait, a
-device's ack is checked and its pending actions are sent only after them, so
-the devices get in first and the acks and wipes they bring follow. None of
-that waits longer than \`admissionMaxWaitMs\`: then it goes before the
-connects, so a flood of connects (forged ones too) delays a device's ack,
-never stops it. \`edgewarden_admission_background_waiting\` counts what waits.
+device's ack is checked and its pending actions are sent after them, so
+the devices get in first and the acks and wipes they bring follow. Once
+what yields has waited \`admissionMaxWaitMs\`, it and the connects take
+every other turn (with 0, always), so a flood of connects (forged ones
+too) slows a device's ack and never stops it. Only an ack that may settle
+an action waits, and no more of a device's acks than it has actions
+pending; the rest are checked at once, as garbage is.
+\`edgewarden_admission_background_waiting\` counts what waits.
 
 ## Certificate lifetimes and renewal
 

@@ -187,7 +187,7 @@ export function createMetrics(src: MetricSources): AgentMetrics {
   })
   new Gauge({
     name: 'edgewarden_admission_background_waiting',
-    help: 'Acks to check and action deliveries waiting for the device connects waiting to be checked first (each waits admissionMaxWaitMs at most); above zero only in a storm',
+    help: 'Acks to check and action deliveries waiting their turn: after the device connects waiting, and every other turn once they have waited admissionMaxWaitMs; above zero only while every slot is taken (a storm)',
     ...m,
     collect() {
       this.set(src.admissionWaiting?.().backgroundWaiting ?? 0)

@@ -18,10 +18,11 @@
 //
 // Acks and action delivery yield to admission (`background()`): they take a
 // turn from the same slots, but only when no connect waits, so a storm's
-// connects are checked first and the acks and wipes they bring follow. Never
-// for longer than `maxWaitMs`: a background turn that has waited that long
-// goes before the connects, so a flood of connects (forged ones included)
-// delays a device's ack by at most that, never locks it out.
+// connects are checked first and the acks and wipes they bring follow. Not
+// for ever: once the background turn at the head has waited `maxWaitMs`,
+// background and connects take every other turn, so a flood of connects
+// (forged ones included) slows a device's ack, never locks it out, and a
+// pile of background work never starves the connects either.
 
 /** Waiting connects at most, whatever the wait: a bound on memory under a flood. */
 export const MAX_WAITING = 65_536
@@ -49,7 +50,9 @@ export class AdmissionGate {
   /** background work (acks, action delivery), FIFO; served when no connect waits */
   readonly #background = new Fifo()
   #running = 0
-  /** connects let through, refused as busy, and the most that waited at once; background turns given, and those that went first for having waited maxWaitMs (metrics, tests) */
+  /** the last turn went to background work that had waited maxWaitMs while connects waited: the next goes to a connect */
+  #agedLast = false
+  /** connects let through, refused as busy, and the most that waited at once; background turns given, and those given while connects waited, for having waited maxWaitMs (metrics, tests) */
   readonly stats = { entered: 0, refused: 0, peakWaiting: 0, background: 0, backgroundAged: 0 }
 
   constructor(o: GateOptions) {
@@ -104,9 +107,11 @@ export class AdmissionGate {
   /**
    * A turn for work that yields to admission (verifying an ack, delivering
    * actions): resolves with its release (call it once, when the work's
-   * costly part is done) when a slot is free and no connect waits, or once
-   * it has waited maxWaitMs. Nothing is refused: with MAX_WAITING turns
-   * waiting already, it goes at once, outside the bound.
+   * costly part is done) when a slot is free and no connect waits, or,
+   * once it has waited maxWaitMs, every other turn. Nothing is refused:
+   * with MAX_WAITING turns waiting already, it goes at once, outside the
+   * bound (callers keep their own order: the dispatcher sends a device's
+   * actions one delivery after another).
    */
   background(): Promise<() => void> {
     if (this.#running < this.#concurrency && this.waiting === 0 && this.backgroundWaiting === 0) {
@@ -130,16 +135,22 @@ export class AdmissionGate {
 
   #next(): void {
     while (this.#running < this.#concurrency) {
-      // background work that has waited maxWaitMs goes first; else connects; else background
+      // connects first; background when none waits, or every other turn once it has waited maxWaitMs
       const bg = this.#background.peek()
-      const aged = bg !== undefined && this.#now() - bg.since >= this.#maxWaitMs
-      const w = aged || this.waiting === 0 ? this.#background.shift() : this.#connects.shift()
+      let w: Waiter | undefined
+      if (this.waiting === 0) w = this.#background.shift()
+      else if (bg !== undefined && !this.#agedLast && this.#now() - bg.since >= this.#maxWaitMs) {
+        w = this.#background.shift()
+        this.#agedLast = true
+        this.stats.backgroundAged++
+      } else {
+        w = this.#connects.shift()
+        this.#agedLast = false
+      }
       if (!w) return
       this.#running++
-      if (w === bg) {
-        this.stats.background++
-        if (aged && this.waiting > 0) this.stats.backgroundAged++
-      } else this.stats.entered++
+      if (w === bg) this.stats.background++
+      else this.stats.entered++
       w.resolve(this.#release())
     }
   }

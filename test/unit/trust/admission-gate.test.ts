@@ -117,9 +117,30 @@ test('admission gate: background work waits while connects wait, and goes first 
   ;(await c4)()
   assert.deepEqual(order, ['b2', 'c3', 'c4'])
   assert.equal(gate.stats.backgroundAged, 1)
-  // background waiting makes no connect refused: the refusal looks at connects only
   assert.equal(gate.running, 0)
   assert.equal(gate.stats.background, 3)
+
+  // a pile of aged background work does not starve the connects either: they take every other turn
+  order.length = 0
+  const hold2 = await turn(gate.enter())
+  const bs = ['b3', 'b4', 'b5'].map((n) => gate.background().then(took(n)))
+  now = 20_000
+  const cs = ['c5', 'c6'].map((n) => turn(gate.enter()).then(took(n)))
+  hold2()
+  for (const p of [bs[0]!, cs[0]!, bs[1]!, cs[1]!, bs[2]!]) (await p)()
+  assert.deepEqual(order, ['b3', 'c5', 'b4', 'c6', 'b5'])
+})
+
+test('admission gate: with maxWaitMs 0 background work and connects take every other turn', async () => {
+  const gate = new AdmissionGate({ concurrency: 1, maxWaitMs: 0 })
+  const hold = await turn(gate.enter())
+  const order: string[] = []
+  const took = (name: string) => (release: () => void) => (order.push(name), release)
+  const b = ['b1', 'b2'].map((n) => gate.background().then(took(n)))
+  const c = turn(gate.enter()).then(took('c1')) // waits (the next arrival would be refused)
+  hold()
+  for (const p of [b[0]!, c, b[1]!]) (await p)()
+  assert.deepEqual(order, ['b1', 'c1', 'b2'])
 })
 
 test('admission gate: background turns beyond the bound go at once (nothing is refused), outside the slots', async () => {
