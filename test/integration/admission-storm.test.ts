@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { startTestAgent } from '../helpers/agent.ts'
-import { connectDevice, enrollDevice, Inbox, tokenFor, WHO } from '../helpers/mqtt-devices.ts'
+import { connectDevice, enrollDevice, Inbox, tokenFor, WHO, type TestDevice } from '../helpers/mqtt-devices.ts'
 import { sign } from '../../firmware-hooks/crypto.ts'
 import { newJti } from '../../wire/ids.ts'
 import { assembleJws, jwsSigningInput } from '../../wire/jws.ts'
@@ -90,46 +90,59 @@ test('storm admission: a connect whose client went away while it waited gets no 
   assert.equal(gate.running, 0)
 })
 
-test('storm admission: an ack and an action delivery wait for the connects waiting, then follow', async (t) => {
+/**
+ * A device x connected, listening, and holding one pending renewal it has
+ * got; then a storm: a's connect being checked (its signature held until
+ * `open`), b's waiting its turn. The gate takes one connect at a time and
+ * nothing ages for a minute.
+ */
+async function listenerInAStorm(t: Parameters<typeof startTestAgent>[0], names: [string, string, string]) {
   const agent = await startTestAgent(t, { flags: { cryptoWorkers: '1', admissionConcurrency: '1', admissionMaxWaitMs: '60000' } })
   const gw = agent.gateway
   const gate = agent.mqttPolicy.admission.gate
-  const [x, a, b] = await Promise.all(['meter-x', 'meter-a', 'meter-b'].map((id) => enrollDevice(gw, id)))
-  // x is connected, listening, and has got a first action
-  const client = await connectDevice(gw, agent.mqttPort, x!)
+  const [x, a, b] = (await Promise.all(names.map((id) => enrollDevice(gw, id)))) as [TestDevice, TestDevice, TestDevice]
+  const client = await connectDevice(gw, agent.mqttPort, x)
   t.after(() => void client.end(true))
   const inbox = new Inbox(client)
-  await client.subscribeAsync(`dev/${x!.id}/cmd`, { qos: 1 })
-  const renew = await agent.actions.queue(x!.id, 'renew', WHO)
+  await client.subscribeAsync(`dev/${x.id}/cmd`, { qos: 1 })
+  const renew = await agent.actions.queue(x.id, 'renew', WHO)
   await inbox.waitFor((m) => m.payload === renew.jws)
 
-  // a storm: a's connect is being checked, b's waits its turn
   const { verified, open } = holdFirstVerify(agent)
-  const connect = async (d: typeof a) => rawExchange(agent.mqttPort, connectPacket({ clientId: d!.id, username: d!.id, password: await tokenFor(gw, d!) }))
+  const connect = async (d: TestDevice) => rawExchange(agent.mqttPort, connectPacket({ clientId: d.id, username: d.id, password: await tokenFor(gw, d) }))
   const first = connect(a)
   await until('a is being checked', () => verified.length === 1 && gate.running === 1, 5000)
   const second = connect(b)
   await until('b waits its turn', () => gate.waiting === 1, 5000)
+  /** x's signed ack of the renewal */
+  const ackOfRenew = async (over: Record<string, unknown> = {}) => {
+    const input = jwsSigningInput(x.id, { iss: x.id, aud: gw.id, iat: gw.nowS(), jti: newJti('ack.'), ref: renew.id, status: 'failed', ...over })
+    return assembleJws(input, await sign(utf8(input), x.secretKey))
+  }
+  return { agent, gw, gate, x, a, b, client, inbox, renew, verified, open, connects: Promise.all([first, second]), ackOfRenew }
+}
+
+test('storm admission: an ack and an action delivery wait for the connects waiting, then follow', async (t) => {
+  const { agent, gw, gate, x, a, b, client, inbox, renew, verified, open, connects, ackOfRenew } = await listenerInAStorm(t, ['meter-x', 'meter-a', 'meter-b'])
 
   // x acks the renewal (it could not), and the gateway queues it two more actions: the ack and the first delivery
   // wait behind b (the second delivery behind the first)
-  const input = jwsSigningInput(x!.id, { iss: x!.id, aud: gw.id, iat: gw.nowS(), jti: newJti('ack.'), ref: renew.id, status: 'failed', detail: 'no entropy' })
-  await client.publishAsync(`dev/${x!.id}/ack`, assembleJws(input, await sign(utf8(input), x!.secretKey)), { qos: 1 })
-  const notice = await agent.actions.queue(x!.id, 'renew', WHO)
-  const reenroll = await agent.actions.queue(x!.id, 'reenroll', WHO)
+  await client.publishAsync(`dev/${x.id}/ack`, await ackOfRenew({ detail: 'no entropy' }), { qos: 1 })
+  const notice = await agent.actions.queue(x.id, 'renew', WHO)
+  const reenroll = await agent.actions.queue(x.id, 'reenroll', WHO)
   await until('the ack and the delivery wait their turn', () => gate.backgroundWaiting === 2, 5000)
-  assert.deepEqual(verified, [a!.publicKey], "the ack's signature not checked yet")
+  assert.deepEqual(verified, [a.publicKey], "the ack's signature not checked yet")
   assert.equal(inbox.messages.length, 1, 'the new actions not sent yet')
-  assert.ok(gw.actions.find(x!.id, renew.id), 'the renewal still pending')
+  assert.ok(gw.actions.find(x.id, renew.id), 'the renewal still pending')
   // an operator takes the first of them back while it waits: it is never sent
-  await agent.actions.cancel(x!.id, notice.id, WHO)
+  await agent.actions.cancel(x.id, notice.id, WHO)
 
   open()
-  const [ra, rb] = await Promise.all([first, second])
+  const [ra, rb] = await connects
   assert.deepEqual([ra.connack, rb.connack], [0, 0])
   await inbox.waitFor((m) => m.payload === reenroll.jws)
-  await until('the ack settled', () => gw.actions.find(x!.id, renew.id) === undefined, 5000)
-  assert.deepEqual(verified, [a!.publicKey, b!.publicKey, x!.publicKey], 'the connects checked first, then the ack')
+  await until('the ack settled', () => gw.actions.find(x.id, renew.id) === undefined, 5000)
+  assert.deepEqual(verified, [a.publicKey, b.publicKey, x.publicKey], 'the connects checked first, then the ack')
   assert.deepEqual(inbox.messages.map((m) => m.payload), [renew.jws, reenroll.jws], 'the action taken back never sent')
   assert.equal(gate.backgroundWaiting, 0)
   assert.equal(gate.running, 0)
@@ -137,36 +150,19 @@ test('storm admission: an ack and an action delivery wait for the connects waiti
 })
 
 test('storm admission: a device that floods acks holds no more turns than it has actions pending; the rest are checked at once', async (t) => {
-  const agent = await startTestAgent(t, { flags: { cryptoWorkers: '1', admissionConcurrency: '1', admissionMaxWaitMs: '60000' } })
-  const gw = agent.gateway
-  const gate = agent.mqttPolicy.admission.gate
-  const [x, a, b] = await Promise.all(['drive-x', 'drive-a', 'drive-b'].map((id) => enrollDevice(gw, id)))
-  const client = await connectDevice(gw, agent.mqttPort, x!)
-  t.after(() => void client.end(true))
-  const inbox = new Inbox(client)
-  await client.subscribeAsync(`dev/${x!.id}/cmd`, { qos: 1 })
-  const renew = await agent.actions.queue(x!.id, 'renew', WHO)
-  await inbox.waitFor((m) => m.payload === renew.jws)
-
-  const { verified, open } = holdFirstVerify(agent)
-  const connect = async (d: typeof a) => rawExchange(agent.mqttPort, connectPacket({ clientId: d!.id, username: d!.id, password: await tokenFor(gw, d!) }))
-  const first = connect(a)
-  await until('a is being checked', () => verified.length === 1 && gate.running === 1, 5000)
-  const second = connect(b)
-  await until('b waits its turn', () => gate.waiting === 1, 5000)
+  const { gw, gate, x, b, client, renew, verified, open, connects, ackOfRenew } = await listenerInAStorm(t, ['drive-x', 'drive-a', 'drive-b'])
 
   // the same ack five times, and garbage on its ack topic: one waits its turn (x has one action pending)
-  const input = jwsSigningInput(x!.id, { iss: x!.id, aud: gw.id, iat: gw.nowS(), jti: newJti('ack.'), ref: renew.id, status: 'failed' })
-  const ack = assembleJws(input, await sign(utf8(input), x!.secretKey))
-  for (let i = 0; i < 5; i++) await client.publishAsync(`dev/${x!.id}/ack`, ack, { qos: 1 })
-  await client.publishAsync(`dev/${x!.id}/ack`, 'not an ack', { qos: 1 })
-  await until('the copies beyond the first checked at once, the action settled by one of them', () => verified.length === 5 && gw.actions.find(x!.id, renew.id) === undefined, 5000)
+  const ack = await ackOfRenew()
+  for (let i = 0; i < 5; i++) await client.publishAsync(`dev/${x.id}/ack`, ack, { qos: 1 })
+  await client.publishAsync(`dev/${x.id}/ack`, 'not an ack', { qos: 1 })
+  await until('the copies beyond the first checked at once, the action settled by one of them', () => verified.length === 5 && gw.actions.find(x.id, renew.id) === undefined, 5000)
   assert.equal(gate.backgroundWaiting, 1, 'one turn taken, for the one ack that may settle something')
   assert.equal(gate.waiting, 1, 'b still waits')
 
   open()
-  const [ra, rb] = await Promise.all([first, second])
+  const [ra, rb] = await connects
   assert.deepEqual([ra.connack, rb.connack], [0, 0])
   await until('the waiting copy checked after b', () => verified.length === 7 && gate.backgroundWaiting === 0 && gate.running === 0, 5000)
-  assert.deepEqual(verified.slice(5), [b!.publicKey, x!.publicKey])
+  assert.deepEqual(verified.slice(5), [b.publicKey, x.publicKey])
 })
