@@ -25,7 +25,14 @@ export interface AccessRemovedReply {
   loopDelayMs: { p99: number; max: number } | null
 }
 
-export type HostRequest = { op: 'retire'; ids: string[] } | { op: 'acks' } | { op: 'waitAcks'; count: number; timeoutMs: number } | { op: 'accessRemoved' }
+/** events waiting for the central broker when asked, those left at the end, and how long it took */
+export interface DrainReply {
+  depth: number
+  left: number
+  ms: number
+}
+
+export type HostRequest = { op: 'retire'; ids: string[] } | { op: 'acks' } | { op: 'waitAcks'; count: number; timeoutMs: number } | { op: 'accessRemoved' } | { op: 'drainOutbox'; timeoutMs: number }
 
 export interface RetireReply {
   retired: number
@@ -92,6 +99,17 @@ async function handle(req: HostRequest): Promise<unknown> {
       loopDelay = monitorEventLoopDelay({ resolution: 1 })
       loopDelay.enable()
       return out
+    }
+    case 'drainOutbox': {
+      // the events stored so far, all acknowledged by the central broker: how many there were, and how long that took
+      const depth = agent.gateway.outbox.depth
+      const t0 = performance.now()
+      if (agent.uplink) {
+        let timer: NodeJS.Timeout | undefined
+        await Promise.race([agent.uplink.drained(), new Promise<void>((resolve) => (timer = setTimeout(resolve, req.timeoutMs)))])
+        clearTimeout(timer)
+      }
+      return { depth, left: agent.gateway.outbox.depth, ms: performance.now() - t0 } satisfies DrainReply
     }
     case 'waitAcks':
       await new Promise<void>((resolve, reject) => {
