@@ -96,23 +96,26 @@ export function verifyAck(
   return { ok: true, ack }
 }
 
+/** An ack parsed without verifying, with either algorithm a device may sign with (ackSigner, the ack's turn); null when it is no JWS of the allowed shape (verifyAck says why). */
+export function parseAck(input: string | Uint8Array): ParsedJws | null {
+  try {
+    return parseJws(input, { algs: ['EdDSA', 'ES256'] })
+  } catch {
+    return null
+  }
+}
+
 /**
  * The signature check of a token-key device's ack, on the crypto pool (a
  * reconnect storm brings an ack from every device at once): the key of the
  * device that signed it; null when none of its keys did, or when it is not
- * for the pool (a certificate device, an unknown device, a malformed ack:
- * verifyAck checks it inline and says why).
+ * for the pool (a certificate device, an unknown device, an ack not signed
+ * EdDSA: verifyAck checks it inline and says why).
  */
-export async function ackSigner(gw: Gateway, deviceId: string, input: string | Uint8Array): Promise<string | null> {
+export async function ackSigner(gw: Gateway, deviceId: string, jws: ParsedJws): Promise<string | null> {
   const record = gw.registry.get(deviceId)
   if (!record || credentialKind(record.spec) === 'x509') return null
-  let jws
-  try {
-    jws = parseJws(input, {})
-  } catch {
-    return null
-  }
-  if (jws.header.kid !== deviceId) return null
+  if (jws.header.alg !== 'EdDSA' || jws.header.kid !== deviceId) return null
   return gw.crypto.verifyAny(signingCandidates(record, gw.nowS(), gw.config.clockSkewS), jws.signingInput, jws.signature)
 }
 

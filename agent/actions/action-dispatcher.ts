@@ -55,20 +55,18 @@ export class ActionDispatcher {
     // A device's deliveries run one after another, in the order they were asked for, whatever order turns come in.
     const list = [...actions]
     const next = (this.#delivering.get(deviceId) ?? Promise.resolve())
-      .then(() => this.#deliverInTurn(deviceId, list))
+      .then(async () => {
+        // In a connect storm delivery waits until the connects waiting are checked (or it has waited admissionMaxWaitMs).
+        // The turn is given back at once: a device that stops reading holds up its own sends (aedes waits for its
+        // socket to drain), never a turn connects need.
+        ;(await this.#turn())()
+        await this.#send(deviceId, list)
+      })
       .catch((err: unknown) => this.#log.error({ err, deviceId }, 'delivering actions failed; they stay queued'))
+      .finally(() => {
+        if (this.#delivering.get(deviceId) === next) this.#delivering.delete(deviceId)
+      })
     this.#delivering.set(deviceId, next)
-    void next.then(() => {
-      if (this.#delivering.get(deviceId) === next) this.#delivering.delete(deviceId)
-    })
-  }
-
-  async #deliverInTurn(deviceId: string, actions: readonly QueuedAction[]): Promise<void> {
-    // In a connect storm delivery waits until the connects waiting are checked (or it has waited admissionMaxWaitMs).
-    // The turn is given back at once: a device that stops reading holds up its own sends (aedes waits for its socket
-    // to drain), never a turn connects need.
-    ;(await this.#turn())()
-    await this.#send(deviceId, actions)
   }
 
   async #send(deviceId: string, actions: readonly QueuedAction[]): Promise<void> {

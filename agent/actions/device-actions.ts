@@ -4,7 +4,7 @@
 // proves (a new key after reenroll or renew). Deadlines expire actions.
 // It is the ActionSink of every protocol's channel: readiness and acks from
 // MQTT, OPC UA and Modbus all come back here.
-import { ackSigner, verifyAck, type VerifiedAck } from './ack.ts'
+import { ackSigner, parseAck, verifyAck, type VerifiedAck } from './ack.ts'
 import { NO_YIELD, type ActionDispatcher, type YieldTurn } from './action-dispatcher.ts'
 import type { Act, QueuedAction } from './action-queue.ts'
 import type { DeviceRecord } from '../devices/device.ts'
@@ -13,7 +13,7 @@ import { PublicKeyCache } from '../store/keys.ts'
 import type { Logger } from '../observe/logger.ts'
 import type { ActionSink, Protocol } from '../adapter.ts'
 import { EdgewardenError } from '../runtime/errors.ts'
-import { parseJws } from '../../wire/jws.ts'
+import type { ParsedJws } from '../../wire/jws.ts'
 
 export type AckListener = (ack: VerifiedAck) => Promise<void> | void
 
@@ -112,12 +112,13 @@ export class DeviceActions implements ActionSink {
     // are checked (or it has waited admissionMaxWaitMs): the devices get in first, their acks follow. Only an ack that
     // may settle something waits (memory-only checks, as a connect's before its turn), and no more of a device's than
     // it has actions pending: what a device floods takes no turn and holds no place in the queue.
-    const waits = this.#mayWait(deviceId, payload)
+    const jws = parseAck(payload)
+    const waits = jws !== null && this.#mayWait(deviceId, jws)
     if (waits) this.#acksWaiting.set(deviceId, (this.#acksWaiting.get(deviceId) ?? 0) + 1)
     const release = waits ? await this.#turn() : null
     let v
     try {
-      const signedBy = await ackSigner(this.#gw, deviceId, payload)
+      const signedBy = jws !== null ? await ackSigner(this.#gw, deviceId, jws) : null
       v = verifyAck(this.#gw, deviceId, payload, this.#keys, signedBy !== null ? { signedBy } : {})
     } finally {
       if (release) {
@@ -147,15 +148,9 @@ export class DeviceActions implements ActionSink {
    * or being checked. Anything else is checked at once, as before there
    * was a turn to take: it settles nothing, and must not fill the queue.
    */
-  #mayWait(deviceId: string, payload: string | Uint8Array): boolean {
+  #mayWait(deviceId: string, jws: ParsedJws): boolean {
     const pending = this.#gw.actions.pending(deviceId).length
     if (pending === 0 || (this.#acksWaiting.get(deviceId) ?? 0) >= pending) return false
-    let jws
-    try {
-      jws = parseJws(payload, { algs: ['EdDSA', 'ES256'] })
-    } catch {
-      return false
-    }
     const ref = jws.payload.ref
     return jws.header.kid === deviceId && jws.payload.iss === deviceId && typeof ref === 'string' && this.#gw.actions.find(deviceId, ref) !== undefined
   }
