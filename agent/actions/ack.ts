@@ -30,10 +30,37 @@ export interface VerifiedAck {
 
 export type AckVerdict = { ok: true; ack: VerifiedAck } | { ok: false; reason: string; ref?: string }
 
+/** What the crypto pool found for a token-key device's ack (ackSigner): the key that signed it, or null, among the keys `tried`. */
+export interface PoolCheck {
+  signedBy: string | null
+  tried: readonly string[]
+}
+
+/**
+ * Why an ack cannot settle anything, from its claims alone (no signature
+ * checked), or null: it names the sending device, is addressed to this
+ * gateway, and refers to an action pending for that device with a status
+ * an ack may have. Every check here costs no signature, so an ack refused
+ * by one of them costs none either (verifyAck, ackSigner, the ack's turn).
+ */
+export function claimsRefusal(gw: Gateway, deviceId: string, jws: ParsedJws): string | null {
+  const c = jws.payload
+  if (jws.header.kid !== deviceId || c.iss !== deviceId) return `kid and iss must be the sending device ${deviceId}`
+  if (!gw.registry.get(deviceId)) return 'unknown device'
+  if (c.aud !== gw.id) return `aud ${JSON.stringify(c.aud ?? null)} is not this gateway`
+  if (!isJti(c.jti)) return 'jti missing or malformed'
+  if (!Number.isSafeInteger(c.iat)) return 'iat is not an integer'
+  if (typeof c.ref !== 'string') return 'ref missing'
+  if (!gw.actions.find(deviceId, c.ref)) return `ref ${c.ref} is not an action pending for ${deviceId}`
+  if (typeof c.status !== 'string' || !(ACK_STATUSES as readonly string[]).includes(c.status)) return `status ${JSON.stringify(c.status ?? null)} is not done, failed or unsupported`
+  return null
+}
+
 /**
  * `deviceId` is who the transport says sent it (the MQTT client id of the
  * `dev/<id>/ack` topic, the device a relay called). The ack must be that
- * device's own.
+ * device's own. The claims are checked before the signature: what they
+ * refuse costs no verify.
  */
 export function verifyAck(
   gw: Gateway,
@@ -41,8 +68,8 @@ export function verifyAck(
   input: string | Uint8Array,
   keys: PublicKeyCache,
   opts: {
-    /** a token-key device's signature checked already, off the event loop (ackSigner): the key that made it */
-    signedBy?: string
+    /** a token-key device's signature checked already, off the event loop (ackSigner) */
+    pool?: PoolCheck
   } = {},
 ): AckVerdict {
   const record = gw.registry.get(deviceId)
@@ -58,26 +85,23 @@ export function verifyAck(
   const c = jws.payload
   const ref = typeof c.ref === 'string' ? c.ref : undefined
   const fail = (reason: string): AckVerdict => ({ ok: false, reason, ...(ref ? { ref } : {}) })
-  if (jws.header.kid !== deviceId || c.iss !== deviceId) return fail(`kid and iss must be the sending device ${deviceId}`)
-  if (!record) return fail('unknown device')
+  const refusal = claimsRefusal(gw, deviceId, jws)
+  if (refusal !== null) return fail(refusal)
   const nowS = gw.nowS()
   // the clock skew on a key's notBefore, as on the ack's own times
   const signedByDevice = x509
-    ? signedByCertificate(record, jws)
-    : opts.signedBy !== undefined
-      ? // checked against the record as it was; the key must still be one the device may sign with now
-        signingCandidates(record, nowS, gw.config.clockSkewS).includes(opts.signedBy)
-      : signingKey(record, jws, nowS, keys, { earlyS: gw.config.clockSkewS }) !== null
+    ? signedByCertificate(record!, jws)
+    : opts.pool !== undefined
+      ? opts.pool.signedBy !== null
+        ? // checked against the record as it was; the key must still be one the device may sign with now
+          signingCandidates(record!, nowS, gw.config.clockSkewS).includes(opts.pool.signedBy)
+        : // none of the keys the pool tried: only a key the device got since (a re-key settled meanwhile) is checked here
+          signingKey(record!, jws, nowS, keys, { earlyS: gw.config.clockSkewS, except: opts.pool.tried }) !== null
+      : signingKey(record!, jws, nowS, keys, { earlyS: gw.config.clockSkewS }) !== null
   if (!signedByDevice) return fail('signature is not by a currently valid key of the device')
-  if (c.aud !== gw.id) return fail(`aud ${JSON.stringify(c.aud ?? null)} is not this gateway`)
-  if (!isJti(c.jti)) return fail('jti missing or malformed')
-  if (!Number.isSafeInteger(c.iat)) return fail('iat is not an integer')
-  if (!ref) return fail('ref missing')
-  const action = gw.actions.find(deviceId, ref)
-  if (!action) return fail(`ref ${ref} is not an action pending for ${deviceId}`)
-  if (typeof c.status !== 'string' || !(ACK_STATUSES as readonly string[]).includes(c.status)) return fail(`status ${JSON.stringify(c.status ?? null)} is not done, failed or unsupported`)
+  const action = gw.actions.find(deviceId, ref!)!
   const status = c.status as AckStatus
-  const ack: VerifiedAck = { deviceId, jti: c.jti, action, status }
+  const ack: VerifiedAck = { deviceId, jti: c.jti as string, action, status }
   if (typeof c.detail === 'string') ack.detail = c.detail.slice(0, 1024)
   if (status === 'done' && (action.act === 'reenroll' || action.act === 'renew') && x509) {
     // A new certificate: the request carries the new key, and its signature is the proof (checked when the CA issues).
@@ -90,7 +114,7 @@ export function verifyAck(
     const newKey = publicKeyFromB64(c.newPublicKey)
     const proof = b64urlDecode(c.newKeyProof)
     if (!newKey || !proof || !verifyBytes(newKey, utf8(action.id), proof)) return fail('newKeyProof does not verify with newPublicKey')
-    if (record.keys.some((k) => k.publicKey === c.newPublicKey)) return fail('newPublicKey is a key the device already has')
+    if (record!.keys.some((k) => k.publicKey === c.newPublicKey)) return fail('newPublicKey is a key the device already has')
     ack.newPublicKey = c.newPublicKey
   }
   return { ok: true, ack }
@@ -107,16 +131,18 @@ export function parseAck(input: string | Uint8Array): ParsedJws | null {
 
 /**
  * The signature check of a token-key device's ack, on the crypto pool (a
- * reconnect storm brings an ack from every device at once): the key of the
- * device that signed it; null when none of its keys did, or when it is not
- * for the pool (a certificate device, an unknown device, an ack not signed
- * EdDSA: verifyAck checks it inline and says why).
+ * reconnect storm brings an ack from every device at once): the keys of the
+ * device tried, and the one that signed it or null; null instead when it is
+ * not for the pool (a certificate device, an unknown device, an ack not
+ * signed EdDSA, one whose claims settle nothing: verifyAck checks or refuses
+ * it inline and says why).
  */
-export async function ackSigner(gw: Gateway, deviceId: string, jws: ParsedJws): Promise<string | null> {
+export async function ackSigner(gw: Gateway, deviceId: string, jws: ParsedJws): Promise<PoolCheck | null> {
   const record = gw.registry.get(deviceId)
   if (!record || credentialKind(record.spec) === 'x509') return null
-  if (jws.header.alg !== 'EdDSA' || jws.header.kid !== deviceId) return null
-  return gw.crypto.verifyAny(signingCandidates(record, gw.nowS(), gw.config.clockSkewS), jws.signingInput, jws.signature)
+  if (jws.header.alg !== 'EdDSA' || claimsRefusal(gw, deviceId, jws) !== null) return null
+  const tried = signingCandidates(record, gw.nowS(), gw.config.clockSkewS)
+  return { signedBy: await gw.crypto.verifyAny(tried, jws.signingInput, jws.signature), tried }
 }
 
 /** Certificate keys, parsed once per certificate (acks are rare next to connects, but a device may send many). */

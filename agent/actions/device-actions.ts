@@ -4,7 +4,7 @@
 // proves (a new key after reenroll or renew). Deadlines expire actions.
 // It is the ActionSink of every protocol's channel: readiness and acks from
 // MQTT, OPC UA and Modbus all come back here.
-import { ackSigner, parseAck, verifyAck, type VerifiedAck } from './ack.ts'
+import { ackSigner, claimsRefusal, parseAck, verifyAck, type VerifiedAck } from './ack.ts'
 import { NO_YIELD, type ActionDispatcher, type YieldTurn } from './action-dispatcher.ts'
 import type { Act, QueuedAction } from './action-queue.ts'
 import type { DeviceRecord } from '../devices/device.ts'
@@ -13,7 +13,6 @@ import { PublicKeyCache } from '../store/keys.ts'
 import type { Logger } from '../observe/logger.ts'
 import type { ActionSink, Protocol } from '../adapter.ts'
 import { EdgewardenError } from '../runtime/errors.ts'
-import type { ParsedJws } from '../../wire/jws.ts'
 
 export type AckListener = (ack: VerifiedAck) => Promise<void> | void
 
@@ -28,9 +27,12 @@ export class DeviceActions implements ActionSink {
   #renewCertificate: ((ack: VerifiedAck, settlement: Change) => Promise<void>) | null = null
   /** ack jtis seen recently, so a repeated ack is recognised as such (harmless) */
   readonly #recentAcks = new Map<string, number>()
-  /** acks of each device waiting for their turn or being checked (#mayWait) */
-  readonly #acksWaiting = new Map<string, number>()
+  /** acks of each device that may settle something, waiting for their turn or being checked (ack) */
+  readonly #acksInFlight = new Map<string, number>()
+  /** acks refused as bad or stray (a repeat of a settled one is not counted) */
   strayAcks = 0
+  /** acks refused unchecked: the device had as many being checked as it has actions pending */
+  busyAcks = 0
 
   constructor(gw: Gateway, dispatcher: ActionDispatcher, log: Logger, opts: { keys?: PublicKeyCache; turn?: YieldTurn } = {}) {
     this.#gw = gw
@@ -106,26 +108,37 @@ export class DeviceActions implements ActionSink {
 
   /** An ack arrived from `deviceId` over `protocol`. A bad, stray or repeated ack changes nothing. */
   async ack(deviceId: string, payload: string | Uint8Array, protocol: string): Promise<{ ok: boolean; reason?: string }> {
-    // The signature checked on the crypto pool where it can be. Not by a key the device had when it arrived (or not for
-    // the pool): verifyAck checks it inline against the keys it has now (an ack signed with a key proven by the ack just
-    // before it, settled meanwhile, is the device's own). In a connect storm the check waits until the connects waiting
-    // are checked (or it has waited admissionMaxWaitMs): the devices get in first, their acks follow. Only an ack that
-    // may settle something waits (memory-only checks, as a connect's before its turn), and no more of a device's than
-    // it has actions pending: what a device floods takes no turn and holds no place in the queue.
+    // Only an ack that may settle something costs a signature check: its claims (memory only) name the device and an
+    // action pending for it. That check is made on the crypto pool where it can be, and in a connect storm after the
+    // connects waiting are checked (or it has waited admissionMaxWaitMs): the devices get in first, their acks follow.
+    // No more of a device's acks are waiting or being checked at once than it has actions pending; one past that is
+    // refused at once (the device sends it again, as it does any ack left unanswered): what a device floods takes no
+    // turn, holds no place in the queue and costs no verify.
     const jws = parseAck(payload)
-    const waits = jws !== null && this.#mayWait(deviceId, jws)
-    if (waits) this.#acksWaiting.set(deviceId, (this.#acksWaiting.get(deviceId) ?? 0) + 1)
-    const release = waits ? await this.#turn() : null
+    const mayWait = jws !== null && claimsRefusal(this.#gw, deviceId, jws) === null
+    if (mayWait) {
+      const inFlight = this.#acksInFlight.get(deviceId) ?? 0
+      if (inFlight >= this.#gw.actions.pending(deviceId).length) {
+        this.busyAcks++
+        this.#log.debug({ deviceId, protocol, inFlight }, 'ack refused: as many of the device\'s acks being checked as it has actions pending')
+        return { ok: false, reason: 'busy' }
+      }
+      this.#acksInFlight.set(deviceId, inFlight + 1)
+    }
+    const release = mayWait ? await this.#turn() : null
     let v
     try {
-      const signedBy = jws !== null ? await ackSigner(this.#gw, deviceId, jws) : null
-      v = verifyAck(this.#gw, deviceId, payload, this.#keys, signedBy !== null ? { signedBy } : {})
+      // the signature checked against the keys the device had then, or null (not for the pool): verifyAck checks it
+      // inline against the keys it has now, and only those the pool did not try (an ack signed with a key proven by
+      // the ack just before it, settled meanwhile, is the device's own)
+      const pool = mayWait ? await ackSigner(this.#gw, deviceId, jws) : null
+      v = verifyAck(this.#gw, deviceId, payload, this.#keys, pool !== null ? { pool } : {})
     } finally {
-      if (release) {
-        release()
-        const n = this.#acksWaiting.get(deviceId)! - 1
-        if (n === 0) this.#acksWaiting.delete(deviceId)
-        else this.#acksWaiting.set(deviceId, n)
+      if (mayWait) {
+        release?.()
+        const n = this.#acksInFlight.get(deviceId)! - 1
+        if (n === 0) this.#acksInFlight.delete(deviceId)
+        else this.#acksInFlight.set(deviceId, n)
       }
     }
     if (!v.ok) {
@@ -139,20 +152,6 @@ export class DeviceActions implements ActionSink {
     }
     await this.settle(v.ack, protocol)
     return { ok: true }
-  }
-
-  /**
-   * Whether an ack takes a turn that yields to admission: it names the
-   * sending device, refers to an action pending for it that is not settled,
-   * and fewer of the device's acks than it has actions pending are waiting
-   * or being checked. Anything else is checked at once, as before there
-   * was a turn to take: it settles nothing, and must not fill the queue.
-   */
-  #mayWait(deviceId: string, jws: ParsedJws): boolean {
-    const pending = this.#gw.actions.pending(deviceId).length
-    if (pending === 0 || (this.#acksWaiting.get(deviceId) ?? 0) >= pending) return false
-    const ref = jws.payload.ref
-    return jws.header.kid === deviceId && jws.payload.iss === deviceId && typeof ref === 'string' && this.#gw.actions.find(deviceId, ref) !== undefined
   }
 
   /**

@@ -88,10 +88,14 @@ device's ack is checked and its pending actions are sent after them, so
 the devices get in first and the acks and wipes they bring follow. Once
 what yields has waited \`admissionMaxWaitMs\`, it and the connects take
 every other turn (with 0, always), so a flood of connects (forged ones
-too) slows a device's ack and never stops it. Only an ack that may settle
-an action waits, and no more of a device's acks than it has actions
-pending; the rest are checked at once, as garbage is.
-\`edgewarden_admission_background_waiting\` counts what waits.
+too) slows a device's ack and never stops it. Only an ack whose claims
+may settle a pending action has its signature checked and waits (the rest
+are refused from memory, as garbage is), and no more of a device's acks at
+once than it has actions pending: one past that is refused unchecked (the
+device sends it again, as it does any ack left unanswered), so a device
+flooding its ack topic costs no signature checks.
+\`edgewarden_admission_background_waiting\` counts what waits,
+\`edgewarden_acks_refused_total\` what was refused.
 
 ## Certificate lifetimes and renewal
 

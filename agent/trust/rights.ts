@@ -98,16 +98,18 @@ export const keyValidAt = (k: DeviceRecord['keys'][number], nowS: number): boole
  * of the record valid at `nowS`, or null: the one check of "signed by this
  * device" for tokens (§5) and acks (§5) alike. `earlyS` lets a key count
  * that far before its notBefore (acks allow the clock skew; tokens none).
- * `stats.verifies` counts signature checks made.
+ * `stats.verifies` counts signature checks made; keys in `except` (checked
+ * already) are not tried.
  */
 export function signingKey(
   record: DeviceRecord,
   jws: ParsedJws,
   nowS: number,
   keys: PublicKeyCache,
-  opts: { earlyS?: number; stats?: { verifies: number } } = {},
+  opts: { earlyS?: number; stats?: { verifies: number }; except?: readonly string[] } = {},
 ): string | null {
   for (const publicKey of signingCandidates(record, nowS, opts.earlyS ?? 0)) {
+    if (opts.except?.includes(publicKey)) continue
     const key = keys.get(publicKey)
     if (opts.stats) opts.stats.verifies++
     if (key && verifyBytes(key, jws.signingInput, jws.signature)) return publicKey

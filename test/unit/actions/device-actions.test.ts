@@ -51,6 +51,58 @@ test('acks: forged, misaddressed and stray acks change nothing; a valid one sett
   assert.deepEqual(acked.map((e) => e.data), [{ deviceId: 'd1', actionId: wipe.id, act: 'wipe', status: 'done' }])
 })
 
+test('an ack costs at most one signature check: claims that settle nothing cost none, and a signature the pool refused is not checked again inline', async (t) => {
+  const agent = await startTestAgent(t)
+  const gw = agent.gateway
+  const dev = testKey()
+  const other = testKey()
+  await gw.enroll({ id: 'd1', publicKey: dev.publicKey }, { actor: 'test' })
+  const wipe = await agent.actions.queue('d1', 'wipe', { actor: 'test' })
+  // the pool answers "not signed" to every check, and counts them
+  const pool = gw.crypto
+  const verify = pool.verify.bind(pool)
+  let checks = 0
+  let refuse = true
+  pool.verify = async (k, d, sig) => {
+    checks++
+    return refuse ? false : verify(k, d, sig)
+  }
+  const refused = async (payload: string): Promise<string | undefined> => {
+    const r = await agent.actions.ack('d1', payload, 'test')
+    assert.equal(r.ok, false)
+    return r.reason
+  }
+  assert.match((await refused(ackFor(other.privateKey, 'd1', 'gw1', 'act.nope', 'done')))!, /not an action pending/)
+  assert.match((await refused(ackFor(other.privateKey, 'd1', 'gw-other', wipe.id, 'done')))!, /aud/)
+  assert.match((await refused(ackFor(other.privateKey, 'd1', 'gw1', wipe.id, 'finished')))!, /status/)
+  assert.equal(checks, 0, 'claims that settle nothing are refused before any signature is checked')
+  // the device's own ack, which the pool (stubbed) refuses: the keys it tried are not tried again on the event loop
+  const good = ackFor(dev.privateKey, 'd1', 'gw1', wipe.id, 'done')
+  assert.match((await refused(good))!, /signature is not by a currently valid key/)
+  assert.equal(checks, 1, 'one check, on the pool')
+  assert.equal(gw.actions.pending('d1').length, 1)
+  refuse = false
+  assert.deepEqual(await agent.actions.ack('d1', good, 'test'), { ok: true })
+  assert.equal(checks, 2)
+})
+
+test('a device has no more acks checked at once than it has actions pending; one past that is refused unchecked', async (t) => {
+  const agent = await startTestAgent(t)
+  const gw = agent.gateway
+  const dev = testKey()
+  await gw.enroll({ id: 'd1', publicKey: dev.publicKey }, { actor: 'test' })
+  const wipe = await agent.actions.queue('d1', 'wipe', { actor: 'test' })
+  const good = ackFor(dev.privateKey, 'd1', 'gw1', wipe.id, 'done')
+  // three copies handed over at once (as a flood on its ack topic): one pending action, one checked
+  const answers = await Promise.all([1, 2, 3].map(() => agent.actions.ack('d1', good, 'test')))
+  assert.deepEqual(answers, [{ ok: true }, { ok: false, reason: 'busy' }, { ok: false, reason: 'busy' }])
+  assert.equal(agent.actions.busyAcks, 2)
+  assert.equal(agent.actions.strayAcks, 0, 'refused unchecked: not counted as bad')
+  assert.equal(gw.actions.pending('d1').length, 0)
+  // settled: a copy now is a repeat, and the device's count is back to none
+  assert.deepEqual(await agent.actions.ack('d1', good, 'test'), { ok: false, reason: 'repeated' })
+})
+
 test('re-enrollment replaces the key at once; a bad proof of the new key is refused', async (t) => {
   const clock = new ManualClock(Date.UTC(2026, 0, 1))
   const agent = await startTestAgent(t, { clock })
