@@ -112,8 +112,9 @@ export class DeviceActions implements ActionSink {
     // action pending for it. That check is made on the crypto pool where it can be, and in a connect storm after the
     // connects waiting are checked (or it has waited admissionMaxWaitMs): the devices get in first, their acks follow.
     // No more of a device's acks are waiting or being checked at once than it has actions pending; one past that is
-    // refused at once (the device sends it again, as it does any ack left unanswered): what a device floods takes no
-    // turn, holds no place in the queue and costs no verify.
+    // refused at once (the action stays pending: it is sent again at the device's next connect, and the device answers
+    // it again from its stored outcome): what a device floods takes no turn, holds no place in the queue and costs no
+    // verify.
     const jws = parseAck(payload)
     const mayWait = jws !== null && claimsRefusal(this.#gw, deviceId, jws) === null
     if (mayWait) {

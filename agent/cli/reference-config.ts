@@ -92,8 +92,9 @@ too) slows a device's ack and never stops it. Only an ack whose claims
 may settle a pending action has its signature checked and waits (the rest
 are refused from memory, as garbage is), and no more of a device's acks at
 once than it has actions pending: one past that is refused unchecked (the
-device sends it again, as it does any ack left unanswered), so a device
-flooding its ack topic costs no signature checks.
+action stays pending and is sent again at the device's next connect, which
+answers it again), so a device flooding its ack topic costs no signature
+checks.
 \`edgewarden_admission_background_waiting\` counts what waits,
 \`edgewarden_acks_refused_total\` what was refused.
 
