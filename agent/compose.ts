@@ -213,7 +213,7 @@ export async function startAgent(
       // loaded only with --http-port: prom-client and the pages are ~40 ms of a start
       const [{ createMetrics }, { startHttpEndpoint }] = await Promise.all([import('./observe/metrics.ts'), import('./observe/http-server.ts')])
       const sources = { gateway, adapters, uplink, activity, quarantineBackend: quarantine.name }
-      const metrics = createMetrics({ ...sources, residualAttempts: (id) => residual.attempts(id), connectRefusals: () => admission.refusals(), admissionWaiting: () => ({ waiting: admission.gate.waiting, oldestWaitMs: admission.gate.oldestWaitMs, backgroundWaiting: admission.gate.backgroundWaiting }), acksRefused: () => ({ bad: actions.strayAcks, busy: actions.busyAcks }), crlNextUpdate: () => pki.crl.current?.nextUpdate ?? null })
+      const metrics = createMetrics({ ...sources, residualAttempts: (id) => residual.attempts(id), connectRefusals: () => admission.refusals(), admissionWaiting: () => ({ waiting: admission.gate.waiting, oldestWaitMs: admission.gate.oldestWaitMs, backgroundWaiting: admission.gate.backgroundWaiting }), acksRefused: () => ({ bad: actions.strayAcks, repeated: actions.repeatedAcks }), crlNextUpdate: () => pki.crl.current?.nextUpdate ?? null })
       stack.push(async () => metrics.close())
       const h = await startHttpEndpoint(gateway, { ...sources, ...config.http, metrics: metrics.registry, pki, log: log.child({ component: 'http' }) })
       // closed last, just before the store: /readyz says `stopping` for the whole stop

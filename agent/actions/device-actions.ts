@@ -27,12 +27,14 @@ export class DeviceActions implements ActionSink {
   #renewCertificate: ((ack: VerifiedAck, settlement: Change) => Promise<void>) | null = null
   /** ack jtis seen recently, so a repeated ack is recognised as such (harmless) */
   readonly #recentAcks = new Map<string, number>()
-  /** acks of each device that may settle something, waiting for their turn or being checked (ack) */
-  readonly #acksInFlight = new Map<string, number>()
-  /** acks refused as bad or stray (a repeat of a settled one is not counted) */
+  /** acks of each device that took a turn: waiting for it, or being checked in it (#check) */
+  readonly #acksWaiting = new Map<string, number>()
+  /** acks being checked, by device and payload: a copy gets the same answer (ack) */
+  readonly #checking = new Map<string, Promise<{ ok: boolean; reason?: string }>>()
+  /** acks refused as bad or stray, checked */
   strayAcks = 0
-  /** acks refused unchecked: the device had as many being checked as it has actions pending */
-  busyAcks = 0
+  /** acks refused unchecked: a copy of one being checked, or a repeat of one settled */
+  repeatedAcks = 0
 
   constructor(gw: Gateway, dispatcher: ActionDispatcher, log: Logger, opts: { keys?: PublicKeyCache; turn?: YieldTurn } = {}) {
     this.#gw = gw
@@ -108,44 +110,58 @@ export class DeviceActions implements ActionSink {
 
   /** An ack arrived from `deviceId` over `protocol`. A bad, stray or repeated ack changes nothing. */
   async ack(deviceId: string, payload: string | Uint8Array, protocol: string): Promise<{ ok: boolean; reason?: string }> {
+    // A copy of an ack of the device being checked (a flood, a QoS 1 re-send) gets that one's answer, unchecked: a
+    // settled ack's copy is a repeat. A different ack for the same action is checked on its own, so what someone else
+    // publishes never stands in for the device's own ack.
+    const key = `${deviceId}\n${typeof payload === 'string' ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString('latin1')}`
+    const same = this.#checking.get(key)
+    if (same) {
+      const r = await same
+      this.repeatedAcks++
+      return r.ok ? { ok: false, reason: 'repeated' } : r
+    }
+    const checked = this.#check(deviceId, payload, protocol)
+    this.#checking.set(key, checked)
+    try {
+      return await checked
+    } finally {
+      this.#checking.delete(key)
+    }
+  }
+
+  async #check(deviceId: string, payload: string | Uint8Array, protocol: string): Promise<{ ok: boolean; reason?: string }> {
     // Only an ack that may settle something costs a signature check: its claims (memory only) name the device and an
     // action pending for it. That check is made on the crypto pool where it can be, and in a connect storm after the
     // connects waiting are checked (or it has waited admissionMaxWaitMs): the devices get in first, their acks follow.
-    // No more of a device's acks are waiting or being checked at once than it has actions pending; one past that is
-    // refused at once (the action stays pending: it is sent again at the device's next connect, and the device answers
-    // it again from its stored outcome): what a device floods takes no turn, holds no place in the queue and costs no
-    // verify.
+    // No more of a device's acks wait for a turn than it has actions pending; the rest are checked at once, so a flood
+    // holds no place in the queue.
     const jws = parseAck(payload)
-    const mayWait = jws !== null && claimsRefusal(this.#gw, deviceId, jws) === null
-    if (mayWait) {
-      const inFlight = this.#acksInFlight.get(deviceId) ?? 0
-      if (inFlight >= this.#gw.actions.pending(deviceId).length) {
-        this.busyAcks++
-        this.#log.debug({ deviceId, protocol, inFlight }, 'ack refused: as many of the device\'s acks being checked as it has actions pending')
-        return { ok: false, reason: 'busy' }
-      }
-      this.#acksInFlight.set(deviceId, inFlight + 1)
-    }
-    const release = mayWait ? await this.#turn() : null
+    const settles = jws !== null && claimsRefusal(this.#gw, deviceId, jws) === null
+    const waits = settles && (this.#acksWaiting.get(deviceId) ?? 0) < this.#gw.actions.pending(deviceId).length
+    if (waits) this.#acksWaiting.set(deviceId, (this.#acksWaiting.get(deviceId) ?? 0) + 1)
+    let release: (() => void) | null = null
     let v
     try {
+      if (waits) release = await this.#turn()
       // the signature checked against the keys the device had then, or null (not for the pool): verifyAck checks it
       // inline against the keys it has now, and only those the pool did not try (an ack signed with a key proven by
       // the ack just before it, settled meanwhile, is the device's own)
-      const pool = mayWait ? await ackSigner(this.#gw, deviceId, jws) : null
+      const pool = settles ? await ackSigner(this.#gw, deviceId, jws) : null
       v = verifyAck(this.#gw, deviceId, payload, this.#keys, pool !== null ? { pool } : {})
     } finally {
-      if (mayWait) {
+      if (waits) {
         release?.()
-        const n = this.#acksInFlight.get(deviceId)! - 1
-        if (n === 0) this.#acksInFlight.delete(deviceId)
-        else this.#acksInFlight.set(deviceId, n)
+        const n = this.#acksWaiting.get(deviceId)! - 1
+        if (n === 0) this.#acksWaiting.delete(deviceId)
+        else this.#acksWaiting.set(deviceId, n)
       }
     }
     if (!v.ok) {
       const repeated = v.ref !== undefined && this.#recentAcks.has(`${deviceId}/${v.ref}`)
-      if (repeated) this.#log.debug({ deviceId, ref: v.ref, protocol }, 'repeated ack for an action already settled')
-      else {
+      if (repeated) {
+        this.repeatedAcks++
+        this.#log.debug({ deviceId, ref: v.ref, protocol }, 'repeated ack for an action already settled')
+      } else {
         this.strayAcks++
         this.#log.warn({ deviceId, protocol, reason: v.reason, ref: v.ref }, 'ack refused: nothing changed')
       }

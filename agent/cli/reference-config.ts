@@ -89,12 +89,11 @@ the devices get in first and the acks and wipes they bring follow. Once
 what yields has waited \`admissionMaxWaitMs\`, it and the connects take
 every other turn (with 0, always), so a flood of connects (forged ones
 too) slows a device's ack and never stops it. Only an ack whose claims
-may settle a pending action has its signature checked and waits (the rest
-are refused from memory, as garbage is), and no more of a device's acks at
-once than it has actions pending: one past that is refused unchecked (the
-action stays pending and is sent again at the device's next connect, which
-answers it again), so a device flooding its ack topic costs no signature
-checks.
+may settle a pending action has its signature checked (the rest are
+refused from memory, as garbage is), a copy of one being checked gets its
+answer without a check of its own, and no more of a device's acks wait for
+a turn than it has actions pending (the rest are checked at once, so a
+flood holds no place in the queue).
 \`edgewarden_admission_background_waiting\` counts what waits,
 \`edgewarden_acks_refused_total\` what was refused.
 

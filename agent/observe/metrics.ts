@@ -25,8 +25,8 @@ export interface MetricSources {
   connectRefusals?: () => readonly { protocol: string; reason: string; count: number }[]
   /** device connects waiting their turn at the admission gate now, and how long the oldest has waited (DeviceAdmission.gate) */
   admissionWaiting?: () => { waiting: number; oldestWaitMs: number; backgroundWaiting: number }
-  /** device acks refused since start: bad or stray (checked), busy (refused unchecked: as many of the device's being checked as it has actions pending) (DeviceActions) */
-  acksRefused?: () => { bad: number; busy: number }
+  /** device acks refused since start: bad or stray (checked), repeated (unchecked: a copy of one being checked, or of one settled) (DeviceActions) */
+  acksRefused?: () => { bad: number; repeated: number }
 }
 
 export const PROTOCOLS: readonly Protocol[] = ['mqtt', 'opcua', 'modbus']
@@ -197,14 +197,14 @@ export function createMetrics(src: MetricSources): AgentMetrics {
   })
   new Counter({
     name: 'edgewarden_acks_refused_total',
-    help: 'Device acks refused, changing nothing: bad (malformed, forged, stray; each a warn log line) or busy (refused unchecked: as many of the device\'s acks being checked as it has actions pending)',
+    help: 'Device acks refused, changing nothing: bad (malformed, forged, stray; checked, each a warn log line) or repeated (unchecked: a copy of an ack being checked, or of one already settled)',
     labelNames: ['reason'],
     ...m,
     collect() {
       this.reset()
-      const r = src.acksRefused?.() ?? { bad: 0, busy: 0 }
+      const r = src.acksRefused?.() ?? { bad: 0, repeated: 0 }
       this.inc({ reason: 'bad' }, r.bad)
-      this.inc({ reason: 'busy' }, r.busy)
+      this.inc({ reason: 'repeated' }, r.repeated)
     },
   })
   new Gauge({
