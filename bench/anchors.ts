@@ -4,7 +4,7 @@
 // as the central broker of the uplink), and the load generator. Every
 // process started here is registered and killed by `Procs.stopAll()`.
 import { spawn, type ChildProcess } from 'node:child_process'
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -27,15 +27,39 @@ export function rssOf(pid: number): number | null {
   }
 }
 
-/** CPU time a process has used so far (user + system), ms, from /proc (null where /proc is not there). */
-export function cpuMsOf(pid: number): number | null {
+/** CPU time a process (or, with `tid`, one of its threads) has used so far (user + system), ms, from /proc (null where /proc is not there). */
+export function cpuMsOf(pid: number, tid?: number): number | null {
   try {
     // the fields after the command name (which may hold spaces): utime and stime are the 12th and 13th, in clock ticks (100 a second on Linux)
-    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ').pop()!.split(' ')
+    const f = readFileSync(tid === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`, 'utf8').split(') ').pop()!.split(' ')
     return (Number(f[11]) + Number(f[12])) * 10
   } catch {
     return null
   }
+}
+
+/** CPU a process has used so far, ms: all its threads, its main thread (the event loop) alone, and each thread by its id; null where /proc is not there. */
+export function threadCpuMsOf(pid: number): { total: number; main: number; threads: Map<number, number> } | null {
+  const total = cpuMsOf(pid)
+  const main = cpuMsOf(pid, pid) // the main thread's id is the process id
+  if (total === null || main === null) return null
+  const threads = new Map<number, number>()
+  try {
+    for (const t of readdirSync(`/proc/${pid}/task`)) {
+      const ms = cpuMsOf(pid, Number(t))
+      if (ms !== null) threads.set(Number(t), ms)
+    }
+  } catch {
+    // the process is gone: the totals above still hold
+  }
+  return { total, main, threads }
+}
+
+/** CPU each thread but the main one used between two readings, ms, by thread id. */
+export function otherThreadsMs(pid: number, before: { threads: Map<number, number> }, after: { threads: Map<number, number> }): Map<number, number> {
+  const out = new Map<number, number>()
+  for (const [tid, ms] of after.threads) if (tid !== pid) out.set(tid, ms - (before.threads.get(tid) ?? 0))
+  return out
 }
 
 export interface Child {

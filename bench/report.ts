@@ -16,6 +16,8 @@ export interface Figure {
   /** the goal, in words, and whether it was met (null: not measured) */
   goal: string
   met: boolean | null
+  /** where the goal is not met: what stops it on this machine, measured in the same run (shown in the Met column) */
+  bound?: string
   /** everything else measured for this figure */
   detail: Record<string, unknown>
 }
@@ -49,7 +51,7 @@ export function renderTable(r: BenchResults): string {
   const rows = [
     '| Figure | Measured | Anchor (same run) | Goal | Met | Workload |',
     '| --- | --- | --- | --- | --- | --- |',
-    ...r.figures.map((f) => `| ${cell(f.name)} | ${cell(formatValue(f))} | ${cell(f.anchor)} | ${cell(f.goal)} | ${f.met === null ? '–' : f.met ? 'yes' : '**no**'} | ${cell(f.workload)} |`),
+    ...r.figures.map((f) => `| ${cell(f.name)} | ${cell(formatValue(f))} | ${cell(f.anchor)} | ${cell(f.goal)} | ${f.met === null ? '–' : f.met ? 'yes' : f.bound ? `**no**: ${cell(f.bound)}` : '**no**'} | ${cell(f.workload)} |`),
   ]
   const m = r.machine
   const lines = [

@@ -22,7 +22,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { cpus } from 'node:os'
 import { join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
-import { cpuMsOf, MOSQUITTO, Procs, ROOT, spawnNodeBroker, startMosquitto, type Broker, type HeapSpaces } from './anchors.ts'
+import { cpuMsOf, MOSQUITTO, otherThreadsMs, threadCpuMsOf, Procs, ROOT, spawnNodeBroker, startMosquitto, type Broker, type HeapSpaces } from './anchors.ts'
 import type { AccessRemovedReply, AcksReply, DrainReply, HostRequest, RetireReply } from './agent-host.ts'
 import type { ConnectReply, LoadRequest, RevokeReply, TlsMode } from './loadgen.ts'
 import { makeDevices, prepareCertDevices, prepareDataDir, deviceId, type BenchDevice } from './prepare.ts'
@@ -56,6 +56,32 @@ const OUT = resolve(flags.out ?? (QUICK ? join(ROOT, '.bench-scratch', 'results.
 const DOCS = flags['no-docs'] ? null : flags.docs ? resolve(flags.docs) : QUICK ? null : join(ROOT, 'docs', 'performance.md')
 const SITE = 'bench'
 const GATEWAY = 'gw-bench'
+/** What the CPU used over a window allows (cpuCeiling): per item, µs, and the most items a second this machine could do. */
+type CpuCeiling = { eventLoopUs: number; processUs: number; busiestOtherThreadsUs: number[]; othersUs: number; coresBusy: number; ceilingPerS: number }
+
+/**
+ * The ceiling the CPU puts on a rate: `count` items took `eventLoopMs` of
+ * the measured process's main thread, `processMs` of all its threads, and
+ * `othersMs` of the other processes of the run on the same machine (the
+ * load generator, the central broker). The event loop runs on one core;
+ * everything shares all of them; so the rate cannot pass
+ * min(1 s ÷ event loop, cores ÷ everything) per item.
+ */
+function cpuCeiling(w: { count: number; elapsedMs: number; eventLoopMs: number; processMs: number; othersMs: number; busiestOtherThreadsMs?: number[] }): CpuCeiling {
+  const us = (ms: number): number => (ms * 1000) / w.count
+  const eventLoop = us(w.eventLoopMs)
+  const all = us(w.processMs + w.othersMs)
+  const ceiling = Math.min(eventLoop > 0 ? 1e6 / eventLoop : Infinity, all > 0 ? (cpus().length * 1e6) / all : Infinity)
+  return {
+    eventLoopUs: round(eventLoop, 0),
+    processUs: round(us(w.processMs), 0),
+    busiestOtherThreadsUs: (w.busiestOtherThreadsMs ?? []).map((ms) => round(us(ms), 0)),
+    othersUs: round(us(w.othersMs), 0),
+    coresBusy: round((w.processMs + w.othersMs) / w.elapsedMs, 2),
+    ceilingPerS: round(ceiling, 0),
+  }
+}
+
 /** connects in flight at once in the admission runs (the same for every broker) */
 const ADMISSION_CONCURRENCY = 200
 /** devices connected and let go before each admission run */
@@ -422,16 +448,39 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
    * happened before one read and not the other is luck, so the per-device
    * figure leaves its change out, for both brokers alike.
    */
+  /** CPU used in the timed admission windows, ms: the broker (all threads, and its event loop alone) and the load generator */
+  type AdmissionCpu = { connects: number; elapsedMs: number; brokerMainMs: number; brokerMs: number; loadGeneratorMs: number; busiestOtherThreadsMs: number[] }
+  const admissionCpu: { agent: AdmissionCpu | null; aedes: AdmissionCpu | null } = { agent: null, aedes: null }
   const youngSize = (sp: HeapSpaces): number => (sp['new_space']?.size ?? 0) + (sp['new_large_object_space']?.size ?? 0)
-  const admitInHalves = async (b: Broker, who: string): Promise<{ rate: number; mem: Mem }> => {
+  const admitInHalves = async (b: Broker, who: string): Promise<{ rate: number; mem: Mem; cpu: AdmissionCpu | null }> => {
     const idle = await b.memory() // after the warm-up: every broker measured warm
-    const first = await connect(b.port, ids.slice(0, N >> 1), ADMISSION_CONCURRENCY)
-    admissionRate(first, who)
+    const cpu: AdmissionCpu = { connects: 0, elapsedMs: 0, brokerMainMs: 0, brokerMs: 0, loadGeneratorMs: 0, busiestOtherThreadsMs: [] }
+    const threadMs = new Map<number, number>()
+    let cpuKnown = true
+    /** one timed half, the CPU each side used in it added up (the memory reads between the halves are not counted) */
+    const half_ = async (list: string[]): Promise<ConnectReply> => {
+      const c0 = threadCpuMsOf(b.pid)
+      const r = await connect(b.port, list, ADMISSION_CONCURRENCY)
+      const c1 = threadCpuMsOf(b.pid)
+      admissionRate(r, who)
+      if (c0 === null || c1 === null) cpuKnown = false
+      else {
+        cpu.brokerMs += c1.total - c0.total
+        cpu.brokerMainMs += c1.main - c0.main
+        for (const [tid, ms] of otherThreadsMs(b.pid, c0, c1)) threadMs.set(tid, (threadMs.get(tid) ?? 0) + ms)
+      }
+      cpu.loadGeneratorMs += r.cpuMs
+      cpu.connects += r.connected
+      cpu.elapsedMs += r.elapsedMs
+      return r
+    }
+    const first = await half_(ids.slice(0, N >> 1))
     const half = await b.memory()
-    const second = await connect(b.port, ids.slice(N >> 1), ADMISSION_CONCURRENCY)
-    admissionRate(second, who)
+    const second = await half_(ids.slice(N >> 1))
     const connected = await b.memory()
+    cpu.busiestOtherThreadsMs = [...threadMs.values()].sort((x, y) => y - x).slice(0, 4)
     return {
+      cpu: cpuKnown ? cpu : null,
       rate: ((first.connected + second.connected) / (first.elapsedMs + second.elapsedMs)) * 1000,
       mem: {
         idle: idle.statusRss ?? idle.rss,
@@ -452,6 +501,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     const r = await admitInHalves(aedes, 'bare aedes')
     admission.aedes = r.rate
     memory.aedes = r.mem
+    admissionCpu.aedes = r.cpu
     await gen({ op: 'disconnect', ids: 'all' })
     await aedes.stop()
     log(`bare aedes: ${fmt(admission.aedes)} connects/s`)
@@ -480,10 +530,29 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     const r = await admitInHalves(agent, 'agent')
     admission.agent = r.rate
     memory.agent = r.mem
+    admissionCpu.agent = r.cpu
     log(`agent: ${fmt(admission.agent)} connects/s`)
   })
   if (admission.agent !== null || admission.aedes !== null) {
     const ratio = admission.agent !== null && admission.aedes ? admission.agent / admission.aedes : null
+    const cores = cpus().length
+    const perConnect = (c: AdmissionCpu | null): CpuCeiling | null =>
+      c && c.connects ? cpuCeiling({ count: c.connects, elapsedMs: c.elapsedMs, eventLoopMs: c.brokerMainMs, processMs: c.brokerMs, othersMs: c.loadGeneratorMs, busiestOtherThreadsMs: c.busiestOtherThreadsMs }) : null
+    const cpuA = perConnect(admissionCpu.agent)
+    const cpuB = perConnect(admissionCpu.aedes)
+    const ceilingRatio = cpuA && admission.aedes ? cpuA.ceilingPerS / admission.aedes : null
+    const cpuText =
+      cpuA && cpuB
+        ? `; CPU per connect: agent ${fmt(cpuA.processUs)} µs (event loop ${fmt(cpuA.eventLoopUs)}, other threads ${fmt(cpuA.processUs - cpuA.eventLoopUs)}) with the load generator's ${fmt(cpuA.othersUs)}, ` +
+          `bare aedes ${fmt(cpuB.processUs)} µs (event loop ${fmt(cpuB.eventLoopUs)}) with ${fmt(cpuB.othersUs)}; ` +
+          `on ${cores} cores that allows the agent at most ${fmt(cpuA.ceilingPerS)}/s${ceilingRatio !== null ? ` (${ceilingRatio.toFixed(2)} × bare aedes as measured)` : ''}, ${cpuA.coresBusy} cores busy in its run`
+        : ''
+    const bound =
+      ratio !== null && ratio < 0.9 && cpuA && ceilingRatio !== null
+        ? ceilingRatio < 0.9
+          ? `the CPU a connect takes (${fmt(cpuA.processUs)} µs in the agent, ${fmt(cpuA.othersUs)} in the load generator, on ${cores} cores) allows at most ${ceilingRatio.toFixed(2)} × here`
+          : `not the CPU (it allows ${ceilingRatio.toFixed(2)} × here; ${cpuA.coresBusy} of ${cores} cores busy)`
+        : undefined
     results.figures.push({
       name: 'admission',
       workload: `${fmt(N)} device connects (CONNECT with a fresh signed token, SUBSCRIBE dev/<id>/cmd, SUBACK), ${ADMISSION_CONCURRENCY} in flight, after a warm-up of ${fmt(Math.min(N, WARM_UP))}, one load generator process on raw sockets; the agent checks every token in full; value: agent ÷ bare aedes`,
@@ -491,10 +560,11 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
       unit: '× bare aedes',
       anchor:
         `agent ${admission.agent === null ? '–' : fmt(admission.agent)} connects/s; bare aedes (no authentication) ${admission.aedes === null ? '–' : fmt(admission.aedes)}/s; ` +
-        `Mosquitto ${admission.mosquitto === null ? 'not run' : `${fmt(admission.mosquitto)}/s`}`,
+        `Mosquitto ${admission.mosquitto === null ? 'not run' : `${fmt(admission.mosquitto)}/s`}${cpuText}`,
       goal: '≥ 0.9 × bare aedes',
       met: ratio === null ? null : ratio >= 0.9,
-      detail: { connectsPerS: { agent: admission.agent && round(admission.agent), bareAedes: admission.aedes && round(admission.aedes), mosquitto: admission.mosquitto && round(admission.mosquitto) }, concurrency: ADMISSION_CONCURRENCY },
+      ...(bound ? { bound } : {}),
+      detail: { connectsPerS: { agent: admission.agent && round(admission.agent), bareAedes: admission.aedes && round(admission.aedes), mosquitto: admission.mosquitto && round(admission.mosquitto) }, concurrency: ADMISSION_CONCURRENCY, cpuPerConnect: { agent: cpuA, bareAedes: cpuB, cores }, cpuMs: admissionCpu },
     })
   }
   if (tlsFigure) results.figures.push(tlsFigure)
@@ -610,19 +680,34 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
   // Bulk retire: every device, offline now, retired in one burst.
   let retired = 0
   await attempt(results, 'bulk retire', async () => {
+    // the CPU of the window: the agent's, and the other processes' (the central broker takes the evidence's events)
+    const others = (): number => (cpuMsOf(central.pid) ?? 0) + (cpuMsOf(genProc.pid!) ?? 0)
+    const c0 = threadCpuMsOf(agentB.pid)
+    const o0 = others()
     const r = (await hostRpc({ op: 'retire', ids }, 600_000)) as RetireReply
+    const c1 = threadCpuMsOf(agentB.pid)
+    const o1 = others()
     if (r.failed.length) throw new Error(`${N - r.retired} retirements failed: ${r.failed.join('; ')}`)
     retired = r.queued
     const rate = (r.queued / r.elapsedMs) * 1000
+    const cpu = c0 && c1 && r.queued ? cpuCeiling({ count: r.queued, elapsedMs: r.elapsedMs, eventLoopMs: c1.main - c0.main, processMs: c1.total - c0.total, othersMs: o1 - o0, busiestOtherThreadsMs: [...otherThreadsMs(agentB.pid, c0, c1).values()].sort((x, y) => y - x).slice(0, 4) }) : null
+    const cores = cpus().length
     results.figures.push({
       name: 'bulk retire',
       workload: `${fmt(N)} offline devices retired in one burst inside the agent (state change, sessions closed, evidence, one durable wipe action each, fsynced): wipe actions queued per second`,
       value: round(rate, 0),
       unit: 'actions/s',
-      anchor: `${fmt(r.queued)} wipes queued in ${fmt(r.elapsedMs)} ms`,
+      anchor:
+        `${fmt(r.queued)} wipes queued in ${fmt(r.elapsedMs)} ms` +
+        (cpu
+          ? `; CPU per retirement: agent ${fmt(cpu.processUs)} µs (event loop ${fmt(cpu.eventLoopUs)}, other threads ${fmt(cpu.processUs - cpu.eventLoopUs)}: the signatures on the crypto pool, LevelDB, GC), central broker and the rest ${fmt(cpu.othersUs)}; on ${cores} cores that allows at most ${fmt(cpu.ceilingPerS)}/s, ${cpu.coresBusy} cores busy`
+          : ''),
       goal: '≥ 20,000 actions/s',
       met: rate >= 20_000,
-      detail: { retired: r.retired, queued: r.queued, elapsedMs: round(r.elapsedMs) },
+      ...(rate < 20_000 && cpu
+        ? { bound: cpu.ceilingPerS < 20_000 ? `the CPU a retirement takes (${fmt(cpu.processUs)} µs in the agent, ${fmt(cpu.eventLoopUs)} of it on its event loop, on ${cores} cores) allows at most ${fmt(cpu.ceilingPerS)}/s here` : `not the CPU (it allows ${fmt(cpu.ceilingPerS)}/s here; ${cpu.coresBusy} of ${cores} cores busy)` }
+        : {}),
+      detail: { retired: r.retired, queued: r.queued, elapsedMs: round(r.elapsedMs), cpuPerRetirement: cpu },
     })
     log(`bulk retire: ${fmt(rate)} actions/s`)
   })
