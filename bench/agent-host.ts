@@ -12,7 +12,7 @@
 //   and the agent's event-loop delay over the same time (a stall there
 //   delays a command before the agent has it).
 // Memory is answered by bench/probe.mjs (preloaded by the benchmark).
-import { monitorEventLoopDelay } from 'node:perf_hooks'
+import { constants as perfConstants, monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks'
 import { parseArgs } from 'node:util'
 import { startAgent } from '../agent/compose.ts'
 import { flagsToKeys, startFlagOptions } from '../agent/cli/start.ts'
@@ -23,6 +23,8 @@ export interface AccessRemovedReply {
   accessRemovedMs: number[]
   /** the event loop's delay since the last ask (null on the first) */
   loopDelayMs: { p99: number; max: number } | null
+  /** the garbage collections (pauses of the main thread) since the last ask, by kind: how many, and the longest (null on the first) */
+  gc: { scavenges: number; scavengeMaxMs: number; markCompacts: number; markCompactMaxMs: number; otherMaxMs: number } | null
 }
 
 /** events waiting for the central broker when asked, those left at the end, and how long it took */
@@ -59,6 +61,23 @@ let lastAt = 0
 const ackWaiters = new Set<() => void>()
 let accessRemoved: number[] = []
 let loopDelay: ReturnType<typeof monitorEventLoopDelay> | null = null
+type GcWindow = NonNullable<AccessRemovedReply['gc']>
+const newGcWindow = (): GcWindow => ({ scavenges: 0, scavengeMaxMs: 0, markCompacts: 0, markCompactMaxMs: 0, otherMaxMs: 0 })
+let gcWindow: GcWindow | null = null
+new PerformanceObserver((list) => {
+  const w = gcWindow
+  if (!w) return
+  for (const e of list.getEntries()) {
+    const kind = (e as unknown as { detail?: { kind?: number } }).detail?.kind
+    if (kind === perfConstants.NODE_PERFORMANCE_GC_MINOR) {
+      w.scavenges++
+      w.scavengeMaxMs = Math.max(w.scavengeMaxMs, e.duration)
+    } else if (kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) {
+      w.markCompacts++
+      w.markCompactMaxMs = Math.max(w.markCompactMaxMs, e.duration)
+    } else w.otherMaxMs = Math.max(w.otherMaxMs, e.duration)
+  }
+}).observe({ entryTypes: ['gc'] })
 agent.gateway.onCommitted((change) => {
   for (const e of change.events ?? []) {
     const evidence = e.type === 'cmd.completed' && e.data.op === 'device.revoke' ? (e.data.evidence as { accessRemovedMs?: unknown } | undefined) : undefined
@@ -93,8 +112,9 @@ async function handle(req: HostRequest): Promise<unknown> {
     case 'acks':
       return { acks, lastAt } satisfies AcksReply
     case 'accessRemoved': {
-      const out = { accessRemovedMs: accessRemoved, loopDelayMs: loopDelay ? { p99: loopDelay.percentile(99) / 1e6, max: loopDelay.max / 1e6 } : null }
+      const out: AccessRemovedReply = { accessRemovedMs: accessRemoved, loopDelayMs: loopDelay ? { p99: loopDelay.percentile(99) / 1e6, max: loopDelay.max / 1e6 } : null, gc: gcWindow }
       accessRemoved = []
+      gcWindow = newGcWindow()
       loopDelay?.disable()
       loopDelay = monitorEventLoopDelay({ resolution: 1 })
       loopDelay.enable()

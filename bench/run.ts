@@ -639,7 +639,8 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
       anchor:
         `p50 ${p50.toFixed(2)} ms; central broker PUBACK alone p50 ${percentile(r.brokerAckMs, 50)!.toFixed(2)} ms, p99 ${percentile(r.brokerAckMs, 99)!.toFixed(2)} ms; ` +
         `inside the agent (accessRemovedMs) p50 ${percentile(inside, 50)?.toFixed(2) ?? '–'} ms, p99 ${insideP99?.toFixed(2) ?? '–'} ms` +
-        (asked.loopDelayMs ? `; the agent's event-loop delay p99 ${asked.loopDelayMs.p99.toFixed(1)} ms, max ${asked.loopDelayMs.max.toFixed(1)} ms` : ''),
+        (asked.loopDelayMs ? `; the agent's event-loop delay p99 ${asked.loopDelayMs.p99.toFixed(1)} ms, max ${asked.loopDelayMs.max.toFixed(1)} ms` : '') +
+        (asked.gc ? `; its garbage collection in the window: ${asked.gc.scavenges} scavenges (longest ${asked.gc.scavengeMaxMs.toFixed(1)} ms), ${asked.gc.markCompacts} mark-compacts (longest ${asked.gc.markCompactMaxMs.toFixed(1)} ms)` : ''),
       goal: o.goal,
       met: p99 <= 10,
       detail: {
@@ -651,6 +652,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
         brokerAckP99Ms: round(percentile(r.brokerAckMs, 99)!, 3),
         insideAgent: { samples: inside.length, p50Ms: round(percentile(inside, 50) ?? 0, 3), p99Ms: round(insideP99 ?? 0, 3), maxMs: round(inside.length ? Math.max(...inside) : 0, 3) },
         agentLoopDelayMs: asked.loopDelayMs ? { p99: round(asked.loopDelayMs.p99, 2), max: round(asked.loopDelayMs.max, 2) } : null,
+        agentGc: asked.gc,
         connected: N,
       },
     })
