@@ -64,10 +64,13 @@ let loopDelay: ReturnType<typeof monitorEventLoopDelay> | null = null
 type GcWindow = NonNullable<AccessRemovedReply['gc']>
 const newGcWindow = (): GcWindow => ({ scavenges: 0, scavengeMaxMs: 0, markCompacts: 0, markCompactMaxMs: 0, otherMaxMs: 0 })
 let gcWindow: GcWindow | null = null
+/** when the window began: an entry is delivered after its collection, so one from before may arrive in the new window */
+let gcWindowStart = 0
 new PerformanceObserver((list) => {
   const w = gcWindow
   if (!w) return
   for (const e of list.getEntries()) {
+    if (e.startTime < gcWindowStart) continue
     const kind = (e as unknown as { detail?: { kind?: number } }).detail?.kind
     if (kind === perfConstants.NODE_PERFORMANCE_GC_MINOR) {
       w.scavenges++
@@ -115,6 +118,7 @@ async function handle(req: HostRequest): Promise<unknown> {
       const out: AccessRemovedReply = { accessRemovedMs: accessRemoved, loopDelayMs: loopDelay ? { p99: loopDelay.percentile(99) / 1e6, max: loopDelay.max / 1e6 } : null, gc: gcWindow }
       accessRemoved = []
       gcWindow = newGcWindow()
+      gcWindowStart = performance.now()
       loopDelay?.disable()
       loopDelay = monitorEventLoopDelay({ resolution: 1 })
       loopDelay.enable()

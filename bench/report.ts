@@ -16,7 +16,7 @@ export interface Figure {
   /** the goal, in words, and whether it was met (null: not measured) */
   goal: string
   met: boolean | null
-  /** where the goal is not met: what stops it on this machine, measured in the same run (shown in the Met column) */
+  /** where the goal is not met: the most this run's CPU per item would allow on this machine, or that the CPU is not what stops it (shown in the Met column) */
   bound?: string
   /** everything else measured for this figure */
   detail: Record<string, unknown>
