@@ -38,6 +38,9 @@ export interface BenchResults {
 export const BEGIN = '<!-- bench:results:begin (written by `npm run bench`; edit outside these markers) -->'
 export const END = '<!-- bench:results:end -->'
 
+/** `n` to `digits` decimals, as a number */
+export const round = (n: number, digits = 2): number => Math.round(n * 10 ** digits) / 10 ** digits
+
 const fmtNumber = (v: number): string => (Math.abs(v) >= 100 ? Math.round(v).toLocaleString('en-US') : Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(2))
 
 export function formatValue(f: Pick<Figure, 'value' | 'unit'>): string {
@@ -87,4 +90,35 @@ export function percentile(xs: readonly number[], p: number): number | null {
   if (xs.length === 0) return null
   const s = [...xs].sort((x, y) => x - y)
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!
+}
+
+/** The CPU used over a window (cpuCeiling): per item, µs, and the most items a second this machine would allow at that cost per item. */
+export type CpuCeiling = { eventLoopUs: number; processUs: number; busiestOtherThreadsUs: number[]; othersUs: number; coresBusy: number; ceilingPerS: number }
+
+/**
+ * The ceiling the CPU puts on a rate: `count` items took `eventLoopMs` of
+ * the measured process's main thread, `processMs` of all its threads, and
+ * `othersMs` of the other processes of the run on the same machine (the
+ * load generator, the central broker), on a machine of `cores`. The event
+ * loop runs on one core; everything shares all of them; so at this cost
+ * per item the rate cannot
+ * pass min(1 s ÷ event loop, cores ÷ everything), even with every core
+ * fully busy. An estimate, not a hard bound: costs shared by a batch (an
+ * fsync, a batch's signature) shrink per item at higher rates, and what
+ * else the machine runs is not counted. `coresBusy` says how near the run
+ * came to it.
+ */
+export function cpuCeiling(cores: number, w: { count: number; elapsedMs: number; eventLoopMs: number; processMs: number; othersMs: number; busiestOtherThreadsMs?: number[] }): CpuCeiling {
+  const us = (ms: number): number => (ms * 1000) / w.count
+  const eventLoop = us(w.eventLoopMs)
+  const all = us(w.processMs + w.othersMs)
+  const ceiling = Math.min(eventLoop > 0 ? 1e6 / eventLoop : Infinity, all > 0 ? (cores * 1e6) / all : Infinity)
+  return {
+    eventLoopUs: round(eventLoop, 0),
+    processUs: round(us(w.processMs), 0),
+    busiestOtherThreadsUs: (w.busiestOtherThreadsMs ?? []).map((ms) => round(us(ms), 0)),
+    othersUs: round(us(w.othersMs), 0),
+    coresBusy: round((w.processMs + w.othersMs) / w.elapsedMs, 2),
+    ceilingPerS: round(ceiling, 0),
+  }
 }

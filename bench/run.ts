@@ -26,7 +26,7 @@ import { cpuMsOf, MOSQUITTO, otherThreadsMs, threadCpuMsOf, Procs, ROOT, spawnNo
 import type { AccessRemovedReply, AcksReply, DrainReply, HostRequest, RetireReply } from './agent-host.ts'
 import type { ConnectReply, LoadRequest, RevokeReply, TlsMode } from './loadgen.ts'
 import { makeDevices, prepareCertDevices, prepareDataDir, deviceId, type BenchDevice } from './prepare.ts'
-import { percentile, renderTable, writeAtomically, writeDocsTable, type BenchResults, type Figure } from './report.ts'
+import { cpuCeiling, percentile, renderTable, round, writeAtomically, writeDocsTable, type BenchResults, type CpuCeiling, type Figure } from './report.ts'
 
 const { values: flags } = parseArgs({
   args: process.argv.slice(2),
@@ -56,36 +56,6 @@ const OUT = resolve(flags.out ?? (QUICK ? join(ROOT, '.bench-scratch', 'results.
 const DOCS = flags['no-docs'] ? null : flags.docs ? resolve(flags.docs) : QUICK ? null : join(ROOT, 'docs', 'performance.md')
 const SITE = 'bench'
 const GATEWAY = 'gw-bench'
-/** The CPU used over a window (cpuCeiling): per item, µs, and the most items a second this machine would allow at that cost per item. */
-type CpuCeiling = { eventLoopUs: number; processUs: number; busiestOtherThreadsUs: number[]; othersUs: number; coresBusy: number; ceilingPerS: number }
-
-/**
- * The ceiling the CPU puts on a rate: `count` items took `eventLoopMs` of
- * the measured process's main thread, `processMs` of all its threads, and
- * `othersMs` of the other processes of the run on the same machine (the
- * load generator, the central broker). The event loop runs on one core;
- * everything shares all of them; so at this cost per item the rate cannot
- * pass min(1 s ÷ event loop, cores ÷ everything), even with every core
- * fully busy. An estimate, not a hard bound: costs shared by a batch (an
- * fsync, a batch's signature) shrink per item at higher rates, and what
- * else the machine runs is not counted. `coresBusy` says how near the run
- * came to it.
- */
-function cpuCeiling(w: { count: number; elapsedMs: number; eventLoopMs: number; processMs: number; othersMs: number; busiestOtherThreadsMs?: number[] }): CpuCeiling {
-  const us = (ms: number): number => (ms * 1000) / w.count
-  const eventLoop = us(w.eventLoopMs)
-  const all = us(w.processMs + w.othersMs)
-  const ceiling = Math.min(eventLoop > 0 ? 1e6 / eventLoop : Infinity, all > 0 ? (cpus().length * 1e6) / all : Infinity)
-  return {
-    eventLoopUs: round(eventLoop, 0),
-    processUs: round(us(w.processMs), 0),
-    busiestOtherThreadsUs: (w.busiestOtherThreadsMs ?? []).map((ms) => round(us(ms), 0)),
-    othersUs: round(us(w.othersMs), 0),
-    coresBusy: round((w.processMs + w.othersMs) / w.elapsedMs, 2),
-    ceilingPerS: round(ceiling, 0),
-  }
-}
-
 /** "2 scavenges (the longest 9.9 ms)", "no mark-compact" */
 const gcCount = (n: number, kind: string, longestMs: number): string => (n === 0 ? `no ${kind}` : `${n} ${kind}${n === 1 ? '' : 's'} (${n === 1 ? '' : 'the longest '}${longestMs.toFixed(1)} ms)`)
 
@@ -117,7 +87,6 @@ const TLS_ROUNDS = 2
 
 const log = (s: string): void => void process.stderr.write(`bench: ${s}\n`)
 const fmt = (n: number): string => Math.round(n).toLocaleString('en-US')
-const round = (n: number, digits = 2): number => Math.round(n * 10 ** digits) / 10 ** digits
 
 /** Request/answer over a child's IPC channel. */
 function rpc<Req>(proc: ChildProcess, name: string): (req: Req, timeoutMs?: number) => Promise<unknown> {
@@ -544,7 +513,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     const ratio = admission.agent !== null && admission.aedes ? admission.agent / admission.aedes : null
     const cores = cpus().length
     const perConnect = (c: AdmissionCpu | null): CpuCeiling | null =>
-      c && c.connects ? cpuCeiling({ count: c.connects, elapsedMs: c.elapsedMs, eventLoopMs: c.brokerMainMs, processMs: c.brokerMs, othersMs: c.loadGeneratorMs, busiestOtherThreadsMs: c.busiestOtherThreadsMs }) : null
+      c && c.connects ? cpuCeiling(cores, { count: c.connects, elapsedMs: c.elapsedMs, eventLoopMs: c.brokerMainMs, processMs: c.brokerMs, othersMs: c.loadGeneratorMs, busiestOtherThreadsMs: c.busiestOtherThreadsMs }) : null
     const cpuA = perConnect(admissionCpu.agent)
     const cpuB = perConnect(admissionCpu.aedes)
     const ceilingRatio = cpuA && admission.aedes ? cpuA.ceilingPerS / admission.aedes : null
@@ -699,8 +668,8 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     if (r.failed.length) throw new Error(`${N - r.retired} retirements failed: ${r.failed.join('; ')}`)
     retired = r.queued
     const rate = (r.queued / r.elapsedMs) * 1000
-    const cpu = c0 && c1 && r.queued ? cpuCeiling({ count: r.queued, elapsedMs: r.elapsedMs, eventLoopMs: c1.main - c0.main, processMs: c1.total - c0.total, othersMs: o1 - o0, busiestOtherThreadsMs: [...otherThreadsMs(agentB.pid, c0, c1).values()].sort((x, y) => y - x).slice(0, 4) }) : null
     const cores = cpus().length
+    const cpu = c0 && c1 && r.queued ? cpuCeiling(cores, { count: r.queued, elapsedMs: r.elapsedMs, eventLoopMs: c1.main - c0.main, processMs: c1.total - c0.total, othersMs: o1 - o0, busiestOtherThreadsMs: [...otherThreadsMs(agentB.pid, c0, c1).values()].sort((x, y) => y - x).slice(0, 4) }) : null
     results.figures.push({
       name: 'bulk retire',
       workload: `${fmt(N)} offline devices retired in one burst inside the agent (state change, sessions closed, evidence, one durable wipe action each, fsynced): wipe actions queued per second`,

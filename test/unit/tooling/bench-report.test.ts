@@ -5,7 +5,9 @@ import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import { BEGIN, END, formatValue, percentile, renderTable, replaceBetweenMarkers, type BenchResults } from '../../../bench/report.ts'
+import { BEGIN, cpuCeiling, END, formatValue, percentile, renderTable, replaceBetweenMarkers, type BenchResults } from '../../../bench/report.ts'
+import { otherThreadsMs, threadCpuMsOf } from '../../../bench/anchors.ts'
+import { Worker } from 'node:worker_threads'
 import { ROOT } from '../../helpers/agent.ts'
 
 const results: BenchResults = {
@@ -19,6 +21,7 @@ const results: BenchResults = {
   figures: [
     { name: 'admission', workload: 'connects | with a pipe', value: 0.93, unit: '× bare aedes', anchor: 'agent 900/s', goal: '≥ 0.9', met: true, detail: {} },
     { name: 'bulk retire', workload: 'burst', value: 2345.6, unit: 'actions/s', anchor: '-', goal: '≥ 20,000', met: false, detail: {} },
+    { name: 'storm', workload: 'storm', value: 12, unit: 's', anchor: '-', goal: '< 10 s', met: false, bound: 'at this CPU | 2 cores allow 3,000/s', detail: {} },
     { name: 'memory', workload: 'rss', value: null, unit: 'bytes/device', anchor: '-', goal: '≤ 2,048', met: null, detail: {} },
   ],
   errors: [{ name: 'reconnect storm', error: 'agent: 9 of 10 acks\n  at stack' }],
@@ -30,7 +33,8 @@ test('the table: one row per figure with its workload, anchor, goal and verdict;
   assert.equal(lines[0], '| Figure | Measured | Anchor (same run) | Goal | Met | Workload |')
   assert.equal(lines[2], '| admission | 0.93 × bare aedes | agent 900/s | ≥ 0.9 | yes | connects \\| with a pipe |')
   assert.equal(lines[3], '| bulk retire | 2,346 actions/s | - | ≥ 20,000 | **no** | burst |')
-  assert.equal(lines[4], '| memory | not measured | - | ≤ 2,048 | – | rss |')
+  assert.equal(lines[4], '| storm | 12.0 s | - | < 10 s | **no**: at this CPU \\| 2 cores allow 3,000/s | storm |', 'a missed goal with its bound')
+  assert.equal(lines[5], '| memory | not measured | - | ≤ 2,048 | – | rss |')
   assert.match(table, /10,000 devices, cold start with 100,000; 2 × Test CPU, Node v20\.0\.0, linux x64, Mosquitto 2\.0\.11, open files limit 20000/)
   assert.match(table, /- reconnect storm: agent: 9 of 10 acks$/m)
   assert.equal(formatValue({ value: 12.345, unit: 'ms' }), '12.3 ms')
@@ -55,4 +59,26 @@ test('percentiles by nearest rank', () => {
   assert.equal(percentile(xs, 100), 100)
   assert.equal(percentile([7], 99), 7)
   assert.equal(percentile([], 50), null)
+})
+
+test('the CPU ceiling: the event loop on one core, everything on all of them, at the window\'s cost per item', () => {
+  // 1,000 items: 300 ms on the event loop, 500 ms in the process, 200 ms elsewhere, in 600 ms
+  const c = cpuCeiling(2, { count: 1000, elapsedMs: 600, eventLoopMs: 300, processMs: 500, othersMs: 200, busiestOtherThreadsMs: [120, 40] })
+  assert.deepEqual(c, { eventLoopUs: 300, processUs: 500, busiestOtherThreadsUs: [120, 40], othersUs: 200, coresBusy: 1.17, ceilingPerS: 2857 }, '2 cores ÷ 700 µs = 2,857/s, under the event loop\'s 3,333/s')
+  // on 4 cores the event loop is what is left
+  assert.equal(cpuCeiling(4, { count: 1000, elapsedMs: 600, eventLoopMs: 300, processMs: 500, othersMs: 200 }).ceilingPerS, 3333)
+})
+
+test('CPU per thread from /proc: the main thread is part of the process, a busy worker shows among the other threads', { skip: process.platform !== 'linux' }, async () => {
+  const before = threadCpuMsOf(process.pid)!
+  // a worker that spins for 300 ms of CPU, then exits
+  const w = new Worker('const t = process.cpuUsage(); while ((process.cpuUsage(t).user + process.cpuUsage(t).system) < 300_000) {} require("node:worker_threads").parentPort.postMessage(1); setInterval(() => {}, 1000)', { eval: true })
+  await new Promise((r) => w.once('message', r))
+  const after = threadCpuMsOf(process.pid)!
+  await w.terminate()
+  assert.ok(after.main <= after.total && before.main <= before.total)
+  assert.ok(after.total - before.total >= 250, `the process used ${after.total - before.total} ms`)
+  const busiest = Math.max(...otherThreadsMs(process.pid, before, after).values())
+  assert.ok(busiest >= 250, `the busiest other thread used ${busiest} ms`)
+  assert.ok(!otherThreadsMs(process.pid, before, after).has(process.pid), 'the main thread is not among the others')
 })
