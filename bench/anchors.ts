@@ -5,6 +5,7 @@
 // process started here is registered and killed by `Procs.stopAll()`.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { generateKeyPairSync, sign as nodeSign, verify as nodeVerify } from 'node:crypto'
 import { connect } from 'node:net'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -53,6 +54,29 @@ export function threadCpuMsOf(pid: number): { total: number; main: number; threa
     // the process is gone: the totals above still hold
   }
   return { total, main, threads }
+}
+
+/**
+ * CPU per Ed25519 verify as the agent's crypto workers make it (node:crypto,
+ * the public key handed over as a JWK), µs: `n` verifies over 200 keys in
+ * this process, after a warm-up. The one piece of a connect's work the
+ * agent cannot leave out (PROTOCOL §5: every token checked in full).
+ */
+export function verifyCostUs(n = 4000): number {
+  const keys = Array.from({ length: 200 }, (_, i) => {
+    const { publicKey, privateKey } = generateKeyPairSync('ed25519')
+    const data = Buffer.from(`bench verify ${i}`)
+    return { x: publicKey.export({ format: 'jwk' }).x as string, data, sig: nodeSign(null, data, privateKey) }
+  })
+  const once = (i: number): boolean => {
+    const k = keys[i % keys.length]!
+    return nodeVerify(null, k.data, { key: { kty: 'OKP', crv: 'Ed25519', x: k.x }, format: 'jwk' }, k.sig)
+  }
+  for (let i = 0; i < 500; i++) once(i)
+  const t0 = process.cpuUsage()
+  for (let i = 0; i < n; i++) if (!once(i)) throw new Error('verify failed')
+  const used = process.cpuUsage(t0)
+  return (used.user + used.system) / n
 }
 
 /** CPU each thread but the main one used between two readings, ms, by thread id. */

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { BEGIN, cpuCeiling, END, formatValue, percentile, renderTable, replaceBetweenMarkers, type BenchResults } from '../../../bench/report.ts'
-import { otherThreadsMs, threadCpuMsOf } from '../../../bench/anchors.ts'
+import { otherThreadsMs, threadCpuMsOf, verifyCostUs } from '../../../bench/anchors.ts'
 import { Worker } from 'node:worker_threads'
 import { ROOT } from '../../helpers/agent.ts'
 
@@ -81,4 +81,9 @@ test('CPU per thread from /proc: the main thread is part of the process, a busy 
   const busiest = Math.max(...otherThreadsMs(process.pid, before, after).values())
   assert.ok(busiest >= 250, `the busiest other thread used ${busiest} ms`)
   assert.ok(!otherThreadsMs(process.pid, before, after).has(process.pid), 'the main thread is not among the others')
+})
+
+test('the verify anchor: Ed25519 verifies as the crypto workers make them (the key as a JWK), each one checked', () => {
+  const us = verifyCostUs(200)
+  assert.ok(Number.isFinite(us) && us > 0, `${us} µs a verify`)
 })
