@@ -99,16 +99,16 @@ export type CpuCeiling = { eventLoopUs: number; processUs: number; busiestOtherT
  * The ceiling the CPU puts on a rate: `count` items took `eventLoopMs` of
  * the measured process's main thread, `processMs` of all its threads, and
  * `othersMs` of the other processes of the run on the same machine (the
- * load generator, the central broker), on a machine of `cores`. The event
- * loop runs on one core; everything shares all of them; so at this cost
- * per item the rate cannot
- * pass min(1 s ÷ event loop, cores ÷ everything), even with every core
- * fully busy. An estimate, not a hard bound: costs shared by a batch (an
+ * load generator, the central broker), on a machine of `cores`; its other
+ * threads used `otherThreadsMs` each (the busiest are kept). The event loop
+ * runs on one core; everything shares all of them; so at this cost per item
+ * the rate cannot pass min(1 s ÷ event loop, cores ÷ everything), even with
+ * every core fully busy. An estimate, not a hard bound: costs shared by a batch (an
  * fsync, a batch's signature) shrink per item at higher rates, and what
  * else the machine runs is not counted. `coresBusy` says how near the run
  * came to it.
  */
-export function cpuCeiling(cores: number, w: { count: number; elapsedMs: number; eventLoopMs: number; processMs: number; othersMs: number; busiestOtherThreadsMs?: number[] }): CpuCeiling {
+export function cpuCeiling(cores: number, w: { count: number; elapsedMs: number; eventLoopMs: number; processMs: number; othersMs: number; otherThreadsMs?: Iterable<number> }): CpuCeiling {
   const us = (ms: number): number => (ms * 1000) / w.count
   const eventLoop = us(w.eventLoopMs)
   const all = us(w.processMs + w.othersMs)
@@ -116,7 +116,7 @@ export function cpuCeiling(cores: number, w: { count: number; elapsedMs: number;
   return {
     eventLoopUs: round(eventLoop, 0),
     processUs: round(us(w.processMs), 0),
-    busiestOtherThreadsUs: (w.busiestOtherThreadsMs ?? []).map((ms) => round(us(ms), 0)),
+    busiestOtherThreadsUs: [...(w.otherThreadsMs ?? [])].sort((x, y) => y - x).slice(0, 4).map((ms) => round(us(ms), 0)),
     othersUs: round(us(w.othersMs), 0),
     coresBusy: round((w.processMs + w.othersMs) / w.elapsedMs, 2),
     ceilingPerS: round(ceiling, 0),

@@ -425,16 +425,16 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
    * figure leaves its change out, for both brokers alike.
    */
   /** CPU used in the timed admission windows, ms: the broker (all threads, and its event loop alone) and the load generator */
-  type AdmissionCpu = { connects: number; elapsedMs: number; brokerMainMs: number; brokerMs: number; loadGeneratorMs: number; busiestOtherThreadsMs: number[] }
+  type AdmissionCpu = { connects: number; elapsedMs: number; brokerMainMs: number; brokerMs: number; loadGeneratorMs: number; otherThreadsMs: number[] }
   const admissionCpu: { agent: AdmissionCpu | null; aedes: AdmissionCpu | null } = { agent: null, aedes: null }
   const youngSize = (sp: HeapSpaces): number => (sp['new_space']?.size ?? 0) + (sp['new_large_object_space']?.size ?? 0)
   const admitInHalves = async (b: Broker, who: string): Promise<{ rate: number; mem: Mem; cpu: AdmissionCpu | null }> => {
     const idle = await b.memory() // after the warm-up: every broker measured warm
-    const cpu: AdmissionCpu = { connects: 0, elapsedMs: 0, brokerMainMs: 0, brokerMs: 0, loadGeneratorMs: 0, busiestOtherThreadsMs: [] }
+    const cpu: AdmissionCpu = { connects: 0, elapsedMs: 0, brokerMainMs: 0, brokerMs: 0, loadGeneratorMs: 0, otherThreadsMs: [] }
     const threadMs = new Map<number, number>()
     let cpuKnown = true
     /** one timed half, the CPU each side used in it added up (the memory reads between the halves are not counted) */
-    const half_ = async (list: string[]): Promise<ConnectReply> => {
+    const timedHalf = async (list: string[]): Promise<ConnectReply> => {
       const c0 = threadCpuMsOf(b.pid)
       const r = await connect(b.port, list, ADMISSION_CONCURRENCY)
       const c1 = threadCpuMsOf(b.pid)
@@ -450,11 +450,11 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
       cpu.elapsedMs += r.elapsedMs
       return r
     }
-    const first = await half_(ids.slice(0, N >> 1))
+    const first = await timedHalf(ids.slice(0, N >> 1))
     const half = await b.memory()
-    const second = await half_(ids.slice(N >> 1))
+    const second = await timedHalf(ids.slice(N >> 1))
     const connected = await b.memory()
-    cpu.busiestOtherThreadsMs = [...threadMs.values()].sort((x, y) => y - x).slice(0, 4)
+    cpu.otherThreadsMs = [...threadMs.values()]
     return {
       cpu: cpuKnown ? cpu : null,
       rate: ((first.connected + second.connected) / (first.elapsedMs + second.elapsedMs)) * 1000,
@@ -513,7 +513,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     const ratio = admission.agent !== null && admission.aedes ? admission.agent / admission.aedes : null
     const cores = cpus().length
     const perConnect = (c: AdmissionCpu | null): CpuCeiling | null =>
-      c && c.connects ? cpuCeiling(cores, { count: c.connects, elapsedMs: c.elapsedMs, eventLoopMs: c.brokerMainMs, processMs: c.brokerMs, othersMs: c.loadGeneratorMs, busiestOtherThreadsMs: c.busiestOtherThreadsMs }) : null
+      c && c.connects ? cpuCeiling(cores, { count: c.connects, elapsedMs: c.elapsedMs, eventLoopMs: c.brokerMainMs, processMs: c.brokerMs, othersMs: c.loadGeneratorMs, otherThreadsMs: c.otherThreadsMs }) : null
     const cpuA = perConnect(admissionCpu.agent)
     const cpuB = perConnect(admissionCpu.aedes)
     // Both brokers, each with the load generator, on the same cores: at equal use of them the rates go as the
@@ -677,7 +677,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     retired = r.queued
     const rate = (r.queued / r.elapsedMs) * 1000
     const cores = cpus().length
-    const cpu = c0 && c1 && r.queued ? cpuCeiling(cores, { count: r.queued, elapsedMs: r.elapsedMs, eventLoopMs: c1.main - c0.main, processMs: c1.total - c0.total, othersMs: o1 - o0, busiestOtherThreadsMs: [...otherThreadsMs(agentB.pid, c0, c1).values()].sort((x, y) => y - x).slice(0, 4) }) : null
+    const cpu = c0 && c1 && r.queued ? cpuCeiling(cores, { count: r.queued, elapsedMs: r.elapsedMs, eventLoopMs: c1.main - c0.main, processMs: c1.total - c0.total, othersMs: o1 - o0, otherThreadsMs: otherThreadsMs(agentB.pid, c0, c1).values() }) : null
     results.figures.push({
       name: 'bulk retire',
       workload: `${fmt(N)} offline devices retired in one burst inside the agent (state change, sessions closed, evidence, one durable wipe action each, fsynced): wipe actions queued per second`,

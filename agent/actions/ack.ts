@@ -36,24 +36,30 @@ export interface PoolCheck {
   tried: readonly string[]
 }
 
+/** An ack's claims checked (ackClaims): why it cannot settle anything, or the device and the pending action it settles. */
+export type AckClaims = { ok: false; reason: string } | { ok: true; record: DeviceRecord; action: QueuedAction; status: AckStatus }
+
 /**
- * Why an ack cannot settle anything, from its claims alone (no signature
- * checked), or null: it names the sending device, is addressed to this
- * gateway, and refers to an action pending for that device with a status
- * an ack may have. Every check here costs no signature, so an ack refused
- * by one of them costs none either (verifyAck, ackSigner, the ack's turn).
+ * An ack's claims, from memory alone (no signature checked): it names the
+ * sending device, is addressed to this gateway, and refers to an action
+ * pending for that device with a status an ack may have. Every check here
+ * costs no signature, so an ack refused by one of them costs none either
+ * (verifyAck, ackSigner, the ack's turn).
  */
-export function claimsRefusal(gw: Gateway, deviceId: string, jws: ParsedJws): string | null {
+export function ackClaims(gw: Gateway, deviceId: string, jws: ParsedJws): AckClaims {
   const c = jws.payload
-  if (jws.header.kid !== deviceId || c.iss !== deviceId) return `kid and iss must be the sending device ${deviceId}`
-  if (!gw.registry.get(deviceId)) return 'unknown device'
-  if (c.aud !== gw.id) return `aud ${JSON.stringify(c.aud ?? null)} is not this gateway`
-  if (!isJti(c.jti)) return 'jti missing or malformed'
-  if (!Number.isSafeInteger(c.iat)) return 'iat is not an integer'
-  if (typeof c.ref !== 'string') return 'ref missing'
-  if (!gw.actions.find(deviceId, c.ref)) return `ref ${c.ref} is not an action pending for ${deviceId}`
-  if (typeof c.status !== 'string' || !(ACK_STATUSES as readonly string[]).includes(c.status)) return `status ${JSON.stringify(c.status ?? null)} is not done, failed or unsupported`
-  return null
+  const no = (reason: string): AckClaims => ({ ok: false, reason })
+  if (jws.header.kid !== deviceId || c.iss !== deviceId) return no(`kid and iss must be the sending device ${deviceId}`)
+  const record = gw.registry.get(deviceId)
+  if (!record) return no('unknown device')
+  if (c.aud !== gw.id) return no(`aud ${JSON.stringify(c.aud ?? null)} is not this gateway`)
+  if (!isJti(c.jti)) return no('jti missing or malformed')
+  if (!Number.isSafeInteger(c.iat)) return no('iat is not an integer')
+  if (typeof c.ref !== 'string') return no('ref missing')
+  const action = gw.actions.find(deviceId, c.ref)
+  if (!action) return no(`ref ${c.ref} is not an action pending for ${deviceId}`)
+  if (typeof c.status !== 'string' || !(ACK_STATUSES as readonly string[]).includes(c.status)) return no(`status ${JSON.stringify(c.status ?? null)} is not done, failed or unsupported`)
+  return { ok: true, record, action, status: c.status as AckStatus }
 }
 
 /**
@@ -85,22 +91,21 @@ export function verifyAck(
   const c = jws.payload
   const ref = typeof c.ref === 'string' ? c.ref : undefined
   const fail = (reason: string): AckVerdict => ({ ok: false, reason, ...(ref ? { ref } : {}) })
-  const refusal = claimsRefusal(gw, deviceId, jws)
-  if (refusal !== null) return fail(refusal)
+  const claims = ackClaims(gw, deviceId, jws)
+  if (!claims.ok) return fail(claims.reason)
+  const { record: device, action, status } = claims
   const nowS = gw.nowS()
   // the clock skew on a key's notBefore, as on the ack's own times
   const signedByDevice = x509
-    ? signedByCertificate(record!, jws)
+    ? signedByCertificate(device, jws)
     : opts.pool !== undefined
       ? opts.pool.signedBy !== null
         ? // checked against the record as it was; the key must still be one the device may sign with now
-          signingCandidates(record!, nowS, gw.config.clockSkewS).includes(opts.pool.signedBy)
+          signingCandidates(device, nowS, gw.config.clockSkewS).includes(opts.pool.signedBy)
         : // none of the keys the pool tried: only a key the device got since (a re-key settled meanwhile) is checked here
-          signingKey(record!, jws, nowS, keys, { earlyS: gw.config.clockSkewS, except: opts.pool.tried }) !== null
-      : signingKey(record!, jws, nowS, keys, { earlyS: gw.config.clockSkewS }) !== null
+          signingKey(device, jws, nowS, keys, { earlyS: gw.config.clockSkewS, except: opts.pool.tried }) !== null
+      : signingKey(device, jws, nowS, keys, { earlyS: gw.config.clockSkewS }) !== null
   if (!signedByDevice) return fail('signature is not by a currently valid key of the device')
-  const action = gw.actions.find(deviceId, ref!)!
-  const status = c.status as AckStatus
   const ack: VerifiedAck = { deviceId, jti: c.jti as string, action, status }
   if (typeof c.detail === 'string') ack.detail = c.detail.slice(0, 1024)
   if (status === 'done' && (action.act === 'reenroll' || action.act === 'renew') && x509) {
@@ -114,7 +119,7 @@ export function verifyAck(
     const newKey = publicKeyFromB64(c.newPublicKey)
     const proof = b64urlDecode(c.newKeyProof)
     if (!newKey || !proof || !verifyBytes(newKey, utf8(action.id), proof)) return fail('newKeyProof does not verify with newPublicKey')
-    if (record!.keys.some((k) => k.publicKey === c.newPublicKey)) return fail('newPublicKey is a key the device already has')
+    if (device.keys.some((k) => k.publicKey === c.newPublicKey)) return fail('newPublicKey is a key the device already has')
     ack.newPublicKey = c.newPublicKey
   }
   return { ok: true, ack }
@@ -138,10 +143,10 @@ export function parseAck(input: string | Uint8Array): ParsedJws | null {
  * it inline and says why).
  */
 export async function ackSigner(gw: Gateway, deviceId: string, jws: ParsedJws): Promise<PoolCheck | null> {
-  const record = gw.registry.get(deviceId)
-  if (!record || credentialKind(record.spec) === 'x509') return null
-  if (jws.header.alg !== 'EdDSA' || claimsRefusal(gw, deviceId, jws) !== null) return null
-  const tried = signingCandidates(record, gw.nowS(), gw.config.clockSkewS)
+  if (jws.header.alg !== 'EdDSA') return null
+  const claims = ackClaims(gw, deviceId, jws)
+  if (!claims.ok || credentialKind(claims.record.spec) === 'x509') return null
+  const tried = signingCandidates(claims.record, gw.nowS(), gw.config.clockSkewS)
   return { signedBy: await gw.crypto.verifyAny(tried, jws.signingInput, jws.signature), tried }
 }
 

@@ -4,7 +4,7 @@
 // proves (a new key after reenroll or renew). Deadlines expire actions.
 // It is the ActionSink of every protocol's channel: readiness and acks from
 // MQTT, OPC UA and Modbus all come back here.
-import { ackSigner, claimsRefusal, parseAck, verifyAck, type VerifiedAck } from './ack.ts'
+import { ackClaims, ackSigner, parseAck, verifyAck, type VerifiedAck } from './ack.ts'
 import { NO_YIELD, type ActionDispatcher, type YieldTurn } from './action-dispatcher.ts'
 import type { Act, QueuedAction } from './action-queue.ts'
 import type { DeviceRecord } from '../devices/device.ts'
@@ -136,9 +136,10 @@ export class DeviceActions implements ActionSink {
     // No more of a device's acks wait for a turn than it has actions pending; the rest are checked at once, so a flood
     // holds no place in the queue.
     const jws = parseAck(payload)
-    const settles = jws !== null && claimsRefusal(this.#gw, deviceId, jws) === null
-    const waits = settles && (this.#acksWaiting.get(deviceId) ?? 0) < this.#gw.actions.pending(deviceId).length
-    if (waits) this.#acksWaiting.set(deviceId, (this.#acksWaiting.get(deviceId) ?? 0) + 1)
+    const settles = jws !== null && ackClaims(this.#gw, deviceId, jws).ok
+    const waiting = this.#acksWaiting.get(deviceId) ?? 0
+    const waits = settles && waiting < this.#gw.actions.pending(deviceId).length
+    if (waits) this.#acksWaiting.set(deviceId, waiting + 1)
     let release: (() => void) | null = null
     let v
     try {

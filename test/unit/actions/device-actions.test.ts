@@ -51,22 +51,28 @@ test('acks: forged, misaddressed and stray acks change nothing; a valid one sett
   assert.deepEqual(acked.map((e) => e.data), [{ deviceId: 'd1', actionId: wipe.id, act: 'wipe', status: 'done' }])
 })
 
-test('an ack costs at most one signature check: claims that settle nothing cost none, and a signature the pool refused is not checked again inline', async (t) => {
+/** An agent with device d1 enrolled (its key `dev`), and its crypto pool's signature checks counted; while `pool.refuse` holds, the pool answers "not signed". */
+async function d1WithCountedPool(t: Parameters<typeof startTestAgent>[0]) {
   const agent = await startTestAgent(t)
   const gw = agent.gateway
   const dev = testKey()
-  const other = testKey()
   await gw.enroll({ id: 'd1', publicKey: dev.publicKey }, { actor: 'test' })
+  const crypto = gw.crypto
+  const verify = crypto.verify.bind(crypto)
+  const pool = { checks: 0, refuse: false }
+  crypto.verify = async (k, d, sig) => {
+    pool.checks++
+    return pool.refuse ? false : verify(k, d, sig)
+  }
+  return { agent, gw, dev, pool }
+}
+
+test('an ack costs at most one signature check: claims that settle nothing cost none, and a signature the pool refused is not checked again inline', async (t) => {
+  const { agent, gw, dev, pool } = await d1WithCountedPool(t)
+  const other = testKey()
   const wipe = await agent.actions.queue('d1', 'wipe', { actor: 'test' })
   // the pool answers "not signed" to every check, and counts them
-  const pool = gw.crypto
-  const verify = pool.verify.bind(pool)
-  let checks = 0
-  let refuse = true
-  pool.verify = async (k, d, sig) => {
-    checks++
-    return refuse ? false : verify(k, d, sig)
-  }
+  pool.refuse = true
   const refused = async (payload: string): Promise<string | undefined> => {
     const r = await agent.actions.ack('d1', payload, 'test')
     assert.equal(r.ok, false)
@@ -75,35 +81,25 @@ test('an ack costs at most one signature check: claims that settle nothing cost 
   assert.match((await refused(ackFor(other.privateKey, 'd1', 'gw1', 'act.nope', 'done')))!, /not an action pending/)
   assert.match((await refused(ackFor(other.privateKey, 'd1', 'gw-other', wipe.id, 'done')))!, /aud/)
   assert.match((await refused(ackFor(other.privateKey, 'd1', 'gw1', wipe.id, 'finished')))!, /status/)
-  assert.equal(checks, 0, 'claims that settle nothing are refused before any signature is checked')
+  assert.equal(pool.checks, 0, 'claims that settle nothing are refused before any signature is checked')
   // the device's own ack, which the pool (stubbed) refuses: the keys it tried are not tried again on the event loop
   const good = ackFor(dev.privateKey, 'd1', 'gw1', wipe.id, 'done')
   assert.match((await refused(good))!, /signature is not by a currently valid key/)
-  assert.equal(checks, 1, 'one check, on the pool')
+  assert.equal(pool.checks, 1, 'one check, on the pool')
   assert.equal(gw.actions.pending('d1').length, 1)
-  refuse = false
+  pool.refuse = false
   assert.deepEqual(await agent.actions.ack('d1', good, 'test'), { ok: true })
-  assert.equal(checks, 2)
+  assert.equal(pool.checks, 2)
 })
 
 test('copies of an ack being checked get its answer without a check of their own; a different ack for the same action is checked on its own', async (t) => {
-  const agent = await startTestAgent(t)
-  const gw = agent.gateway
-  const dev = testKey()
-  await gw.enroll({ id: 'd1', publicKey: dev.publicKey }, { actor: 'test' })
-  const pool = gw.crypto
-  const verify = pool.verify.bind(pool)
-  let checks = 0
-  pool.verify = (k, d, sig) => {
-    checks++
-    return verify(k, d, sig)
-  }
+  const { agent, gw, dev, pool } = await d1WithCountedPool(t)
   // three copies handed over at once (a flood on its ack topic, a QoS 1 re-send): one checked, one settlement
   const wipe = await agent.actions.queue('d1', 'wipe', { actor: 'test' })
   const good = ackFor(dev.privateKey, 'd1', 'gw1', wipe.id, 'done')
   const answers = await Promise.all([1, 2, 3].map(() => agent.actions.ack('d1', good, 'test')))
   assert.deepEqual(answers, [{ ok: true }, { ok: false, reason: 'repeated' }, { ok: false, reason: 'repeated' }])
-  assert.equal(checks, 1)
+  assert.equal(pool.checks, 1)
   assert.equal(agent.actions.repeatedAcks, 2)
   assert.equal(agent.actions.strayAcks, 0, 'not counted as bad')
   assert.equal(gw.actions.pending('d1').length, 0)
@@ -112,14 +108,14 @@ test('copies of an ack being checked get its answer without a check of their own
   const renew = await agent.actions.queue('d1', 'renew', { actor: 'test' })
   const forged = ackFor(testKey().privateKey, 'd1', 'gw1', renew.id, 'failed')
   const own = ackFor(dev.privateKey, 'd1', 'gw1', renew.id, 'failed', { detail: 'no entropy' })
-  checks = 0
+  pool.checks = 0
   const [f1, f2, mine] = await Promise.all([forged, forged, own].map((p) => agent.actions.ack('d1', p, 'test')))
   assert.deepEqual(mine, { ok: true }, "someone else's forgery does not stand in for the device's ack")
   // the forgery refused (by its signature, or as a repeat when the device's ack settled first), its copy the same
   assert.equal(f1!.ok, false)
   assert.match(f1!.reason!, /signature|repeated/)
   assert.deepEqual(f2, f1)
-  assert.ok(checks <= 2, `${checks} signature checks for three acks, two of them alike`)
+  assert.ok(pool.checks <= 2, `${pool.checks} signature checks for three acks, two of them alike`)
   assert.equal(gw.actions.pending('d1').length, 0)
 })
 

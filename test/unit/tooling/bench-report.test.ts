@@ -63,7 +63,7 @@ test('percentiles by nearest rank', () => {
 
 test('the CPU ceiling: the event loop on one core, everything on all of them, at the window\'s cost per item', () => {
   // 1,000 items: 300 ms on the event loop, 500 ms in the process, 200 ms elsewhere, in 600 ms
-  const c = cpuCeiling(2, { count: 1000, elapsedMs: 600, eventLoopMs: 300, processMs: 500, othersMs: 200, busiestOtherThreadsMs: [120, 40] })
+  const c = cpuCeiling(2, { count: 1000, elapsedMs: 600, eventLoopMs: 300, processMs: 500, othersMs: 200, otherThreadsMs: [40, 120] })
   assert.deepEqual(c, { eventLoopUs: 300, processUs: 500, busiestOtherThreadsUs: [120, 40], othersUs: 200, coresBusy: 1.17, ceilingPerS: 2857 }, '2 cores ÷ 700 µs = 2,857/s, under the event loop\'s 3,333/s')
   // on 4 cores the event loop is what is left
   assert.equal(cpuCeiling(4, { count: 1000, elapsedMs: 600, eventLoopMs: 300, processMs: 500, othersMs: 200 }).ceilingPerS, 3333)
