@@ -52,6 +52,12 @@ export const DEFAULT_WINDOW = 200
 export const DEFAULT_RESEND_AFTER_MS = 10_000
 export const DEFAULT_RESEND_MAX_MS = 60_000
 
+/** A mark in the gateway's events as seen here (ControlPlane.sendAll). */
+interface EventWatch {
+  connects: number
+  gaps: number
+}
+
 export interface SendAllOptions {
   /** unanswered commands at most (default 200) */
   window?: number
@@ -227,6 +233,10 @@ export class ControlPlane {
   readonly #statusListeners = new Set<(s: GatewayStatus, retained: boolean) => void>()
   #status: GatewayStatus | null = null
   #lastSeq = 0
+  /** connections made so far: events published while we were away may be lost to a clean session */
+  #connects = 0
+  /** performance.now() of the last event from the gateway (any type, verified or not checked) */
+  #lastEventAt = -Infinity
   readonly gaps: { from: number; to: number }[] = []
   readonly invalid: string[] = []
 
@@ -264,7 +274,10 @@ export class ControlPlane {
     })
     this.#client = client
     // Commands are small and latency matters: no Nagle delay behind unacknowledged PUBACKs.
-    client.on('connect', () => (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true))
+    client.on('connect', () => {
+      this.#connects++
+      ;(client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true)
+    })
     // What the status said is known again only once this connection got it
     // (re-delivered as retained on resubscribe): a broker that restarted may
     // have lost what it held for us meanwhile, so "online" must be fresh.
@@ -317,6 +330,7 @@ export class ControlPlane {
       return
     }
     const seq = Number(claims.seq)
+    if (verified !== false) this.#lastEventAt = performance.now()
     if (seq > this.#lastSeq + 1 && this.#lastSeq > 0) this.gaps.push({ from: this.#lastSeq + 1, to: seq - 1 })
     if (seq > this.#lastSeq) this.#lastSeq = seq
     const e: GatewayEvent = {
@@ -409,12 +423,19 @@ export class ControlPlane {
    * broker's per-client queue (Mosquitto: max_queued_messages, 1000 by
    * default) never overflows and drops them. One that gets no cmd.accepted,
    * cmd.rejected or cmd.duplicate within its delay is published again, same
-   * jti, the delay doubling each time; so is an accepted one whose outcome
-   * does not come (its cmd.completed may have been lost on the way to us),
-   * which the gateway answers with cmd.duplicate and its current state.
-   * Re-sending is safe: the gateway runs a jti once. Nothing is re-sent
-   * while the gateway's status says offline: its persistent session holds
-   * what was sent, and copies would only fill that queue.
+   * jti, the delay doubling each time. So is an accepted one whose outcome
+   * may have been lost on the way to us, which the gateway answers with
+   * cmd.duplicate and its current state: once its delay passed since the
+   * acceptance and, meanwhile, we connected again (a clean session loses
+   * what was published while it was away), an event's seq skipped some, or
+   * the gateway has said nothing for that long (a lost last event leaves no
+   * gap behind it). While its events keep coming in order, an outcome that
+   * has not come was not sent yet: the gateway runs commands in arrival
+   * order, maybe far behind its acceptances (a bulk of slow ops), and copies
+   * would only cost it a check each. Re-sending is safe: the gateway runs a
+   * jti once. Nothing is re-sent while the gateway's status says offline:
+   * its persistent session holds what was sent, and copies would only fill
+   * that queue.
    */
   sendAll(commands: readonly { jti: string; jws: string }[], o: SendAllOptions): Promise<SendAllReport> {
     if (!this.#client) throw new TypeError('ControlPlane: not connected')
@@ -434,8 +455,10 @@ export class ControlPlane {
       delayMs: number
       timer: NodeJS.Timeout | null
       result: CommandResult | null
+      /** what we had seen of the gateway's events when it was last accepted */
+      watch: EventWatch | null
     }
-    const slots: Slot[] = commands.map((c, i) => ({ i, jti: c.jti, jws: c.jws, state: 'queued', accepted: false, sends: 0, delayMs: firstDelay, timer: null, result: null }))
+    const slots: Slot[] = commands.map((c, i) => ({ i, jti: c.jti, jws: c.jws, state: 'queued', accepted: false, sends: 0, delayMs: firstDelay, timer: null, result: null, watch: null }))
     const byJti = new Map(slots.map((s) => [s.jti, s]))
     if (byJti.size !== slots.length) throw new TypeError('ControlPlane.sendAll: a jti appears twice')
     const due: Slot[] = [] // accepted ones whose check waits for room in the window
@@ -458,9 +481,9 @@ export class ControlPlane {
         }
         resolve({ results: slots.map((s) => s.result!), resends, duplicates })
       }
-      const arm = (s: Slot): void => {
+      const arm = (s: Slot, ms = s.delayMs): void => {
         if (s.timer) clearTimeout(s.timer)
-        s.timer = setTimeout(() => onTimer(s), s.delayMs)
+        s.timer = setTimeout(() => onTimer(s), ms)
       }
       const publish = (s: Slot): void => {
         if (s.sends > 0) {
@@ -489,6 +512,9 @@ export class ControlPlane {
         s.timer = null
         // While the gateway is away, or we are, a copy would only queue behind the original.
         if (this.#status?.online === false || !this.#client?.connected) return arm(s)
+        // Accepted, and every event since reached us: its outcome is still to come.
+        const wait = s.state === 'accepted' && s.watch ? this.#untilMissable(s.watch, s.delayMs) : 0
+        if (wait > 0) return arm(s, wait)
         s.delayMs = Math.min(maxDelay, s.delayMs * 2)
         if (s.state === 'sent') publish(s)
         else if (s.state === 'accepted') {
@@ -522,6 +548,7 @@ export class ControlPlane {
           if (s.state === 'sent') {
             unanswered--
             s.state = 'accepted'
+            s.watch = this.#watch()
             arm(s)
             fill()
           }
@@ -535,6 +562,22 @@ export class ControlPlane {
       if (open === 0) return finish()
       fill()
     })
+  }
+
+  /** What has been seen of the gateway's events so far. */
+  #watch(): EventWatch {
+    return { connects: this.#connects, gaps: this.gaps.length }
+  }
+
+  /**
+   * 0 when an event the gateway sent since `w` was taken may not have
+   * reached us: we connected again (a clean session loses what was published
+   * while it was away), a seq gap showed, or nothing came for `quietMs`.
+   * Otherwise how long until that silence would be reached.
+   */
+  #untilMissable(w: EventWatch, quietMs: number): number {
+    if (this.#connects !== w.connects || this.gaps.length !== w.gaps) return 0
+    return Math.max(0, Math.ceil(quietMs - (performance.now() - this.#lastEventAt)))
   }
 
   async close(): Promise<void> {

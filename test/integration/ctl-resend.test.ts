@@ -154,6 +154,58 @@ test('a re-send is harmless: answered cmd.duplicate with the state, run once; an
   assert.equal(l.accepted.get(bad.jti), undefined)
 })
 
+test('an accepted command is not sent again while the gateway\'s events keep coming in order; once they stop, it is checked', async (t) => {
+  const { agent, l, cp, devicePublicKey } = await setup(t)
+  await agent.gateway.enroll({ id: 'pump-0', publicKey: devicePublicKey }, { actor: 'test' })
+  // Hold the command chain, as a bulk of slow ops ahead would: what is accepted from here on waits its turn.
+  let release = (): void => {}
+  const held = new Promise<void>((r) => (release = r))
+  agent.commands.register('inventory.report', async () => (await held, {}))
+  try {
+    await acceptedWhileHeld(cp, l, release)
+  } finally {
+    // before the agent stops (t.after hooks run in order): it waits for the chain
+    release()
+  }
+})
+
+async function acceptedWhileHeld(cp: ControlPlane, l: ReturnType<typeof ledger>, release: () => void): Promise<void> {
+  const hold = cp.sign('inventory.report', {})
+  const holding = cp.waitFor((e) => e.type === 'cmd.accepted' && e.data.jti === hold.jti)
+  await cp.publishRaw(hold.jws)
+  await holding
+  const DELAY = 1000
+  const enrolls = Array.from({ length: 20 }, (_, i) => cp.sign('device.enroll', { device: { id: `late-${i}`, publicKey: generateKeyPair().publicKeyB64 } }))
+  const resent: string[] = []
+  let onResend = (): void => {}
+  const firstResend = new Promise<void>((r) => (onResend = r))
+  const all = cp.sendAll(enrolls, { window: 50, resendAfterMs: DELAY, timeoutMs: 60_000, onResend: (jti) => (resent.push(jti), onResend()) })
+  await Promise.all(enrolls.map((c) => cp.waitFor((e) => e.type === 'cmd.accepted' && e.data.jti === c.jti)))
+
+  // Other commands' answers flow meanwhile (each refused at once, outside the chain): the gateway is
+  // alive and nothing it sent was lost, so the outcomes not come yet were not sent yet.
+  const until = performance.now() + 2.5 * DELAY
+  for (let i = 0; performance.now() < until; i++) {
+    const other = cp.sign('device.release', { deviceId: `nobody-${i}` })
+    const answered = cp.waitFor((e) => e.type === 'cmd.rejected' && e.data.jti === other.jti)
+    await cp.publishRaw(other.jws)
+    await answered
+    await new Promise((r) => setTimeout(r, DELAY / 10))
+  }
+  assert.deepEqual(resent, [], `nothing re-sent while events kept coming for ${2.5 * DELAY} ms, 2.5 times the delay`)
+
+  // Silent for a whole delay: its cmd.completed could have been the last event, lost on the way; it is checked.
+  await firstResend
+  assert.ok(resent.length > 0)
+  release()
+  const report = await all
+  assert.deepEqual(report.results.map((r) => r.outcome), enrolls.map(() => 'completed'))
+  for (const c of enrolls) {
+    assert.equal(l.accepted.get(c.jti), 1)
+    assert.equal(l.completed.get(c.jti), 1)
+  }
+}
+
 test('ctl bulk names every device that did not complete: in text one line each with outcome and reason, with --json in arrays', async (t) => {
   const { dir, agent, link, devicePublicKey } = await setup(t)
   for (const id of ['q-1', 'q-2']) await agent.gateway.enroll({ id, publicKey: devicePublicKey }, { actor: 'test' })
