@@ -423,16 +423,18 @@ export class ControlPlane {
    * broker's per-client queue (Mosquitto: max_queued_messages, 1000 by
    * default) never overflows and drops them. One that gets no cmd.accepted,
    * cmd.rejected or cmd.duplicate within its delay is published again, same
-   * jti, the delay doubling each time. So is an accepted one whose outcome
-   * may have been lost on the way to us, which the gateway answers with
-   * cmd.duplicate and its current state: once its delay passed since the
-   * acceptance and, meanwhile, we connected again (a clean session loses
-   * what was published while it was away), an event's seq skipped some, or
-   * the gateway has said nothing for that long (a lost last event leaves no
-   * gap behind it). While its events keep coming in order, an outcome that
-   * has not come was not sent yet: the gateway runs commands in arrival
-   * order, maybe far behind its acceptances (a bulk of slow ops), and copies
-   * would only cost it a check each. Re-sending is safe: the gateway runs a
+   * jti, the delay doubling each time, once it may have been lost: a
+   * command sent after it was answered (the broker keeps their order), or,
+   * since it was sent, we connected again (a clean session loses what was
+   * published while it was away), an event's seq skipped some, or the
+   * gateway has said nothing for the delay (a lost last event leaves no gap
+   * behind it). So is an accepted one whose outcome may have been lost
+   * (the same signs, since its acceptance), which the gateway answers with
+   * cmd.duplicate and its current state. While the gateway's events keep
+   * coming in order, an answer not come was not sent yet: the gateway takes
+   * commands no faster than it runs them, in arrival order (the rest wait in
+   * the broker's queue), a retirement completes only with its wipe ack, and
+   * copies would only cost it a check each. Re-sending is safe: the gateway runs a
    * jti once. Nothing is re-sent while the gateway's status says offline:
    * its persistent session holds what was sent, and copies would only fill
    * that queue.
@@ -455,10 +457,12 @@ export class ControlPlane {
       delayMs: number
       timer: NodeJS.Timeout | null
       result: CommandResult | null
-      /** what we had seen of the gateway's events when it was last accepted */
+      /** what we had seen of the gateway's events when it was last sent or accepted */
       watch: EventWatch | null
+      /** the order of its last publish among all of this call's */
+      sentAs: number
     }
-    const slots: Slot[] = commands.map((c, i) => ({ i, jti: c.jti, jws: c.jws, state: 'queued', accepted: false, sends: 0, delayMs: firstDelay, timer: null, result: null, watch: null }))
+    const slots: Slot[] = commands.map((c, i) => ({ i, jti: c.jti, jws: c.jws, state: 'queued', accepted: false, sends: 0, delayMs: firstDelay, timer: null, result: null, watch: null, sentAs: 0 }))
     const byJti = new Map(slots.map((s) => [s.jti, s]))
     if (byJti.size !== slots.length) throw new TypeError('ControlPlane.sendAll: a jti appears twice')
     const due: Slot[] = [] // accepted ones whose check waits for room in the window
@@ -467,6 +471,9 @@ export class ControlPlane {
     let open = slots.length
     let resends = 0
     let duplicates = 0
+    let published = 0
+    /** the highest sentAs of a command the gateway answered: one sent before it and unanswered was lost on the way (the broker keeps order) */
+    let answeredUpTo = 0
     return new Promise<SendAllReport>((resolve) => {
       const finish = (): void => {
         clearTimeout(overall)
@@ -491,6 +498,8 @@ export class ControlPlane {
           o.onResend?.(s.jti, s.sends)
         }
         s.sends++
+        s.sentAs = ++published
+        s.watch = this.#watch()
         // A publish the client could not hand over is no different from one the broker dropped: the timer covers both.
         this.publishRaw(s.jws).catch(() => {})
         arm(s)
@@ -512,8 +521,11 @@ export class ControlPlane {
         s.timer = null
         // While the gateway is away, or we are, a copy would only queue behind the original.
         if (this.#status?.online === false || !this.#client?.connected) return arm(s)
-        // Accepted, and every event since reached us: its outcome is still to come.
-        const wait = s.state === 'accepted' && s.watch ? this.#untilMissable(s.watch, s.delayMs) : 0
+        // Every event since reached us and the gateway is answering: an acceptance not come is
+        // still to come when nothing sent after it was answered yet (it waits its turn in the
+        // broker's queue, behind slow commands); an outcome not come is still to come.
+        const waiting = s.state === 'accepted' || (s.state === 'sent' && answeredUpTo < s.sentAs)
+        const wait = waiting && s.watch ? this.#untilMissable(s.watch, s.delayMs) : 0
         if (wait > 0) return arm(s, wait)
         s.delayMs = Math.min(maxDelay, s.delayMs * 2)
         if (s.state === 'sent') publish(s)
@@ -539,6 +551,7 @@ export class ControlPlane {
         // An event that fails its signature check settles nothing.
         if (!s || e.verified === false) return
         if (e.type === 'cmd.duplicate') duplicates++
+        if (s.sentAs > answeredUpTo) answeredUpTo = s.sentAs
         if (s.state === 'done') return
         const state = e.type === 'cmd.duplicate' ? String(e.data.state) : e.type.replace('cmd.', '')
         // PROTOCOL §3: a duplicate that says accepted is an acceptance; its outcome is still to come.

@@ -23,7 +23,8 @@ if (process.env.EDGEWARDEN_TEST_COMPILED !== '1') process.env.EDGEWARDEN_FROM_SO
 
 export function tempDir(t?: { after(fn: () => void): void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'edgewarden-test-'))
-  t?.after(() => rmSync(dir, { recursive: true, force: true }))
+  // retried: a file written while it is removed (ENOTEMPTY) is not a failure of the test
+  t?.after(() => rmSync(dir, { recursive: true, force: true, maxRetries: 5 }))
   return dir
 }
 
@@ -40,18 +41,27 @@ export async function startTestAgent(
   t: { after(fn: () => Promise<void> | void): void },
   opts: { dataDir?: string; flags?: Record<string, unknown>; clock?: Clock; logLevel?: string; logSink?: (line: string) => void } = {},
 ): Promise<RunningAgent & { config: AgentConfig; mqttPort: number }> {
-  const dataDir = opts.dataDir ?? tempDir(t)
+  // A data dir of its own is removed once the agent has stopped (after hooks run in the order they were
+  // added: removed first, it raced the agent's last writes, e.g. node-opcua's PKI, and the stop never ran).
+  const ownDir = opts.dataDir === undefined ? tempDir() : null
+  const dataDir = opts.dataDir ?? ownDir!
   const config = testConfig(dataDir, opts.flags)
   const sink = opts.logSink
   const log = sink ? createLogger(opts.logLevel ?? 'info', { write: (line: string) => void sink(line) }) : createLogger(opts.logLevel ?? 'silent')
-  const agent = await startAgent(config, { log, ...(opts.clock ? { clock: opts.clock } : {}) })
+  const agent = await startAgent(config, { log, ...(opts.clock ? { clock: opts.clock } : {}) }).catch((err: unknown) => {
+    if (ownDir) rmSync(ownDir, { recursive: true, force: true, maxRetries: 5 })
+    throw err
+  })
   let stopped = false
   const stop = async (): Promise<void> => {
     if (stopped) return
     stopped = true
     await agent.stop()
   }
-  t.after(stop)
+  t.after(async () => {
+    await stop()
+    if (ownDir) rmSync(ownDir, { recursive: true, force: true, maxRetries: 5 })
+  })
   return { ...agent, stop, config, mqttPort: agent.broker.describe().mqtt as number }
 }
 

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test, type TestContext } from 'node:test'
+import { COMMANDS_WAITING_MAX } from '../../agent/commands/processor.ts'
 import { generateKeyPair, writeKeyFile } from '../../agent/store/keys.ts'
 import { ControlPlane } from '../../simulators/control-plane.ts'
 import { runCli, startTestAgent, tempDir } from '../helpers/agent.ts'
@@ -205,6 +206,21 @@ async function acceptedWhileHeld(cp: ControlPlane, l: ReturnType<typeof ledger>,
     assert.equal(l.completed.get(c.jti), 1)
   }
 }
+
+test('commands waiting in the broker\'s queue behind slow ones are not sent again while the gateway works through them', async (t) => {
+  const { agent, l, cp } = await setup(t)
+  // Each op takes a tenth of the re-send delay: the gateway takes COMMANDS_WAITING_MAX of them at
+  // once and the rest wait their turn on the broker, longer than the delay, while its events keep coming.
+  const DELAY = 1000
+  agent.commands.register('device.enroll', async () => (await new Promise((r) => setTimeout(r, DELAY / 10)), {}))
+  const n = COMMANDS_WAITING_MAX + 30
+  const enrolls = Array.from({ length: n }, (_, i) => cp.sign('device.enroll', { device: { id: `slow-${i}`, publicKey: generateKeyPair().publicKeyB64 } }))
+  const resent: string[] = []
+  const report = await cp.sendAll(enrolls, { window: n, resendAfterMs: DELAY, timeoutMs: 60_000, onResend: (jti) => void resent.push(jti) })
+  assert.deepEqual(report.results.map((r) => r.outcome), enrolls.map(() => 'completed'))
+  assert.deepEqual(resent, [], `nothing re-sent: the last waited ~${(30 * DELAY) / 10} ms for its turn`)
+  for (const c of enrolls) assert.equal(l.accepted.get(c.jti), 1)
+})
 
 test('ctl bulk names every device that did not complete: in text one line each with outcome and reason, with --json in arrays', async (t) => {
   const { dir, agent, link, devicePublicKey } = await setup(t)
