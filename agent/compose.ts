@@ -185,6 +185,7 @@ export async function startAgent(
     retirements.onComplete((jti, deviceId, evidence) => commands.completeAccepted(jti, { deviceId, evidence }))
     await retirements.resumeClosing()
     stack.push(async () => {
+      commands.close()
       await commands.idle()
       await commands.flushUnauthenticated()
     })

@@ -427,14 +427,15 @@ export class ControlPlane {
    * command sent after it was answered (the broker keeps their order), or,
    * since it was sent, we connected again (a clean session loses what was
    * published while it was away), an event's seq skipped some, or the
-   * gateway has said nothing for the delay (a lost last event leaves no gap
-   * behind it). So is an accepted one whose outcome may have been lost
-   * (the same signs, since its acceptance), which the gateway answers with
-   * cmd.duplicate and its current state. While the gateway's events keep
-   * coming in order, an answer not come was not sent yet: the gateway takes
-   * commands no faster than it runs them, in arrival order (the rest wait in
-   * the broker's queue), a retirement completes only with its wipe ack, and
-   * copies would only cost it a check each. Re-sending is safe: the gateway runs a
+   * gateway has answered none of these commands for the delay. So is an
+   * accepted one whose outcome may have been lost (the same signs since its
+   * acceptance, but the silence is of any event: a lost one shows as a seq
+   * gap once another comes), which the gateway answers with cmd.duplicate
+   * and its current state. While the gateway keeps answering, an answer not
+   * come was not sent yet: the gateway takes commands no faster than it runs
+   * them, in arrival order (the rest wait in the broker's queue), a
+   * retirement completes only with its wipe ack, and copies would only cost
+   * it a check each. Re-sending is safe: the gateway runs a
    * jti once. Nothing is re-sent while the gateway's status says offline:
    * its persistent session holds what was sent, and copies would only fill
    * that queue.
@@ -459,10 +460,11 @@ export class ControlPlane {
       result: CommandResult | null
       /** what we had seen of the gateway's events when it was last sent or accepted */
       watch: EventWatch | null
-      /** the order of its last publish among all of this call's */
+      /** the order of its last publish among all of this call's, and of its first */
       sentAs: number
+      firstSentAs: number
     }
-    const slots: Slot[] = commands.map((c, i) => ({ i, jti: c.jti, jws: c.jws, state: 'queued', accepted: false, sends: 0, delayMs: firstDelay, timer: null, result: null, watch: null, sentAs: 0 }))
+    const slots: Slot[] = commands.map((c, i) => ({ i, jti: c.jti, jws: c.jws, state: 'queued', accepted: false, sends: 0, delayMs: firstDelay, timer: null, result: null, watch: null, sentAs: 0, firstSentAs: 0 }))
     const byJti = new Map(slots.map((s) => [s.jti, s]))
     if (byJti.size !== slots.length) throw new TypeError('ControlPlane.sendAll: a jti appears twice')
     const due: Slot[] = [] // accepted ones whose check waits for room in the window
@@ -472,8 +474,15 @@ export class ControlPlane {
     let resends = 0
     let duplicates = 0
     let published = 0
-    /** the highest sentAs of a command the gateway answered: one sent before it and unanswered was lost on the way (the broker keeps order) */
+    /**
+     * The highest first publish of a command the gateway answered: one sent
+     * before it and unanswered was lost on the way (the broker keeps order).
+     * (The first: an answer may be to any copy, and a later copy's number
+     * would make the commands sent between look lost.)
+     */
     let answeredUpTo = 0
+    /** performance.now() of the last answer to one of these commands: only they show the gateway is taking them (others' events, replays included, do not) */
+    let answeredAt = performance.now()
     return new Promise<SendAllReport>((resolve) => {
       const finish = (): void => {
         clearTimeout(overall)
@@ -499,6 +508,7 @@ export class ControlPlane {
         }
         s.sends++
         s.sentAs = ++published
+        if (s.firstSentAs === 0) s.firstSentAs = s.sentAs
         s.watch = this.#watch()
         // A publish the client could not hand over is no different from one the broker dropped: the timer covers both.
         this.publishRaw(s.jws).catch(() => {})
@@ -524,8 +534,15 @@ export class ControlPlane {
         // Every event since reached us and the gateway is answering: an acceptance not come is
         // still to come when nothing sent after it was answered yet (it waits its turn in the
         // broker's queue, behind slow commands); an outcome not come is still to come.
-        const waiting = s.state === 'accepted' || (s.state === 'sent' && answeredUpTo < s.sentAs)
-        const wait = waiting && s.watch ? this.#untilMissable(s.watch, s.delayMs) : 0
+        // (A lost outcome shows as a seq gap once any later event comes, so any event will do for
+        // an accepted one; a lost command leaves no trace but the gateway's silence about ours.)
+        const wait = !s.watch
+          ? 0
+          : s.state === 'accepted'
+            ? this.#untilMissable(s.watch, s.delayMs, this.#lastEventAt)
+            : s.state === 'sent' && answeredUpTo < s.sentAs
+              ? this.#untilMissable(s.watch, s.delayMs, answeredAt)
+              : 0
         if (wait > 0) return arm(s, wait)
         s.delayMs = Math.min(maxDelay, s.delayMs * 2)
         if (s.state === 'sent') publish(s)
@@ -551,7 +568,8 @@ export class ControlPlane {
         // An event that fails its signature check settles nothing.
         if (!s || e.verified === false) return
         if (e.type === 'cmd.duplicate') duplicates++
-        if (s.sentAs > answeredUpTo) answeredUpTo = s.sentAs
+        if (s.firstSentAs > answeredUpTo) answeredUpTo = s.firstSentAs
+        answeredAt = performance.now()
         if (s.state === 'done') return
         const state = e.type === 'cmd.duplicate' ? String(e.data.state) : e.type.replace('cmd.', '')
         // PROTOCOL §3: a duplicate that says accepted is an acceptance; its outcome is still to come.
@@ -585,12 +603,12 @@ export class ControlPlane {
   /**
    * 0 when an event the gateway sent since `w` was taken may not have
    * reached us: we connected again (a clean session loses what was published
-   * while it was away), a seq gap showed, or nothing came for `quietMs`.
-   * Otherwise how long until that silence would be reached.
+   * while it was away), a seq gap showed, or nothing came for `quietMs`
+   * since `lastAt`. Otherwise how long until that silence would be reached.
    */
-  #untilMissable(w: EventWatch, quietMs: number): number {
+  #untilMissable(w: EventWatch, quietMs: number, lastAt: number): number {
     if (this.#connects !== w.connects || this.gaps.length !== w.gaps) return 0
-    return Math.max(0, Math.ceil(quietMs - (performance.now() - this.#lastEventAt)))
+    return Math.max(0, Math.ceil(quietMs - (performance.now() - lastAt)))
   }
 
   async close(): Promise<void> {

@@ -49,8 +49,15 @@ const SWEEP_EVERY_S = 60
  * revocation sent meanwhile ran 4.7 s later, behind them (arrival order).
  */
 export const COMMANDS_WAITING_MAX = 32
-/** No command finished for this long: waiting for one would not help (a stuck op), so commands are taken as they come until one does. */
-export const COMMANDS_STALLED_MS = 5000
+/**
+ * A command waits for room this long at most, then is taken anyway (an op
+ * stuck on something outside, a backlog resumed after a restart): the
+ * uplink reads one packet at a time, and holding it longer would hold the
+ * PUBACKs of our events and the broker's PINGRESP behind it (MQTT keepalive).
+ */
+export const COMMAND_WAIT_MAX_MS = 5000
+/** The warning that commands are taken past the bound, once in this long at most. */
+const OVERDUE_LOG_EVERY_MS = 60_000
 
 interface Remembered {
   state: CommandState
@@ -107,12 +114,12 @@ export class CommandProcessor {
   #chain: Promise<void> = Promise.resolve()
   /** accepted commands in the chain, waiting or running (COMMANDS_WAITING_MAX) */
   #inChain = 0
-  /** performance.now() when a command last finished, or the chain last started from empty */
-  #progressAt = 0
-  /** handle() calls waiting for room in the chain, in arrival order; and those woken whose turn has not run yet */
-  readonly #intake: (() => void)[] = []
+  /** handle() calls waiting for room in the chain, in arrival order (and since when); and those woken whose turn has not run yet */
+  readonly #intake: { admit: (taken: boolean) => void; since: number }[] = []
   #woken = 0
-  #stallTimer: NodeJS.Timeout | null = null
+  #intakeTimer: NodeJS.Timeout | null = null
+  #overdueLoggedAt = -Infinity
+  #closed = false
   /** iat of the last device command accepted, by device (PROTOCOL §3 superseded) */
   readonly #lastIat: Map<string, number>
   /** unauthenticated rejections since the last report, by reason */
@@ -169,12 +176,14 @@ export class CommandProcessor {
    * uplink may PUBACK it; execution goes on in arrival order after that.
    */
   async handle(payload: string | Uint8Array): Promise<void> {
-    if (this.#intake.length > 0 || this.#woken > 0 || this.#full()) {
-      await new Promise<void>((resolve) => {
-        this.#intake.push(resolve)
-        this.#armStallTimer()
+    if (this.#closed) throw new Error('the gateway is stopping: the command is not taken (the broker delivers it again)')
+    if (this.#intake.length > 0 || this.#woken > 0 || this.#inChain >= COMMANDS_WAITING_MAX) {
+      const taken = await new Promise<boolean>((admit) => {
+        this.#intake.push({ admit, since: performance.now() })
+        this.#armIntakeTimer()
       })
       this.#woken--
+      if (!taken) throw new Error('the gateway is stopping: the command is not taken (the broker delivers it again)')
     }
     // Synchronous up to the acceptance (and its place in the chain): the next in line is let in after it.
     const fate = this.#take(payload)
@@ -182,29 +191,46 @@ export class CommandProcessor {
     return fate
   }
 
-  /** The chain is at its bound, and moving (COMMANDS_WAITING_MAX, COMMANDS_STALLED_MS). */
-  #full(): boolean {
-    return this.#inChain >= COMMANDS_WAITING_MAX && performance.now() - this.#progressAt < COMMANDS_STALLED_MS
-  }
-
-  /** Let the first waiting command in when there is room; it lets in the next once it has taken its place. */
+  /** Let the first waiting command in when there is room, or when it has waited COMMAND_WAIT_MAX_MS; it lets in the next once it has taken its place. */
   #admitNext(): void {
-    if (this.#intake.length === 0 || this.#woken > 0 || this.#full()) return
+    const first = this.#intake[0]
+    if (!first || this.#woken > 0) return
+    if (this.#inChain >= COMMANDS_WAITING_MAX) {
+      const now = performance.now()
+      if (now - first.since < COMMAND_WAIT_MAX_MS) return this.#armIntakeTimer()
+      if (now - this.#overdueLoggedAt >= OVERDUE_LOG_EVERY_MS) {
+        this.#overdueLoggedAt = now
+        this.#log.warn({ inChain: this.#inChain, waiting: this.#intake.length, waitedMs: Math.round(now - first.since) }, 'commands run slower than they arrive: taking them past the bound')
+      }
+    }
+    this.#intake.shift()
     this.#woken++
-    this.#intake.shift()!()
+    first.admit(true)
   }
 
-  /** Commands wait; if none finishes for COMMANDS_STALLED_MS, they are let in anyway. */
-  #armStallTimer(): void {
-    if (this.#stallTimer) return
-    const ms = Math.max(1, COMMANDS_STALLED_MS - (performance.now() - this.#progressAt))
-    this.#stallTimer = setTimeout(() => {
-      this.#stallTimer = null
-      if (this.#intake.length > 0 && this.#full()) return this.#armStallTimer()
-      if (this.#intake.length > 0) this.#log.warn({ waiting: this.#intake.length, inChain: this.#inChain, stalledMs: Math.round(performance.now() - this.#progressAt) }, 'no command finished for a while: taking new ones without waiting')
-      this.#admitNext()
-    }, ms)
-    this.#stallTimer.unref()
+  /** Wakes the intake when its first command will have waited COMMAND_WAIT_MAX_MS. */
+  #armIntakeTimer(): void {
+    const first = this.#intake[0]
+    if (this.#intakeTimer || !first) return
+    this.#intakeTimer = setTimeout(
+      () => {
+        this.#intakeTimer = null
+        this.#admitNext()
+      },
+      Math.max(1, COMMAND_WAIT_MAX_MS - (performance.now() - first.since)),
+    )
+    this.#intakeTimer.unref()
+  }
+
+  /** Take no more commands (the agent stops): those waiting for room are refused, so their PUBACK is never sent and the broker keeps them. */
+  close(): void {
+    this.#closed = true
+    if (this.#intakeTimer) clearTimeout(this.#intakeTimer)
+    this.#intakeTimer = null
+    for (const w of this.#intake.splice(0)) {
+      this.#woken++
+      w.admit(false)
+    }
   }
 
   async #take(payload: string | Uint8Array): Promise<void> {
@@ -418,11 +444,10 @@ export class CommandProcessor {
   }
 
   #enqueueExecution(cmd: Command, receivedAt: number, receivedAtS: number): Promise<void> {
-    if (this.#inChain++ === 0) this.#progressAt = performance.now()
+    this.#inChain++
     const run = this.#chain.then(() => this.#execute(cmd, receivedAt, receivedAtS))
     this.#chain = run.catch(() => {}).then(() => {
       this.#inChain--
-      this.#progressAt = performance.now()
       this.#admitNext()
     })
     return run

@@ -31,7 +31,7 @@ test(`a revocation sent during a bulk runs with at most ${COMMANDS_WAITING_MAX} 
     for (const e of change.events ?? []) if (e.type === 'cmd.accepted' || e.type === 'cmd.completed') order.push({ type: e.type, jti: String(e.data.jti) })
   })
 
-  // A slow stretch of the chain (held for well under COMMANDS_STALLED_MS), then a bulk behind it.
+  // A slow stretch of the chain (held for well under COMMAND_WAIT_MAX_MS), then a bulk behind it.
   let release = (): void => {}
   const held = new Promise<void>((r) => (release = r))
   agent.commands.register('inventory.report', async () => (await held, {}))
@@ -62,6 +62,30 @@ test(`a revocation sent during a bulk runs with at most ${COMMANDS_WAITING_MAX} 
     const completedAt = (jti: string): number => order.findIndex((x) => x.type === 'cmd.completed' && x.jti === jti)
     const revokeDone = completedAt(revoke.jti)
     for (const x of order.slice(0, revokeAt)) if (x.type === 'cmd.accepted' && x.jti !== hold.jti) assert.ok(completedAt(x.jti) < revokeDone, `${x.jti} ran before the revocation`)
+  } finally {
+    release()
+  }
+})
+
+test('a command waiting for room when the agent stops is refused, not taken: its PUBACK is never sent, so the broker keeps it', async (t) => {
+  const cpKey = generateKeyPair()
+  const agent = await startTestAgent(t, { flags: { cpKey: [`ops=${cpKey.publicKeyB64}`] } })
+  const cp = new ControlPlane({ broker: 'mqtt://unused', site: 'site1', gateway: 'gw1', key: cpKey.privateKey, kid: 'ops' })
+  let release = (): void => {}
+  const held = new Promise<void>((r) => (release = r))
+  agent.commands.register('inventory.report', async () => (await held, {}))
+  try {
+    const taken = Array.from({ length: COMMANDS_WAITING_MAX }, () => cp.sign('inventory.report', {}))
+    await Promise.all(taken.map((c) => agent.commands.handle(c.jws)))
+    const late = cp.sign('inventory.report', {})
+    const waiting = agent.commands.handle(late.jws)
+    agent.commands.close()
+    await assert.rejects(waiting, /the gateway is stopping/)
+    await assert.rejects(agent.commands.handle(cp.sign('inventory.report', {}).jws), /the gateway is stopping/)
+    release()
+    await agent.commands.idle()
+    for (const c of taken) assert.equal(agent.commands.stateOf(c.jti), 'completed')
+    assert.equal(agent.commands.stateOf(late.jti), undefined, 'never accepted')
   } finally {
     release()
   }

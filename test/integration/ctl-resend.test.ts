@@ -222,6 +222,31 @@ test('commands waiting in the broker\'s queue behind slow ones are not sent agai
   for (const c of enrolls) assert.equal(l.accepted.get(c.jti), 1)
 })
 
+test('a command lost on the way is sent again while other commands\' events keep the gateway busy', async (t) => {
+  const { l, cp } = await setup(t)
+  const DELAY = 500
+  const lost = cp.sign('device.enroll', { device: { id: 'lost-1', publicKey: generateKeyPair().publicKeyB64 } })
+  // Its first copy never reaches the broker (dropped from a full queue, say).
+  const publish = cp.publishRaw.bind(cp)
+  let copies = 0
+  cp.publishRaw = async (payload) => (payload === lost.jws && copies++ === 0 ? undefined : publish(payload))
+  const resent: string[] = []
+  let settled = false
+  const all = cp.sendAll([lost], { resendAfterMs: DELAY, timeoutMs: 10_000, onResend: (jti) => void resent.push(jti) }).finally(() => (settled = true))
+  // Meanwhile the gateway answers others (each refused at once): its events say nothing about ours.
+  for (let i = 0; !settled && i < 200; i++) {
+    const other = cp.sign('device.release', { deviceId: `nobody-${i}` })
+    const answered = cp.waitFor((e) => e.type === 'cmd.rejected' && e.data.jti === other.jti)
+    await publish(other.jws)
+    await answered
+    await new Promise((r) => setTimeout(r, DELAY / 10))
+  }
+  const report = await all
+  assert.equal(report.results[0]!.outcome, 'completed', JSON.stringify(report.results[0]))
+  assert.deepEqual(resent, [lost.jti])
+  assert.equal(l.accepted.get(lost.jti), 1)
+})
+
 test('ctl bulk names every device that did not complete: in text one line each with outcome and reason, with --json in arrays', async (t) => {
   const { dir, agent, link, devicePublicKey } = await setup(t)
   for (const id of ['q-1', 'q-2']) await agent.gateway.enroll({ id, publicKey: devicePublicKey }, { actor: 'test' })
