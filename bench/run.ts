@@ -800,7 +800,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
         value: round(rate, 0),
         unit: 'commands/s',
         anchor:
-          `the same client publishing ${fmt(N)} QoS 1 messages in the same window: ${fmt(brokerRate)}/s (${round(rate / brokerRate, 2)} × the broker); ${fmt(rep.resends)} re-sent; ` +
+          `the same client publishing ${fmt(N)} QoS 1 messages in the same window: ${fmt(brokerRate)}/s (${round(rate / brokerRate, 3)} × the broker); ${fmt(rep.resends)} re-sent; ` +
           `first, ${fmt(drain.depth)} events of the earlier phases sent in ${(drain.ms / 1000).toFixed(1)} s (not timed here)` +
           (during ? `; a \`device.revoke\` sent halfway completed in ${round(during.ms, 0)} ms, ${fmt(during.ahead)} of the bulk's commands taken before it` : ''),
         goal: 'none set (issue 19: measured, windowed, nothing lost)',
