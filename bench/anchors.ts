@@ -5,13 +5,14 @@
 // process started here is registered and killed by `Procs.stopAll()`.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
-import { generateKeyPairSync, sign as nodeSign, verify as nodeVerify } from 'node:crypto'
+import { verify as nodeVerify } from 'node:crypto'
 import { connect } from 'node:net'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 export { freePort } from '../simulators/ports.ts'
 import { freePort } from '../simulators/ports.ts'
+import { generateKeyPair, signBytes } from '../agent/store/keys.ts'
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const MOSQUITTO_CANDIDATES = ['/usr/sbin/mosquitto', '/usr/bin/mosquitto', '/usr/local/sbin/mosquitto']
@@ -64,9 +65,9 @@ export function threadCpuMsOf(pid: number): { total: number; main: number; threa
  */
 export function verifyCostUs(n = 4000): number {
   const keys = Array.from({ length: 200 }, (_, i) => {
-    const { publicKey, privateKey } = generateKeyPairSync('ed25519')
+    const k = generateKeyPair()
     const data = Buffer.from(`bench verify ${i}`)
-    return { x: publicKey.export({ format: 'jwk' }).x as string, data, sig: nodeSign(null, data, privateKey) }
+    return { x: k.publicKeyB64, data, sig: signBytes(k.privateKey, data) }
   })
   const once = (i: number): boolean => {
     const k = keys[i % keys.length]!

@@ -759,7 +759,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
       const offAccepted = cp.onEvent((e) => {
         if (e.type === 'cmd.accepted' && typeof e.data.jti === 'string') accepted.push(e.data.jti)
       })
-      let revoke: Promise<{ ms: number; ahead: number; type: string }> | null = null
+      let revoke = null as Promise<{ ms: number; ahead: number; type: string }> | null
       let settled = 0
       const startRevoke = (): void => {
         const r = cp.sign('device.revoke', { deviceId: deviceId('up', 0), reason: 'bench: revoked during a bulk' })
@@ -774,7 +774,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
       let t = performance.now()
       const rep = await cp.sendAll(cmds, { window: WINDOW, resendAfterMs: 10_000, timeoutMs: 600_000, onSettled: () => void (++settled === N >> 1 && startRevoke()) })
       const agentMs = performance.now() - t
-      const during = revoke ? await (revoke as Promise<{ ms: number; ahead: number; type: string }>) : null
+      const during = revoke ? await revoke : null
       offAccepted()
       if (during && during.type !== 'cmd.completed') throw new Error(`the revocation sent during the bulk was answered ${during.type}`)
       const completed = rep.results.filter((x) => x.outcome === 'completed').length

@@ -459,12 +459,12 @@ export class ControlPlane {
       timer: NodeJS.Timeout | null
       result: CommandResult | null
       /** what we had seen of the gateway's events when it was last sent or accepted */
-      watch: EventWatch | null
+      watch: EventWatch
       /** the order of its last publish among all of this call's, and of its first */
       sentAs: number
       firstSentAs: number
     }
-    const slots: Slot[] = commands.map((c, i) => ({ i, jti: c.jti, jws: c.jws, state: 'queued', accepted: false, sends: 0, delayMs: firstDelay, timer: null, result: null, watch: null, sentAs: 0, firstSentAs: 0 }))
+    const slots: Slot[] = commands.map((c, i) => ({ i, jti: c.jti, jws: c.jws, state: 'queued', accepted: false, sends: 0, delayMs: firstDelay, timer: null, result: null, watch: this.#watch(), sentAs: 0, firstSentAs: 0 }))
     const byJti = new Map(slots.map((s) => [s.jti, s]))
     if (byJti.size !== slots.length) throw new TypeError('ControlPlane.sendAll: a jti appears twice')
     const due: Slot[] = [] // accepted ones whose check waits for room in the window
@@ -536,13 +536,8 @@ export class ControlPlane {
         // broker's queue, behind slow commands); an outcome not come is still to come.
         // (A lost outcome shows as a seq gap once any later event comes, so any event will do for
         // an accepted one; a lost command leaves no trace but the gateway's silence about ours.)
-        const wait = !s.watch
-          ? 0
-          : s.state === 'accepted'
-            ? this.#untilMissable(s.watch, s.delayMs, this.#lastEventAt)
-            : s.state === 'sent' && answeredUpTo < s.sentAs
-              ? this.#untilMissable(s.watch, s.delayMs, answeredAt)
-              : 0
+        const quietSince = s.state === 'accepted' ? this.#lastEventAt : answeredUpTo < s.sentAs ? answeredAt : null
+        const wait = quietSince === null ? 0 : this.#untilMissable(s.watch, s.delayMs, quietSince)
         if (wait > 0) return arm(s, wait)
         s.delayMs = Math.min(maxDelay, s.delayMs * 2)
         if (s.state === 'sent') publish(s)

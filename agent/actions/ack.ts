@@ -37,7 +37,7 @@ export interface PoolCheck {
 }
 
 /** An ack's claims checked (ackClaims): why it cannot settle anything, or the device and the pending action it settles. */
-export type AckClaims = { ok: false; reason: string } | { ok: true; record: DeviceRecord; action: QueuedAction; status: AckStatus }
+type AckClaims = { ok: false; reason: string } | { ok: true; record: DeviceRecord; action: QueuedAction; status: AckStatus }
 
 /**
  * An ack's claims, from memory alone (no signature checked): it names the

@@ -58,6 +58,7 @@ export const COMMANDS_WAITING_MAX = 32
 export const COMMAND_WAIT_MAX_MS = 5000
 /** The warning that commands are taken past the bound, once in this long at most. */
 const OVERDUE_LOG_EVERY_MS = 60_000
+const STOPPING = 'the gateway is stopping: the command is not taken (the broker delivers it again)'
 
 interface Remembered {
   state: CommandState
@@ -114,9 +115,8 @@ export class CommandProcessor {
   #chain: Promise<void> = Promise.resolve()
   /** accepted commands in the chain, waiting or running (COMMANDS_WAITING_MAX) */
   #inChain = 0
-  /** handle() calls waiting for room in the chain, in arrival order (and since when); and those woken whose turn has not run yet */
-  readonly #intake: { admit: (taken: boolean) => void; since: number }[] = []
-  #woken = 0
+  /** commands waiting for room in the chain, in arrival order, since when, and their handle() to answer */
+  readonly #intake: { payload: string | Uint8Array; since: number; resolve: (fate: Promise<void>) => void; reject: (err: Error) => void }[] = []
   #intakeTimer: NodeJS.Timeout | null = null
   #overdueLoggedAt = -Infinity
   #closed = false
@@ -175,37 +175,31 @@ export class CommandProcessor {
    * rejection, the duplicate answer, or the acceptance), which is when the
    * uplink may PUBACK it; execution goes on in arrival order after that.
    */
-  async handle(payload: string | Uint8Array): Promise<void> {
-    if (this.#closed) throw new Error('the gateway is stopping: the command is not taken (the broker delivers it again)')
-    if (this.#intake.length > 0 || this.#woken > 0 || this.#inChain >= COMMANDS_WAITING_MAX) {
-      const taken = await new Promise<boolean>((admit) => {
-        this.#intake.push({ admit, since: performance.now() })
-        this.#armIntakeTimer()
-      })
-      this.#woken--
-      if (!taken) throw new Error('the gateway is stopping: the command is not taken (the broker delivers it again)')
-    }
-    // Synchronous up to the acceptance (and its place in the chain): the next in line is let in after it.
-    const fate = this.#take(payload)
-    this.#admitNext()
-    return fate
+  handle(payload: string | Uint8Array): Promise<void> {
+    if (this.#closed) return Promise.reject(new Error(STOPPING))
+    if (this.#intake.length === 0 && this.#inChain < COMMANDS_WAITING_MAX) return this.#take(payload)
+    return new Promise((resolve, reject) => {
+      this.#intake.push({ payload, since: performance.now(), resolve, reject })
+      this.#armIntakeTimer()
+    })
   }
 
-  /** Let the first waiting command in when there is room, or when it has waited COMMAND_WAIT_MAX_MS; it lets in the next once it has taken its place. */
+  /** Take the waiting commands in order while there is room, or while the first has waited COMMAND_WAIT_MAX_MS. */
   #admitNext(): void {
-    const first = this.#intake[0]
-    if (!first || this.#woken > 0) return
-    if (this.#inChain >= COMMANDS_WAITING_MAX) {
-      const now = performance.now()
-      if (now - first.since < COMMAND_WAIT_MAX_MS) return this.#armIntakeTimer()
-      if (now - this.#overdueLoggedAt >= OVERDUE_LOG_EVERY_MS) {
-        this.#overdueLoggedAt = now
-        this.#log.warn({ inChain: this.#inChain, waiting: this.#intake.length, waitedMs: Math.round(now - first.since) }, 'commands run slower than they arrive: taking them past the bound')
+    while (this.#intake.length > 0) {
+      const first = this.#intake[0]!
+      if (this.#inChain >= COMMANDS_WAITING_MAX) {
+        const now = performance.now()
+        if (now - first.since < COMMAND_WAIT_MAX_MS) return this.#armIntakeTimer()
+        if (now - this.#overdueLoggedAt >= OVERDUE_LOG_EVERY_MS) {
+          this.#overdueLoggedAt = now
+          this.#log.warn({ inChain: this.#inChain, waiting: this.#intake.length, waitedMs: Math.round(now - first.since) }, 'commands run slower than they arrive: taking them past the bound')
+        }
       }
+      this.#intake.shift()
+      // Synchronous up to the acceptance and its place in the chain, so the next is judged after it.
+      first.resolve(this.#take(first.payload))
     }
-    this.#intake.shift()
-    this.#woken++
-    first.admit(true)
   }
 
   /** Wakes the intake when its first command will have waited COMMAND_WAIT_MAX_MS. */
@@ -227,10 +221,7 @@ export class CommandProcessor {
     this.#closed = true
     if (this.#intakeTimer) clearTimeout(this.#intakeTimer)
     this.#intakeTimer = null
-    for (const w of this.#intake.splice(0)) {
-      this.#woken++
-      w.admit(false)
-    }
+    for (const w of this.#intake.splice(0)) w.reject(new Error(STOPPING))
   }
 
   async #take(payload: string | Uint8Array): Promise<void> {

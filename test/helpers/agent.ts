@@ -21,10 +21,12 @@ export const BIN = join(ROOT, 'bin', 'edgewarden.js')
 // may not have caught up with.
 if (process.env.EDGEWARDEN_TEST_COMPILED !== '1') process.env.EDGEWARDEN_FROM_SOURCE ??= '1'
 
+/** Retried: a file written while it is removed (ENOTEMPTY) is not a failure of the test. */
+const removeDir = (dir: string): void => rmSync(dir, { recursive: true, force: true, maxRetries: 5 })
+
 export function tempDir(t?: { after(fn: () => void): void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'edgewarden-test-'))
-  // retried: a file written while it is removed (ENOTEMPTY) is not a failure of the test
-  t?.after(() => rmSync(dir, { recursive: true, force: true, maxRetries: 5 }))
+  t?.after(() => removeDir(dir))
   return dir
 }
 
@@ -49,7 +51,7 @@ export async function startTestAgent(
   const sink = opts.logSink
   const log = sink ? createLogger(opts.logLevel ?? 'info', { write: (line: string) => void sink(line) }) : createLogger(opts.logLevel ?? 'silent')
   const agent = await startAgent(config, { log, ...(opts.clock ? { clock: opts.clock } : {}) }).catch((err: unknown) => {
-    if (ownDir) rmSync(ownDir, { recursive: true, force: true, maxRetries: 5 })
+    if (ownDir) removeDir(ownDir)
     throw err
   })
   let stopped = false
@@ -60,9 +62,21 @@ export async function startTestAgent(
   }
   t.after(async () => {
     await stop()
-    if (ownDir) rmSync(ownDir, { recursive: true, force: true, maxRetries: 5 })
+    if (ownDir) removeDir(ownDir)
   })
   return { ...agent, stop, config, mqttPort: agent.broker.describe().mqtt as number }
+}
+
+/**
+ * Hold an agent's command chain: its inventory.report waits until the
+ * returned release() is called, so what is accepted after one is stored, not
+ * run. Release before the agent stops (its stop waits for the chain).
+ */
+export function holdChain(agent: Pick<RunningAgent, 'commands'>): () => void {
+  let release = (): void => {}
+  const held = new Promise<void>((resolve) => (release = resolve))
+  agent.commands.register('inventory.report', async () => (await held, {}))
+  return () => release()
 }
 
 export interface SpawnedAgent {

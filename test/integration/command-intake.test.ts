@@ -9,7 +9,7 @@ import { test } from 'node:test'
 import { COMMANDS_WAITING_MAX } from '../../agent/commands/processor.ts'
 import { generateKeyPair } from '../../agent/store/keys.ts'
 import { ControlPlane } from '../../simulators/control-plane.ts'
-import { startTestAgent } from '../helpers/agent.ts'
+import { holdChain, startTestAgent } from '../helpers/agent.ts'
 import { Mosquitto } from '../helpers/mosquitto.ts'
 
 const BULK = 300
@@ -32,9 +32,7 @@ test(`a revocation sent during a bulk runs with at most ${COMMANDS_WAITING_MAX} 
   })
 
   // A slow stretch of the chain (held for well under COMMAND_WAIT_MAX_MS), then a bulk behind it.
-  let release = (): void => {}
-  const held = new Promise<void>((r) => (release = r))
-  agent.commands.register('inventory.report', async () => (await held, {}))
+  const release = holdChain(agent)
   try {
     const hold = cp.sign('inventory.report', {})
     const holding = cp.waitFor((e) => e.type === 'cmd.accepted' && e.data.jti === hold.jti)
@@ -71,9 +69,7 @@ test('a command waiting for room when the agent stops is refused, not taken: its
   const cpKey = generateKeyPair()
   const agent = await startTestAgent(t, { flags: { cpKey: [`ops=${cpKey.publicKeyB64}`] } })
   const cp = new ControlPlane({ broker: 'mqtt://unused', site: 'site1', gateway: 'gw1', key: cpKey.privateKey, kid: 'ops' })
-  let release = (): void => {}
-  const held = new Promise<void>((r) => (release = r))
-  agent.commands.register('inventory.report', async () => (await held, {}))
+  const release = holdChain(agent)
   try {
     const taken = Array.from({ length: COMMANDS_WAITING_MAX }, () => cp.sign('inventory.report', {}))
     await Promise.all(taken.map((c) => agent.commands.handle(c.jws)))

@@ -11,7 +11,7 @@ import { test, type TestContext } from 'node:test'
 import { COMMANDS_WAITING_MAX } from '../../agent/commands/processor.ts'
 import { generateKeyPair, writeKeyFile } from '../../agent/store/keys.ts'
 import { ControlPlane } from '../../simulators/control-plane.ts'
-import { runCli, startTestAgent, tempDir } from '../helpers/agent.ts'
+import { holdChain, runCli, startTestAgent, tempDir } from '../helpers/agent.ts'
 import { Mosquitto } from '../helpers/mosquitto.ts'
 
 const N = 2000
@@ -58,6 +58,21 @@ async function setup(t: TestContext) {
   await cp.waitOnline()
   const link = ['--broker', m.url, '--site', 'site1', '--gateway', 'gw1', '--key', keyFile, '--kid', 'ops', '--gateway-key', agent.gateway.key.publicKeyB64]
   return { m, dir, agent, l, cp, link, devicePublicKey: generateKeyPair().publicKeyB64 }
+}
+
+/**
+ * Keep the gateway answering other commands while `more()` says so: each a
+ * device.release of no enrolled device, refused at once (outside the chain),
+ * one after another, `pauseMs` apart.
+ */
+async function answerOthers(cp: ControlPlane, more: () => boolean, pauseMs: number, publish = (p: string): Promise<void> => cp.publishRaw(p)): Promise<void> {
+  for (let i = 0; more(); i++) {
+    const other = cp.sign('device.release', { deviceId: `nobody-${i}` })
+    const answered = cp.waitFor((e) => e.type === 'cmd.rejected' && e.data.jti === other.jti)
+    await publish(other.jws)
+    await answered
+    await new Promise((r) => setTimeout(r, pauseMs))
+  }
 }
 
 const ids = (prefix: string): string[] => Array.from({ length: N }, (_, i) => `${prefix}-${i}`)
@@ -159,9 +174,7 @@ test('an accepted command is not sent again while the gateway\'s events keep com
   const { agent, l, cp, devicePublicKey } = await setup(t)
   await agent.gateway.enroll({ id: 'pump-0', publicKey: devicePublicKey }, { actor: 'test' })
   // Hold the command chain, as a bulk of slow ops ahead would: what is accepted from here on waits its turn.
-  let release = (): void => {}
-  const held = new Promise<void>((r) => (release = r))
-  agent.commands.register('inventory.report', async () => (await held, {}))
+  const release = holdChain(agent)
   try {
     await acceptedWhileHeld(cp, l, release)
   } finally {
@@ -186,13 +199,7 @@ async function acceptedWhileHeld(cp: ControlPlane, l: ReturnType<typeof ledger>,
   // Other commands' answers flow meanwhile (each refused at once, outside the chain): the gateway is
   // alive and nothing it sent was lost, so the outcomes not come yet were not sent yet.
   const until = performance.now() + 2.5 * DELAY
-  for (let i = 0; performance.now() < until; i++) {
-    const other = cp.sign('device.release', { deviceId: `nobody-${i}` })
-    const answered = cp.waitFor((e) => e.type === 'cmd.rejected' && e.data.jti === other.jti)
-    await cp.publishRaw(other.jws)
-    await answered
-    await new Promise((r) => setTimeout(r, DELAY / 10))
-  }
+  await answerOthers(cp, () => performance.now() < until, DELAY / 10)
   assert.deepEqual(resent, [], `nothing re-sent while events kept coming for ${2.5 * DELAY} ms, 2.5 times the delay`)
 
   // Silent for a whole delay: its cmd.completed could have been the last event, lost on the way; it is checked.
@@ -234,13 +241,8 @@ test('a command lost on the way is sent again while other commands\' events keep
   let settled = false
   const all = cp.sendAll([lost], { resendAfterMs: DELAY, timeoutMs: 10_000, onResend: (jti) => void resent.push(jti) }).finally(() => (settled = true))
   // Meanwhile the gateway answers others (each refused at once): its events say nothing about ours.
-  for (let i = 0; !settled && i < 200; i++) {
-    const other = cp.sign('device.release', { deviceId: `nobody-${i}` })
-    const answered = cp.waitFor((e) => e.type === 'cmd.rejected' && e.data.jti === other.jti)
-    await publish(other.jws)
-    await answered
-    await new Promise((r) => setTimeout(r, DELAY / 10))
-  }
+  let rounds = 0
+  await answerOthers(cp, () => !settled && rounds++ < 200, DELAY / 10, publish)
   const report = await all
   assert.equal(report.results[0]!.outcome, 'completed', JSON.stringify(report.results[0]))
   assert.deepEqual(resent, [lost.jti])

@@ -18,7 +18,7 @@ import { DEVICE_PREFIX } from '../../agent/devices/registry.ts'
 import { nextState, type FromState, type Transition } from '../../agent/trust/state-machine.ts'
 import { Store, type WriteOp } from '../../agent/store/store.ts'
 import { ControlPlane, publicKeyB64, TERMINAL, type GatewayEvent } from '../../simulators/control-plane.ts'
-import { spawnAgent, startTestAgent, tempDir, type SpawnedAgent } from '../helpers/agent.ts'
+import { holdChain, spawnAgent, startTestAgent, tempDir, type SpawnedAgent } from '../helpers/agent.ts'
 import { recordFigure, scaled } from '../helpers/figures.ts'
 import { Mosquitto } from '../helpers/mosquitto.ts'
 
@@ -330,8 +330,7 @@ test('after a crash, commands accepted but not yet run resume in arrival order, 
   const first = await startTestAgent(t, { dataDir, flags })
   await first.gateway.enroll({ id: 'valve-1', publicKey: devKey() }, { actor: 'local:test' })
   // Hold the command chain: what is accepted from here on is stored, not run.
-  const held = new Promise<void>((resolve) => (release = resolve))
-  first.commands.register('inventory.report', async () => (await held, {}))
+  release = holdChain(first)
   const cp = new ControlPlane({ broker: 'mqtt://unused', site: 'site1', gateway: 'gw1', key: cpKey, kid: 'cp1' })
   // Arrival order: quarantine, then release; in jti (store key) order the other way round.
   const jtis = ['cmd.m-hold', 'cmd.z-quarantine', 'cmd.a-release']
