@@ -12,6 +12,7 @@ import { createServer, type AddressInfo, type Server } from 'node:net'
 import { createServer as createTlsServer } from 'node:tls'
 import { parseArgs } from 'node:util'
 import { Aedes } from 'aedes'
+import { OPTIONS } from '../agent/runtime/config.ts'
 
 const { values: flags } = parseArgs({
   args: process.argv.slice(2),
@@ -23,14 +24,16 @@ if (tls && (flags['tls-cert'] === undefined || flags['tls-key'] === undefined ||
 
 const aedes = new Aedes()
 await aedes.listen()
-// The same socket options as the site broker (and, over TLS, its minimum version).
+// The same socket options as the site broker (and, over TLS, its minimum
+// version), and the same listen backlog, so a storm's anchor measures the
+// handshakes, not connects the kernel dropped from a shorter queue.
 const server: Server = tls
   ? createTlsServer(
       { cert: readFileSync(flags['tls-cert']!, 'utf8'), key: readFileSync(flags['tls-key']!, 'utf8'), ca: readFileSync(flags['tls-ca']!, 'utf8'), requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2', noDelay: true },
       aedes.handle,
     )
   : createServer({ noDelay: true }, aedes.handle)
-await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()))
+await new Promise<void>((resolve) => server.listen({ port: 0, host: '127.0.0.1', backlog: OPTIONS.find((o) => o.key === 'listenBacklog')!.default as number }, () => resolve()))
 const port = (server.address() as AddressInfo).port
 process.stdout.write(`${JSON.stringify({ event: 'ready', mqtt: tls ? { mqtts: port } : { mqtt: port } })}\n`)
 process.once('SIGTERM', () => {

@@ -80,6 +80,8 @@ const AGENT_NODE_FLAGS = [...DEPLOYED_NODE_FLAGS, ...(process.env.BENCH_AGENT_NO
 const REVOCATION_SAMPLES = Math.min(N, QUICK ? 100 : 200)
 /** devices of each admission run over TLS: certificate devices (and as many token devices), each with its own P-256 key and certificate */
 const TLS_DEVICES = Math.min(N, 2000)
+/** certificate devices of the storm over mTLS: all N (issuing them is ~4 ms of CPU each: ~40 s for 10,000 on 2 cores) */
+const TLS_STORM_DEVICES = N
 /** cold starts of each registry (empty, COLD_N), taken in turn; the best of each counts */
 const COLD_ROUNDS = 4
 /** rounds of the TLS admission runs, taken in turn; the best of each counts */
@@ -282,11 +284,15 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
    * of the same CA (the anchor: TLS alone). Same concurrency and warm-up;
    * both brokers present the same server certificate and run side by side
    * (the one not measured idle), best of TLS_ROUNDS rounds taken in turn.
+   * Then the storm over mTLS (issue 19): all TLS_STORM_DEVICES certificate
+   * devices at once, as the token storm, to bare aedes and then the agent.
    */
-  async function measureTlsAdmission(): Promise<Figure | null> {
+  async function measureTls(): Promise<{ admission: Figure | null; storm: Figure | null }> {
     const M = TLS_DEVICES
     type Run = { connectsPerS: number; elapsedMs: number; brokerCpuPct: number | null; loadGeneratorCpuPct: number }
     const runs: { agentMtls: Run | null; agentTokenTls: Run | null; bareAedesMtls: Run | null } = { agentMtls: null, agentTokenTls: null, bareAedesMtls: null }
+    /** every certificate device (the storm's); the admission runs take the first M */
+    let stormIds: string[] = []
     let certIds: string[] = []
     const tokenIds = ids.slice(0, M)
     const dirT = join(scratch, 'agent-tls')
@@ -295,15 +301,16 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     await attempt(results, 'mTLS fixtures', async () => {
       const t0 = performance.now()
       await prepareDataDir(dirT, { site: SITE, gateway: GATEWAY, devices: devices.slice(0, M) })
-      const f = await prepareCertDevices(dirT, { site: SITE, gateway: GATEWAY, prefix: 'crt', count: M, serverDir: tlsDir })
+      const f = await prepareCertDevices(dirT, { site: SITE, gateway: GATEWAY, prefix: 'crt', count: Math.max(M, TLS_STORM_DEVICES), serverDir: tlsDir })
       const caFile = join(tlsDir, 'ca.pem')
       writeFileSync(caFile, f.caPem)
       await gen({ op: 'initTls', ca: f.caPem, devices: f.devices })
-      certIds = f.devices.map((d) => d.id)
+      stormIds = f.devices.map((d) => d.id)
+      certIds = stormIds.slice(0, M)
       server = { certFile: f.serverCertFile, keyFile: f.serverKeyFile, caFile }
-      log(`${fmt(M)} certificate devices (P-256, site CA) and ${fmt(M)} token devices enrolled for the TLS runs in ${fmt(performance.now() - t0)} ms`)
+      log(`${fmt(stormIds.length)} certificate devices (P-256, site CA) and ${fmt(M)} token devices enrolled for the TLS runs in ${fmt(performance.now() - t0)} ms`)
     })
-    if (!server) return null
+    if (!server) return { admission: null, storm: null }
     const srv: { certFile: string; keyFile: string; caFile: string } = server
     /** One timed run of `list` over TLS against `broker`, with the CPU both sides used. */
     const timed = async (broker: Broker, list: string[], tls: TlsMode, who: string): Promise<Run> => {
@@ -331,6 +338,12 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
       { key: 'agentTokenTls', who: 'agent, tokens over TLS', broker: () => agentT, list: () => tokenIds, tls: 'token' },
     ] as const
     const rounds: Record<(typeof kinds)[number]['key'], Omit<Run, 'elapsedMs'>[]> = { bareAedesMtls: [], agentMtls: [], agentTokenTls: [] }
+    type Storm = { ms: number; connected: number; retries: number; failed: number; errors: string[]; brokerCpuPct: number | null; loadGeneratorCpuPct: number }
+    const stormKinds = [
+      { key: 'bareAedes', who: 'bare aedes over mTLS', broker: () => aedes },
+      { key: 'agent', who: 'agent over mTLS', broker: () => agentT },
+    ] as const
+    const storms: Record<(typeof stormKinds)[number]['key'], Storm | null> = { bareAedes: null, agent: null }
     try {
       await attempt(results, 'bare aedes over mTLS', async () => {
         const b = await spawnNodeBroker(procs, 'bare aedes (mTLS)', join(ROOT, 'bench', 'bare-aedes.ts'), ['--tls-cert', srv.certFile, '--tls-key', srv.keyFile, '--tls-ca', srv.caFile], { probe: true, listener: 'mqtts' })
@@ -341,7 +354,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
         const args = ['--data-dir', dirT, '--site', SITE, '--gateway', GATEWAY, '--mqtt-host', '127.0.0.1', '--mqtt-port', '0', '--mqtts-port', '0', '--tls-cert', srv.certFile, '--tls-key', srv.keyFile, '--log-level', 'warn', '--uplink', central.url, '--cp-key', `bench=${cpPub}`]
         const a = await spawnNodeBroker(procs, 'agent (TLS)', join(ROOT, 'bench', 'agent-host.ts'), args, { probe: true, nodeFlags: AGENT_NODE_FLAGS, listener: 'mqtts' })
         agentT = a
-        if (a.ready.devices !== undefined && a.ready.devices !== 2 * M) throw new Error(`the agent reported ${String(a.ready.devices)} devices, not ${2 * M}`)
+        if (a.ready.devices !== undefined && a.ready.devices !== stormIds.length + M) throw new Error(`the agent reported ${String(a.ready.devices)} devices, not ${stormIds.length + M}`)
         await warmUp(a.port, certIds, 'mtls')
         await warmUp(a.port, tokenIds, 'token')
       })
@@ -361,6 +374,33 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
           })
         }
       }
+      // The storm over mTLS: every certificate device at once, as after a
+      // power cut, first to bare aedes (the handshakes alone), then to the
+      // agent; a connect that fails is tried again after about 1 s.
+      for (const k of stormKinds) {
+        const broker = k.broker()
+        if (!broker) continue
+        await attempt(results, `${k.who}: storm`, async () => {
+          try {
+            const cpu0 = cpuMsOf(broker.pid)
+            const r = (await gen({ op: 'connect', port: broker.port, ids: stormIds, concurrency: STORM_CONCURRENCY, timeoutMs: 30_000, retryMs: 1000, deadlineMs: STORM_TIMEOUT_MS, tls: 'mtls' }, 600_000)) as ConnectReply
+            const cpu1 = cpuMsOf(broker.pid)
+            if (r.resumed) throw new Error(`${k.who}: ${r.resumed} TLS sessions were resumed in the storm (every connect must be a full handshake)`)
+            storms[k.key] = {
+              ms: r.elapsedMs,
+              connected: r.connected,
+              retries: r.retries,
+              failed: r.failed,
+              errors: r.errors,
+              brokerCpuPct: cpu0 === null || cpu1 === null ? null : round(((cpu1 - cpu0) / r.elapsedMs) * 100, 0),
+              loadGeneratorCpuPct: round((r.cpuMs / r.elapsedMs) * 100, 0),
+            }
+            log(`${k.who}: storm of ${fmt(stormIds.length)} in ${(r.elapsedMs / 1000).toFixed(2)} s, ${fmt(r.retries)} connects tried again, ${fmt(r.failed)} failed`)
+          } finally {
+            await gen({ op: 'disconnect', ids: 'all' })
+          }
+        })
+      }
     } finally {
       await gen({ op: 'disconnect', ids: 'all' })
       // (TypeScript narrows the two to null here: they are set inside the attempts)
@@ -369,36 +409,70 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     }
     rmSync(dirT, { recursive: true, force: true })
     const { agentMtls, agentTokenTls, bareAedesMtls } = runs
-    if (!agentMtls && !agentTokenTls && !bareAedesMtls) return null
-    const ratio = agentMtls && bareAedesMtls ? agentMtls.connectsPerS / bareAedesMtls.connectsPerS : null
-    const tokenRatio = agentTokenTls && bareAedesMtls ? agentTokenTls.connectsPerS / bareAedesMtls.connectsPerS : null
-    const rate = (r: Run | null): string => (r === null ? '–' : fmt(r.connectsPerS))
-    return {
-      name: 'admission over mTLS',
-      workload:
-        `${fmt(M)} device connects over TLS (min(N, 2,000) certificate devices, each with its own P-256 key and a certificate of the site CA; a full handshake each, no session resumed; CONNECT with the client id alone, SUBSCRIBE dev/<id>/cmd, SUBACK), ` +
-        `${ADMISSION_CONCURRENCY} in flight, after a warm-up of ${fmt(Math.min(M, WARM_UP))}, best of ${TLS_ROUNDS} rounds taken in turn with the other brokers, one load generator process on node:tls; the agent judges every certificate (SAN = client id, pinned fingerprint, chain, revocation, state); ` +
-        `beside it ${fmt(M)} token devices to the same agent over the same TLS listener (server authentication, a fresh signed token in CONNECT); value: agent over mTLS ÷ bare aedes behind node:tls requiring a client certificate of the same CA (no authentication)`,
-      value: ratio === null ? null : round(ratio, 3),
-      unit: '× bare aedes over mTLS',
-      anchor:
-        `agent over mTLS ${rate(agentMtls)} connects/s; bare aedes over mTLS (the TLS cost alone) ${rate(bareAedesMtls)}/s; ` +
-        `agent with tokens over the same TLS listener ${rate(agentTokenTls)}/s${tokenRatio === null ? '' : ` (${tokenRatio.toFixed(2)} × bare aedes over mTLS)`}`,
-      goal: 'none set (issue 17: shown next to token admission and bare aedes over TLS)',
-      met: null,
-      detail: {
-        devices: M,
-        concurrency: ADMISSION_CONCURRENCY,
-        warmUp: Math.min(M, WARM_UP),
-        rounds: TLS_ROUNDS,
-        // every round, in the order they ran: its rate, and the CPU broker and load generator used (% of one core)
-        roundResults: rounds,
-        connectsPerS: { agentMtls: agentMtls && round(agentMtls.connectsPerS), agentTokenTls: agentTokenTls && round(agentTokenTls.connectsPerS), bareAedesMtls: bareAedesMtls && round(bareAedesMtls.connectsPerS) },
-        tokenTlsOverBareAedesMtls: tokenRatio === null ? null : round(tokenRatio, 3),
-        // CPU used over the best round, % of one core: a broker near 100 % is the limit; the load generator near 100 % would be; both well under: the machine was busy with something else
-        brokerCpuPct: { agentMtls: agentMtls?.brokerCpuPct ?? null, agentTokenTls: agentTokenTls?.brokerCpuPct ?? null, bareAedesMtls: bareAedesMtls?.brokerCpuPct ?? null },
-        loadGeneratorCpuPct: { agentMtls: agentMtls?.loadGeneratorCpuPct ?? null, agentTokenTls: agentTokenTls?.loadGeneratorCpuPct ?? null, bareAedesMtls: bareAedesMtls?.loadGeneratorCpuPct ?? null },
-      },
+    return { admission: tlsAdmissionFigure(), storm: tlsStormFigure() }
+
+    function tlsStormFigure(): Figure | null {
+      const a = storms.agent
+      const b = storms.bareAedes
+      if (!a) return null
+      const s = (x: Storm): string => `${(x.ms / 1000).toFixed(2)} s (${fmt(x.retries)} connects tried again${x.failed ? `, ${fmt(x.failed)} failed` : ''})`
+      const own = agentMtls ? stormIds.length / agentMtls.connectsPerS : null
+      const cpu = (x: Storm): string => `${x.brokerCpuPct ?? '–'} % of a core, the load generator ${x.loadGeneratorCpuPct} %`
+      return {
+        name: 'reconnect storm over mTLS',
+        workload:
+          `${fmt(stormIds.length)} certificate devices (each its own P-256 key and a certificate of the site CA) reconnect at once over TLS, a full handshake each, no session resumed (${fmt(STORM_CONCURRENCY)} connects in flight; a device whose connect fails tries again after about 1 s, as devices do): ` +
+          `from the first connect until every device is connected and subscribed (SUBACK); the agent judges every certificate as in admission over mTLS; beside it the same storm to bare aedes behind node:tls requiring a client certificate of the same CA`,
+        value: round(a.ms / 1000, 2),
+        unit: 's',
+        anchor:
+          `agent ${s(a)}; bare aedes over mTLS, the handshakes alone: ${b ? `${s(b)}, so the agent took ${(a.ms / b.ms).toFixed(2)} × its time` : 'not run'}; ` +
+          `${fmt(stormIds.length)} ÷ the agent's rate in admission over mTLS (above): ${own === null ? '–' : `${own.toFixed(2)} s`}; CPU: the agent ${cpu(a)}${b ? `; bare aedes ${cpu(b)}` : ''}`,
+        goal: '0 connects tried again (no time goal set: the TLS handshakes alone take what bare aedes beside it takes)',
+        met: a.retries === 0 && a.failed === 0,
+        detail: {
+          devices: stormIds.length,
+          concurrency: STORM_CONCURRENCY,
+          agent: { ...a, ms: round(a.ms) },
+          bareAedes: b && { ...b, ms: round(b.ms) },
+          agentOverBareAedes: b ? round(a.ms / b.ms, 3) : null,
+          atAdmissionRateS: own === null ? null : round(own, 2),
+        },
+      }
+    }
+
+    function tlsAdmissionFigure(): Figure | null {
+      if (!agentMtls && !agentTokenTls && !bareAedesMtls) return null
+      const ratio = agentMtls && bareAedesMtls ? agentMtls.connectsPerS / bareAedesMtls.connectsPerS : null
+      const tokenRatio = agentTokenTls && bareAedesMtls ? agentTokenTls.connectsPerS / bareAedesMtls.connectsPerS : null
+      const rate = (r: Run | null): string => (r === null ? '–' : fmt(r.connectsPerS))
+      return {
+        name: 'admission over mTLS',
+        workload:
+          `${fmt(M)} device connects over TLS (min(N, 2,000) certificate devices, each with its own P-256 key and a certificate of the site CA; a full handshake each, no session resumed; CONNECT with the client id alone, SUBSCRIBE dev/<id>/cmd, SUBACK), ` +
+          `${ADMISSION_CONCURRENCY} in flight, after a warm-up of ${fmt(Math.min(M, WARM_UP))}, best of ${TLS_ROUNDS} rounds taken in turn with the other brokers, one load generator process on node:tls; the agent judges every certificate (SAN = client id, pinned fingerprint, chain, revocation, state); ` +
+          `beside it ${fmt(M)} token devices to the same agent over the same TLS listener (server authentication, a fresh signed token in CONNECT); value: agent over mTLS ÷ bare aedes behind node:tls requiring a client certificate of the same CA (no authentication)`,
+        value: ratio === null ? null : round(ratio, 3),
+        unit: '× bare aedes over mTLS',
+        anchor:
+          `agent over mTLS ${rate(agentMtls)} connects/s; bare aedes over mTLS (the TLS cost alone) ${rate(bareAedesMtls)}/s; ` +
+          `agent with tokens over the same TLS listener ${rate(agentTokenTls)}/s${tokenRatio === null ? '' : ` (${tokenRatio.toFixed(2)} × bare aedes over mTLS)`}`,
+        goal: 'none set (issue 17: shown next to token admission and bare aedes over TLS)',
+        met: null,
+        detail: {
+          devices: M,
+          concurrency: ADMISSION_CONCURRENCY,
+          warmUp: Math.min(M, WARM_UP),
+          rounds: TLS_ROUNDS,
+          // every round, in the order they ran: its rate, and the CPU broker and load generator used (% of one core)
+          roundResults: rounds,
+          connectsPerS: { agentMtls: agentMtls && round(agentMtls.connectsPerS), agentTokenTls: agentTokenTls && round(agentTokenTls.connectsPerS), bareAedesMtls: bareAedesMtls && round(bareAedesMtls.connectsPerS) },
+          tokenTlsOverBareAedesMtls: tokenRatio === null ? null : round(tokenRatio, 3),
+          // CPU used over the best round, % of one core: a broker near 100 % is the limit; the load generator near 100 % would be; both well under: the machine was busy with something else
+          brokerCpuPct: { agentMtls: agentMtls?.brokerCpuPct ?? null, agentTokenTls: agentTokenTls?.brokerCpuPct ?? null, bareAedesMtls: bareAedesMtls?.brokerCpuPct ?? null },
+          loadGeneratorCpuPct: { agentMtls: agentMtls?.loadGeneratorCpuPct ?? null, agentTokenTls: agentTokenTls?.loadGeneratorCpuPct ?? null, bareAedesMtls: bareAedesMtls?.loadGeneratorCpuPct ?? null },
+        },
+      }
     }
   }
 
@@ -494,7 +568,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
   }
 
   // measured here, while no agent runs; its row goes after the admission figure's
-  const tlsFigure = await measureTlsAdmission()
+  const tlsFigures = await measureTls()
 
   const agentArgs = ['--data-dir', dirA, '--site', SITE, '--gateway', GATEWAY, '--mqtt-host', '127.0.0.1', '--mqtt-port', '0', '--log-level', 'warn', '--uplink', central.url, '--cp-key', `bench=${cpPub}`]
   let agent: Broker | null = null
@@ -551,7 +625,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
       detail: { connectsPerS: { agent: admission.agent && round(admission.agent), bareAedes: admission.aedes && round(admission.aedes), mosquitto: admission.mosquitto && round(admission.mosquitto) }, concurrency: ADMISSION_CONCURRENCY, cpuPerConnect: { agent: cpuA, bareAedes: cpuB, cores, ratio: cpuRatio && round(cpuRatio, 3), verifyUs: round(verifyUs, 1), verifyOnlyRatio: verifyRatio && round(verifyRatio, 3) }, cpuMs: admissionCpu },
     })
   }
-  if (tlsFigure) results.figures.push(tlsFigure)
+  if (tlsFigures.admission) results.figures.push(tlsFigures.admission)
   if (memory.agent && memory.aedes) {
     const a = memory.agent
     const b = memory.aedes
@@ -735,6 +809,8 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
       log(`reconnect storm: ${s.toFixed(2)} s`)
     })
   }
+  // measured with the TLS figures, before this agent started; its row goes after the token storm's
+  if (tlsFigures.storm) results.figures.push(tlsFigures.storm)
 
   // Commands through the uplink: N device.enroll from the control plane
   // through the central broker (Mosquitto), in ctl bulk's window, until

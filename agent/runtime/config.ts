@@ -76,6 +76,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'cryptoWorkers', flag: 'crypto-workers', type: 'int', min: 0, doc: "worker threads that check device signatures (tokens, acks) and sign events off the site broker's event loop; default: one less than the machine's cores, at most 4 (0: everything on the event loop)" },
   { key: 'admissionConcurrency', flag: 'admission-concurrency', type: 'int', default: 512, min: 1, doc: 'device connects whose signature (or password) and token jti are being checked and written at once; the rest wait their turn in arrival order' },
   { key: 'admissionMaxWaitMs', flag: 'admission-max-wait', type: 'int', default: 10000, min: 0, doc: 'once the oldest waiting connect has waited this long, a new one is refused at once (MQTT CONNACK 3, server unavailable) so the device retries instead of timing out; acks and action deliveries that have waited this long for the connects take every other turn, milliseconds' },
+  { key: 'listenBacklog', flag: 'listen-backlog', type: 'int', default: 4096, min: 1, doc: "connections each MQTT listener (plain and TLS) holds until the broker takes them; beyond it the kernel drops a connect and the device waits for its own retransmit (1 s, then 3 s, ...) or is reset, as when a site's devices all reconnect after a power cut. Linux caps it at net.core.somaxconn (a warning at start says so)" },
   { key: 'connectTimeoutMs', flag: 'connect-timeout', type: 'int', default: 10000, min: 100, doc: 'a connection that has not completed MQTT CONNECT by then is closed (half-open connections), milliseconds' },
   { key: 'maxPacketBytes', flag: 'max-packet-bytes', type: 'int', default: 65536, min: 1024, doc: 'largest MQTT packet the site broker accepts from a device, bytes' },
   { key: 'uplink', flag: 'uplink', type: 'string', doc: 'central broker URL (mqtt:// or mqtts://); without it the agent runs standalone' },
@@ -134,6 +135,8 @@ export interface AgentConfig {
   http: { host: string; port: number } | null
   authThrottle: { perClient: number; perAddress: number; windowS: number; blockS: number }
   connectTimeoutMs: number
+  /** pending connections each MQTT listener holds (listen(2) backlog) */
+  listenBacklog: number
   /** crypto worker threads; null: sized to the machine */
   cryptoWorkers: number | null
   admissionConcurrency: number
@@ -358,6 +361,7 @@ export function loadConfig({ flags, env, cwd = process.cwd() }: ConfigSources): 
       blockS: v.authBlockS as number,
     },
     connectTimeoutMs: v.connectTimeoutMs as number,
+    listenBacklog: v.listenBacklog as number,
     cryptoWorkers: (v.cryptoWorkers as number | undefined) ?? null,
     admissionConcurrency: v.admissionConcurrency as number,
     admissionMaxWaitMs: v.admissionMaxWaitMs as number,

@@ -27,6 +27,7 @@ export async function createMqtt(core: ProtocolCore): Promise<MqttParts> {
     policy: policy.handlers(),
     sessions: policy,
     connectTimeoutMs: config.connectTimeoutMs,
+    listenBacklog: config.listenBacklog,
     maxPacketBytes: config.maxPacketBytes,
     sessionQueue: config.sessionQueue,
   })

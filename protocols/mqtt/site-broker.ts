@@ -1,5 +1,6 @@
 // The site MQTT broker: aedes on plain TCP (and TLS where configured). Policy
 // (who may connect, publish, subscribe) is injected, as aedes intends.
+import { readFileSync } from 'node:fs'
 import { createServer as createTcpServer, type AddressInfo, type Server, type Socket } from 'node:net'
 import { createServer as createTlsServer } from 'node:tls'
 import { Aedes, type AedesOptions, type Client } from 'aedes'
@@ -37,6 +38,8 @@ export interface SiteBrokerOptions {
   policy: Partial<AedesOptions>
   /** a connection without CONNECT by then is closed (half-open connections) */
   connectTimeoutMs?: number
+  /** connections each listener holds until aedes takes them (listen(2) backlog; Node's default 511) */
+  listenBacklog?: number
   /** a packet whose fixed header announces more is refused and its connection closed */
   maxPacketBytes?: number
   /** a client that stops reading is disconnected once this much waits unsent for it (default 16 × maxPacketBytes, at least 1 MiB) */
@@ -132,7 +135,7 @@ export class SiteBroker implements ProtocolAdapter {
       // Small packets (CONNACK, SUBACK, actions, PUBACKs): sent at once, not held by Nagle.
       if (this.#opts.port !== null) {
         const plain = createTcpServer({ noDelay: true }, handle)
-        this.#ports.mqtt = await listen(plain, this.#opts.port, this.#opts.host)
+        this.#ports.mqtt = await listen(plain, this.#opts.port, this.#opts.host, this.#opts.listenBacklog)
         this.#servers.push(plain)
       }
       const tls = this.#opts.tls
@@ -147,7 +150,7 @@ export class SiteBroker implements ProtocolAdapter {
           { cert: tls.cert, key: tls.key, ...(tls.ca.length ? { ca: tls.ca } : {}), requestCert: tls.ca.length > 0, rejectUnauthorized: false, minVersion: 'TLSv1.2', noDelay: true },
           handle,
         )
-        this.#ports.mqtts = await listen(secure, tls.port, this.#opts.host)
+        this.#ports.mqtts = await listen(secure, tls.port, this.#opts.host, this.#opts.listenBacklog)
         this.#servers.push(secure)
       }
     } catch (err) {
@@ -155,6 +158,14 @@ export class SiteBroker implements ProtocolAdapter {
       // bound would keep the process alive after a failed start.
       await this.stop()
       throw err
+    }
+    const backlog = this.#opts.listenBacklog
+    const cap = kernelListenCap()
+    if (backlog !== undefined && cap !== null && cap < backlog) {
+      log.warn(
+        { listenBacklog: backlog, somaxconn: cap },
+        `the MQTT listeners hold at most ${cap} pending connections (net.core.somaxconn), not listenBacklog ${backlog}: when more devices connect at once, the rest wait for their own retransmits; raise it with sysctl -w net.core.somaxconn=${backlog}`,
+      )
     }
   }
 
@@ -404,10 +415,20 @@ function writeUnblocked(this: Guarded, ...args: unknown[]): boolean {
 
 const destroyLater = (conn: Socket): void => void conn.destroy()
 
-function listen(server: Server, port: number, host: string): Promise<number> {
+/** The kernel's cap on a listen(2) backlog (Linux net.core.somaxconn, of this network namespace); null where it cannot be read. */
+function kernelListenCap(): number | null {
+  try {
+    const n = Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8').trim())
+    return Number.isInteger(n) && n > 0 ? n : null
+  } catch {
+    return null
+  }
+}
+
+function listen(server: Server, port: number, host: string, backlog: number | undefined): Promise<number> {
   return new Promise((resolve, reject) => {
     server.once('error', reject)
-    server.listen(port, host, () => {
+    server.listen({ port, host, ...(backlog !== undefined ? { backlog } : {}) }, () => {
       server.off('error', reject)
       resolve((server.address() as AddressInfo).port)
     })

@@ -5,10 +5,14 @@
 // unavailable: retry), which is not a failure of its credential; garbage
 // is refused from memory without waiting; a connect whose client left while
 // it waited costs no check; a device's ack and the actions sent to it wait
-// for the connects waiting, then follow.
+// for the connects waiting, then follow. Before any of that, the kernel
+// holds the connects the broker has not taken yet, up to listenBacklog.
 import assert from 'node:assert/strict'
+import { readFileSync } from 'node:fs'
+import { connect as netConnect, type Socket } from 'node:net'
+import { join } from 'node:path'
 import { test } from 'node:test'
-import { startTestAgent } from '../helpers/agent.ts'
+import { spawnAgent, startTestAgent, tempDir } from '../helpers/agent.ts'
 import { connectDevice, enrollDevice, Inbox, tokenFor, WHO, type TestDevice } from '../helpers/mqtt-devices.ts'
 import { sign } from '../../firmware-hooks/crypto.ts'
 import { newJti } from '../../wire/ids.ts'
@@ -169,4 +173,62 @@ test('storm admission: a device that floods acks holds no more turns than it has
   assert.deepEqual([ra.connack, rb.connack], [0, 0])
   await until('the ack checked after b and settled, its copies answered', () => gw.actions.find(x.id, renew.id) === undefined && agent.actions.repeatedAcks === 4 && gate.backgroundWaiting === 0 && gate.running === 0, 5000)
   assert.deepEqual(verified.slice(1), [b.publicKey, x.publicKey], 'one check for the five copies')
+})
+
+/** The kernel's cap on a listen backlog (Linux net.core.somaxconn); null where it cannot be read. */
+function somaxconn(): number | null {
+  try {
+    return Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8').trim())
+  } catch {
+    return null
+  }
+}
+
+test('storm admission: connects that arrive while the broker cannot take them wait in the kernel, up to listenBacklog (more than Node\'s 511); a backlog above net.core.somaxconn is warned of at start', { timeout: 60_000 }, async (t) => {
+  const cap = somaxconn()
+  // more than Node's default backlog (511: at most 512 queued), fewer than the cap
+  const K = 700
+  if (cap === null || cap <= K) return t.skip(`needs net.core.somaxconn above ${K} (it is ${cap ?? 'unreadable'})`)
+  // more than the kernel allows: said at start
+  const over = await spawnAgent(['--data-dir', join(tempDir(t), 'over'), '--mqtt-port', '0', '--listen-backlog', String(cap + 1)])
+  await over.stop()
+  const warned = over.lines.find((l) => typeof l.msg === 'string' && l.msg.includes('net.core.somaxconn'))
+  assert.ok(warned, 'the start warns that the kernel caps the backlog asked for')
+  assert.equal(warned.somaxconn, cap)
+  assert.equal(warned.listenBacklog, cap + 1)
+
+  // the default
+  const agent = await spawnAgent(['--data-dir', join(tempDir(t), 'data'), '--mqtt-port', '0'])
+  t.after(() => agent.stop('SIGKILL'))
+  const port = (agent.ready.mqtt as { mqtt: number }).mqtt
+
+  // The agent's event loop stands still (as when it is busy with a storm's
+  // handshakes): no connection is taken off the queue meanwhile. The
+  // kernel completes the TCP handshake of every connect its queue holds.
+  agent.proc.kill('SIGSTOP')
+  const sockets: Socket[] = []
+  t.after(() => {
+    for (const s of sockets) s.destroy()
+  })
+  try {
+    let connected = 0
+    await within(
+      `${K} TCP handshakes completed while the agent is stopped`,
+      new Promise<void>((resolve, reject) => {
+        for (let i = 0; i < K; i++) {
+          const s = netConnect({ host: '127.0.0.1', port })
+          s.once('connect', () => ++connected === K && resolve())
+          s.once('error', reject)
+          sockets.push(s)
+        }
+      }),
+      5000,
+    ).catch((err: Error) => assert.fail(`${err.message}: ${connected} of ${K} (Node's default backlog holds 512)`))
+  } finally {
+    agent.proc.kill('SIGCONT')
+  }
+  // Taken once it runs again: each is a connection of the broker, closed at its CONNECT timeout or here.
+  const first = sockets[0]!
+  first.write(connectPacket({ clientId: 'nobody', username: 'nobody', password: 'x' }))
+  await within('the agent answers the first queued connection once it runs', new Promise<void>((resolve) => first.once('data', () => resolve())), 10_000)
 })
