@@ -5,12 +5,13 @@
 // addresses (the whole of 127/8 is local on Linux).
 import assert from 'node:assert/strict'
 import { generateKeyPairSync } from 'node:crypto'
+import { connect as netConnect, type Socket } from 'node:net'
 import { test } from 'node:test'
 import { addressKey, AuthThrottle, hasTokenShape } from '../../agent/trust/auth-throttle.ts'
 import { ManualClock } from '../../agent/runtime/clock.ts'
 import { signJws } from '../../agent/store/jws.ts'
 import { newJti } from '../../wire/ids.ts'
-import { startTestAgent } from '../helpers/agent.ts'
+import { freePort, startTestAgent } from '../helpers/agent.ts'
 import { recordFigure, scaled } from '../helpers/figures.ts'
 import { enrollDevice, pool, tokenFor, WHO, type TestDevice } from '../helpers/mqtt-devices.ts'
 import { closedWithin, connectPacket, publishPacket, rawExchange, subscribePacket, varint } from '../fuzz/mqtt-wire.ts'
@@ -211,6 +212,30 @@ test('lock-out barrage: bad connects from one address with no key, naming every 
     result: `${blockedIds} ids and the address blocked; ${verifies} signature checks for ${barrage} attempts (${Math.round((barrage * 1000) / barrageMs)}/s); ${fleet.length}/${fleet.length} reconnected from another address and ${fleet.length}/${fleet.length} from the attacker's, in ${Math.round(reconnectMs)} ms`,
     pass: true,
   })
+})
+
+test('half-open TLS connections are closed after connectTimeoutMs: no ClientHello, or a handshake stopped halfway (not after Node\'s 120 s)', async (t) => {
+  // closed before the agent stops (after hooks run in the order added): a socket left open would hold up its stop
+  const sockets: Socket[] = []
+  t.after(() => {
+    for (const s of sockets) s.destroy()
+  })
+  const port = await freePort()
+  await startTestAgent(t, { flags: { connectTimeoutMs: '300', mqttsPort: String(port) } })
+  const open = (): Promise<Socket> =>
+    new Promise((resolve, reject) => {
+      const s = netConnect({ host: '127.0.0.1', port }, () => resolve(s))
+      s.once('error', reject)
+      sockets.push(s)
+    })
+  // silent after the TCP handshake
+  const silent = await open()
+  // the first bytes of a ClientHello, and nothing more: a TLS record header announcing 512 bytes, and 4 of them
+  const stalled = await open()
+  stalled.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc]))
+  const [a, b] = await Promise.all([closedWithin(silent, 5000), closedWithin(stalled, 5000)])
+  assert.equal(a, true, 'a connection that never starts its TLS handshake is closed')
+  assert.equal(b, true, 'a connection whose TLS handshake stops halfway is closed')
 })
 
 test('half-open connections are closed after connectTimeoutMs; oversize packets and topics are refused and their connections closed', async (t) => {
