@@ -80,7 +80,7 @@ const AGENT_NODE_FLAGS = [...DEPLOYED_NODE_FLAGS, ...(process.env.BENCH_AGENT_NO
 const REVOCATION_SAMPLES = Math.min(N, QUICK ? 100 : 200)
 /** devices of each admission run over TLS: certificate devices (and as many token devices), each with its own P-256 key and certificate */
 const TLS_DEVICES = Math.min(N, 2000)
-/** certificate devices of the storm over mTLS: all N (issuing them is ~4 ms of CPU each: ~40 s for 10,000 on 2 cores) */
+/** certificate devices of the storm over mTLS, the first TLS_DEVICES of them also those of admission over mTLS: all N (issuing them takes ~4 ms of CPU each: ~40 s of CPU for 10,000) */
 const TLS_STORM_DEVICES = N
 /** cold starts of each registry (empty, COLD_N), taken in turn; the best of each counts */
 const COLD_ROUNDS = 4
@@ -301,7 +301,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     await attempt(results, 'mTLS fixtures', async () => {
       const t0 = performance.now()
       await prepareDataDir(dirT, { site: SITE, gateway: GATEWAY, devices: devices.slice(0, M) })
-      const f = await prepareCertDevices(dirT, { site: SITE, gateway: GATEWAY, prefix: 'crt', count: Math.max(M, TLS_STORM_DEVICES), serverDir: tlsDir })
+      const f = await prepareCertDevices(dirT, { site: SITE, gateway: GATEWAY, prefix: 'crt', count: TLS_STORM_DEVICES, serverDir: tlsDir })
       const caFile = join(tlsDir, 'ca.pem')
       writeFileSync(caFile, f.caPem)
       await gen({ op: 'initTls', ca: f.caPem, devices: f.devices })
@@ -409,8 +409,6 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     }
     rmSync(dirT, { recursive: true, force: true })
     const { agentMtls, agentTokenTls, bareAedesMtls } = runs
-    return { admission: tlsAdmissionFigure(), storm: tlsStormFigure() }
-
     function tlsStormFigure(): Figure | null {
       const a = storms.agent
       const b = storms.bareAedes
@@ -474,6 +472,8 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
         },
       }
     }
+
+    return { admission: tlsAdmissionFigure(), storm: tlsStormFigure() }
   }
 
   // Admission and memory: bare aedes, then Mosquitto, then the agent; each

@@ -149,7 +149,6 @@ export class SiteBroker implements ProtocolAdapter {
         // The handshake has the connect timeout too (aedes' starts once it is
         // done): a client that stalls in it holds its socket no longer than
         // one that stalls before CONNECT, instead of Node's 120 s.
-        const connectTimeout = this.#opts.connectTimeoutMs
         const secure = createTlsServer(
           {
             cert: tls.cert,
@@ -159,7 +158,7 @@ export class SiteBroker implements ProtocolAdapter {
             rejectUnauthorized: false,
             minVersion: 'TLSv1.2',
             noDelay: true,
-            ...(connectTimeout !== undefined ? { handshakeTimeout: connectTimeout } : {}),
+            handshakeTimeout: this.#opts.connectTimeoutMs,
           },
           handle,
         )
@@ -434,7 +433,7 @@ function writeUnblocked(this: Guarded, ...args: unknown[]): boolean {
 const destroyLater = (conn: Socket): void => void conn.destroy()
 
 /** The kernel's cap on a listen(2) backlog (Linux net.core.somaxconn, of this network namespace); null where it cannot be read. */
-function kernelListenCap(): number | null {
+export function kernelListenCap(): number | null {
   try {
     const n = Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8').trim())
     return Number.isInteger(n) && n > 0 ? n : null
@@ -446,7 +445,7 @@ function kernelListenCap(): number | null {
 function listen(server: Server, port: number, host: string, backlog: number | undefined): Promise<number> {
   return new Promise((resolve, reject) => {
     server.once('error', reject)
-    server.listen({ port, host, ...(backlog !== undefined ? { backlog } : {}) }, () => {
+    server.listen({ port, host, backlog }, () => {
       server.off('error', reject)
       resolve((server.address() as AddressInfo).port)
     })

@@ -8,7 +8,6 @@
 // for the connects waiting, then follow. Before any of that, the kernel
 // holds the connects the broker has not taken yet, up to listenBacklog.
 import assert from 'node:assert/strict'
-import { readFileSync } from 'node:fs'
 import { connect as netConnect, type Socket } from 'node:net'
 import { join } from 'node:path'
 import { test } from 'node:test'
@@ -19,6 +18,7 @@ import { newJti } from '../../wire/ids.ts'
 import { assembleJws, jwsSigningInput } from '../../wire/jws.ts'
 import { until, within } from '../helpers/wait.ts'
 import { connectPacket, rawExchange } from '../fuzz/mqtt-wire.ts'
+import { kernelListenCap } from '../../protocols/mqtt/site-broker.ts'
 import { utf8 } from '../../wire/base64url.ts'
 
 /** one connect judged at a time; by default a new one refused as soon as another waits */
@@ -175,17 +175,8 @@ test('storm admission: a device that floods acks holds no more turns than it has
   assert.deepEqual(verified.slice(1), [b.publicKey, x.publicKey], 'one check for the five copies')
 })
 
-/** The kernel's cap on a listen backlog (Linux net.core.somaxconn); null where it cannot be read. */
-function somaxconn(): number | null {
-  try {
-    return Number(readFileSync('/proc/sys/net/core/somaxconn', 'utf8').trim())
-  } catch {
-    return null
-  }
-}
-
 test('storm admission: connects that arrive while the broker cannot take them wait in the kernel, up to listenBacklog (more than Node\'s 511); a backlog above net.core.somaxconn is warned of at start', { timeout: 60_000 }, async (t) => {
-  const cap = somaxconn()
+  const cap = kernelListenCap()
   // more than Node's default backlog (511: at most 512 queued), fewer than the cap
   const K = 700
   if (cap === null || cap <= K) return t.skip(`needs net.core.somaxconn above ${K} (it is ${cap ?? 'unreadable'})`)
