@@ -72,10 +72,11 @@ When a site comes back after a power cut every device connects at once.
 Until the broker takes a connection, the kernel holds it, up to
 \`listenBacklog\` (4096) connections a listener; Linux caps that at
 net.core.somaxconn, and the start warns when it does. A connect beyond it
-is dropped, and its device waits for its own retransmit (1 s, then 3 s,
-...) or is reset: with Node's default of 511, 10,000 certificate devices
+is dropped, and its device waits for its own retransmits (on Linux 1, 3,
+7 s ... after its first try) or is reset: with Node's default of 511, 10,000 certificate devices
 reconnecting over TLS, 1,000 at a time, took 30 s with 34 resets, and 19 s
-with none at 4096. What memory alone can refuse (a password that is no token, an unknown id,
+with none at 4096. That wait, and the TLS handshake, come before
+\`admissionMaxWaitMs\`, which counts from CONNECT. What memory alone can refuse (a password that is no token, an unknown id,
 a wrong audience, an expired or replayed token, a throttled address) is
 refused at once, whoever else is waiting. The rest take turns: at most
 \`admissionConcurrency\` connects have their signature (or password) checked
