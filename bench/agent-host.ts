@@ -21,6 +21,10 @@ import { createLogger } from '../agent/observe/logger.ts'
 
 export interface AccessRemovedReply {
   accessRemovedMs: number[]
+  /** per device revoked since the last ask: epoch ms (timeOrigin + now, as the load generator reads it) when its state changed and its sessions were closed */
+  closedAt: Record<string, number>
+  /** epoch ms when each command since the last ask reached the agent (its uplink handed it to the command processor) */
+  commandsArrivedAt: number[]
   /** the event loop's delay since the last ask (null on the first) */
   loopDelayMs: { p99: number; max: number } | null
   /** the garbage collections (pauses of the main thread) since the last ask, by kind: how many, and the longest (null on the first) */
@@ -60,6 +64,8 @@ let acks = 0
 let lastAt = 0
 const ackWaiters = new Set<() => void>()
 let accessRemoved: number[] = []
+let closedAt: AccessRemovedReply['closedAt'] = {}
+let commandsArrivedAt: number[] = []
 let loopDelay: ReturnType<typeof monitorEventLoopDelay> | null = null
 type GcWindow = NonNullable<AccessRemovedReply['gc']>
 const newGcWindow = (): GcWindow => ({ scavenges: 0, scavengeMaxMs: 0, markCompacts: 0, markCompactMaxMs: 0, otherMaxMs: 0 })
@@ -81,6 +87,20 @@ new PerformanceObserver((list) => {
     } else w.otherMaxMs = Math.max(w.otherMaxMs, e.duration)
   }
 }).observe({ entryTypes: ['gc'] })
+// Where a revocation's time goes, read at two points of the agent's own
+// path (observation only: a timestamp each): the command handed to the
+// processor, which the uplink calls on the instance for every message, and
+// the state change, whose listener runs after the enforcer's in the same
+// synchronous step, just after the device's sessions were closed.
+const commands = agent.commands
+const handleCommand = commands.handle.bind(commands)
+commands.handle = (payload) => {
+  commandsArrivedAt.push(epochMs())
+  return handleCommand(payload)
+}
+agent.gateway.onDeviceChange((c) => {
+  if (c.to === 'revoked') closedAt[c.record.spec.id] = epochMs()
+})
 agent.gateway.onCommitted((change) => {
   for (const e of change.events ?? []) {
     const evidence = e.type === 'cmd.completed' && e.data.op === 'device.revoke' ? (e.data.evidence as { accessRemovedMs?: unknown } | undefined) : undefined
@@ -115,8 +135,10 @@ async function handle(req: HostRequest): Promise<unknown> {
     case 'acks':
       return { acks, lastAt } satisfies AcksReply
     case 'accessRemoved': {
-      const out: AccessRemovedReply = { accessRemovedMs: accessRemoved, loopDelayMs: loopDelay ? { p99: loopDelay.percentile(99) / 1e6, max: loopDelay.max / 1e6 } : null, gc: gcWindow }
+      const out: AccessRemovedReply = { accessRemovedMs: accessRemoved, closedAt, commandsArrivedAt, loopDelayMs: loopDelay ? { p99: loopDelay.percentile(99) / 1e6, max: loopDelay.max / 1e6 } : null, gc: gcWindow }
       accessRemoved = []
+      closedAt = {}
+      commandsArrivedAt = []
       gcWindow = newGcWindow()
       gcWindowStart = performance.now()
       loopDelay?.disable()

@@ -79,6 +79,8 @@ export interface RevokeReply {
   latenciesMs: number[]
   /** command handed to the socket to the central broker's PUBACK, for each sample */
   brokerAckMs: number[]
+  /** each sample's device and when (epoch ms, timeOrigin + now, as the agent host reads it) its command was published and its socket was seen closed */
+  samples: { id: string; publishedAt: number; seenClosedAt: number }[]
   timeouts: number
 }
 
@@ -283,6 +285,7 @@ class LoadGenerator {
     await cp.waitOnline(timeoutMs * 4)
     const latenciesMs: number[] = []
     const brokerAckMs: number[] = []
+    const samples: RevokeReply['samples'] = []
     let timeouts = 0
     try {
       for (const id of ids) {
@@ -301,13 +304,16 @@ class LoadGenerator {
         await acked
         this.#conns.delete(id)
         if (r === 'timeout') timeouts++
-        else latenciesMs.push(closedAt - t0)
+        else {
+          latenciesMs.push(closedAt - t0)
+          samples.push({ id, publishedAt: performance.timeOrigin + t0, seenClosedAt: performance.timeOrigin + closedAt })
+        }
         await new Promise((res) => setTimeout(res, gapMs))
       }
     } finally {
       await cp.close()
     }
-    return { latenciesMs, brokerAckMs, timeouts }
+    return { latenciesMs, brokerAckMs, samples, timeouts }
   }
 
   get connectedCount(): number {

@@ -59,6 +59,45 @@ const GATEWAY = 'gw-bench'
 /** "2 scavenges (the longest 9.9 ms)", "no mark-compact" */
 const gcCount = (n: number, kind: string, longestMs: number): string => (n === 0 ? `no ${kind}` : `${n} ${kind}${n === 1 ? '' : 's'} (${n === 1 ? '' : 'the longest '}${longestMs.toFixed(1)} ms)`)
 
+/**
+ * Where a revocation's time went, per sample, from the two processes'
+ * clocks (both timeOrigin + now: one system clock): before the command
+ * reached the agent (the central broker and the hop to the agent, with the
+ * agent's event loop until it read the message), inside the agent until the
+ * device's sessions were closed, and after that until the load generator
+ * saw the socket closed (the rest of the agent's turn of its event loop, the
+ * kernel, the load generator's event loop). Averaged over the slowest
+ * samples, those at or above the p99.
+ */
+function revocationSplit(samples: RevokeReply['samples'], asked: AccessRemovedReply, p99: number): { words: string; bound: string; detail: Record<string, unknown> } | null {
+  const arrivals = [...asked.commandsArrivedAt].sort((x, y) => x - y)
+  const parts = samples.flatMap((x) => {
+    const closed = asked.closedAt[x.id]
+    // its command: the first to arrive after the publish (one revocation at a time); a ms of slack for the two clocks' rounding
+    const arrived = arrivals.find((t) => t >= x.publishedAt - 1)
+    if (closed === undefined || arrived === undefined || arrived > closed) return []
+    return [{ total: x.seenClosedAt - x.publishedAt, before: Math.max(0, arrived - x.publishedAt), inside: closed - Math.max(arrived, x.publishedAt), after: x.seenClosedAt - closed }]
+  })
+  const slow = parts.filter((x) => x.total >= p99 - 0.001)
+  if (slow.length === 0) return null
+  type Part = 'total' | 'before' | 'inside' | 'after'
+  const mean = (k: Part): number => slow.reduce((a, x) => a + x[k], 0) / slow.length
+  const p = (k: Part): number => percentile(parts.map((x) => x[k]), 99)!
+  const [total, before, inside, after] = [mean('total'), mean('before'), mean('inside'), mean('after')]
+  const share = (ms: number): string => `${ms.toFixed(1)} ms (${Math.round((100 * ms) / total)} %)`
+  const where = `${share(before)} before the command reached the agent, ${share(inside)} in the agent until the sessions were closed, ${share(after)} from there until the load generator saw the close`
+  return {
+    words: `the ${slow.length} slowest (at or above the p99) took ${total.toFixed(1)} ms on average: ${where}; over all ${parts.length}, the p99 of each part: ${p('before').toFixed(2)}, ${p('inside').toFixed(2)} and ${p('after').toFixed(2)} ms`,
+    bound: `the ${slow.length} slowest took ${total.toFixed(1)} ms on average: ${where}`,
+    detail: {
+      samples: parts.length,
+      slowest: slow.length,
+      slowestMeanMs: { total: round(total, 3), beforeAgent: round(before, 3), inAgent: round(inside, 3), afterClose: round(after, 3) },
+      p99Ms: { beforeAgent: round(p('before'), 3), inAgent: round(p('inside'), 3), afterClose: round(p('after'), 3) },
+    },
+  }
+}
+
 /** connects in flight at once in the admission runs (the same for every broker) */
 const ADMISSION_CONCURRENCY = 200
 /** devices connected and let go before each admission run */
@@ -689,6 +728,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     const asked = (await hostRpc({ op: 'accessRemoved' })) as AccessRemovedReply
     const inside = asked.accessRemovedMs
     const insideP99 = percentile(inside, 99)
+    const split = revocationSplit(r.samples, asked, p99)
     results.figures.push({
       name: o.name,
       workload: o.workload(r.latenciesMs.length),
@@ -698,9 +738,11 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
         `p50 ${p50.toFixed(2)} ms; central broker PUBACK alone p50 ${percentile(r.brokerAckMs, 50)!.toFixed(2)} ms, p99 ${percentile(r.brokerAckMs, 99)!.toFixed(2)} ms; ` +
         `inside the agent (accessRemovedMs) p50 ${percentile(inside, 50)?.toFixed(2) ?? '–'} ms, p99 ${insideP99?.toFixed(2) ?? '–'} ms` +
         (asked.loopDelayMs ? `; the agent's event-loop delay p99 ${asked.loopDelayMs.p99.toFixed(1)} ms, max ${asked.loopDelayMs.max.toFixed(1)} ms` : '') +
-        (asked.gc ? `; its garbage collection in the window: ${gcCount(asked.gc.scavenges, 'scavenge', asked.gc.scavengeMaxMs)}, ${gcCount(asked.gc.markCompacts, 'mark-compact', asked.gc.markCompactMaxMs)}` : ''),
+        (asked.gc ? `; its garbage collection in the window: ${gcCount(asked.gc.scavenges, 'scavenge', asked.gc.scavengeMaxMs)}, ${gcCount(asked.gc.markCompacts, 'mark-compact', asked.gc.markCompactMaxMs)}` : '') +
+        (split ? `; ${split.words}` : ''),
       goal: o.goal,
       met: p99 <= 10,
+      ...(p99 > 10 && split ? { bound: split.bound } : {}),
       detail: {
         samples: r.latenciesMs.length,
         p50Ms: round(p50, 3),
@@ -711,6 +753,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
         insideAgent: { samples: inside.length, p50Ms: round(percentile(inside, 50) ?? 0, 3), p99Ms: round(insideP99 ?? 0, 3), maxMs: round(inside.length ? Math.max(...inside) : 0, 3) },
         agentLoopDelayMs: asked.loopDelayMs ? { p99: round(asked.loopDelayMs.p99, 2), max: round(asked.loopDelayMs.max, 2) } : null,
         agentGc: asked.gc,
+        split: split?.detail ?? null,
         connected: N,
       },
     })

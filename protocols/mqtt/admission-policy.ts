@@ -12,6 +12,7 @@ import type { DeviceRecord } from '../../agent/devices/device.ts'
 import type { Gateway } from '../../agent/gateway.ts'
 import type { Logger } from '../../agent/observe/logger.ts'
 import type { ResidualUseMonitor } from '../../agent/trust/residual-use.ts'
+import { cutOff } from './site-broker.ts'
 import { aclCovers, mayPublish, mayReceive, maySubscribe, type TopicAcl } from './topic-rules.ts'
 
 /** Longest topic or filter a device may use; longer ones are refused like any unauthorized one. */
@@ -125,7 +126,7 @@ export class MqttAdmissionPolicy {
           client.once('connected', () => {
             if (this.admission.rightsNow(client.id) === null) {
               this.#log.info({ deviceId: client.id }, 'device was cut while connecting; session closed')
-              client.close()
+              cutOff(client)
             }
           })
           done(null, true)

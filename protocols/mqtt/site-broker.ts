@@ -198,7 +198,7 @@ export class SiteBroker implements ProtocolAdapter {
    */
   closeSessions(deviceId: string): number {
     const sessions = this.#clients.take(deviceId)
-    for (const c of sessions) c.close()
+    for (const c of sessions) cutOff(c)
     if (sessions.length > 0 || this.#persistent.has(deviceId)) this.#forgetStored(deviceId)
     return sessions.length
   }
@@ -212,7 +212,7 @@ export class SiteBroker implements ProtocolAdapter {
     for (const c of this.#clients.of(id)) {
       if (review.keeps(c, after)) continue
       this.#clients.delete(id, c)
-      c.close()
+      cutOff(c)
       closed++
     }
     if (closed > 0 || (!this.#clients.has(id) && this.#persistent.has(id) && review.narrowed(before, after))) this.#forgetStored(id)
@@ -340,6 +340,19 @@ export class SiteBroker implements ProtocolAdapter {
 }
 
 /** A queued message's payload bytes, as sessionQueue counts them. */
+/**
+ * End a session at once: aedes' close() destroys the socket only after its
+ * unsubscribe bookkeeping has gone through its callbacks (later in the
+ * event loop's turn, or a turn after), so the socket is destroyed here in
+ * the same step, and nothing more reaches the device or comes from it.
+ * close() still runs first: it marks the client closed and stops reading
+ * its packets, and cleans up as before (destroying twice is a no-op).
+ */
+export function cutOff(client: Client): void {
+  client.close()
+  client.conn.destroy()
+}
+
 function sizeOf(packet: { payload?: Buffer | string }): number {
   return typeof packet.payload === 'string' ? Buffer.byteLength(packet.payload) : (packet.payload?.length ?? 0)
 }

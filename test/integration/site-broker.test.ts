@@ -13,6 +13,7 @@ import { ManualClock } from '../../agent/runtime/clock.ts'
 import { signJws } from '../../agent/store/jws.ts'
 import { publicKeyToB64 as nodePublicKeyToB64 } from '../../agent/store/keys.ts'
 import type { Gateway } from '../../agent/gateway.ts'
+import { keygen, publicKeyToB64 } from '../../firmware-hooks/crypto.ts'
 import { MqttDevice } from '../../firmware-hooks/mqtt-device.ts'
 import { parseJws } from '../../wire/jws.ts'
 import { b64urlEncode, utf8 } from '../../wire/base64url.ts'
@@ -38,6 +39,15 @@ function gatewayPublish(agent: { broker: { aedes: { publish: Function } } }, top
   return new Promise((resolve, reject) =>
     agent.broker.aedes.publish({ cmd: 'publish', topic, payload: Buffer.from(payload), qos: 1, retain, dup: false }, (err?: Error) => (err ? reject(err) : resolve())),
   )
+}
+
+/** An agent with a TLS listener too, on a self-signed server certificate openssl makes (the file `cert` is its own CA). */
+async function agentWithTls(t: Parameters<typeof startTestAgent>[0]): Promise<{ agent: Awaited<ReturnType<typeof startTestAgent>>; cert: string }> {
+  const dir = tempDir(t)
+  const cert = join(dir, 'cert.pem')
+  const key = join(dir, 'key.pem')
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost'], { stdio: 'ignore' })
+  return { agent: await startTestAgent(t, { flags: { mqttsPort: '0', tlsCert: cert, tlsKey: key } }), cert }
 }
 
 async function eventsOf(gw: Gateway, type: string): Promise<Record<string, unknown>[]> {
@@ -308,6 +318,41 @@ test('a revoke among 1,000 connected devices closes exactly that device session 
   t.diagnostic(`enroll ${N}: ${enrollMs.toFixed(0)} ms; connect ${N} (concurrency 50): ${connectMs.toFixed(0)} ms (${((N / connectMs) * 1000).toFixed(0)}/s); revoke to client close: ${cutMs.toFixed(1)} ms`)
 })
 
+test('a cut closes the device\'s socket in the same step as the state change, before aedes\' own clean-up has run, on the plain and the TLS listener', async (t) => {
+  const { agent, cert } = await agentWithTls(t)
+  const gw = agent.gateway
+  // each device's server-side connection, as aedes holds it
+  const serverSide = new Map<string, Client>()
+  agent.broker.aedes.on('client', (c: Client) => serverSide.set(c.id, c))
+  const session = async (id: string, tls: boolean): Promise<{ conn: { destroyed: boolean }; gone: Promise<void> }> => {
+    const dev = await enrollDevice(gw, id)
+    const admitted = eventWhere<[Client]>(agent.broker.aedes, 'client', (c) => c.id === id)
+    const port = tls ? (agent.broker.describe().mqtts as number) : agent.mqttPort
+    const client = await connectDevice(gw, port, dev, tls ? { protocol: 'mqtts', ca: readFileSync(cert) } : {})
+    t.after(() => void client.end(true))
+    await admitted
+    // subscribed, as devices are: aedes' close() unsubscribes before it destroys the socket
+    await client.subscribeAsync(`dev/${id}/cmd`, { qos: 1 })
+    const conn = serverSide.get(id)!.conn as unknown as { destroyed: boolean }
+    assert.equal(conn.destroyed, false)
+    return { conn, gone: closed(client) }
+  }
+  for (const [id, tls] of [['cut-plain', false], ['cut-tls', true]] as const) {
+    const s = await session(id, tls)
+    const revoke = gw.transition(id, 'revoke', { actor: 'local:test', reason: 'stolen' })
+    // aedes' close() alone destroys its socket only after its unsubscribe callbacks (a setImmediate later)
+    assert.equal(s.conn.destroyed, true, `${id}: the socket is destroyed when the state change returns, not a turn of the event loop later`)
+    await revoke
+    await s.gone
+  }
+  // a re-enrollment with a new key (the record changes within its state) closes the old key's session the same way
+  const s = await session('rekeyed', false)
+  const enrolled = gw.enroll({ id: 'rekeyed', publicKey: publicKeyToB64((await keygen()).publicKey) }, WHO)
+  assert.equal(s.conn.destroyed, true, "the old key's socket is destroyed when the record changes")
+  await enrolled
+  await s.gone
+})
+
 test('a connect racing a revoke never ends admitted (50 iterations over every point of the connect path)', async (t) => {
   const agent = await startTestAgent(t)
   const gw = agent.gateway
@@ -456,11 +501,7 @@ test('a token is refused on reuse across an agent restart (same data dir)', asyn
 })
 
 test('TLS listener: a device is admitted with a token over mqtts (mqtt.js device runtime and mosquitto_pub)', async (t) => {
-  const dir = tempDir(t)
-  const cert = join(dir, 'cert.pem')
-  const key = join(dir, 'key.pem')
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost'], { stdio: 'ignore' })
-  const agent = await startTestAgent(t, { flags: { mqttsPort: '0', tlsCert: cert, tlsKey: key } })
+  const { agent, cert } = await agentWithTls(t)
   const gw = agent.gateway
   const tlsPort = agent.broker.describe().mqtts as number
   assert.ok(tlsPort > 0)
