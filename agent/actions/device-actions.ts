@@ -7,7 +7,7 @@
 import { ackClaims, ackSigner, parseAck, verifyAck, type VerifiedAck } from './ack.ts'
 import { NO_YIELD, type ActionDispatcher, type YieldTurn } from './action-dispatcher.ts'
 import type { Act, QueuedAction } from './action-queue.ts'
-import type { DeviceRecord } from '../devices/device.ts'
+import type { DeviceKey, DeviceRecord } from '../devices/device.ts'
 import type { Actor, Change, Gateway, QueueOptions } from '../gateway.ts'
 import { PublicKeyCache } from '../store/keys.ts'
 import type { Logger } from '../observe/logger.ts'
@@ -230,12 +230,16 @@ export class DeviceActions implements ActionSink {
   /** Drop keys whose overlap window has passed, and actions past their deadline. */
   async sweep(nowS: number): Promise<QueuedAction[]> {
     const gw = this.#gw
-    for (const r of [...gw.registry.values()]) {
-      if (r.keys.some((k) => k.notAfter !== null && k.notAfter <= nowS)) {
-        await gw.updateDevice(r.spec.id, (d) => ({ ...d, keys: d.keys.filter((k) => k.notAfter === null || k.notAfter > nowS) }), {
-          audit: [{ actor: 'gateway', action: 'device.key-expired', subject: r.spec.id, data: { keys: r.keys.filter((k) => k.notAfter !== null && k.notAfter <= nowS).map((k) => k.publicKey) } }],
-        })
-      }
+    // The devices with a key past its end, found first without allocating
+    // (every record is looked at on every pass; few, if any, have one).
+    const withExpired: DeviceRecord[] = []
+    gw.registry.forEach((r) => {
+      if (hasKeyEndedBy(r.keys, nowS)) withExpired.push(r)
+    })
+    for (const r of withExpired) {
+      await gw.updateDevice(r.spec.id, (d) => ({ ...d, keys: d.keys.filter((k) => k.notAfter === null || k.notAfter > nowS) }), {
+        audit: [{ actor: 'gateway', action: 'device.key-expired', subject: r.spec.id, data: { keys: r.keys.filter((k) => k.notAfter !== null && k.notAfter <= nowS).map((k) => k.publicKey) } }],
+      })
     }
     const expired = [...gw.actions.all()].filter((a) => a.deadline <= nowS)
     for (const a of expired) {
@@ -256,4 +260,10 @@ export class DeviceActions implements ActionSink {
     this.#recentAcks.set(key, this.#gw.clock.now())
     if (this.#recentAcks.size > 10_000) this.#recentAcks.delete(this.#recentAcks.keys().next().value as string)
   }
+}
+
+/** Whether a key of the list has ended by `nowS` (a loop: called for every device on every pass). */
+function hasKeyEndedBy(keys: readonly DeviceKey[], nowS: number): boolean {
+  for (const k of keys) if (k.notAfter !== null && k.notAfter <= nowS) return true
+  return false
 }

@@ -3,7 +3,7 @@
 // criticality), and reports `credential.expiring` and `credential.expired`
 // once each per credential. Driven by the injected clock through tick().
 import type { DeviceActions } from '../actions/device-actions.ts'
-import { credentialKind, protocolsOf, type DeviceRecord } from './device.ts'
+import { credentialKind, type DeviceRecord, type DeviceSpec } from './device.ts'
 import type { Gateway } from '../gateway.ts'
 import type { Logger } from '../observe/logger.ts'
 import { inService } from '../trust/rights.ts'
@@ -14,7 +14,10 @@ import { inService } from '../trust/rights.ts'
  * hook registers, and a fixed password cannot be renewed on the device
  * (§3): renewing them would only fail, so they are not tracked.
  */
-const renewable = (r: DeviceRecord): boolean => credentialKind(r.spec) !== 'password' && protocolsOf(r.spec).some((p) => p !== 'modbus')
+const renewable = (r: DeviceRecord): boolean => credentialKind(r.spec) !== 'password' && onOtherThanModbus(r.spec)
+
+/** protocolsOf(spec) holds one other than Modbus (without making the list: this is asked of every device on every pass) */
+const onOtherThanModbus = (spec: DeviceSpec): boolean => spec.mqtt !== undefined || (spec.modbus === undefined && spec.opcua === undefined) || Boolean(spec.opcua)
 
 export class CredentialLifecycle {
   readonly #gw: Gateway
@@ -38,11 +41,19 @@ export class CredentialLifecycle {
   }
 
   async tick(nowS: number): Promise<void> {
-    for (const r of [...this.#gw.registry.values()]) {
-      if (!inService(r.state) || !renewable(r)) continue
+    // those due a notice, found first without allocating: every device is looked at on every pass, few are due
+    const due: DeviceRecord[] = []
+    this.#gw.registry.forEach((r) => {
+      if (!inService(r.state) || !renewable(r)) return
       const notice = this.noticeFor(r, nowS)
-      if (notice === null || notice === r.credentialNotice) continue
-      await this.#report(r, notice, nowS)
+      if (notice !== null && notice !== r.credentialNotice) due.push(r)
+    })
+    for (const r of due) {
+      // the record as it is now: an earlier report may have changed it
+      const now = this.#gw.registry.get(r.spec.id)
+      if (!now || !inService(now.state) || !renewable(now)) continue
+      const notice = this.noticeFor(now, nowS)
+      if (notice !== null && notice !== now.credentialNotice) await this.#report(now, notice, nowS)
     }
   }
 

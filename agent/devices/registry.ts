@@ -79,8 +79,23 @@ export class Registry {
     return this.#devices.size
   }
 
-  /** Every record (each parsed as it is reached). */
-  *values(): IterableIterator<DeviceRecord> {
+  /**
+   * Every record (each parsed as it is reached). Once every record is parsed
+   * (shortly after the start), the map's own iterator: the maintenance pass
+   * walks the registry every few seconds, and a generator made two objects
+   * a record on each walk (~100 B a device).
+   */
+  values(): IterableIterator<DeviceRecord> {
+    return this.#unparsed === 0 ? (this.#devices.values() as IterableIterator<DeviceRecord>) : this.#parsingValues()
+  }
+
+  /** `visit` each record, as values() gives them, without an object made per record (for the passes over every device). */
+  forEach(visit: (r: DeviceRecord) => void): void {
+    if (this.#unparsed === 0) return (this.#devices as Map<string, DeviceRecord>).forEach((r) => visit(r))
+    for (const r of this.#parsingValues()) visit(r)
+  }
+
+  *#parsingValues(): IterableIterator<DeviceRecord> {
     for (const [id, v] of this.#devices) {
       const r = typeof v === 'string' ? this.#parse(id, v) : v
       if (r) yield r
