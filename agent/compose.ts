@@ -12,7 +12,8 @@ import type { SiteBroker } from '../protocols/mqtt/site-broker.ts'
 import { createOpcua } from '../protocols/opcua/index.ts'
 import type { OpcuaRelay } from '../protocols/opcua/relay.ts'
 import { ActionDispatcher } from './actions/action-dispatcher.ts'
-import { opTable } from './commands/ops.ts'
+import { opTable, prepareOpArgs } from './commands/ops.ts'
+import { parseDeviceSpec } from './devices/device.ts'
 import { CommandProcessor } from './commands/processor.ts'
 import { CredentialLifecycle } from './devices/credentials.ts'
 import { DeviceActions } from './actions/device-actions.ts'
@@ -24,7 +25,6 @@ import { DeviceAdmission } from './trust/admission.ts'
 import { SitePki } from './pki/site-pki.ts'
 import { serverTlsMaterial, startEstServer, type EstServer } from './pki/est.ts'
 import { isEdgewardenError } from './runtime/errors.ts'
-import { zod } from './runtime/zod.ts'
 import { GuardedClock } from './runtime/clock.ts'
 import { ResidualUseMonitor } from './trust/residual-use.ts'
 import { startAdminServer } from './observe/admin-server.ts'
@@ -238,14 +238,17 @@ export async function startAgent(
       stack.push(async () => h.setReadiness('stopping'))
     }
     // after the caller has said ready: the rest of the registry parsed, in
-    // steps; the validators loaded (the first command does not wait for
-    // them); then the first maintenance pass
+    // steps; the validators loaded, built and run once (the first command
+    // does not wait for them); then the first maintenance pass
     firstPass = new Promise<void>((resolve) => setImmediate(resolve))
       .then(() => gateway.registry.parseAll(() => stopping))
       .then(() => {
         for (const u of gateway.registry.takeUnreadable()) log.error({ deviceId: u.id }, u.problem)
       })
-      .then(() => void zod())
+      .then(() => {
+        prepareOpArgs()
+        parseDeviceSpec({})
+      })
       .then(() => (stopping ? undefined : maintenance.tick()))
       .catch((err: unknown) => log.error({ err }, 'the first maintenance pass failed'))
     return {

@@ -71,12 +71,12 @@ const gcCount = (n: number, kind: string, longestMs: number): string => (n === 0
  */
 function revocationSplit(samples: RevokeReply['samples'], asked: AccessRemovedReply, p99: number): { words: string; bound: string; detail: Record<string, unknown> } | null {
   const arrivals = [...asked.commandsArrivedAt].sort((x, y) => x - y)
-  const parts = samples.flatMap((x) => {
+  const parts = samples.flatMap((x, at) => {
     const closed = asked.closedAt[x.id]
     // its command: the first to arrive after the publish (one revocation at a time); a ms of slack for the two clocks' rounding
     const arrived = arrivals.find((t) => t >= x.publishedAt - 1)
     if (closed === undefined || arrived === undefined || arrived > closed) return []
-    return [{ total: x.seenClosedAt - x.publishedAt, before: Math.max(0, arrived - x.publishedAt), inside: closed - Math.max(arrived, x.publishedAt), after: x.seenClosedAt - closed }]
+    return [{ at, total: x.seenClosedAt - x.publishedAt, before: Math.max(0, arrived - x.publishedAt), inside: closed - Math.max(arrived, x.publishedAt), after: x.seenClosedAt - closed }]
   })
   const slow = parts.filter((x) => x.total >= p99 - 0.001)
   if (slow.length === 0) return null
@@ -92,6 +92,8 @@ function revocationSplit(samples: RevokeReply['samples'], asked: AccessRemovedRe
     detail: {
       samples: parts.length,
       slowest: slow.length,
+      /** which samples they were, in the order sent (0: the first) */
+      slowestAt: slow.map((x) => x.at),
       slowestMeanMs: { total: round(total, 3), beforeAgent: round(before, 3), inAgent: round(inside, 3), afterClose: round(after, 3) },
       p99Ms: { beforeAgent: round(p('before'), 3), inAgent: round(p('inside'), 3), afterClose: round(p('after'), 3) },
     },
