@@ -123,6 +123,9 @@ export interface CaOptions {
   nowS: number
 }
 
+/** certificates SiteCa.issued() remembers its answer for (~200 B each) */
+const ISSUED_MEMO_MAX = 100_000
+
 export class SiteCa {
   /** the CA certificate that signs (the first of `chain`) */
   readonly certificate: X509Certificate
@@ -350,13 +353,30 @@ export class SiteCa {
     return { issuer: await this.#issuerCert(), key: await this.#signer() }
   }
 
-  /** the CAs devices may chain to, parsed once (admission asks on every certificate connect) */
-  #trusted: { pem: readonly string[]; certs: X509Certificate[] } | null = null
+  /** the CAs devices may chain to and their keys, parsed once (admission asks on every certificate connect) */
+  #trusted: { certs: X509Certificate[]; keys: KeyObject[] } | null = null
+  /**
+   * Certificates judged already, by the SHA-256 of their DER: a device
+   * reconnects with the same certificate, and each judgement is a signature
+   * check (~60 µs of a connect's CPU). The CAs trusted never change for this
+   * object (trustPem is fixed), so neither does a judgement. Bounded: the
+   * oldest goes first.
+   */
+  readonly #judged = new Map<string, boolean>()
 
   /** Whether `cert` was issued by one of the CAs devices may chain to (its signature checks). */
   issued(cert: X509Certificate): boolean {
-    if (this.#trusted?.pem !== this.trustPem) this.#trusted = { pem: this.trustPem, certs: this.trustPem.map((p) => new X509Certificate(p)) }
-    return this.#trusted.certs.some((ca) => cert.checkIssued(ca) && cert.verify(ca.publicKey))
+    const fingerprint = cert.fingerprint256
+    const known = this.#judged.get(fingerprint)
+    if (known !== undefined) return known
+    const t = (this.#trusted ??= (() => {
+      const certs = this.trustPem.map((p) => new X509Certificate(p))
+      return { certs, keys: certs.map((c) => c.publicKey) }
+    })())
+    const issued = t.certs.some((ca, i) => cert.checkIssued(ca) && cert.verify(t.keys[i]!))
+    if (this.#judged.size >= ISSUED_MEMO_MAX) this.#judged.delete(this.#judged.keys().next().value!)
+    this.#judged.set(fingerprint, issued)
+    return issued
   }
 }
 
