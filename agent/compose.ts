@@ -246,6 +246,7 @@ export async function startAgent(
         for (const u of gateway.registry.takeUnreadable()) log.error({ deviceId: u.id }, u.problem)
       })
       .then(() => {
+        if (stopping) return
         prepareOpArgs()
         parseDeviceSpec({})
       })

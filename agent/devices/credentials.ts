@@ -3,7 +3,7 @@
 // criticality), and reports `credential.expiring` and `credential.expired`
 // once each per credential. Driven by the injected clock through tick().
 import type { DeviceActions } from '../actions/device-actions.ts'
-import { credentialKind, type DeviceRecord, type DeviceSpec } from './device.ts'
+import { credentialKind, speaksMqtt, type DeviceRecord, type DeviceSpec } from './device.ts'
 import type { Gateway } from '../gateway.ts'
 import type { Logger } from '../observe/logger.ts'
 import { inService } from '../trust/rights.ts'
@@ -17,7 +17,7 @@ import { inService } from '../trust/rights.ts'
 const renewable = (r: DeviceRecord): boolean => credentialKind(r.spec) !== 'password' && onOtherThanModbus(r.spec)
 
 /** protocolsOf(spec) holds one other than Modbus (without making the list: this is asked of every device on every pass) */
-const onOtherThanModbus = (spec: DeviceSpec): boolean => spec.mqtt !== undefined || (spec.modbus === undefined && spec.opcua === undefined) || Boolean(spec.opcua)
+const onOtherThanModbus = (spec: DeviceSpec): boolean => speaksMqtt(spec) || Boolean(spec.opcua)
 
 export class CredentialLifecycle {
   readonly #gw: Gateway

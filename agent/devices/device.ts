@@ -168,9 +168,12 @@ export function parseDeviceSpec(input: unknown): { ok: true; spec: DeviceSpec } 
   return { ok: false, problems: r.error.issues.map((i) => `${i.path.length ? i.path.join('.') : 'device'}: ${i.message}`) }
 }
 
+/** Whether the device speaks MQTT: said so, or nothing else said (a device with no protocol section is an MQTT device). */
+export const speaksMqtt = (spec: DeviceSpec): boolean => spec.mqtt !== undefined || (spec.modbus === undefined && spec.opcua === undefined)
+
 export function protocolsOf(spec: DeviceSpec): string[] {
   const p: string[] = []
-  if (spec.mqtt !== undefined || (spec.modbus === undefined && spec.opcua === undefined)) p.push('mqtt')
+  if (speaksMqtt(spec)) p.push('mqtt')
   if (spec.modbus) p.push('modbus')
   if (spec.opcua) p.push('opcua')
   return p

@@ -123,7 +123,7 @@ export interface CaOptions {
   nowS: number
 }
 
-/** certificates SiteCa.issued() remembers its answer for (~200 B each) */
+/** certificates SiteCa.issued() remembers as issued (~200 B each) */
 const ISSUED_MEMO_MAX = 100_000
 
 export class SiteCa {
@@ -132,7 +132,7 @@ export class SiteCa {
   /** the CA's chain, the signing CA first, as PEM (served as /pki/ca and in install-cert) */
   readonly chainPem: string[]
   /** every CA certificate devices' certificates may chain to: the chain, and the previous CA during a rollover */
-  readonly trustPem: string[]
+  readonly trustPem: readonly string[]
   readonly #key: KeyObject
   #signingKey: Promise<webcrypto.CryptoKey> | null = null
   /** where it came from: `created` here, `loaded` from the data dir, `enterprise` from --ca-cert */
@@ -140,7 +140,7 @@ export class SiteCa {
 
   private constructor(chainPem: string[], trustPem: string[], key: KeyObject, origin: SiteCa['origin']) {
     this.chainPem = chainPem
-    this.trustPem = trustPem
+    this.trustPem = Object.freeze([...trustPem])
     this.certificate = new X509Certificate(chainPem[0]!)
     this.#key = key
     this.origin = origin
@@ -356,27 +356,28 @@ export class SiteCa {
   /** the CAs devices may chain to and their keys, parsed once (admission asks on every certificate connect) */
   #trusted: { certs: X509Certificate[]; keys: KeyObject[] } | null = null
   /**
-   * Certificates judged already, by the SHA-256 of their DER: a device
-   * reconnects with the same certificate, and each judgement is a signature
+   * Certificates found issued already, by the SHA-256 of their DER: a device
+   * reconnects with the same certificate, and each check is a signature
    * check (~60 µs of a connect's CPU). The CAs trusted never change for this
-   * object (trustPem is fixed), so neither does a judgement. Bounded: the
-   * oldest goes first.
+   * object (trustPem is frozen), so neither does the answer. Only a yes is
+   * kept: a yes takes a certificate the CAs signed, which a stranger cannot
+   * make, while anyone can present a new self-signed one on every connect.
+   * Bounded: the oldest goes first.
    */
-  readonly #judged = new Map<string, boolean>()
+  readonly #issued = new Set<string>()
 
   /** Whether `cert` was issued by one of the CAs devices may chain to (its signature checks). */
   issued(cert: X509Certificate): boolean {
     const fingerprint = cert.fingerprint256
-    const known = this.#judged.get(fingerprint)
-    if (known !== undefined) return known
+    if (this.#issued.has(fingerprint)) return true
     const t = (this.#trusted ??= (() => {
       const certs = this.trustPem.map((p) => new X509Certificate(p))
       return { certs, keys: certs.map((c) => c.publicKey) }
     })())
-    const issued = t.certs.some((ca, i) => cert.checkIssued(ca) && cert.verify(t.keys[i]!))
-    if (this.#judged.size >= ISSUED_MEMO_MAX) this.#judged.delete(this.#judged.keys().next().value!)
-    this.#judged.set(fingerprint, issued)
-    return issued
+    if (!t.certs.some((ca, i) => cert.checkIssued(ca) && cert.verify(t.keys[i]!))) return false
+    if (this.#issued.size >= ISSUED_MEMO_MAX) this.#issued.delete(this.#issued.values().next().value!)
+    this.#issued.add(fingerprint)
+    return true
   }
 }
 

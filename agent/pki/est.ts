@@ -60,7 +60,7 @@ const COMMON_HEADERS = { 'cache-control': 'no-store', 'x-content-type-options': 
  * Certificates as a base64 PKCS#7 certs-only message (RFC 7030 §4.1.3,
  * §4.2.3), in lines of 64: `openssl base64 -d` reads no longer lines.
  */
-export async function pkcs7CertsOnly(pems: string[]): Promise<string> {
+export async function pkcs7CertsOnly(pems: readonly string[]): Promise<string> {
   const m = await x509()
   const b64 = new m.X509Certificates(pems.map((p) => new m.X509Certificate(p))).export('base64')
   return base64Lines(b64)

@@ -339,7 +339,6 @@ export class SiteBroker implements ProtocolAdapter {
   }
 }
 
-/** A queued message's payload bytes, as sessionQueue counts them. */
 /**
  * End a session at once: aedes' close() destroys the socket only after its
  * unsubscribe bookkeeping has gone through its callbacks (later in the
@@ -353,6 +352,7 @@ export function cutOff(client: Client): void {
   client.conn.destroy()
 }
 
+/** A queued message's payload bytes, as sessionQueue counts them. */
 function sizeOf(packet: { payload?: Buffer | string }): number {
   return typeof packet.payload === 'string' ? Buffer.byteLength(packet.payload) : (packet.payload?.length ?? 0)
 }

@@ -331,8 +331,10 @@ test('a cut closes the device\'s socket in the same step as the state change, be
     const client = await connectDevice(gw, port, dev, tls ? { protocol: 'mqtts', ca: readFileSync(cert) } : {})
     t.after(() => void client.end(true))
     await admitted
-    // subscribed, as devices are: aedes' close() unsubscribes before it destroys the socket
-    await client.subscribeAsync(`dev/${id}/cmd`, { qos: 1 })
+    // subscribed, as devices are: aedes' close() unsubscribes before it destroys the socket (with no
+    // subscription it destroys it at once, and this test would show nothing)
+    const granted = await client.subscribeAsync(`dev/${id}/cmd`, { qos: 1 })
+    assert.deepEqual(granted.map((g) => g.qos), [1], 'the subscription is granted')
     const conn = serverSide.get(id)!.conn as unknown as { destroyed: boolean }
     assert.equal(conn.destroyed, false)
     return { conn, gone: closed(client) }

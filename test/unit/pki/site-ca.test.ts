@@ -1,7 +1,8 @@
 // SiteCa.issued(): whether a certificate was signed by a CA devices may
-// chain to. It remembers each answer by the certificate's SHA-256 (a device
+// chain to. It remembers each yes by the certificate's SHA-256 (a device
 // reconnects with the same certificate); a CA of the same name but another
-// key is no issuer, on the first question and on every one after.
+// key is no issuer, on the first question and on every one after. (That
+// the memo saves the signature check is the benchmark's to show.)
 import assert from 'node:assert/strict'
 import { execFileSync } from 'node:child_process'
 import { X509Certificate } from 'node:crypto'
