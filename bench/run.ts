@@ -15,6 +15,8 @@
 // chosen free at run time.
 import { AGENT_NODE_FLAGS as DEPLOYED_NODE_FLAGS } from '../agent/runtime/node-flags.ts'
 import { generateKeyPair } from '../agent/store/keys.ts'
+import { Store } from '../agent/store/store.ts'
+import { DEVICE_PREFIX } from '../agent/devices/registry.ts'
 import { ControlPlane, TERMINAL } from '../simulators/control-plane.ts'
 import { runControlPlaneBench } from './control-plane.ts'
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
@@ -274,16 +276,30 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     }
     const empty = Math.min(...empties)
     const big = Math.min(...bigs)
+    // What bounds it, measured beside it: Node's own start (\`node -e 0\`) and
+    // LevelDB's read of every record alone (as the start reads them, in this process)
+    const nodeAlone = Math.min(...Array.from({ length: COLD_ROUNDS }, () => {
+      const t0 = performance.now()
+      spawnSync(process.execPath, ['-e', '0'], { stdio: 'ignore' })
+      return performance.now() - t0
+    }))
+    const readAlone: number[] = []
+    for (let i = 0; i < 3; i++) readAlone.push(await registryReadMs(dirCold, COLD_N))
+    const read = Math.min(...readAlone)
+    const met = COLD_N >= 100_000 ? big < 500 : null // not judged on a smaller registry
     results.figures.push({
       name: 'cold start',
       workload: `\`edgewarden start\` (the real CLI, a new process) on a registry of ${fmt(COLD_N)} devices: from spawn to its \`ready\` line; best of ${COLD_ROUNDS}, taken in turn with the empty registry`,
       value: round(big, 0),
       unit: 'ms',
-      anchor: `empty registry: ${fmt(empty)} ms (so ${fmt(big - empty)} ms for the registry)`,
+      anchor: `empty registry: ${fmt(empty)} ms (so ${fmt(big - empty)} ms for the registry); Node's own start alone (\`node -e 0\`): ${fmt(nodeAlone)} ms; LevelDB's read of the ${fmt(COLD_N)} records alone: ${fmt(read)} ms (best of 3, in the benchmark's process)`,
       // issue 19's goal
       goal: `< 500 ms with 100,000 devices${COLD_N === 100_000 ? '' : ` (run here with ${fmt(COLD_N)})`}`,
-      met: COLD_N >= 100_000 ? big < 500 : null, // not judged on a smaller registry
-      detail: { devices: COLD_N, readyMs: round(big), emptyRegistryReadyMs: round(empty), registryMs: round(big - empty), roundsMs: bigs.map((x) => round(x, 0)), emptyRoundsMs: empties.map((x) => round(x, 0)) },
+      met,
+      ...(met === false
+        ? { bound: `of its ${fmt(big)} ms, ${fmt(empty)} are the start with no registry (Node's own start alone ${fmt(nodeAlone)}) and ${fmt(big - empty)} the registry, of which LevelDB's read of the records alone takes ${fmt(read)} ms; the rest (${fmt(Math.max(0, big - empty - read))} ms) is the registry's own code and the garbage collection of what the read made` }
+        : {}),
+      detail: { devices: COLD_N, readyMs: round(big), emptyRegistryReadyMs: round(empty), registryMs: round(big - empty), nodeAloneMs: round(nodeAlone), registryReadAloneMs: round(read), roundsMs: bigs.map((x) => round(x, 0)), emptyRoundsMs: empties.map((x) => round(x, 0)) },
     })
   })
   rmSync(dirCold, { recursive: true, force: true })
@@ -990,6 +1006,21 @@ async function controlPlaneFigures(results: BenchResults): Promise<void> {
       })
     }
   })
+}
+
+/** How long LevelDB takes to hand over every device record of `dataDir` (as the registry reads them at start), ms; checks it read `n`. */
+async function registryReadMs(dataDir: string, n: number): Promise<number> {
+  const store = await Store.open(dataDir)
+  try {
+    const t0 = performance.now()
+    let read = 0
+    for await (const batch of store.scanBatches(DEVICE_PREFIX, 5000)) read += batch.length
+    const ms = performance.now() - t0
+    if (read !== n) throw new Error(`read ${read} device records, not ${n}`)
+    return ms
+  } finally {
+    await store.close()
+  }
 }
 
 /** COLD_N enrolled devices for the cold-start registry (public keys only). */
