@@ -76,17 +76,22 @@ export function verifyAck(
   opts: {
     /** a token-key device's signature checked already, off the event loop (ackSigner) */
     pool?: PoolCheck
+    /** `input` as parseAck gave it (either algorithm): not parsed again where its alg is one this device may sign with */
+    parsed?: ParsedJws | null
   } = {},
 ): AckVerdict {
   const record = gw.registry.get(deviceId)
   const x509 = record !== undefined && credentialKind(record.spec) === 'x509'
   let jws
-  try {
-    // A certificate device signs with its certificate's key: ES256 for P-256 (PROTOCOL §5, §9)
-    jws = parseJws(input, x509 ? { algs: ['EdDSA', 'ES256'] } : {})
-  } catch (err) {
-    if (err instanceof JwsFormatError) return { ok: false, reason: `${err.reason}: ${err.message}` }
-    throw err
+  if (opts.parsed && (x509 || opts.parsed.header.alg === 'EdDSA')) jws = opts.parsed
+  else {
+    try {
+      // A certificate device signs with its certificate's key: ES256 for P-256 (PROTOCOL §5, §9)
+      jws = parseJws(input, x509 ? { algs: ['EdDSA', 'ES256'] } : {})
+    } catch (err) {
+      if (err instanceof JwsFormatError) return { ok: false, reason: `${err.reason}: ${err.message}` }
+      throw err
+    }
   }
   const c = jws.payload
   const ref = typeof c.ref === 'string' ? c.ref : undefined

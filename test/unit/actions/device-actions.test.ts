@@ -4,7 +4,9 @@
 import assert from 'node:assert/strict'
 import { test } from 'node:test'
 import { ManualClock } from '../../../agent/runtime/clock.ts'
-import { parseJws } from '../../../wire/jws.ts'
+import { jwsSigningInput, parseJws } from '../../../wire/jws.ts'
+import { b64urlEncode } from '../../../wire/base64url.ts'
+import { newJti } from '../../../wire/ids.ts'
 import { startTestAgent } from '../../helpers/agent.ts'
 import { ackFor, rekeyProof, testKey } from '../../helpers/device-keys.ts'
 
@@ -40,7 +42,14 @@ test('acks: forged, misaddressed and stray acks change nothing; a valid one sett
   assert.match((await refused(ackFor(dev.privateKey, 'd1', 'gw1', wipe.id, 'done'), 'd2'))!, /kid and iss/)
   assert.match((await refused(ackFor(dev.privateKey, 'd1', 'gw1', wipe.id, 'finished')))!, /status/)
   assert.match((await refused('not.a.jws'))!, /malformed/)
-  assert.equal(agent.actions.strayAcks, 7)
+  // ES256 is for certificate devices (PROTOCOL §9): a token device's ack with it is refused before any key is looked at,
+  // well formed and signed or not (the ack's first parse accepts either algorithm, to see whether it may settle something)
+  const es256 = (claims: Record<string, unknown>): string => {
+    const input = jwsSigningInput('d1', claims, 'ES256')
+    return `${input}.${b64urlEncode(new Uint8Array(64))}`
+  }
+  assert.match((await refused(es256({ iss: 'd1', aud: 'gw1', iat: gw.nowS(), jti: newJti('ack.'), ref: wipe.id, status: 'done' })))!, /bad-alg/)
+  assert.equal(agent.actions.strayAcks, 8)
 
   const good = ackFor(dev.privateKey, 'd1', 'gw1', wipe.id, 'done')
   assert.deepEqual(await agent.actions.ack('d1', good, 'test'), { ok: true })
