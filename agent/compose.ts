@@ -12,8 +12,7 @@ import type { SiteBroker } from '../protocols/mqtt/site-broker.ts'
 import { createOpcua } from '../protocols/opcua/index.ts'
 import type { OpcuaRelay } from '../protocols/opcua/relay.ts'
 import { ActionDispatcher } from './actions/action-dispatcher.ts'
-import { opTable, prepareOpArgs } from './commands/ops.ts'
-import { parseDeviceSpec } from './devices/device.ts'
+import { opTable, prepareValidators } from './commands/ops.ts'
 import { CommandProcessor } from './commands/processor.ts'
 import { CredentialLifecycle } from './devices/credentials.ts'
 import { DeviceActions } from './actions/device-actions.ts'
@@ -245,11 +244,7 @@ export async function startAgent(
       .then(() => {
         for (const u of gateway.registry.takeUnreadable()) log.error({ deviceId: u.id }, u.problem)
       })
-      .then(() => {
-        if (stopping) return
-        prepareOpArgs()
-        parseDeviceSpec({})
-      })
+      .then(() => (stopping ? undefined : prepareValidators()))
       .then(() => (stopping ? undefined : maintenance.tick()))
       .catch((err: unknown) => log.error({ err }, 'the first maintenance pass failed'))
     return {

@@ -86,10 +86,11 @@ function revocationSplit(samples: RevokeReply['samples'], asked: AccessRemovedRe
   const mean = (k: Part): number => slow.reduce((a, x) => a + x[k], 0) / slow.length
   const p = (k: Part): number => percentile(parts.map((x) => x[k]), 99)!
   const [total, before, inside, after] = [mean('total'), mean('before'), mean('inside'), mean('after')]
+  const p99s = { beforeAgent: p('before'), inAgent: p('inside'), afterClose: p('after') }
   const share = (ms: number): string => `${ms.toFixed(1)} ms (${Math.round((100 * ms) / total)} %)`
   const where = `${share(before)} before the command reached the agent, ${share(inside)} in the agent until the sessions were closed, ${share(after)} from there until the load generator saw the close`
   return {
-    words: `the ${slow.length} slowest (at or above the p99) took ${total.toFixed(1)} ms on average: ${where}; over all ${parts.length}, the p99 of each part: ${p('before').toFixed(2)}, ${p('inside').toFixed(2)} and ${p('after').toFixed(2)} ms`,
+    words: `the ${slow.length} slowest (at or above the p99) took ${total.toFixed(1)} ms on average: ${where}; over all ${parts.length}, the p99 of each part: ${p99s.beforeAgent.toFixed(2)}, ${p99s.inAgent.toFixed(2)} and ${p99s.afterClose.toFixed(2)} ms`,
     bound: `the ${slow.length} slowest took ${total.toFixed(1)} ms on average: ${where}`,
     detail: {
       samples: parts.length,
@@ -97,7 +98,7 @@ function revocationSplit(samples: RevokeReply['samples'], asked: AccessRemovedRe
       /** which samples they were, in the order sent (0: the first) */
       slowestAt: slow.map((x) => x.at),
       slowestMeanMs: { total: round(total, 3), beforeAgent: round(before, 3), inAgent: round(inside, 3), afterClose: round(after, 3) },
-      p99Ms: { beforeAgent: round(p('before'), 3), inAgent: round(p('inside'), 3), afterClose: round(p('after'), 3) },
+      p99Ms: { beforeAgent: round(p99s.beforeAgent, 3), inAgent: round(p99s.inAgent, 3), afterClose: round(p99s.afterClose, 3) },
     },
   }
 }
@@ -190,12 +191,6 @@ async function main(): Promise<BenchResults> {
   if (limit !== null && limit < N + 512) {
     throw new Error(`the open files limit is ${limit}: ${N} connections need at least ${N + 512} per process. Raise it (ulimit -n ${N + 1024}) or run with --devices ${Math.max(1, limit - 512)}`)
   }
-  // The cold start runs the real CLI, which runs dist/: built first, so it
-  // is the sources as they are (incremental: a few seconds when up to date).
-  const built = performance.now()
-  const build = spawnSync('npm', ['run', 'build'], { cwd: ROOT, encoding: 'utf8' })
-  if (build.status !== 0) throw new Error(`npm run build failed (${build.error?.message ?? `exit ${build.status}`}): ${(build.stdout + build.stderr).slice(-2000)}`)
-  log(`dist/ built (npm run build) in ${fmt(performance.now() - built)} ms`)
   const results: BenchResults = {
     version: 1,
     startedAt,
@@ -744,9 +739,12 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
   // broker → device socket closed by the agent, one device at a time; then
   // the same with the second core busy (a process spinning on it): the tail
   // a gateway shows when it is not alone on its machine.
+  /** `device.revoke` for each of `ids` in turn, through the central broker, as the load generator times them */
+  const revokeOneByOne = async (ids: string[]): Promise<RevokeReply> =>
+    (await gen({ op: 'revoke', cp: { url: central.url, site: SITE, gateway: GATEWAY, kid: 'bench', keyPem: cpPem }, ids, gapMs: 10, timeoutMs: 5000 }, 600_000)) as RevokeReply
   const revocation = async (o: { name: string; sample: string[]; warmUp: string[]; workload: (n: number) => string; goal: string; busy: boolean }): Promise<void> => {
     if (o.warmUp.length) {
-      const w = (await gen({ op: 'revoke', cp: { url: central.url, site: SITE, gateway: GATEWAY, kid: 'bench', keyPem: cpPem }, ids: o.warmUp, gapMs: 10, timeoutMs: 5000 }, 600_000)) as RevokeReply
+      const w = await revokeOneByOne(o.warmUp)
       if (w.timeouts) throw new Error(`${w.timeouts} of the ${o.warmUp.length} warm-up revocations did not close the socket within 5 s`)
     }
     const spinner = o.busy ? spawn(process.execPath, ['-e', 'for (;;) {}'], { stdio: 'ignore' }) : null
@@ -754,7 +752,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     let r: RevokeReply
     await hostRpc({ op: 'accessRemoved' }) // what came before is not this sample's
     try {
-      r = (await gen({ op: 'revoke', cp: { url: central.url, site: SITE, gateway: GATEWAY, kid: 'bench', keyPem: cpPem }, ids: o.sample, gapMs: 10, timeoutMs: 5000 }, 600_000)) as RevokeReply
+      r = await revokeOneByOne(o.sample)
     } finally {
       spinner?.kill('SIGKILL')
     }

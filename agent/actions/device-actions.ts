@@ -148,7 +148,7 @@ export class DeviceActions implements ActionSink {
       // inline against the keys it has now, and only those the pool did not try (an ack signed with a key proven by
       // the ack just before it, settled meanwhile, is the device's own)
       const pool = settles ? await ackSigner(this.#gw, deviceId, jws) : null
-      v = verifyAck(this.#gw, deviceId, payload, this.#keys, pool !== null ? { pool, parsed: jws } : { parsed: jws })
+      v = verifyAck(this.#gw, deviceId, payload, this.#keys, { parsed: jws, ...(pool !== null ? { pool } : {}) })
     } finally {
       if (waits) {
         release?.()

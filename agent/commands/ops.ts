@@ -52,14 +52,15 @@ export function opArgs(): ReturnType<typeof buildArgs> {
 }
 
 /**
- * Build the validators and run each once (on `{}`, which most refuse): zod
- * compiles an object's checks on its first parse. The agent calls this in
- * the background after it is ready; without it the first command after a
- * start paid ~5 ms for the building and ~1 ms for its op's first parse,
- * the first revocation's time among them.
+ * Build the validators, the ops' arguments and the device spec, and run each
+ * once (on `{}`, which most refuse): zod compiles an object's checks on its
+ * first parse. The agent calls this in the background after it is ready;
+ * without it the first command after a start paid ~5 ms for the building
+ * and ~1 ms for its op's first parse, the first revocation's time among them.
  */
-export function prepareOpArgs(): void {
+export function prepareValidators(): void {
   for (const schema of Object.values(opArgs())) schema.safeParse({})
+  parseDeviceSpec({})
 }
 
 /** Whether `op` names an op. */

@@ -3,7 +3,7 @@
 // criticality), and reports `credential.expiring` and `credential.expired`
 // once each per credential. Driven by the injected clock through tick().
 import type { DeviceActions } from '../actions/device-actions.ts'
-import { credentialKind, speaksMqtt, type DeviceRecord, type DeviceSpec } from './device.ts'
+import { credentialKind, speaksMqtt, type DeviceRecord } from './device.ts'
 import type { Gateway } from '../gateway.ts'
 import type { Logger } from '../observe/logger.ts'
 import { inService } from '../trust/rights.ts'
@@ -14,10 +14,7 @@ import { inService } from '../trust/rights.ts'
  * hook registers, and a fixed password cannot be renewed on the device
  * (§3): renewing them would only fail, so they are not tracked.
  */
-const renewable = (r: DeviceRecord): boolean => credentialKind(r.spec) !== 'password' && onOtherThanModbus(r.spec)
-
-/** protocolsOf(spec) holds one other than Modbus (without making the list: this is asked of every device on every pass) */
-const onOtherThanModbus = (spec: DeviceSpec): boolean => speaksMqtt(spec) || Boolean(spec.opcua)
+const renewable = (r: DeviceRecord): boolean => credentialKind(r.spec) !== 'password' && (speaksMqtt(r.spec) || Boolean(r.spec.opcua))
 
 export class CredentialLifecycle {
   readonly #gw: Gateway
@@ -42,27 +39,31 @@ export class CredentialLifecycle {
 
   async tick(nowS: number): Promise<void> {
     // those due a notice, found first without allocating: every device is looked at on every pass, few are due
-    const due: DeviceRecord[] = []
+    const due: string[] = []
     this.#gw.registry.forEach((r) => {
-      if (!inService(r.state) || !renewable(r)) return
-      const notice = this.noticeFor(r, nowS)
-      if (notice !== null && notice !== r.credentialNotice) due.push(r)
+      if (this.#dueNotice(r, nowS) !== null) due.push(r.spec.id)
     })
-    for (const r of due) {
+    for (const id of due) {
       // the record as it is now: an earlier report may have changed it
-      const now = this.#gw.registry.get(r.spec.id)
-      if (!now || !inService(now.state) || !renewable(now)) continue
-      const notice = this.noticeFor(now, nowS)
-      if (notice !== null && notice !== now.credentialNotice) await this.#report(now, notice, nowS)
+      const r = this.#gw.registry.get(id)
+      const notice = r && this.#dueNotice(r, nowS)
+      if (notice) await this.#report(r, notice, nowS)
     }
+  }
+
+  /** The notice a record is due at `nowS` and has not had yet, or null (also for a device not in service or not renewable). */
+  #dueNotice(r: DeviceRecord, nowS: number): NonNullable<DeviceRecord['credentialNotice']> | null {
+    if (!inService(r.state) || !renewable(r)) return null
+    const notice = this.noticeFor(r, nowS)
+    return notice !== r.credentialNotice ? notice : null
   }
 
   /** A device just connected: a credential that lapsed while it was away is renewed now, not at the next pass. */
   async deviceReady(deviceId: string): Promise<void> {
     const r = this.#gw.registry.get(deviceId)
-    if (!r || !inService(r.state) || !renewable(r)) return
-    const notice = this.noticeFor(r, this.#gw.nowS())
-    if (notice !== null && notice !== r.credentialNotice) await this.#report(r, notice, this.#gw.nowS())
+    const nowS = this.#gw.nowS()
+    const notice = r && this.#dueNotice(r, nowS)
+    if (notice) await this.#report(r, notice, nowS)
   }
 
   async #report(r: DeviceRecord, notice: NonNullable<DeviceRecord['credentialNotice']>, nowS: number): Promise<void> {

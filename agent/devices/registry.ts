@@ -91,7 +91,7 @@ export class Registry {
 
   /** `visit` each record, as values() gives them, without an object made per record (for the passes over every device). */
   forEach(visit: (r: DeviceRecord) => void): void {
-    if (this.#unparsed === 0) return (this.#devices as Map<string, DeviceRecord>).forEach((r) => visit(r))
+    if (this.#unparsed === 0) return (this.#devices as Map<string, DeviceRecord>).forEach(visit)
     for (const r of this.#parsingValues()) visit(r)
   }
 

@@ -9,6 +9,7 @@
 import { createPrivateKey, createPublicKey, randomBytes, webcrypto, X509Certificate, type KeyObject } from 'node:crypto'
 import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { BoundedMap } from '../runtime/bounded-map.ts'
 import { EdgewardenError } from '../runtime/errors.ts'
 import { readPrivateKeyFile, writePrivateKeyFile } from '../store/keys.ts'
 
@@ -353,8 +354,8 @@ export class SiteCa {
     return { issuer: await this.#issuerCert(), key: await this.#signer() }
   }
 
-  /** the CAs devices may chain to and their keys, parsed once (admission asks on every certificate connect) */
-  #trusted: { certs: X509Certificate[]; keys: KeyObject[] } | null = null
+  /** the CAs devices may chain to and their keys, parsed on first use (admission asks on every certificate connect) */
+  #trusted: { cert: X509Certificate; key: KeyObject }[] | null = null
   /**
    * Certificates found issued already, by the SHA-256 of their DER: a device
    * reconnects with the same certificate, and each check is a signature
@@ -364,19 +365,18 @@ export class SiteCa {
    * make, while anyone can present a new self-signed one on every connect.
    * Bounded: the oldest goes first.
    */
-  readonly #issued = new Set<string>()
+  readonly #issued = new BoundedMap<string, true>(ISSUED_MEMO_MAX)
 
   /** Whether `cert` was issued by one of the CAs devices may chain to (its signature checks). */
   issued(cert: X509Certificate): boolean {
     const fingerprint = cert.fingerprint256
-    if (this.#issued.has(fingerprint)) return true
-    const t = (this.#trusted ??= (() => {
-      const certs = this.trustPem.map((p) => new X509Certificate(p))
-      return { certs, keys: certs.map((c) => c.publicKey) }
-    })())
-    if (!t.certs.some((ca, i) => cert.checkIssued(ca) && cert.verify(t.keys[i]!))) return false
-    if (this.#issued.size >= ISSUED_MEMO_MAX) this.#issued.delete(this.#issued.values().next().value!)
-    this.#issued.add(fingerprint)
+    if (this.#issued.get(fingerprint)) return true
+    this.#trusted ??= this.trustPem.map((pem) => {
+      const ca = new X509Certificate(pem)
+      return { cert: ca, key: ca.publicKey }
+    })
+    if (!this.#trusted.some((ca) => cert.checkIssued(ca.cert) && cert.verify(ca.key))) return false
+    this.#issued.set(fingerprint, true)
     return true
   }
 }

@@ -4,29 +4,21 @@
 // key is no issuer, on the first question and on every one after. (That
 // the memo saves the signature check is the benchmark's to show.)
 import assert from 'node:assert/strict'
-import { execFileSync } from 'node:child_process'
 import { X509Certificate } from 'node:crypto'
-import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { SiteCa } from '../../../agent/pki/ca.ts'
+import { certificateRequest, generateCertKey } from '../../../firmware-hooks/x509-keys.ts'
 import { tempDir } from '../../helpers/agent.ts'
 
 const NOW = Math.floor(Date.now() / 1000)
-
-/** A CSR for `id`, made by openssl (a P-256 key), as DER. */
-function csrFor(dir: string, id: string): Uint8Array {
-  const out = join(dir, `${id}.csr`)
-  execFileSync('openssl', ['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', join(dir, `${id}.key`), '-subj', `/CN=${id}`, '-outform', 'DER', '-out', out], { stdio: 'ignore' })
-  return readFileSync(out)
-}
 
 test('issued(): the site CA\'s own certificates yes, those of a CA with the same name and another key no, asked once or many times', async (t) => {
   const dir = tempDir(t)
   // two CAs made alike: the same site and gateway, so the same subject name
   const [a, b] = await Promise.all(['a', 'b'].map((d) => SiteCa.open({ dataDir: join(dir, d), site: 'site1', gateway: 'gw1', nowS: NOW })))
   assert.equal(a!.certificate.subject, b!.certificate.subject)
-  const issue = async (ca: SiteCa, id: string) => new X509Certificate((await ca.issueDevice({ deviceId: id, csr: await ca.parseCsr(csrFor(dir, id)), lifetimeS: 3600, nowS: NOW })).pem)
+  const issue = async (ca: SiteCa, id: string) => new X509Certificate((await ca.issueDevice({ deviceId: id, csr: await ca.parseCsr(await certificateRequest(await generateCertKey('P-256'), id)), lifetimeS: 3600, nowS: NOW })).pem)
   const ofA = await issue(a!, 'cam-a')
   const ofB = await issue(b!, 'cam-b')
   for (let i = 0; i < 3; i++) {
