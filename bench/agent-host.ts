@@ -12,12 +12,12 @@
 //   and the agent's event-loop delay over the same time (a stall there
 //   delays a command before the agent has it).
 // Memory is answered by bench/probe.mjs (preloaded by the benchmark).
-import { constants as perfConstants, monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks'
 import { parseArgs } from 'node:util'
 import { startAgent } from '../agent/compose.ts'
 import { flagsToKeys, startFlagOptions } from '../agent/cli/start.ts'
 import { loadConfig } from '../agent/runtime/config.ts'
 import { createLogger } from '../agent/observe/logger.ts'
+import { watchLoop, type GcWindow, type LoopWindow } from './loop-watch.ts'
 
 export interface AccessRemovedReply {
   accessRemovedMs: number[]
@@ -26,9 +26,9 @@ export interface AccessRemovedReply {
   /** epoch ms when each command since the last ask reached the agent (its uplink handed it to the command processor) */
   commandsArrivedAt: number[]
   /** the event loop's delay since the last ask (null on the first) */
-  loopDelayMs: { p99: number; max: number } | null
+  loopDelayMs: LoopWindow['loopDelayMs'] | null
   /** the garbage collections (pauses of the main thread) since the last ask, by kind: how many, and the longest (null on the first) */
-  gc: { scavenges: number; scavengeMaxMs: number; markCompacts: number; markCompactMaxMs: number; otherMaxMs: number } | null
+  gc: GcWindow | null
 }
 
 /** events waiting for the central broker when asked, those left at the end, and how long it took */
@@ -66,27 +66,8 @@ const ackWaiters = new Set<() => void>()
 let accessRemoved: number[] = []
 let closedAt: AccessRemovedReply['closedAt'] = {}
 let commandsArrivedAt: number[] = []
-let loopDelay: ReturnType<typeof monitorEventLoopDelay> | null = null
-type GcWindow = NonNullable<AccessRemovedReply['gc']>
-const newGcWindow = (): GcWindow => ({ scavenges: 0, scavengeMaxMs: 0, markCompacts: 0, markCompactMaxMs: 0, otherMaxMs: 0 })
-let gcWindow: GcWindow | null = null
-/** when the window began: an entry is delivered after its collection, so one from before may arrive in the new window */
-let gcWindowStart = 0
-new PerformanceObserver((list) => {
-  const w = gcWindow
-  if (!w) return
-  for (const e of list.getEntries()) {
-    if (e.startTime < gcWindowStart) continue
-    const kind = (e as unknown as { detail?: { kind?: number } }).detail?.kind
-    if (kind === perfConstants.NODE_PERFORMANCE_GC_MINOR) {
-      w.scavenges++
-      w.scavengeMaxMs = Math.max(w.scavengeMaxMs, e.duration)
-    } else if (kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) {
-      w.markCompacts++
-      w.markCompactMaxMs = Math.max(w.markCompactMaxMs, e.duration)
-    } else w.otherMaxMs = Math.max(w.otherMaxMs, e.duration)
-  }
-}).observe({ entryTypes: ['gc'] })
+/** the window since the last accessRemoved (none before the first) */
+let loopWindow: ReturnType<typeof watchLoop> | null = null
 // Where a revocation's time goes, read at two points of the agent's own
 // path (observation only: a timestamp each): the command handed to the
 // processor, which the uplink calls on the instance for every message, and
@@ -135,15 +116,12 @@ async function handle(req: HostRequest): Promise<unknown> {
     case 'acks':
       return { acks, lastAt } satisfies AcksReply
     case 'accessRemoved': {
-      const out: AccessRemovedReply = { accessRemovedMs: accessRemoved, closedAt, commandsArrivedAt, loopDelayMs: loopDelay ? { p99: loopDelay.percentile(99) / 1e6, max: loopDelay.max / 1e6 } : null, gc: gcWindow }
+      const w = loopWindow?.end() ?? null
+      const out: AccessRemovedReply = { accessRemovedMs: accessRemoved, closedAt, commandsArrivedAt, loopDelayMs: w?.loopDelayMs ?? null, gc: w?.gc ?? null }
       accessRemoved = []
       closedAt = {}
       commandsArrivedAt = []
-      gcWindow = newGcWindow()
-      gcWindowStart = performance.now()
-      loopDelay?.disable()
-      loopDelay = monitorEventLoopDelay({ resolution: 1 })
-      loopDelay.enable()
+      loopWindow = watchLoop()
       return out
     }
     case 'drainOutbox': {

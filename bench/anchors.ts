@@ -3,7 +3,7 @@
 // `edgewarden start`), the bare-aedes anchor, Mosquitto (as the anchor and
 // as the central broker of the uplink), and the load generator. Every
 // process started here is registered and killed by `Procs.stopAll()`.
-import { spawn, type ChildProcess } from 'node:child_process'
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process'
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { verify as nodeVerify } from 'node:crypto'
 import { connect } from 'node:net'
@@ -11,6 +11,7 @@ import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 export { freePort } from '../simulators/ports.ts'
+import type { CpuProfile } from './profile.ts'
 import { freePort } from '../simulators/ports.ts'
 import { generateKeyPair, signBytes } from '../agent/store/keys.ts'
 
@@ -144,6 +145,9 @@ export interface Broker extends Child {
   ready: Record<string, unknown>
   /** process.memoryUsage() after GC and V8's heap spaces, from bench/probe.mjs (brokers started with probe: true) */
   memory(): Promise<NodeJS.MemoryUsage & { statusRss: number | null; spaces: HeapSpaces }>
+  /** V8's CPU profiler in the broker (bench/probe.mjs): started, then stopped with the profile of the window */
+  profile(what: 'start'): Promise<void>
+  profile(what: 'stop'): Promise<CpuProfile>
 }
 
 /** V8's heap spaces by name (new_space, old_space, …): bytes reserved and in use */
@@ -174,6 +178,15 @@ export function readyLine(child: Child, timeoutMs: number, onTimeout: () => Erro
   })
 }
 
+/** taskset, which confines a process to some cores (util-linux), where installed */
+export const TASKSET: string | null = ['/usr/bin/taskset', '/bin/taskset'].find((p) => existsSync(p)) ?? null
+
+const spawnOpts = (opts: { probe?: boolean; env?: NodeJS.ProcessEnv }): SpawnOptions => ({
+  cwd: ROOT,
+  env: { ...process.env, ...opts.env },
+  stdio: ['ignore', 'pipe', 'pipe', ...(opts.probe ? (['ipc'] as const) : [])],
+})
+
 /**
  * A node broker (the agent's CLI or bench/bare-aedes.ts) that prints a JSON
  * `ready` line with `mqtt.mqtt` as its port (`mqtt.mqtts` with `listener:
@@ -185,17 +198,15 @@ export async function spawnNodeBroker(
   name: string,
   script: string,
   args: string[],
-  opts: { probe?: boolean; nodeFlags?: string[]; timeoutMs?: number; env?: NodeJS.ProcessEnv; listener?: 'mqtt' | 'mqtts' } = {},
+  opts: { probe?: boolean; nodeFlags?: string[]; timeoutMs?: number; env?: NodeJS.ProcessEnv; listener?: 'mqtt' | 'mqtts'; cpus?: string } = {},
 ): Promise<Broker> {
   const flags = [...(opts.nodeFlags ?? [])]
   if (opts.probe) flags.push('--expose-gc', '--import', join(ROOT, 'bench', 'probe.mjs'))
   if (script.endsWith('.ts')) flags.push('--import', 'tsx')
   const started = performance.now()
-  const proc = spawn(process.execPath, [...flags, script, ...args], {
-    cwd: ROOT,
-    env: { ...process.env, ...opts.env },
-    stdio: ['ignore', 'pipe', 'pipe', ...(opts.probe ? (['ipc'] as const) : [])],
-  })
+  // `cpus`: the process confined to those cores (taskset execs node, so the pid is node's)
+  const argv = [...flags, script, ...args]
+  const proc = opts.cpus === undefined ? spawn(process.execPath, argv, spawnOpts(opts)) : spawn(TASKSET!, ['-c', opts.cpus, process.execPath, ...argv], spawnOpts(opts))
   const child = procs.add(name, proc)
   const ready = await readyLine(
     child,
@@ -216,6 +227,20 @@ export async function spawnNodeBroker(
     pid: proc.pid!,
     readyMs,
     ready,
+    profile: ((what: 'start' | 'stop') =>
+      new Promise<CpuProfile | undefined>((resolve, reject) => {
+        if (!opts.probe) return reject(new TypeError(`${name} runs without the probe`))
+        const timer = setTimeout(() => reject(new Error(`${name}: no answer to profile-${what}`)), 30_000)
+        const on = (m: { profiling?: boolean; profile?: CpuProfile; profileError?: string }): void => {
+          if (m.profiling === undefined && m.profile === undefined && m.profileError === undefined) return
+          clearTimeout(timer)
+          proc.off('message', on)
+          if (m.profileError !== undefined) reject(new Error(`${name}: ${m.profileError}`))
+          else resolve(m.profile)
+        }
+        proc.on('message', on)
+        proc.send(`profile-${what}`)
+      })) as Broker['profile'],
     memory: () =>
       new Promise((resolve, reject) => {
         if (!opts.probe) return reject(new TypeError(`${name} runs without the memory probe`))

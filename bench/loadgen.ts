@@ -23,6 +23,7 @@ import { ControlPlane } from '../simulators/control-plane.ts'
 import { utf8 } from '../wire/base64url.ts'
 import { newJti } from '../wire/ids.ts'
 import { assembleJws, jwsSigningInput, parseJws } from '../wire/jws.ts'
+import { watchLoop, type LoopWindow } from './loop-watch.ts'
 import { CONNACK, connectPacket, DISCONNECT, PacketReader, PUBACK, PUBLISH, publishPacket, pubackPacket, readPublish, SUBACK, subscribePacket } from './mqtt-wire.ts'
 
 export interface LoadDevice {
@@ -82,6 +83,8 @@ export interface RevokeReply {
   /** each sample's device and when (epoch ms, timeOrigin + now, as the agent host reads it) its command was published and its socket was seen closed */
   samples: { id: string; publishedAt: number; seenClosedAt: number }[]
   timeouts: number
+  /** the load generator's own event loop and garbage collection over the window (from the first publish to the last close seen) */
+  loop: LoopWindow
 }
 
 interface Conn {
@@ -287,6 +290,7 @@ class LoadGenerator {
     const brokerAckMs: number[] = []
     const samples: RevokeReply['samples'] = []
     let timeouts = 0
+    const watch = watchLoop()
     try {
       for (const id of ids) {
         const conn = this.#conns.get(id)
@@ -313,7 +317,7 @@ class LoadGenerator {
     } finally {
       await cp.close()
     }
-    return { latenciesMs, brokerAckMs, samples, timeouts }
+    return { latenciesMs, brokerAckMs, samples, timeouts, loop: watch.end() }
   }
 
   get connectedCount(): number {

@@ -1,13 +1,47 @@
 // Preloaded (node --expose-gc --import ./bench/probe.mjs) into a broker the
 // benchmark measures: on the IPC message "memory" it collects garbage and
 // answers process.memoryUsage(), so resident memory is compared after GC
-// in both brokers, not at a random point of their heaps' growth. Plain JS so
-// the agent starts exactly as in production (no extra loader).
+// in both brokers, not at a random point of their heaps' growth; on
+// "profile-start" and "profile-stop" it runs V8's sampling CPU profiler over
+// a window of the run (through node:inspector, in this process) and answers
+// the profile, which the benchmark summarises (bench/profile.ts). Plain JS
+// so the agent starts exactly as in production (no extra loader).
+import { Session } from 'node:inspector'
 import { getHeapSpaceStatistics } from 'node:v8'
+
+/** V8's sampling interval, µs: a sample a millisecond, as `--cpu-prof` takes */
+const PROFILE_INTERVAL_US = 1000
+let session = null
+
+const post = (method, params = {}) =>
+  new Promise((resolve, reject) => session.post(method, params, (err, result) => (err ? reject(err) : resolve(result))))
+
+async function profile(m) {
+  if (m === 'profile-start') {
+    session = new Session()
+    session.connect()
+    await post('Profiler.enable')
+    await post('Profiler.setSamplingInterval', { interval: PROFILE_INTERVAL_US })
+    await post('Profiler.start')
+    return { profiling: true }
+  }
+  if (!session) throw new Error('no profile started')
+  const { profile } = await post('Profiler.stop')
+  session.disconnect()
+  session = null
+  return { profile }
+}
 
 if (process.send) {
   process.channel?.unref()
   process.on('message', (m) => {
+    if (m === 'profile-start' || m === 'profile-stop') {
+      profile(m).then(
+        (r) => process.send(r),
+        (err) => process.send({ profileError: String(err) }),
+      )
+      return
+    }
     if (m !== 'memory') return
     for (let i = 0; i < 3; i++) globalThis.gc?.()
     // Let freed pages go back before reading RSS, with the main thread held

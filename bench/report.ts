@@ -2,6 +2,7 @@
 // the product checked against them, the table printed and written into
 // docs/performance.md between two marker comments, so a rerun refreshes it.
 import { readFileSync, renameSync, writeFileSync } from 'node:fs'
+import { renderProfile, type ProfileSummary } from './profile.ts'
 
 export interface Figure {
   /** short name: admission, revocation, ... */
@@ -18,6 +19,8 @@ export interface Figure {
   met: boolean | null
   /** where the goal is not met: the most this run's CPU per item would allow on this machine, or that the CPU is not what stops it (shown in the Met column) */
   bound?: string
+  /** V8's CPU profile of the measured process over the timed window, summarised (bench/profile.ts) */
+  profiles?: ProfileSummary[]
   /** everything else measured for this figure */
   detail: Record<string, unknown>
 }
@@ -63,6 +66,15 @@ export function renderTable(r: BenchResults): string {
     `Run ${r.startedAt} – ${r.finishedAt}${r.quick ? ' (--quick)' : ''}: ${r.devices.toLocaleString('en-US')} devices, cold start with ${r.coldStartDevices.toLocaleString('en-US')}; ` +
       `${m.cpus} × ${m.cpuModel}, Node ${m.node}${m.nodeFlags?.length ? ` (the agent with \`${m.nodeFlags.join(' ')}\` as deployed, the anchors on Node's defaults)` : ''}, ${m.platform}, Mosquitto ${m.mosquitto ?? 'not installed'}, open files limit ${m.fdLimit ?? 'unknown'}.`,
   ]
+  const profiled = r.figures.filter((f) => f.profiles?.length)
+  if (profiled.length) {
+    lines.push(
+      '',
+      "Where each profiled figure's time went: V8's sampling CPU profiler (a sample a millisecond) in the measured process over the timed window (the cold start's from spawn to `ready`); shares of the samples, by kind and then the functions with the most time of their own:",
+      '',
+      ...profiled.flatMap((f) => f.profiles!.map((p) => `- **${f.name}**: ${cell(renderProfile(p))}`)),
+    )
+  }
   if (r.errors.length) lines.push('', 'Workloads that failed in this run:', '', ...r.errors.map((e) => `- ${e.name}: ${cell(e.error.split('\n')[0] ?? '')}`))
   return lines.join('\n')
 }

@@ -20,14 +20,15 @@ import { DEVICE_PREFIX } from '../agent/devices/registry.ts'
 import { ControlPlane, TERMINAL } from '../simulators/control-plane.ts'
 import { runControlPlaneBench } from './control-plane.ts'
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus } from 'node:os'
 import { join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
-import { cpuMsOf, MOSQUITTO, otherThreadsMs, threadCpuMsOf, verifyCostUs, Procs, ROOT, spawnNodeBroker, startMosquitto, type Broker, type HeapSpaces } from './anchors.ts'
+import { cpuMsOf, MOSQUITTO, otherThreadsMs, threadCpuMsOf, verifyCostUs, Procs, ROOT, spawnNodeBroker, startMosquitto, TASKSET, type Broker, type HeapSpaces } from './anchors.ts'
 import type { AccessRemovedReply, AcksReply, DrainReply, HostRequest, RetireReply } from './agent-host.ts'
 import type { ConnectReply, LoadRequest, RevokeReply, TlsMode } from './loadgen.ts'
 import { makeDevices, prepareCertDevices, prepareDataDir, deviceId, type BenchDevice } from './prepare.ts'
+import { summariseProfile, type CpuProfile, type ProfileSummary } from './profile.ts'
 import { cpuCeiling, percentile, renderTable, round, writeAtomically, writeDocsTable, type BenchResults, type CpuCeiling, type Figure } from './report.ts'
 
 const { values: flags } = parseArgs({
@@ -40,6 +41,7 @@ const { values: flags } = parseArgs({
     docs: { type: 'string' },
     'no-docs': { type: 'boolean' },
     'no-control-plane': { type: 'boolean' },
+    'no-profile': { type: 'boolean' },
     json: { type: 'boolean' },
   },
   strict: true,
@@ -56,6 +58,8 @@ const N = positiveInt('devices', flags.devices, QUICK ? 1000 : 10_000)
 const COLD_N = positiveInt('cold-start-devices', flags['cold-start-devices'], QUICK ? 10_000 : 100_000)
 const OUT = resolve(flags.out ?? (QUICK ? join(ROOT, '.bench-scratch', 'results.quick.json') : join(ROOT, 'bench', 'results.json')))
 const DOCS = flags['no-docs'] ? null : flags.docs ? resolve(flags.docs) : QUICK ? null : join(ROOT, 'docs', 'performance.md')
+/** V8's sampling profiler over each timed window of the agent (and of bare aedes in admission), summarised beside the table */
+const PROFILE = flags['no-profile'] !== true
 const SITE = 'bench'
 const GATEWAY = 'gw-bench'
 /** "2 scavenges (the longest 9.9 ms)", "no mark-compact" */
@@ -135,6 +139,20 @@ const TLS_ROUNDS = 2
 
 const log = (s: string): void => void process.stderr.write(`bench: ${s}\n`)
 const fmt = (n: number): string => Math.round(n).toLocaleString('en-US')
+
+/** `fn` run with `b` profiled over it (unless --no-profile): its result, and the profile summarised as `of` */
+async function profiled<T>(b: Broker, of: string, fn: () => Promise<T>): Promise<[T, ProfileSummary | null]> {
+  if (!PROFILE) return [await fn(), null]
+  await b.profile('start')
+  let out: T
+  try {
+    out = await fn()
+  } catch (err) {
+    await b.profile('stop').catch(() => {})
+    throw err
+  }
+  return [out, summariseProfile(await b.profile('stop'), of, ROOT)]
+}
 
 /** Request/answer over a child's IPC channel. */
 function rpc<Req>(proc: ChildProcess, name: string): (req: Req, timeoutMs?: number) => Promise<unknown> {
@@ -260,8 +278,8 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
   // Cold start first, while nothing else runs: the real CLI, spawn to `ready`.
   await attempt(results, 'cold start', async () => {
     const cli = join(ROOT, 'bin', 'edgewarden.js')
-    const once = async (dir: string): Promise<number> => {
-      const b = await spawnNodeBroker(procs, 'cold-start agent', cli, ['start', '--data-dir', dir, '--site', SITE, '--gateway', GATEWAY, '--mqtt-host', '127.0.0.1', '--mqtt-port', '0', '--log-level', 'info'], { nodeFlags: [...DEPLOYED_NODE_FLAGS] })
+    const once = async (dir: string, extraFlags: string[] = []): Promise<number> => {
+      const b = await spawnNodeBroker(procs, 'cold-start agent', cli, ['start', '--data-dir', dir, '--site', SITE, '--gateway', GATEWAY, '--mqtt-host', '127.0.0.1', '--mqtt-port', '0', '--log-level', 'info'], { nodeFlags: [...DEPLOYED_NODE_FLAGS, ...extraFlags] })
       if (b.ready.devices !== undefined && b.ready.devices !== (dir === dirCold ? COLD_N : 0)) throw new Error(`the agent reported ${String(b.ready.devices)} devices`)
       await b.stop()
       return b.readyMs
@@ -287,6 +305,17 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     const readAlone: number[] = []
     for (let i = 0; i < 3; i++) readAlone.push(await registryReadMs(dirCold, COLD_N))
     const read = Math.min(...readAlone)
+    // One more start on the big registry, profiled (`--cpu-prof`, written when it exits), not counted in the
+    // figure: its profile up to `ready`, which it reaches about Node's own start after the profile began.
+    let profile: ProfileSummary | null = null
+    if (PROFILE) {
+      const dir = join(scratch, 'cold-profile')
+      const ms = await once(dirCold, ['--cpu-prof', `--cpu-prof-dir=${dir}`])
+      const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'))
+      if (!file) throw new Error(`the profiled start wrote no profile into ${dir}`)
+      const upTo = Math.max(0, ms - nodeAlone)
+      profile = summariseProfile(JSON.parse(readFileSync(join(dir, file), 'utf8')) as CpuProfile, `the CLI, a start of its own with \`--cpu-prof\` (${fmt(ms)} ms to ready), its first ${fmt(upTo)} ms`, ROOT, { toUs: upTo * 1000 })
+    }
     const met = COLD_N >= 100_000 ? big < 500 : null // not judged on a smaller registry
     results.figures.push({
       name: 'cold start',
@@ -300,6 +329,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
       ...(met === false
         ? { bound: `of its ${fmt(big)} ms, ${fmt(empty)} are the start with no registry (Node's own start alone ${fmt(nodeAlone)}) and ${fmt(big - empty)} the registry, of which LevelDB's read of the records alone takes ${fmt(read)} ms; the rest (${fmt(Math.max(0, big - empty - read))} ms) is the registry's own code and the garbage collection of what the read made` }
         : {}),
+      ...(profile ? { profiles: [profile] } : {}),
       detail: { devices: COLD_N, readyMs: round(big), emptyRegistryReadyMs: round(empty), registryMs: round(big - empty), nodeAloneMs: round(nodeAlone), registryReadAloneMs: round(read), roundsMs: bigs.map((x) => round(x, 0)), emptyRoundsMs: empties.map((x) => round(x, 0)) },
     })
   })
@@ -564,8 +594,9 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
   /** CPU used in the timed admission windows, ms: the broker (all threads, and its event loop alone) and the load generator */
   type AdmissionCpu = { connects: number; elapsedMs: number; brokerMainMs: number; brokerMs: number; loadGeneratorMs: number; otherThreadsMs: number[] }
   const admissionCpu: { agent: AdmissionCpu | null; aedes: AdmissionCpu | null } = { agent: null, aedes: null }
+  const admissionProfiles: ProfileSummary[] = []
   const youngSize = (sp: HeapSpaces): number => (sp['new_space']?.size ?? 0) + (sp['new_large_object_space']?.size ?? 0)
-  const admitInHalves = async (b: Broker, who: string): Promise<{ rate: number; mem: Mem; cpu: AdmissionCpu | null }> => {
+  const admitInHalves = async (b: Broker, who: string): Promise<{ rate: number; mem: Mem; cpu: AdmissionCpu | null; profile: ProfileSummary | null }> => {
     const idle = await b.memory() // after the warm-up: every broker measured warm
     const cpu: AdmissionCpu = { connects: 0, elapsedMs: 0, brokerMainMs: 0, brokerMs: 0, loadGeneratorMs: 0, otherThreadsMs: [] }
     const threadMs = new Map<number, number>()
@@ -589,10 +620,12 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     }
     const first = await timedHalf(ids.slice(0, N >> 1))
     const half = await b.memory()
-    const second = await timedHalf(ids.slice(N >> 1))
+    // the second half profiled (the memory reads' forced collections kept out of it)
+    const [second, profile] = await profiled(b, `${who}, over the second timed half`, () => timedHalf(ids.slice(N >> 1)))
     const connected = await b.memory()
     cpu.otherThreadsMs = [...threadMs.values()]
     return {
+      profile,
       cpu: cpuKnown ? cpu : null,
       rate: ((first.connected + second.connected) / (first.elapsedMs + second.elapsedMs)) * 1000,
       mem: {
@@ -615,6 +648,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     admission.aedes = r.rate
     memory.aedes = r.mem
     admissionCpu.aedes = r.cpu
+    if (r.profile) admissionProfiles.push(r.profile)
     await gen({ op: 'disconnect', ids: 'all' })
     await aedes.stop()
     log(`bare aedes: ${fmt(admission.aedes)} connects/s`)
@@ -630,10 +664,53 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     })
   }
 
+  const agentArgs = ['--data-dir', dirA, '--site', SITE, '--gateway', GATEWAY, '--mqtt-host', '127.0.0.1', '--mqtt-port', '0', '--log-level', 'warn', '--uplink', central.url, '--cp-key', `bench=${cpPub}`]
+  // The one-core path (issue 19): the agent as it runs on a gateway of one
+  // core, where its crypto pool has no worker and every verify runs on the
+  // event loop, next to bare aedes on the same core; each confined to core 0
+  // (taskset), the load generator free on the others. Its row goes after the
+  // admission figure's.
+  let oneCoreFigure: Figure | null = null
+  if (TASKSET && cpus().length >= 2) {
+    await attempt(results, 'admission on one core', async () => {
+      const run = async (who: string, script: string, args: string[], nodeFlags: readonly string[]): Promise<{ rate: number; cpuUs: number | null }> => {
+        const b = await spawnNodeBroker(procs, `${who} (one core)`, script, args, { nodeFlags: [...nodeFlags], cpus: '0' })
+        try {
+          await warmUp(b.port)
+          const c0 = cpuMsOf(b.pid)
+          const r = await connect(b.port, ids, ADMISSION_CONCURRENCY)
+          const c1 = cpuMsOf(b.pid)
+          const rate = admissionRate(r, `${who} (one core)`)
+          await gen({ op: 'disconnect', ids: 'all' })
+          return { rate, cpuUs: c0 !== null && c1 !== null && r.connected ? ((c1 - c0) * 1000) / r.connected : null }
+        } finally {
+          await b.stop()
+        }
+      }
+      const aedes = await run('bare aedes', join(ROOT, 'bench', 'bare-aedes.ts'), [], [])
+      const agentRun = await run('agent', join(ROOT, 'bench', 'agent-host.ts'), agentArgs, AGENT_NODE_FLAGS)
+      const ratio = agentRun.rate / aedes.rate
+      const verifyUs = verifyCostUs()
+      // on one core the verify is on the same core as everything else: bare aedes' connect with it added
+      const verifyRatio = aedes.cpuUs !== null ? aedes.cpuUs / (aedes.cpuUs + verifyUs) : null
+      const us = (x: number | null): string => (x === null ? '–' : fmt(x))
+      oneCoreFigure = {
+        name: 'admission on one core',
+        workload: `as admission, each broker confined to one core (\`taskset -c 0\`), the load generator free on the other${cpus().length > 2 ? 's' : ''}: the agent with its defaults, so its crypto pool has no worker (one less than the cores it may use) and every verify runs on its event loop; value: agent ÷ bare aedes on the same core`,
+        value: round(ratio, 3),
+        unit: '× bare aedes',
+        anchor: `agent ${fmt(agentRun.rate)} connects/s, bare aedes ${fmt(aedes.rate)}/s, both on one core; CPU per connect: agent ${us(agentRun.cpuUs)} µs, bare aedes ${us(aedes.cpuUs)} µs; one Ed25519 verify ${fmt(verifyUs)} µs, which on top of bare aedes' connect alone would allow ${verifyRatio === null ? '–' : verifyRatio.toFixed(2)} ×`,
+        goal: 'none set (issue 19: the one-core path measured)',
+        met: null,
+        detail: { connectsPerS: { agent: round(agentRun.rate), bareAedes: round(aedes.rate) }, cpuPerConnectUs: { agent: agentRun.cpuUs && round(agentRun.cpuUs, 1), bareAedes: aedes.cpuUs && round(aedes.cpuUs, 1) }, verifyUs: round(verifyUs, 1), verifyOnlyRatio: verifyRatio && round(verifyRatio, 3) },
+      }
+      log(`one core: agent ${fmt(agentRun.rate)} connects/s, bare aedes ${fmt(aedes.rate)}/s`)
+    })
+  }
+
   // measured here, while no agent runs; its row goes after the admission figure's
   const tlsFigures = await measureTls()
 
-  const agentArgs = ['--data-dir', dirA, '--site', SITE, '--gateway', GATEWAY, '--mqtt-host', '127.0.0.1', '--mqtt-port', '0', '--log-level', 'warn', '--uplink', central.url, '--cp-key', `bench=${cpPub}`]
   let agent: Broker | null = null
   let host: ((req: HostRequest, timeoutMs?: number) => Promise<unknown>) | null = null
   await attempt(results, 'agent admission', async () => {
@@ -644,6 +721,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     admission.agent = r.rate
     memory.agent = r.mem
     admissionCpu.agent = r.cpu
+    if (r.profile) admissionProfiles.unshift(r.profile)
     log(`agent: ${fmt(admission.agent)} connects/s`)
   })
   if (admission.agent !== null || admission.aedes !== null) {
@@ -685,9 +763,11 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
       goal: '≥ 0.9 × bare aedes',
       met: ratio === null ? null : ratio >= 0.9,
       ...(bound ? { bound } : {}),
+      ...(admissionProfiles.length ? { profiles: admissionProfiles } : {}),
       detail: { connectsPerS: { agent: admission.agent && round(admission.agent), bareAedes: admission.aedes && round(admission.aedes), mosquitto: admission.mosquitto && round(admission.mosquitto) }, concurrency: ADMISSION_CONCURRENCY, cpuPerConnect: { agent: cpuA, bareAedes: cpuB, cores, ratio: cpuRatio && round(cpuRatio, 3), verifyUs: round(verifyUs, 1), verifyOnlyRatio: verifyRatio && round(verifyRatio, 3) }, cpuMs: admissionCpu },
     })
   }
+  if (oneCoreFigure) results.figures.push(oneCoreFigure)
   if (tlsFigures.admission) results.figures.push(tlsFigures.admission)
   if (memory.agent && memory.aedes) {
     const a = memory.agent
@@ -751,8 +831,9 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     if (spinner) procs.add('cpu spinner', spinner)
     let r: RevokeReply
     await hostRpc({ op: 'accessRemoved' }) // what came before is not this sample's
+    let profile: ProfileSummary | null = null
     try {
-      r = await revokeOneByOne(o.sample)
+      ;[r, profile] = await profiled(agentB, `the agent, over the ${fmt(o.sample.length)} revocations`, () => revokeOneByOne(o.sample))
     } finally {
       spinner?.kill('SIGKILL')
     }
@@ -764,6 +845,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     const inside = asked.accessRemovedMs
     const insideP99 = percentile(inside, 99)
     const split = revocationSplit(r.samples, asked, p99)
+    const genLoop = `delay p99 ${r.loop.loopDelayMs.p99.toFixed(1)} ms, max ${r.loop.loopDelayMs.max.toFixed(1)} ms, ${gcCount(r.loop.gc.scavenges, 'scavenge', r.loop.gc.scavengeMaxMs)}, ${gcCount(r.loop.gc.markCompacts, 'mark-compact', r.loop.gc.markCompactMaxMs)}`
     results.figures.push({
       name: o.name,
       workload: o.workload(r.latenciesMs.length),
@@ -774,10 +856,13 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
         `inside the agent (accessRemovedMs) p50 ${percentile(inside, 50)?.toFixed(2) ?? '–'} ms, p99 ${insideP99?.toFixed(2) ?? '–'} ms` +
         (asked.loopDelayMs ? `; the agent's event-loop delay p99 ${asked.loopDelayMs.p99.toFixed(1)} ms, max ${asked.loopDelayMs.max.toFixed(1)} ms` : '') +
         (asked.gc ? `; its garbage collection in the window: ${gcCount(asked.gc.scavenges, 'scavenge', asked.gc.scavengeMaxMs)}, ${gcCount(asked.gc.markCompacts, 'mark-compact', asked.gc.markCompactMaxMs)}` : '') +
-        (split ? `; ${split.words}` : ''),
+        (split ? `; ${split.words}` : '') +
+        `; the load generator's own event loop in the window: ${genLoop}`,
       goal: o.goal,
       met: p99 <= 10,
-      ...(p99 > 10 && split ? { bound: split.bound } : {}),
+      // the part after the close is the load generator's to see: its own loop's delay says whether it was late
+      ...(p99 > 10 && split ? { bound: `${split.bound}; the load generator's own event loop: ${genLoop}` } : {}),
+      ...(profile ? { profiles: [profile] } : {}),
       detail: {
         samples: r.latenciesMs.length,
         p50Ms: round(p50, 3),
@@ -788,6 +873,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
         insideAgent: { samples: inside.length, p50Ms: round(percentile(inside, 50) ?? 0, 3), p99Ms: round(insideP99 ?? 0, 3), maxMs: round(inside.length ? Math.max(...inside) : 0, 3) },
         agentLoopDelayMs: asked.loopDelayMs ? { p99: round(asked.loopDelayMs.p99, 2), max: round(asked.loopDelayMs.max, 2) } : null,
         agentGc: asked.gc,
+        loadGeneratorLoop: { delayMs: { p99: round(r.loop.loopDelayMs.p99, 2), max: round(r.loop.loopDelayMs.max, 2) }, gc: r.loop.gc },
         split: split?.detail ?? null,
         connected: N,
       },
@@ -829,7 +915,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     const others = (): number => (cpuMsOf(central.pid) ?? 0) + (cpuMsOf(genProc.pid!) ?? 0)
     const c0 = threadCpuMsOf(agentB.pid)
     const o0 = others()
-    const r = (await hostRpc({ op: 'retire', ids }, 600_000)) as RetireReply
+    const [r, profile] = await profiled(agentB, 'the agent, over the burst', async () => (await hostRpc({ op: 'retire', ids }, 600_000)) as RetireReply)
     const c1 = threadCpuMsOf(agentB.pid)
     const o1 = others()
     if (r.failed.length) throw new Error(`${N - r.retired} retirements failed: ${r.failed.join('; ')}`)
@@ -857,6 +943,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
                 : `not the CPU: at this run's CPU per retirement ${cores} fully busy cores would allow ${fmt(cpu.ceilingPerS)}/s; the run kept ${cpu.coresBusy} of them busy`,
           }
         : {}),
+      ...(profile ? { profiles: [profile] } : {}),
       detail: { retired: r.retired, queued: r.queued, elapsedMs: round(r.elapsedMs), cpuPerRetirement: cpu },
     })
     log(`bulk retire: ${fmt(rate)} actions/s`)
@@ -873,7 +960,9 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
       const progress = setInterval(() => {
         void hostRpc({ op: 'acks' }).then((a) => log(`  storm: ${fmt((a as AcksReply).acks - before.acks)} acks recorded`), () => {})
       }, 5000)
-      const [acked, connected] = await Promise.allSettled([hostRpc({ op: 'waitAcks', count: before.acks + retired, timeoutMs: STORM_TIMEOUT_MS }, STORM_TIMEOUT_MS + 10_000), connecting])
+      const [[acked, connected], profile] = await profiled(agentB, 'the agent, from the first connect to the last ack', () =>
+        Promise.allSettled([hostRpc({ op: 'waitAcks', count: before.acks + retired, timeoutMs: STORM_TIMEOUT_MS }, STORM_TIMEOUT_MS + 10_000), connecting]),
+      )
       clearInterval(progress)
       if (connected.status === 'rejected') throw connected.reason
       const c = connected.value
@@ -887,8 +976,11 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
         unit: 's',
         anchor: `${fmt(c.connected)} devices back (${fmt(c.retries)} connects tried again), ${fmt(retired)} acks recorded; connects alone took ${(c.elapsedMs / 1000).toFixed(2)} s`,
         // the goal is a rate: 10,000 in under 10 s; a run at another size is judged at that rate
-        goal: N === 10_000 ? '< 10 s for 10,000' : `< 10 s for 10,000 (so < ${((10 * N) / 10_000).toFixed(2)} s for ${fmt(N)})`,
-        met: s < (10 * N) / 10_000,
+        // issue 19: a storm with connects tried again is not met, however fast
+        goal: `${N === 10_000 ? '< 10 s for 10,000' : `< 10 s for 10,000 (so < ${((10 * N) / 10_000).toFixed(2)} s for ${fmt(N)})`}, 0 connects tried again`,
+        met: s < (10 * N) / 10_000 && c.retries === 0 && c.failed === 0,
+        ...(c.retries > 0 || c.failed > 0 ? { bound: `${fmt(c.retries)} connects tried again${c.failed ? `, ${fmt(c.failed)} failed` : ''} (first errors: ${c.errors.slice(0, 3).join('; ') || 'none kept'})` } : {}),
+        ...(profile ? { profiles: [profile] } : {}),
         detail: { devices: N, acks: done.acks - before.acks, connectsMs: round(c.elapsedMs), connectRetries: c.retries, connectFailures: c.failed, firstErrors: c.errors, concurrency: STORM_CONCURRENCY },
       })
       log(`reconnect storm: ${s.toFixed(2)} s`)

@@ -6,7 +6,9 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { BEGIN, cpuCeiling, END, formatValue, percentile, renderTable, replaceBetweenMarkers, type BenchResults } from '../../../bench/report.ts'
-import { otherThreadsMs, threadCpuMsOf, verifyCostUs } from '../../../bench/anchors.ts'
+import { otherThreadsMs, Procs, spawnNodeBroker, threadCpuMsOf, verifyCostUs } from '../../../bench/anchors.ts'
+import { watchLoop } from '../../../bench/loop-watch.ts'
+import { renderProfile, summariseProfile, type CpuProfile } from '../../../bench/profile.ts'
 import { Worker } from 'node:worker_threads'
 import { ROOT } from '../../helpers/agent.ts'
 
@@ -88,4 +90,79 @@ test('CPU per thread from /proc: the main thread is part of the process, a busy 
 test('the verify anchor: Ed25519 verifies as the crypto workers make them (the key as a JWK), each one checked', () => {
   const us = verifyCostUs(200)
   assert.ok(Number.isFinite(us) && us > 0, `${us} µs a verify`)
+})
+
+test('a CPU profile summarised: shares by kind (the product, each package, Node, GC, idle) and the functions with most time of their own, over a window', () => {
+  const root = '/src/edgewarden/'
+  const frame = (functionName: string, url = '', lineNumber = -1): { functionName: string; url: string; lineNumber: number } => ({ functionName, url, lineNumber })
+  const profile: CpuProfile = {
+    nodes: [
+      { id: 1, callFrame: frame('(root)'), children: [2, 3, 4, 5, 6] },
+      { id: 2, callFrame: frame('admit', `file://${root}agent/trust/admission.ts`, 0) },
+      { id: 3, callFrame: frame('handleConnect', 'file:///x/node_modules/aedes/lib/handlers/connect.js', 41) },
+      { id: 4, callFrame: frame('(garbage collector)') },
+      { id: 5, callFrame: frame('(idle)') },
+      { id: 6, callFrame: frame('writeGeneric', 'node:internal/stream_base_commons', 150) },
+    ],
+    startTime: 0,
+    endTime: 10_000,
+    // each sample's time is until the next: admit 4 ms, aedes 2, GC 1, idle 2, node 1 (the last sample has none)
+    samples: [2, 2, 2, 2, 3, 3, 4, 5, 5, 6, 6],
+    timeDeltas: [0, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000],
+  }
+  const s = summariseProfile(profile, 'the agent', root)
+  assert.equal(s.sampledMs, 10)
+  assert.deepEqual(s.byKind, [
+    { kind: 'edgewarden', pct: 40 },
+    { kind: 'aedes', pct: 20 },
+    { kind: 'idle', pct: 20 },
+    { kind: 'garbage collection', pct: 10 },
+    { kind: 'Node.js internals', pct: 10 },
+  ])
+  assert.deepEqual(s.top[0], { fn: 'admit', at: 'agent/trust/admission.ts', pct: 40 }, 'the product\'s file relative to the checkout; no line where V8 gives none')
+  assert.deepEqual(s.top[1], { fn: 'handleConnect', at: 'aedes/lib/handlers/connect.js:42', pct: 20 })
+  assert.ok(!s.top.some((f) => f.fn === '(idle)'), 'idle is a kind, not a function that took time')
+  // a window: the first 4 ms only (the cold start's profile runs on after ready)
+  const w = summariseProfile(profile, 'the agent', root, { toUs: 3500 })
+  assert.deepEqual(w.byKind, [{ kind: 'edgewarden', pct: 100 }])
+  assert.match(renderProfile(s), /^the agent, 10 ms sampled: edgewarden 40 %, aedes 20 %, idle 20 %, garbage collection 10 %, Node\.js internals 10 %; most time of their own: `admit` \(agent\/trust\/admission\.ts\) 40 %/)
+})
+
+test('the probe profiles a broker over a window: a real bare aedes, its profile taken and stopped over IPC', { timeout: 60_000 }, async () => {
+  const procs = new Procs()
+  try {
+    const b = await spawnNodeBroker(procs, 'bare aedes', join(ROOT, 'bench', 'bare-aedes.ts'), [], { probe: true })
+    await b.profile('start')
+    await new Promise((r) => setTimeout(r, 100)) // a window the sampler has something in: the broker idle
+    const p = await b.profile('stop')
+    assert.ok(p.nodes.length > 0 && Array.isArray(p.samples), 'a V8 CPU profile')
+    await assert.rejects(b.profile('stop'), /no profile started/)
+    const s = summariseProfile(p, 'bare aedes', ROOT)
+    assert.ok(s.sampledMs > 0 && s.byKind.some((k) => k.kind === 'idle'), `the idle broker's window: ${JSON.stringify(s.byKind)}`)
+    await b.stop()
+  } finally {
+    await procs.stopAll()
+  }
+})
+
+test("a window of the event loop: its delay and its garbage collections, from inside the process", async () => {
+  const w = watchLoop()
+  // the monitor's first tick starts its clock: a delay before it is not seen
+  await new Promise((r) => setTimeout(r, 10))
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 40)
+  return new Promise<void>((resolve) =>
+    setTimeout(() => {
+      const r = w.end()
+      assert.ok(r.loopDelayMs.max >= 30, `the loop held 40 ms shows as a delay (max ${r.loopDelayMs.max} ms)`)
+      assert.equal(typeof r.gc.scavenges, 'number')
+      resolve()
+    }, 5),
+  )
+})
+
+test('the table is followed by the profile of each profiled figure, one line each', () => {
+  const profile = { of: 'the agent, over the burst', sampledMs: 2022, byKind: [{ kind: 'edgewarden', pct: 43.5 }], top: [{ fn: 'start', at: 'agent/actions/retirement.ts', pct: 5.7 }] }
+  const withProfile: BenchResults = { ...results, figures: [...results.figures, { name: 'bulk retire', workload: '-', value: 1, unit: 'actions/s', anchor: '-', goal: '-', met: null, profiles: [profile], detail: {} }] }
+  assert.doesNotMatch(renderTable(results), /profiled figure/, 'no profiles, no section')
+  assert.match(renderTable(withProfile), /\n\n- \*\*bulk retire\*\*: the agent, over the burst, 2,022 ms sampled: edgewarden 43\.5 %; most time of their own: `start` \(agent\/actions\/retirement\.ts\) 5\.7 %$/m)
 })
