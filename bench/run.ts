@@ -42,6 +42,7 @@ const { values: flags } = parseArgs({
     'no-docs': { type: 'boolean' },
     'no-control-plane': { type: 'boolean' },
     'no-profile': { type: 'boolean' },
+    'profile-dir': { type: 'string' },
     json: { type: 'boolean' },
   },
   strict: true,
@@ -60,6 +61,8 @@ const OUT = resolve(flags.out ?? (QUICK ? join(ROOT, '.bench-scratch', 'results.
 const DOCS = flags['no-docs'] ? null : flags.docs ? resolve(flags.docs) : QUICK ? null : join(ROOT, 'docs', 'performance.md')
 /** V8's sampling profiler over each timed window of the agent (and of bare aedes in admission), summarised beside the table */
 const PROFILE = flags['no-profile'] !== true
+/** where each window's whole profile is written too (a .cpuprofile, for Chrome's DevTools or speedscope), with --profile-dir */
+const PROFILE_DIR = flags['profile-dir'] ? resolve(flags['profile-dir']) : null
 const SITE = 'bench'
 const GATEWAY = 'gw-bench'
 /** "2 scavenges (the longest 9.9 ms)", "no mark-compact" */
@@ -140,6 +143,7 @@ const TLS_ROUNDS = 2
 const log = (s: string): void => void process.stderr.write(`bench: ${s}\n`)
 const fmt = (n: number): string => Math.round(n).toLocaleString('en-US')
 
+let profilesWritten = 0
 /** `fn` run with `b` profiled over it (unless --no-profile): its result, and the profile summarised as `of` */
 async function profiled<T>(b: Broker, of: string, fn: () => Promise<T>): Promise<[T, ProfileSummary | null]> {
   if (!PROFILE) return [await fn(), null]
@@ -151,7 +155,13 @@ async function profiled<T>(b: Broker, of: string, fn: () => Promise<T>): Promise
     await b.profile('stop').catch(() => {})
     throw err
   }
-  return [out, summariseProfile(await b.profile('stop'), of, ROOT)]
+  const profile = await b.profile('stop')
+  if (PROFILE_DIR) {
+    mkdirSync(PROFILE_DIR, { recursive: true })
+    // numbered in the order taken: two windows may be described alike (the revocations, quiet and busy)
+    writeFileSync(join(PROFILE_DIR, `${String(++profilesWritten).padStart(2, '0')}-${of.replace(/[^A-Za-z0-9]+/g, '-').replace(/^-|-$/g, '')}.cpuprofile`), JSON.stringify(profile))
+  }
+  return [out, summariseProfile(profile, of, ROOT)]
 }
 
 /** Request/answer over a child's IPC channel. */
@@ -673,16 +683,17 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
   let oneCoreFigure: Figure | null = null
   if (TASKSET && cpus().length >= 2) {
     await attempt(results, 'admission on one core', async () => {
-      const run = async (who: string, script: string, args: string[], nodeFlags: readonly string[]): Promise<{ rate: number; cpuUs: number | null }> => {
-        const b = await spawnNodeBroker(procs, `${who} (one core)`, script, args, { nodeFlags: [...nodeFlags], cpus: '0' })
+      const run = async (who: string, script: string, args: string[], nodeFlags: readonly string[]): Promise<{ rate: number; cpuUs: number | null; eventLoopUs: number | null; profile: ProfileSummary | null }> => {
+        const b = await spawnNodeBroker(procs, `${who} (one core)`, script, args, { nodeFlags: [...nodeFlags], cpus: '0', probe: true })
         try {
           await warmUp(b.port)
-          const c0 = cpuMsOf(b.pid)
-          const r = await connect(b.port, ids, ADMISSION_CONCURRENCY)
-          const c1 = cpuMsOf(b.pid)
+          const c0 = threadCpuMsOf(b.pid)
+          const [r, profile] = await profiled(b, `${who} on one core, over the timed run`, () => connect(b.port, ids, ADMISSION_CONCURRENCY))
+          const c1 = threadCpuMsOf(b.pid)
           const rate = admissionRate(r, `${who} (one core)`)
           await gen({ op: 'disconnect', ids: 'all' })
-          return { rate, cpuUs: c0 !== null && c1 !== null && r.connected ? ((c1 - c0) * 1000) / r.connected : null }
+          const per = (ms: number | null): number | null => (ms !== null && r.connected ? (ms * 1000) / r.connected : null)
+          return { rate, cpuUs: per(c0 && c1 && c1.total - c0.total), eventLoopUs: per(c0 && c1 && c1.main - c0.main), profile }
         } finally {
           await b.stop()
         }
@@ -699,10 +710,11 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
         workload: `as admission, each broker confined to one core (\`taskset -c 0\`), the load generator free on the other${cpus().length > 2 ? 's' : ''}: the agent with its defaults, so its crypto pool has no worker (one less than the cores it may use) and every verify runs on its event loop; value: agent ÷ bare aedes on the same core`,
         value: round(ratio, 3),
         unit: '× bare aedes',
-        anchor: `agent ${fmt(agentRun.rate)} connects/s, bare aedes ${fmt(aedes.rate)}/s, both on one core; CPU per connect: agent ${us(agentRun.cpuUs)} µs, bare aedes ${us(aedes.cpuUs)} µs; one Ed25519 verify ${fmt(verifyUs)} µs, which on top of bare aedes' connect alone would allow ${verifyRatio === null ? '–' : verifyRatio.toFixed(2)} ×`,
+        anchor: `agent ${fmt(agentRun.rate)} connects/s, bare aedes ${fmt(aedes.rate)}/s, both on one core; CPU per connect (all threads, on the one core): agent ${us(agentRun.cpuUs)} µs (event loop ${us(agentRun.eventLoopUs)}), bare aedes ${us(aedes.cpuUs)} µs (event loop ${us(aedes.eventLoopUs)}); one Ed25519 verify ${fmt(verifyUs)} µs, which on top of bare aedes' connect alone would allow ${verifyRatio === null ? '–' : verifyRatio.toFixed(2)} ×`,
         goal: 'none set (issue 19: the one-core path measured)',
         met: null,
-        detail: { connectsPerS: { agent: round(agentRun.rate), bareAedes: round(aedes.rate) }, cpuPerConnectUs: { agent: agentRun.cpuUs && round(agentRun.cpuUs, 1), bareAedes: aedes.cpuUs && round(aedes.cpuUs, 1) }, verifyUs: round(verifyUs, 1), verifyOnlyRatio: verifyRatio && round(verifyRatio, 3) },
+        profiles: [agentRun.profile, aedes.profile].filter((p): p is ProfileSummary => p !== null),
+        detail: { connectsPerS: { agent: round(agentRun.rate), bareAedes: round(aedes.rate) }, cpuPerConnectUs: { agent: agentRun.cpuUs && round(agentRun.cpuUs, 1), agentEventLoop: agentRun.eventLoopUs && round(agentRun.eventLoopUs, 1), bareAedes: aedes.cpuUs && round(aedes.cpuUs, 1), bareAedesEventLoop: aedes.eventLoopUs && round(aedes.eventLoopUs, 1) }, verifyUs: round(verifyUs, 1), verifyOnlyRatio: verifyRatio && round(verifyRatio, 3) },
       }
       log(`one core: agent ${fmt(agentRun.rate)} connects/s, bare aedes ${fmt(aedes.rate)}/s`)
     })
