@@ -337,7 +337,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
       goal: `< 500 ms with 100,000 devices${COLD_N === 100_000 ? '' : ` (run here with ${fmt(COLD_N)})`}`,
       met,
       ...(met === false
-        ? { bound: `of its ${fmt(big)} ms, ${fmt(empty)} are the start with no registry (Node's own start alone ${fmt(nodeAlone)}) and ${fmt(big - empty)} the registry, of which LevelDB's read of the records alone takes ${fmt(read)} ms; the rest (${fmt(Math.max(0, big - empty - read))} ms) is the registry's own code and the garbage collection of what the read made` }
+        ? { bound: `of its ${fmt(big)} ms, ${fmt(empty)} are the start with no registry (Node's own start alone ${fmt(nodeAlone)}) and ${fmt(big - empty)} the registry, of which LevelDB's read of the records alone takes ${fmt(read)} ms; the rest (${fmt(Math.max(0, big - empty - read))} ms) is what the start does with the records: the registry's own loop, the garbage collection of what the read made, the start's passes (where the time goes: the cold start's profile, under the table)` }
         : {}),
       ...(profile ? { profiles: [profile] } : {}),
       detail: { devices: COLD_N, readyMs: round(big), emptyRegistryReadyMs: round(empty), registryMs: round(big - empty), nodeAloneMs: round(nodeAlone), registryReadAloneMs: round(read), roundsMs: bigs.map((x) => round(x, 0)), emptyRoundsMs: empties.map((x) => round(x, 0)) },
@@ -761,8 +761,8 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     const bound =
       ratio !== null && ratio < 0.9 && cpuA && cpuB && cpuRatio !== null
         ? cpuRatio < 0.9
-          ? `the CPU a connect takes (agent ${fmt(cpuA.processUs)} µs and the load generator ${fmt(cpuA.othersUs)}, against bare aedes ${fmt(cpuB.processUs)} and ${fmt(cpuB.othersUs)}): on the same ${cores} cores, equally busy, that allows at most ${cpuRatio.toFixed(2)} × (the runs kept ${cpuA.coresBusy} and ${cpuB.coresBusy} busy); the verify alone (${fmt(verifyUs)} µs a connect) on top of bare aedes' would allow ${verifyRatio!.toFixed(2)} ×`
-          : `not the CPU: the CPU a connect takes allows ${cpuRatio.toFixed(2)} × on the same ${cores} cores, equally busy (the runs kept ${cpuA.coresBusy} and ${cpuB.coresBusy} busy)`
+          ? `the CPU a connect takes (agent ${fmt(cpuA.processUs)} µs and the load generator ${fmt(cpuA.othersUs)}, against bare aedes ${fmt(cpuB.processUs)} and ${fmt(cpuB.othersUs)}): at equal use of the same ${cores} cores that comes to ${cpuRatio.toFixed(2)} × (the runs kept ${cpuA.coresBusy} and ${cpuB.coresBusy} busy: the one that left more idle measured the closer to the other); the verify alone (${fmt(verifyUs)} µs a connect), added to bare aedes' connect, comes to ${verifyRatio!.toFixed(2)} × the same way: the least any agent that checks every token would cost`
+          : `not the CPU: at equal use of the same ${cores} cores the CPU a connect takes comes to ${cpuRatio.toFixed(2)} × (the runs kept ${cpuA.coresBusy} and ${cpuB.coresBusy} busy)`
         : undefined
     results.figures.push({
       name: 'admission',
