@@ -18,6 +18,8 @@ const post = (method, params = {}) =>
 
 async function profile(m) {
   if (m === 'profile-start') {
+    // one left running by a window that failed is dropped
+    if (session) session.disconnect()
     session = new Session()
     session.connect()
     await post('Profiler.enable')

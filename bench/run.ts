@@ -144,24 +144,26 @@ const log = (s: string): void => void process.stderr.write(`bench: ${s}\n`)
 const fmt = (n: number): string => Math.round(n).toLocaleString('en-US')
 
 let profilesWritten = 0
-/** `fn` run with `b` profiled over it (unless --no-profile): its result, and the profile summarised as `of` */
-async function profiled<T>(b: Broker, of: string, fn: () => Promise<T>): Promise<[T, ProfileSummary | null]> {
-  if (!PROFILE) return [await fn(), null]
+/**
+ * Start V8's profiler in `b` (unless --no-profile); the function returned
+ * stops it and summarises the window as `of`. Both sides of a window are
+ * taken outside what it measures: starting the profiler blocks the process
+ * while V8 logs its compiled code (~100 ms in the agent), stopping it while
+ * the profile is serialised, so neither falls into a timed window, an
+ * event-loop reading or a CPU reading.
+ */
+async function startProfile(b: Broker): Promise<(of: string) => Promise<ProfileSummary | null>> {
+  if (!PROFILE) return async () => null
   await b.profile('start')
-  let out: T
-  try {
-    out = await fn()
-  } catch (err) {
-    await b.profile('stop').catch(() => {})
-    throw err
+  return async (of) => {
+    const profile = await b.profile('stop')
+    if (PROFILE_DIR) {
+      mkdirSync(PROFILE_DIR, { recursive: true })
+      // numbered in the order taken: two windows may be described alike (the revocations, quiet and busy)
+      writeFileSync(join(PROFILE_DIR, `${String(++profilesWritten).padStart(2, '0')}-${of.replace(/[^A-Za-z0-9]+/g, '-').replace(/^-|-$/g, '')}.cpuprofile`), JSON.stringify(profile))
+    }
+    return summariseProfile(profile, of, ROOT)
   }
-  const profile = await b.profile('stop')
-  if (PROFILE_DIR) {
-    mkdirSync(PROFILE_DIR, { recursive: true })
-    // numbered in the order taken: two windows may be described alike (the revocations, quiet and busy)
-    writeFileSync(join(PROFILE_DIR, `${String(++profilesWritten).padStart(2, '0')}-${of.replace(/[^A-Za-z0-9]+/g, '-').replace(/^-|-$/g, '')}.cpuprofile`), JSON.stringify(profile))
-  }
-  return [out, summariseProfile(profile, of, ROOT)]
 }
 
 /** Request/answer over a child's IPC channel. */
@@ -631,7 +633,9 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     const first = await timedHalf(ids.slice(0, N >> 1))
     const half = await b.memory()
     // the second half profiled (the memory reads' forced collections kept out of it)
-    const [second, profile] = await profiled(b, `${who}, over the second timed half`, () => timedHalf(ids.slice(N >> 1)))
+    const stopProfile = await startProfile(b)
+    const second = await timedHalf(ids.slice(N >> 1))
+    const profile = await stopProfile(`${who}, over the second timed half`)
     const connected = await b.memory()
     cpu.otherThreadsMs = [...threadMs.values()]
     return {
@@ -687,9 +691,12 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
         const b = await spawnNodeBroker(procs, `${who} (one core)`, script, args, { nodeFlags: [...nodeFlags], cpus: '0', probe: true })
         try {
           await warmUp(b.port)
+          await gen({ op: 'mint', ids, lifetimeS: 1800 })
+          const stopProfile = await startProfile(b)
           const c0 = threadCpuMsOf(b.pid)
-          const [r, profile] = await profiled(b, `${who} on one core, over the timed run`, () => connect(b.port, ids, ADMISSION_CONCURRENCY))
+          const r = (await gen({ op: 'connect', port: b.port, ids, concurrency: ADMISSION_CONCURRENCY, timeoutMs: 30_000 }, 600_000)) as ConnectReply
           const c1 = threadCpuMsOf(b.pid)
+          const profile = await stopProfile(`${who} on one core, over the timed run`)
           const rate = admissionRate(r, `${who} (one core)`)
           await gen({ op: 'disconnect', ids: 'all' })
           const per = (ms: number | null): number | null => (ms !== null && r.connected ? (ms * 1000) / r.connected : null)
@@ -842,10 +849,10 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     const spinner = o.busy ? spawn(process.execPath, ['-e', 'for (;;) {}'], { stdio: 'ignore' }) : null
     if (spinner) procs.add('cpu spinner', spinner)
     let r: RevokeReply
+    const stopProfile = await startProfile(agentB)
     await hostRpc({ op: 'accessRemoved' }) // what came before is not this sample's
-    let profile: ProfileSummary | null = null
     try {
-      ;[r, profile] = await profiled(agentB, `the agent, over the ${fmt(o.sample.length)} revocations`, () => revokeOneByOne(o.sample))
+      r = await revokeOneByOne(o.sample)
     } finally {
       spinner?.kill('SIGKILL')
     }
@@ -854,6 +861,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     const p99 = percentile(r.latenciesMs, 99)!
     // the agent's own part (its accessRemovedMs: command received to sessions closed), from the same revocations
     const asked = (await hostRpc({ op: 'accessRemoved' })) as AccessRemovedReply
+    const profile = await stopProfile(`the agent, over the ${fmt(o.sample.length)} revocations`)
     const inside = asked.accessRemovedMs
     const insideP99 = percentile(inside, 99)
     const split = revocationSplit(r.samples, asked, p99)
@@ -925,11 +933,13 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
   await attempt(results, 'bulk retire', async () => {
     // the CPU of the window: the agent's, and the other processes' (the central broker takes the evidence's events)
     const others = (): number => (cpuMsOf(central.pid) ?? 0) + (cpuMsOf(genProc.pid!) ?? 0)
+    const stopProfile = await startProfile(agentB)
     const c0 = threadCpuMsOf(agentB.pid)
     const o0 = others()
-    const [r, profile] = await profiled(agentB, 'the agent, over the burst', async () => (await hostRpc({ op: 'retire', ids }, 600_000)) as RetireReply)
+    const r = (await hostRpc({ op: 'retire', ids }, 600_000)) as RetireReply
     const c1 = threadCpuMsOf(agentB.pid)
     const o1 = others()
+    const profile = await stopProfile('the agent, over the burst')
     if (r.failed.length) throw new Error(`${N - r.retired} retirements failed: ${r.failed.join('; ')}`)
     retired = r.queued
     const rate = (r.queued / r.elapsedMs) * 1000
@@ -967,15 +977,15 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     await attempt(results, 'reconnect storm', async () => {
       const before = (await hostRpc({ op: 'acks' })) as AcksReply
       await gen({ op: 'mint', ids, lifetimeS: 1800 })
+      const stopProfile = await startProfile(agentB)
       const start = performance.timeOrigin + performance.now()
       const connecting = gen({ op: 'connect', port: agentB.port, ids, concurrency: STORM_CONCURRENCY, timeoutMs: 30_000, retryMs: 1000, deadlineMs: STORM_TIMEOUT_MS }, 600_000) as Promise<ConnectReply>
       const progress = setInterval(() => {
         void hostRpc({ op: 'acks' }).then((a) => log(`  storm: ${fmt((a as AcksReply).acks - before.acks)} acks recorded`), () => {})
       }, 5000)
-      const [[acked, connected], profile] = await profiled(agentB, 'the agent, from the first connect to the last ack', () =>
-        Promise.allSettled([hostRpc({ op: 'waitAcks', count: before.acks + retired, timeoutMs: STORM_TIMEOUT_MS }, STORM_TIMEOUT_MS + 10_000), connecting]),
-      )
+      const [acked, connected] = await Promise.allSettled([hostRpc({ op: 'waitAcks', count: before.acks + retired, timeoutMs: STORM_TIMEOUT_MS }, STORM_TIMEOUT_MS + 10_000), connecting])
       clearInterval(progress)
+      const profile = await stopProfile('the agent, from the first connect to the last ack')
       if (connected.status === 'rejected') throw connected.reason
       const c = connected.value
       if (acked.status === 'rejected') throw new Error(`${(acked.reason as Error).message.split('\n')[0]}; ${fmt(c.connected)} connected, ${fmt(c.failed)} connects failed (${c.errors.join('; ')})`)
