@@ -13,14 +13,26 @@ export interface GcWindow {
   otherMaxMs: number
 }
 
+/** one collection: when it began (epoch ms: timeOrigin + now, as the bench's samples are timed in every process), how long it held the main thread, and its kind */
+export interface GcPause {
+  at: number
+  ms: number
+  kind: 'scavenge' | 'mark-compact' | 'other'
+}
+
 export interface LoopWindow {
   loopDelayMs: { p99: number; max: number }
   gc: GcWindow
+  /** each collection of the window, in order (the first MAX_PAUSES) */
+  pauses: GcPause[]
 }
+
+const MAX_PAUSES = 1000
 
 /** Start watching; `end()` returns what the window saw and stops watching. */
 export function watchLoop(): { end(): LoopWindow } {
   const gc: GcWindow = { scavenges: 0, scavengeMaxMs: 0, markCompacts: 0, markCompactMaxMs: 0, otherMaxMs: 0 }
+  const pauses: GcPause[] = []
   // an entry is delivered after its collection, so one from before the window may arrive in it
   const start = performance.now()
   const observer = new PerformanceObserver((list) => {
@@ -34,6 +46,8 @@ export function watchLoop(): { end(): LoopWindow } {
         gc.markCompacts++
         gc.markCompactMaxMs = Math.max(gc.markCompactMaxMs, e.duration)
       } else gc.otherMaxMs = Math.max(gc.otherMaxMs, e.duration)
+      const k = kind === perfConstants.NODE_PERFORMANCE_GC_MINOR ? 'scavenge' : kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR ? 'mark-compact' : 'other'
+      if (pauses.length < MAX_PAUSES) pauses.push({ at: performance.timeOrigin + e.startTime, ms: e.duration, kind: k })
     }
   })
   observer.observe({ entryTypes: ['gc'] })
@@ -43,7 +57,7 @@ export function watchLoop(): { end(): LoopWindow } {
     end() {
       delay.disable()
       observer.disconnect()
-      return { loopDelayMs: { p99: delay.percentile(99) / 1e6, max: delay.max / 1e6 }, gc }
+      return { loopDelayMs: { p99: delay.percentile(99) / 1e6, max: delay.max / 1e6 }, gc, pauses }
     },
   }
 }

@@ -27,6 +27,7 @@ import { parseArgs } from 'node:util'
 import { cpuMsOf, MOSQUITTO, otherThreadsMs, threadCpuMsOf, verifyCostUs, Procs, ROOT, spawnNodeBroker, startMosquitto, TASKSET, type Broker, type HeapSpaces } from './anchors.ts'
 import type { AccessRemovedReply, AcksReply, DrainReply, HostRequest, RetireReply } from './agent-host.ts'
 import type { ConnectReply, LoadRequest, RevokeReply, TlsMode } from './loadgen.ts'
+import type { GcPause } from './loop-watch.ts'
 import { makeDevices, prepareCertDevices, prepareDataDir, deviceId, type BenchDevice } from './prepare.ts'
 import { summariseProfile, type CpuProfile, type ProfileSummary } from './profile.ts'
 import { cpuCeiling, percentile, renderTable, round, writeAtomically, writeDocsTable, type BenchResults, type CpuCeiling, type Figure } from './report.ts'
@@ -78,14 +79,14 @@ const gcCount = (n: number, kind: string, longestMs: number): string => (n === 0
  * kernel, the load generator's event loop). Averaged over the slowest
  * samples, those at or above the p99.
  */
-function revocationSplit(samples: RevokeReply['samples'], asked: AccessRemovedReply, p99: number): { words: string; bound: string; detail: Record<string, unknown> } | null {
+function revocationSplit(samples: RevokeReply['samples'], asked: AccessRemovedReply, p99: number, generatorPauses: readonly GcPause[]): { words: string; bound: string; detail: Record<string, unknown> } | null {
   const arrivals = [...asked.commandsArrivedAt].sort((x, y) => x - y)
   const parts = samples.flatMap((x, at) => {
     const closed = asked.closedAt[x.id]
     // its command: the first to arrive after the publish (one revocation at a time); a ms of slack for the two clocks' rounding
     const arrived = arrivals.find((t) => t >= x.publishedAt - 1)
     if (closed === undefined || arrived === undefined || arrived > closed) return []
-    return [{ at, total: x.seenClosedAt - x.publishedAt, before: Math.max(0, arrived - x.publishedAt), inside: closed - Math.max(arrived, x.publishedAt), after: x.seenClosedAt - closed }]
+    return [{ at, from: x.publishedAt, to: x.seenClosedAt, total: x.seenClosedAt - x.publishedAt, before: Math.max(0, arrived - x.publishedAt), inside: closed - Math.max(arrived, x.publishedAt), after: x.seenClosedAt - closed }]
   })
   const slow = parts.filter((x) => x.total >= p99 - 0.001)
   if (slow.length === 0) return null
@@ -96,15 +97,26 @@ function revocationSplit(samples: RevokeReply['samples'], asked: AccessRemovedRe
   const p99s = { beforeAgent: p('before'), inAgent: p('inside'), afterClose: p('after') }
   const share = (ms: number): string => `${ms.toFixed(1)} ms (${Math.round((100 * ms) / total)} %)`
   const where = `${share(before)} before the command reached the agent, ${share(inside)} in the agent until the sessions were closed, ${share(after)} from there until the load generator saw the close`
+  // Which of them a garbage collection held up: one of the agent's or of the load generator's main thread
+  // that overlapped the sample (both clocks the system clock); the longest of each, per sample.
+  const heldBy = (pauses: readonly GcPause[], x: { from: number; to: number }): GcPause | null =>
+    pauses.filter((g) => g.at < x.to && g.at + g.ms > x.from).reduce<GcPause | null>((a, g) => (a && a.ms >= g.ms ? a : g), null)
+  const held = slow.map((x) => ({ agent: heldBy(asked.gcPauses, x), generator: heldBy(generatorPauses, x) }))
+  const count = (k: 'agent' | 'generator'): string => {
+    const hits = held.map((h) => h[k]).filter((g): g is GcPause => g !== null)
+    return hits.length === 0 ? 'none' : `${hits.length} (${hits.map((g) => `a ${g.kind} of ${g.ms.toFixed(1)} ms`).join(', ')})`
+  }
+  const gcWords = `of them, held up by a garbage collection of the agent: ${count('agent')}; of the load generator: ${count('generator')}`
   return {
-    words: `the ${slow.length} slowest (at or above the p99) took ${total.toFixed(1)} ms on average: ${where}; over all ${parts.length}, the p99 of each part: ${p99s.beforeAgent.toFixed(2)}, ${p99s.inAgent.toFixed(2)} and ${p99s.afterClose.toFixed(2)} ms`,
-    bound: `the ${slow.length} slowest took ${total.toFixed(1)} ms on average: ${where}`,
+    words: `the ${slow.length} slowest (at or above the p99) took ${total.toFixed(1)} ms on average: ${where}; ${gcWords}; over all ${parts.length}, the p99 of each part: ${p99s.beforeAgent.toFixed(2)}, ${p99s.inAgent.toFixed(2)} and ${p99s.afterClose.toFixed(2)} ms`,
+    bound: `the ${slow.length} slowest took ${total.toFixed(1)} ms on average: ${where}; ${gcWords}`,
     detail: {
       samples: parts.length,
       slowest: slow.length,
       /** which samples they were, in the order sent (0: the first) */
       slowestAt: slow.map((x) => x.at),
       slowestMeanMs: { total: round(total, 3), beforeAgent: round(before, 3), inAgent: round(inside, 3), afterClose: round(after, 3) },
+      slowestHeldByGc: held.map((h) => ({ agentMs: h.agent && round(h.agent.ms, 2), loadGeneratorMs: h.generator && round(h.generator.ms, 2) })),
       p99Ms: { beforeAgent: round(p99s.beforeAgent, 3), inAgent: round(p99s.inAgent, 3), afterClose: round(p99s.afterClose, 3) },
     },
   }
@@ -876,7 +888,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     const profile = await stopProfile(`the agent, over the ${fmt(o.sample.length)} revocations`)
     const inside = asked.accessRemovedMs
     const insideP99 = percentile(inside, 99)
-    const split = revocationSplit(r.samples, asked, p99)
+    const split = revocationSplit(r.samples, asked, p99, r.loop.pauses)
     const genLoop = `delay p99 ${r.loop.loopDelayMs.p99.toFixed(1)} ms, max ${r.loop.loopDelayMs.max.toFixed(1)} ms, ${gcCount(r.loop.gc.scavenges, 'scavenge', r.loop.gc.scavengeMaxMs)}, ${gcCount(r.loop.gc.markCompacts, 'mark-compact', r.loop.gc.markCompactMaxMs)}`
     results.figures.push({
       name: o.name,

@@ -150,11 +150,21 @@ test("a window of the event loop: its delay and its garbage collections, from in
   // the monitor's first tick starts its clock: a delay before it is not seen
   await new Promise((r) => setTimeout(r, 10))
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 40)
+  const began = Date.now() - 100
+  let keep: unknown[] = []
+  for (let i = 0; i < 400_000; i++) keep.push({ i }) // tens of MB of young objects: at least one scavenge
+  keep = []
+  // the observer's entries arrive after the collection, on a later turn
+  await new Promise((r) => setTimeout(r, 20))
   return new Promise<void>((resolve) =>
     setTimeout(() => {
       const r = w.end()
       assert.ok(r.loopDelayMs.max >= 30, `the loop held 40 ms shows as a delay (max ${r.loopDelayMs.max} ms)`)
       assert.equal(typeof r.gc.scavenges, 'number')
+      // the collections the allocation below caused, each timed on the system clock inside the window
+      assert.ok(r.gc.scavenges >= 1 && r.pauses.some((p) => p.kind === 'scavenge'), `a young generation filled is a scavenge: ${JSON.stringify(r.gc)}`)
+      assert.equal(r.pauses.length, r.gc.scavenges + r.gc.markCompacts + r.pauses.filter((p) => p.kind === 'other').length)
+      for (const p of r.pauses) assert.ok(p.at >= began && p.at <= Date.now() + 1 && p.ms >= 0, `${JSON.stringify(p)} within the window`)
       resolve()
     }, 5),
   )
