@@ -81,6 +81,22 @@ export function verifyCostUs(n = 4000): number {
   return (used.user + used.system) / n
 }
 
+/**
+ * CPU per Ed25519 signature as the crypto workers make the agent's (one
+ * private key, node:crypto), µs: `n` signatures of ~300-byte inputs in
+ * this process, after a warm-up. Each retirement's evidence needs three
+ * (two events and the wipe envelope), which is what bounds the bulk retire.
+ */
+export function signCostUs(n = 4000): number {
+  const key = generateKeyPair().privateKey
+  const inputs = Array.from({ length: 200 }, (_, i) => Buffer.from(`bench sign ${i} `.padEnd(300, 'x')))
+  for (let i = 0; i < 500; i++) signBytes(key, inputs[i % inputs.length]!)
+  const t0 = process.cpuUsage()
+  for (let i = 0; i < n; i++) if (signBytes(key, inputs[i % inputs.length]!).length !== 64) throw new Error('sign failed')
+  const used = process.cpuUsage(t0)
+  return (used.user + used.system) / n
+}
+
 /** CPU each thread but the main one used between two readings, ms, by thread id. */
 export function otherThreadsMs(pid: number, before: { threads: Map<number, number> }, after: { threads: Map<number, number> }): Map<number, number> {
   const out = new Map<number, number>()

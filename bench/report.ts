@@ -70,7 +70,7 @@ export function renderTable(r: BenchResults): string {
   if (profiled.length) {
     lines.push(
       '',
-      "Where each profiled figure's time went: V8's sampling CPU profiler (a sample a millisecond) in the measured process over the timed window (the cold start's from spawn to `ready`); shares of the samples, by kind and then the functions with the most time of their own:",
+      "Where each profiled figure's time went: V8's sampling CPU profiler (a sample a millisecond) in the measured process over the window each line names (the timed window itself, but for admission, profiled over devices reconnecting after its memory is read, and the cold start, a start of its own up to about its `ready`); shares of the samples, by kind and then the functions with the most time of their own:",
       '',
       ...profiled.flatMap((f) => f.profiles!.map((p) => `- **${f.name}**: ${cell(renderProfile(p))}`)),
     )

@@ -6,7 +6,7 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { BEGIN, cpuCeiling, END, formatValue, percentile, renderTable, replaceBetweenMarkers, type BenchResults } from '../../../bench/report.ts'
-import { otherThreadsMs, Procs, spawnNodeBroker, threadCpuMsOf, verifyCostUs } from '../../../bench/anchors.ts'
+import { otherThreadsMs, Procs, signCostUs, spawnNodeBroker, threadCpuMsOf, verifyCostUs } from '../../../bench/anchors.ts'
 import { watchLoop } from '../../../bench/loop-watch.ts'
 import { renderProfile, summariseProfile, type CpuProfile } from '../../../bench/profile.ts'
 import { Worker } from 'node:worker_threads'
@@ -90,6 +90,11 @@ test('CPU per thread from /proc: the main thread is part of the process, a busy 
 test('the verify anchor: Ed25519 verifies as the crypto workers make them (the key as a JWK), each one checked', () => {
   const us = verifyCostUs(200)
   assert.ok(Number.isFinite(us) && us > 0, `${us} µs a verify`)
+})
+
+test('the sign anchor: Ed25519 signatures with one key, each one of 64 bytes', () => {
+  const us = signCostUs(200)
+  assert.ok(Number.isFinite(us) && us > 0, `${us} µs a signature`)
 })
 
 test('a CPU profile summarised: shares by kind (the product, each package, Node, GC, idle) and the functions with most time of their own, over a window', () => {
