@@ -17,7 +17,7 @@ import { startAgent } from '../agent/compose.ts'
 import { flagsToKeys, startFlagOptions } from '../agent/cli/start.ts'
 import { loadConfig } from '../agent/runtime/config.ts'
 import { createLogger } from '../agent/observe/logger.ts'
-import { watchLoop, type GcPause, type GcWindow, type LoopWindow } from './loop-watch.ts'
+import { watchLoop, type LoopWindow } from './loop-watch.ts'
 
 export interface AccessRemovedReply {
   accessRemovedMs: number[]
@@ -25,12 +25,8 @@ export interface AccessRemovedReply {
   closedAt: Record<string, number>
   /** epoch ms when each command since the last ask reached the agent (its uplink handed it to the command processor) */
   commandsArrivedAt: number[]
-  /** the event loop's delay since the last ask (null on the first) */
-  loopDelayMs: LoopWindow['loopDelayMs'] | null
-  /** the garbage collections (pauses of the main thread) since the last ask, by kind: how many, and the longest (null on the first) */
-  gc: GcWindow | null
-  /** each of those collections, when and how long (empty on the first) */
-  gcPauses: GcPause[]
+  /** the event loop's delay and the garbage collections (pauses of the main thread) since the last ask (null on the first) */
+  loop: LoopWindow | null
 }
 
 /** events waiting for the central broker when asked, those left at the end, and how long it took */
@@ -118,8 +114,7 @@ async function handle(req: HostRequest): Promise<unknown> {
     case 'acks':
       return { acks, lastAt } satisfies AcksReply
     case 'accessRemoved': {
-      const w = loopWindow?.end() ?? null
-      const out: AccessRemovedReply = { accessRemovedMs: accessRemoved, closedAt, commandsArrivedAt, loopDelayMs: w?.loopDelayMs ?? null, gc: w?.gc ?? null, gcPauses: w?.pauses ?? [] }
+      const out: AccessRemovedReply = { accessRemovedMs: accessRemoved, closedAt, commandsArrivedAt, loop: loopWindow?.end() ?? null }
       accessRemoved = []
       closedAt = {}
       commandsArrivedAt = []

@@ -29,6 +29,9 @@ export interface LoopWindow {
 
 const MAX_PAUSES = 1000
 
+const kindOf = (k: number | undefined): GcPause['kind'] =>
+  k === perfConstants.NODE_PERFORMANCE_GC_MINOR ? 'scavenge' : k === perfConstants.NODE_PERFORMANCE_GC_MAJOR ? 'mark-compact' : 'other'
+
 /** Start watching; `end()` returns what the window saw and stops watching. */
 export function watchLoop(): { end(): LoopWindow } {
   const gc: GcWindow = { scavenges: 0, scavengeMaxMs: 0, markCompacts: 0, markCompactMaxMs: 0, otherMaxMs: 0 }
@@ -38,16 +41,15 @@ export function watchLoop(): { end(): LoopWindow } {
   const observer = new PerformanceObserver((list) => {
     for (const e of list.getEntries()) {
       if (e.startTime < start) continue
-      const kind = (e as unknown as { detail?: { kind?: number } }).detail?.kind
-      if (kind === perfConstants.NODE_PERFORMANCE_GC_MINOR) {
+      const kind = kindOf((e as unknown as { detail?: { kind?: number } }).detail?.kind)
+      if (kind === 'scavenge') {
         gc.scavenges++
         gc.scavengeMaxMs = Math.max(gc.scavengeMaxMs, e.duration)
-      } else if (kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) {
+      } else if (kind === 'mark-compact') {
         gc.markCompacts++
         gc.markCompactMaxMs = Math.max(gc.markCompactMaxMs, e.duration)
       } else gc.otherMaxMs = Math.max(gc.otherMaxMs, e.duration)
-      const k = kind === perfConstants.NODE_PERFORMANCE_GC_MINOR ? 'scavenge' : kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR ? 'mark-compact' : 'other'
-      if (pauses.length < MAX_PAUSES) pauses.push({ at: performance.timeOrigin + e.startTime, ms: e.duration, kind: k })
+      if (pauses.length < MAX_PAUSES) pauses.push({ at: performance.timeOrigin + e.startTime, ms: e.duration, kind })
     }
   })
   observer.observe({ entryTypes: ['gc'] })

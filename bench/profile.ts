@@ -28,12 +28,18 @@ export interface ProfileSummary {
 
 const SPECIAL: Record<string, string> = { '(garbage collector)': 'garbage collection', '(idle)': 'idle', '(program)': 'V8 and native code (program)' }
 
+/** A frame's path inside node_modules (`aedes/lib/client.js`), or null for one outside it. */
+function inPackage(url: string): string | null {
+  const nm = url.lastIndexOf('/node_modules/')
+  return nm < 0 ? null : url.slice(nm + '/node_modules/'.length)
+}
+
 /** What a call frame is: the product's own code, a package, Node's internals, native. */
 function kindOf(url: string, fn: string, root: string): string {
   if (SPECIAL[fn] && url === '') return SPECIAL[fn]!
-  const nm = url.lastIndexOf('/node_modules/')
-  if (nm >= 0) {
-    const rest = url.slice(nm + '/node_modules/'.length).split('/')
+  const pkg = inPackage(url)
+  if (pkg !== null) {
+    const rest = pkg.split('/')
     return rest[0]!.startsWith('@') ? `${rest[0]}/${rest[1]}` : rest[0]!
   }
   if (url.startsWith('node:')) return 'Node.js internals'
@@ -45,17 +51,19 @@ function kindOf(url: string, fn: string, root: string): string {
 /** file:line of a frame (1-based); the file alone where V8 gives line 0, as for all of tsx's compiled code */
 const where = (url: string, line: number, root: string): string => {
   if (url === '') return ''
-  const nm = url.lastIndexOf('/node_modules/')
-  const path = nm >= 0 ? url.slice(nm + '/node_modules/'.length) : url.replace(`file://${root}`, '')
+  const path = inPackage(url) ?? url.replace(`file://${root}`, '')
   return line > 0 ? `${path}:${line + 1}` : path
 }
 
+/** the functions a summary lists */
+const TOP = 6
+
 /**
- * Summarise `p`, from `fromUs` to `toUs` after its start when given (the
- * cold start's profile runs on after `ready`). `root` is the checkout
- * (with a trailing separator): frames under it are the product's own.
+ * Summarise `p`, up to `toUs` after its start when given (the cold start's
+ * profile runs on after `ready`). `root` is the checkout (with a trailing
+ * separator): frames under it are the product's own.
  */
-export function summariseProfile(p: CpuProfile, of: string, root: string, o: { fromUs?: number; toUs?: number; top?: number } = {}): ProfileSummary {
+export function summariseProfile(p: CpuProfile, of: string, root: string, o: { toUs?: number } = {}): ProfileSummary {
   const byId = new Map(p.nodes.map((n) => [n.id, n]))
   const selfUs = new Map<number, number>()
   const samples = p.samples ?? []
@@ -66,7 +74,7 @@ export function summariseProfile(p: CpuProfile, of: string, root: string, o: { f
     t += deltas[i] ?? 0
     // the time of sample i is until the next one
     const d = deltas[i + 1] ?? 0
-    if ((o.fromUs !== undefined && t < o.fromUs) || (o.toUs !== undefined && t > o.toUs)) continue
+    if (o.toUs !== undefined && t > o.toUs) continue
     selfUs.set(samples[i]!, (selfUs.get(samples[i]!) ?? 0) + d)
     total += d
   }
@@ -90,7 +98,7 @@ export function summariseProfile(p: CpuProfile, of: string, root: string, o: { f
     top: [...fns.values()]
       .filter((f) => f.kind !== 'idle')
       .sort((a, b) => b.us - a.us)
-      .slice(0, o.top ?? 6)
+      .slice(0, TOP)
       .map((f) => ({ fn: f.fn, at: f.at, pct: pct(f.us) })),
   }
 }
@@ -99,5 +107,5 @@ export function summariseProfile(p: CpuProfile, of: string, root: string, o: { f
 export function renderProfile(s: ProfileSummary): string {
   const kinds = s.byKind.map((k) => `${k.kind} ${k.pct} %`).join(', ')
   const top = s.top.map((f) => `\`${f.fn}\`${f.at ? ` (${f.at})` : ''} ${f.pct} %`).join(', ')
-  return `${s.of}, ${Math.round(s.sampledMs).toLocaleString('en-US')} ms sampled: ${kinds}; most time of their own: ${top}`
+  return `${s.of}, ${s.sampledMs.toLocaleString('en-US')} ms sampled: ${kinds}; most time of their own: ${top}`
 }

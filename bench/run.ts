@@ -27,7 +27,7 @@ import { parseArgs } from 'node:util'
 import { cpuMsOf, MOSQUITTO, otherThreadsMs, signCostUs, threadCpuMsOf, verifyCostUs, Procs, ROOT, spawnNodeBroker, startMosquitto, TASKSET, type Broker, type HeapSpaces } from './anchors.ts'
 import type { AccessRemovedReply, AcksReply, DrainReply, HostRequest, RetireReply } from './agent-host.ts'
 import type { ConnectReply, LoadRequest, RevokeReply, TlsMode } from './loadgen.ts'
-import type { GcPause } from './loop-watch.ts'
+import type { GcPause, GcWindow, LoopWindow } from './loop-watch.ts'
 import { makeDevices, prepareCertDevices, prepareDataDir, deviceId, type BenchDevice } from './prepare.ts'
 import { summariseProfile, type CpuProfile, type ProfileSummary } from './profile.ts'
 import { cpuCeiling, percentile, renderTable, round, writeAtomically, writeDocsTable, type BenchResults, type CpuCeiling, type Figure } from './report.ts'
@@ -68,6 +68,9 @@ const SITE = 'bench'
 const GATEWAY = 'gw-bench'
 /** "2 scavenges (the longest 9.9 ms)", "no mark-compact" */
 const gcCount = (n: number, kind: string, longestMs: number): string => (n === 0 ? `no ${kind}` : `${n} ${kind}${n === 1 ? '' : 's'} (${n === 1 ? '' : 'the longest '}${longestMs.toFixed(1)} ms)`)
+/** a window's collections in words: "1 scavenge (6.4 ms), no mark-compact" */
+const gcWords = (gc: GcWindow): string => `${gcCount(gc.scavenges, 'scavenge', gc.scavengeMaxMs)}, ${gcCount(gc.markCompacts, 'mark-compact', gc.markCompactMaxMs)}`
+const roundDelay = (w: LoopWindow): LoopWindow['loopDelayMs'] => ({ p99: round(w.loopDelayMs.p99, 2), max: round(w.loopDelayMs.max, 2) })
 
 /**
  * Where a revocation's time went, per sample, from the two processes'
@@ -101,7 +104,7 @@ function revocationSplit(samples: RevokeReply['samples'], asked: AccessRemovedRe
   // that overlapped the sample (both clocks the system clock); the longest of each, per sample.
   const heldBy = (pauses: readonly GcPause[], x: { from: number; to: number }): GcPause | null =>
     pauses.filter((g) => g.at < x.to && g.at + g.ms > x.from).reduce<GcPause | null>((a, g) => (a && a.ms >= g.ms ? a : g), null)
-  const held = slow.map((x) => ({ agent: heldBy(asked.gcPauses, x), generator: heldBy(generatorPauses, x) }))
+  const held = slow.map((x) => ({ agent: heldBy(asked.loop?.pauses ?? [], x), generator: heldBy(generatorPauses, x) }))
   const count = (k: 'agent' | 'generator'): string => {
     const hits = held.map((h) => h[k]).filter((g): g is GcPause => g !== null)
     return hits.length === 0 ? 'none' : `${hits.length} (${hits.map((g) => `a ${g.kind} of ${g.ms.toFixed(1)} ms`).join(', ')})`
@@ -374,10 +377,15 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
   procs.add('load generator', genProc)
   const gen = rpc<LoadRequest>(genProc, 'load generator')
   await gen({ op: 'init', devices: devices.map((d: BenchDevice) => ({ id: d.id, d: d.d })), gatewayId: GATEWAY, gatewayPublicKey: prepA.gatewayPublicKey })
-  /** Connect `list` (over TLS with `tls`; a certificate device, `mtls`, needs no token). */
+  /** A fresh token for each device of `list` (one per connect, PROTOCOL §5), minted before a timed window. */
+  const mint = async (list: string[]): Promise<void> => void (await gen({ op: 'mint', ids: list, lifetimeS: 1800 }))
+  /** Connect `list`, its tokens minted already (over TLS with `tls`). */
+  const connectMinted = async (port: number, list: string[], concurrency: number, timeoutMs = 30_000, tls?: TlsMode): Promise<ConnectReply> =>
+    (await gen({ op: 'connect', port, ids: list, concurrency, timeoutMs, ...(tls ? { tls } : {}) }, 600_000)) as ConnectReply
+  /** Connect `list`, minting its tokens first (over TLS with `tls`; a certificate device, `mtls`, needs no token). */
   const connect = async (port: number, list: string[], concurrency: number, timeoutMs = 30_000, tls?: TlsMode): Promise<ConnectReply> => {
-    if (tls !== 'mtls') await gen({ op: 'mint', ids: list, lifetimeS: 1800 })
-    return (await gen({ op: 'connect', port, ids: list, concurrency, timeoutMs, ...(tls ? { tls } : {}) }, 600_000)) as ConnectReply
+    if (tls !== 'mtls') await mint(list)
+    return connectMinted(port, list, concurrency, timeoutMs, tls)
   }
   /** Connect a few hundred devices and let them go, so neither the broker nor the generator is measured cold (JIT, first allocations). */
   const warmUp = async (port: number, list: string[] = ids, tls?: TlsMode): Promise<void> => {
@@ -656,9 +664,9 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     if (PROFILE) {
       const again = ids.slice(-Math.min(N, PROFILED_RECONNECTS))
       await gen({ op: 'disconnect', ids: again })
-      await gen({ op: 'mint', ids: again, lifetimeS: 1800 })
+      await mint(again)
       const stopProfile = await startProfile(b)
-      const r = (await gen({ op: 'connect', port: b.port, ids: again, concurrency: ADMISSION_CONCURRENCY, timeoutMs: 30_000 }, 600_000)) as ConnectReply
+      const r = await connectMinted(b.port, again, ADMISSION_CONCURRENCY)
       profile = await stopProfile(`${who}, over ${fmt(again.length)} of the devices reconnecting after the memory was read`)
       admissionRate(r, `${who} (profiled reconnects)`)
     }
@@ -702,7 +710,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     })
   }
 
-  const agentArgs = ['--data-dir', dirA, '--site', SITE, '--gateway', GATEWAY, '--mqtt-host', '127.0.0.1', '--mqtt-port', '0', '--log-level', 'warn', '--uplink', central.url, '--cp-key', `bench=${cpPub}`]
+  const agentArgs = (dataDir: string): string[] => ['--data-dir', dataDir, '--site', SITE, '--gateway', GATEWAY, '--mqtt-host', '127.0.0.1', '--mqtt-port', '0', '--log-level', 'warn', '--uplink', central.url, '--cp-key', `bench=${cpPub}`]
   // The one-core path (issue 19): the agent as it runs on a gateway of one
   // core, where its crypto pool has no worker and every verify runs on the
   // event loop, next to bare aedes on the same core; each confined to core 0
@@ -715,10 +723,10 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
         const b = await spawnNodeBroker(procs, `${who} (one core)`, script, args, { nodeFlags: [...nodeFlags], cpus: '0', probe: true })
         try {
           await warmUp(b.port)
-          await gen({ op: 'mint', ids, lifetimeS: 1800 })
+          await mint(ids)
           const stopProfile = await startProfile(b)
           const c0 = threadCpuMsOf(b.pid)
-          const r = (await gen({ op: 'connect', port: b.port, ids, concurrency: ADMISSION_CONCURRENCY, timeoutMs: 30_000 }, 600_000)) as ConnectReply
+          const r = await connectMinted(b.port, ids, ADMISSION_CONCURRENCY)
           const c1 = threadCpuMsOf(b.pid)
           const profile = await stopProfile(`${who} on one core, over the timed run`)
           const rate = admissionRate(r, `${who} (one core)`)
@@ -734,7 +742,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
       // LevelDB compactions during that agent's admission, and resident memory in its figure
       const dirOne = join(scratch, 'agent-one-core')
       cpSync(dirA, dirOne, { recursive: true })
-      const agentRun = await run('agent', join(ROOT, 'bench', 'agent-host.ts'), agentArgs.map((a) => (a === dirA ? dirOne : a)), AGENT_NODE_FLAGS)
+      const agentRun = await run('agent', join(ROOT, 'bench', 'agent-host.ts'), agentArgs(dirOne), AGENT_NODE_FLAGS)
       rmSync(dirOne, { recursive: true, force: true })
       const ratio = agentRun.rate / aedes.rate
       const verifyUs = verifyCostUs()
@@ -762,7 +770,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
   let agent: Broker | null = null
   let host: ((req: HostRequest, timeoutMs?: number) => Promise<unknown>) | null = null
   await attempt(results, 'agent admission', async () => {
-    agent = await spawnNodeBroker(procs, 'agent', join(ROOT, 'bench', 'agent-host.ts'), agentArgs, { probe: true, nodeFlags: AGENT_NODE_FLAGS })
+    agent = await spawnNodeBroker(procs, 'agent', join(ROOT, 'bench', 'agent-host.ts'), agentArgs(dirA), { probe: true, nodeFlags: AGENT_NODE_FLAGS })
     host = rpc<HostRequest>(agent.proc, 'agent')
     await warmUp(agent.port)
     const r = await admitInHalves(agent, 'agent')
@@ -897,7 +905,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
     const inside = asked.accessRemovedMs
     const insideP99 = percentile(inside, 99)
     const split = revocationSplit(r.samples, asked, p99, r.loop.pauses)
-    const genLoop = `delay p99 ${r.loop.loopDelayMs.p99.toFixed(1)} ms, max ${r.loop.loopDelayMs.max.toFixed(1)} ms, ${gcCount(r.loop.gc.scavenges, 'scavenge', r.loop.gc.scavengeMaxMs)}, ${gcCount(r.loop.gc.markCompacts, 'mark-compact', r.loop.gc.markCompactMaxMs)}`
+    const genLoop = `delay p99 ${r.loop.loopDelayMs.p99.toFixed(1)} ms, max ${r.loop.loopDelayMs.max.toFixed(1)} ms, ${gcWords(r.loop.gc)}`
     results.figures.push({
       name: o.name,
       workload: o.workload(r.latenciesMs.length),
@@ -906,8 +914,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
       anchor:
         `p50 ${p50.toFixed(2)} ms; central broker PUBACK alone p50 ${percentile(r.brokerAckMs, 50)!.toFixed(2)} ms, p99 ${percentile(r.brokerAckMs, 99)!.toFixed(2)} ms; ` +
         `inside the agent (accessRemovedMs) p50 ${percentile(inside, 50)?.toFixed(2) ?? '–'} ms, p99 ${insideP99?.toFixed(2) ?? '–'} ms` +
-        (asked.loopDelayMs ? `; the agent's event-loop delay p99 ${asked.loopDelayMs.p99.toFixed(1)} ms, max ${asked.loopDelayMs.max.toFixed(1)} ms` : '') +
-        (asked.gc ? `; its garbage collection in the window: ${gcCount(asked.gc.scavenges, 'scavenge', asked.gc.scavengeMaxMs)}, ${gcCount(asked.gc.markCompacts, 'mark-compact', asked.gc.markCompactMaxMs)}` : '') +
+        (asked.loop ? `; the agent's event-loop delay p99 ${asked.loop.loopDelayMs.p99.toFixed(1)} ms, max ${asked.loop.loopDelayMs.max.toFixed(1)} ms; its garbage collection in the window: ${gcWords(asked.loop.gc)}` : '') +
         (split ? `; ${split.words}` : '') +
         `; the load generator's own event loop in the window: ${genLoop}`,
       goal: o.goal,
@@ -923,9 +930,9 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
         brokerAckP50Ms: round(percentile(r.brokerAckMs, 50)!, 3),
         brokerAckP99Ms: round(percentile(r.brokerAckMs, 99)!, 3),
         insideAgent: { samples: inside.length, p50Ms: round(percentile(inside, 50) ?? 0, 3), p99Ms: round(insideP99 ?? 0, 3), maxMs: round(inside.length ? Math.max(...inside) : 0, 3) },
-        agentLoopDelayMs: asked.loopDelayMs ? { p99: round(asked.loopDelayMs.p99, 2), max: round(asked.loopDelayMs.max, 2) } : null,
-        agentGc: asked.gc,
-        loadGeneratorLoop: { delayMs: { p99: round(r.loop.loopDelayMs.p99, 2), max: round(r.loop.loopDelayMs.max, 2) }, gc: r.loop.gc },
+        agentLoopDelayMs: asked.loop && roundDelay(asked.loop),
+        agentGc: asked.loop?.gc ?? null,
+        loadGeneratorLoop: { delayMs: roundDelay(r.loop), gc: r.loop.gc },
         split: split?.detail ?? null,
         connected: N,
       },
@@ -1009,7 +1016,7 @@ async function runWorkloads(results: BenchResults, procs: Procs, scratch: string
   if (retired > 0) {
     await attempt(results, 'reconnect storm', async () => {
       const before = (await hostRpc({ op: 'acks' })) as AcksReply
-      await gen({ op: 'mint', ids, lifetimeS: 1800 })
+      await mint(ids)
       const stopProfile = await startProfile(agentB)
       const start = performance.timeOrigin + performance.now()
       const connecting = gen({ op: 'connect', port: agentB.port, ids, concurrency: STORM_CONCURRENCY, timeoutMs: 30_000, retryMs: 1000, deadlineMs: STORM_TIMEOUT_MS }, 600_000) as Promise<ConnectReply>
